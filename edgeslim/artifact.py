@@ -1,0 +1,179 @@
+"""Artifacts: a directory of model files plus ``manifest.json``.
+
+The manifest is the model's metadata that travels with it (input shape, preprocessing, class names, critical
+classes, decision thresholds, source, recipe, metrics, sparsity) and the sha256 of every file. Runtime and server
+read it instead of asking. Artifacts are written atomically and verified on load.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._io import atomic_directory, atomic_write_json, sha256_file
+from .errors import ArtifactError, IntegrityError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class Preprocessing(BaseModel):
+    """How raw RGB images become the model's input tensor.
+
+    Pipeline: convert to RGB -> resize shorter side to ``resize`` -> centre-crop ``crop`` -> float pixels in
+    [0, 255] -> ``(x - mean) / std`` per channel -> NCHW.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    resize: int = Field(gt=0)
+    crop: int = Field(gt=0)
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+
+
+class TensorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: str = "float32"
+    shape: list[int]  # -1 marks a dynamic dimension
+
+
+class ModelFile(BaseModel):
+    """One runnable model inside an artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str  # onnx | openvino | torch | tensorrt
+    precision: str  # fp32 | fp16 | int8
+    path: str  # relative to the artifact directory; for openvino the .xml
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    """The content of ``manifest.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    edgeslim_version: str = ""
+    source: str = ""
+    arch: str = ""
+    classes: list[str]
+    critical: list[int] = Field(default_factory=list)
+    thresholds: dict[str, float] = Field(default_factory=dict)  # class index (str) -> probability threshold
+    input: TensorInfo
+    outputs: list[TensorInfo]
+    preprocessing: Preprocessing
+    models: list[ModelFile] = Field(default_factory=list)
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    sparsity: dict[str, Any] = Field(default_factory=dict)
+    validation: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+
+    def model(self, format: str, precision: str | None = None) -> ModelFile:
+        """The model file of a format (and precision: the most precise one when omitted)."""
+        order = {"fp32": 0, "fp16": 1, "int8": 2}
+        found = [m for m in self.models if m.format == format and (precision is None or m.precision == precision)]
+        if not found:
+            have = ", ".join(f"{m.format}/{m.precision}" for m in self.models) or "none"
+            want = f"{format}/{precision}" if precision else format
+            raise ArtifactError(
+                f"artifact '{self.name}' has no {want} model (it has: {have}); "
+                f"export it with `edgeslim export ARTIFACT --to {format}`"
+            )
+        return sorted(found, key=lambda m: order.get(m.precision, 9))[0]
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith("."):
+            out[p.relative_to(root).as_posix()] = sha256_file(p)
+    return out
+
+
+def finalize(directory: str | os.PathLike, manifest: Manifest) -> Manifest:
+    """Hash every file under ``directory`` into the manifest and write ``manifest.json`` (atomically)."""
+    directory = Path(directory)
+    for m in manifest.models:
+        if not (directory / m.path).is_file():
+            raise ArtifactError(f"manifest lists {m.path} but {directory / m.path} does not exist")
+    from . import __version__
+
+    manifest = manifest.model_copy(update={"files": _hash_tree(directory), "edgeslim_version": __version__})
+    atomic_write_json(directory / MANIFEST, manifest.model_dump(mode="json"))
+    return manifest
+
+
+def write_artifact(directory: str | os.PathLike, manifest: Manifest, writer) -> Manifest:
+    """Create an artifact atomically.
+
+    ``writer(tmp_dir) -> Manifest | None`` writes the model files into a temporary directory and may return an
+    updated manifest; the directory is hashed, the manifest written, and only then renamed to ``directory``.
+    """
+    with atomic_directory(directory) as tmp:
+        result = writer(tmp)
+        manifest = finalize(tmp, result if result is not None else manifest)
+    return manifest
+
+
+def load_manifest(directory: str | os.PathLike, *, verify: bool = True) -> Manifest:
+    """Read an artifact's manifest and (by default) check every file against its sha256.
+
+    Raises:
+        ArtifactError: the directory or manifest is missing or unreadable, or of a newer format.
+        IntegrityError: a file is missing, modified, or not listed in the manifest.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ArtifactError(f"artifact directory {directory} does not exist")
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not an edgeslim artifact: no {MANIFEST} (was the export interrupted?)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is unreadable: {exc}") from exc
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format_version {version!r}; this edgeslim reads up to {FORMAT_VERSION}: upgrade edgeslim"
+        )
+    try:
+        manifest = Manifest.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError
+        raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
+    if verify:
+        verify_files(directory, manifest)
+    return manifest
+
+
+def verify_files(directory: str | os.PathLike, manifest: Manifest) -> None:
+    """Raise :class:`IntegrityError` listing every missing, modified or unlisted file."""
+    directory = Path(directory)
+    problems = []
+    for rel, digest in manifest.files.items():
+        p = directory / rel
+        if not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(p) != digest:
+            problems.append(f"{rel}: sha256 mismatch (modified after export)")
+    for rel in _hash_tree(directory):
+        if rel not in manifest.files:
+            problems.append(f"{rel}: not listed in the manifest")
+    if problems:
+        raise IntegrityError(
+            f"artifact {directory} failed its integrity check: " + "; ".join(problems)
+            + ". Re-export it, or restore the original files."
+        )

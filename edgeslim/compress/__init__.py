@@ -1,0 +1,1 @@
+"""Compression: pretrained sources, data, the class-dependent loss, pruning, fine-tuning and quantization."""

@@ -1,0 +1,1 @@
+"""Hardware targets and the profiler."""

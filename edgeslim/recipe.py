@@ -1,0 +1,278 @@
+"""Versioned YAML recipes, validated by pydantic.
+
+A recipe is data: each section configures one stage and names registry keys (source, dataset, pruning method,
+exporters, backends). Unknown keys and unknown names are rejected with the valid ones and the closest match. The
+resolved recipe is saved beside every artifact so a run can be repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .registry import did_you_mean
+
+RECIPE_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class ModelSection(_Section):
+    """Where the pretrained model comes from.
+
+    ``source`` is a registry key of :data:`edgeslim.compress.sources.SOURCES`, optionally with an argument after
+    a colon: ``efficientnet_lite0``, ``torchvision:resnet18``, ``timm:mobilenetv3_small_100``, ``file:ckpt.pt``.
+    ``arch`` names the architecture a ``file:`` state dict belongs to (``timm:<name>``, ``torchvision:<name>`` or
+    ``tiny``).
+    """
+
+    source: str = "efficientnet_lite0"
+    arch: str | None = None
+    pretrained: bool = True
+
+
+class DataSection(_Section):
+    """The task's data. ``dataset`` is ``digits`` or ``imagefolder:<dir>``."""
+
+    dataset: str = "digits"
+    image_size: int | None = Field(default=None, gt=0, description="input side; default: the source's")
+    critical: list[Union[int, str]] = Field(default_factory=list, description="critical classes, by label or index")
+    imbalance: dict[str, float] = Field(
+        default_factory=dict, description="class (label or index) -> fraction of its training samples to keep"
+    )
+    val_fraction: float = Field(default=0.15, ge=0, lt=1)
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+    batch_size: int = Field(default=32, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    augment: bool = False
+
+    @field_validator("imbalance")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, f in v.items():
+            if not 0 < f <= 1:
+                raise ValueError(f"imbalance[{k}] = {f}: keep-fraction must be in (0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _splits(self) -> "DataSection":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1 to leave training data")
+        return self
+
+
+class LossSection(_Section):
+    """The training loss; ``class_dependent`` is Entezari & Saukh (2020), see docs/class-dependent-loss.md."""
+
+    name: Literal["class_dependent", "cross_entropy"] = "class_dependent"
+    beta: float = Field(default=0.999, ge=0, lt=1, description="effective-number beta for class balancing")
+    gamma: float = Field(default=5.0, ge=1, description="critical-class weight boost")
+    rank_weight: float = Field(default=5.0, ge=0, alias="lambda", description="weight of the AUC ranking term")
+    margin: float = Field(default=1.0, gt=0)
+    gamma_schedule: Literal["paper", "constant"] = Field(
+        default="paper", description="paper: gamma = 1 in round 1, then gamma; constant: gamma throughout"
+    )
+
+
+class TrainSection(_Section):
+    epochs: int = Field(default=3, ge=0, description="epochs per training round")
+    final_epochs: int | None = Field(default=None, ge=0, description="epochs of the final round (default: epochs)")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    select: Literal["last", "critical_recall", "critical_auc", "accuracy"] = Field(
+        default="critical_recall", description="checkpoint kept from the final round, judged on the val split"
+    )
+    device: str = "cpu"
+    threads: int | None = Field(default=None, gt=0)
+
+
+class PruneSection(_Section):
+    """Pruning. ``method`` is a key of :data:`edgeslim.compress.pruning.PRUNERS`."""
+
+    method: str = "lottery_ticket"
+    rounds: int = Field(default=2, ge=0)
+    rate: float = Field(default=0.3, ge=0, lt=1, description="fraction of remaining weights pruned per round")
+    scope: Literal["layer", "global"] = "layer"
+    score: Literal["magnitude", "magnitude_increase"] = "magnitude"
+    rewind: Union[Literal["init"], int] = Field(default="init", description="'init' or an epoch k (late rewinding)")
+    prune_first_conv: bool = False
+    prune_classifier: bool = False
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of module names left dense")
+
+
+class QuantizeSection(_Section):
+    method: Literal["none", "ptq"] = "ptq"
+    calibration_size: int = Field(default=300, gt=0)
+    preset: Literal["performance", "mixed"] = "performance"
+    ignored_scope: list[str] = Field(default_factory=list, description="node names (regex) left in FP32")
+
+
+class ExportSection(_Section):
+    formats: list[str] = Field(default_factory=lambda: ["onnx", "openvino"])
+    opset: int = Field(default=18, ge=13)
+    dynamic_batch: bool = True
+
+
+class ValidateSection(_Section):
+    """Tolerances of the check every export runs against the PyTorch reference."""
+
+    fp32_atol: float = Field(default=1e-3, gt=0, description="max |logit diff| for FP32 exports")
+    fp32_min_agreement: float = Field(default=0.999, ge=0, le=1)
+    fp16_min_agreement: float = Field(default=0.99, ge=0, le=1)
+    int8_min_agreement: float = Field(default=0.95, ge=0, le=1)
+    max_extra_critical_fn: int = Field(default=1, ge=0, description="extra critical FN allowed vs PyTorch (FP16/INT8)")
+
+
+class ProfileSection(_Section):
+    backends: list[str] = Field(default_factory=lambda: ["onnxruntime", "openvino"])
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    warmup: int = Field(default=10, ge=0)
+    iterations: int = Field(default=100, gt=0, description="at least this many measured iterations")
+    seconds: float = Field(default=2.0, ge=0, description="and at least this long")
+    threads: int | None = Field(default=None, gt=0)
+
+
+class Recipe(_Section):
+    """A whole compress -> export -> profile job."""
+
+    version: int = RECIPE_VERSION
+    name: str = "edgeslim-run"
+    seed: int = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    prune: PruneSection = Field(default_factory=PruneSection)
+    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+    profile: ProfileSection = Field(default_factory=ProfileSection)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != RECIPE_VERSION:
+            raise ValueError(f"recipe version {v} is not supported; this edgeslim reads version {RECIPE_VERSION}")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (every default filled in)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """sha256 of the resolved recipe (stable across key order)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def check_names(self) -> None:
+        """Check every registry name the recipe uses (imports the stages, so it is not done at parse time)."""
+        from .compress.data import DATASETS
+        from .compress.pruning import PRUNERS
+        from .compress.sources import SOURCES
+        from .export import EXPORTERS
+        from .runtime import BACKENDS
+
+        SOURCES.canonical(self.model.source.split(":", 1)[0])
+        DATASETS.canonical(self.data.dataset.split(":", 1)[0])
+        PRUNERS.canonical(self.prune.method)
+        for f in self.export.formats:
+            EXPORTERS.canonical(f)
+        for b in self.profile.backends:
+            BACKENDS.canonical(b)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names (and aliases) of the section at ``loc`` in a recipe."""
+    model: Any = Recipe
+    for part in loc:
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    names = []
+    for name, f in model.model_fields.items():
+        names.append(f.alias or name)
+    return names
+
+
+def _format_errors(exc: ValidationError, where: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            lines.append(
+                f"unknown key '{dotted}'.{did_you_mean(str(loc[-1]), known)} Valid keys here: {', '.join(known)}"
+            )
+        else:
+            lines.append(f"{dotted}: {err['msg']}")
+    return ConfigError(f"invalid recipe {where}: " + "; ".join(lines))
+
+
+def parse_recipe(data: dict[str, Any] | None, *, where: str = "(inline)", check_names: bool = False) -> Recipe:
+    """Validate plain data as a :class:`Recipe`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid recipe {where}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise _format_errors(exc, where) from None
+    if check_names:
+        try:
+            recipe.check_names()
+        except ConfigError as exc:
+            raise ConfigError(f"invalid recipe {where}: {exc}") from None
+    return recipe
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped in ``edgeslim/recipes``."""
+    return sorted(p.name[:-5] for p in resources.files("edgeslim.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(path_or_name: str | Path | None = None, *, check_names: bool = True) -> Recipe:
+    """Load a recipe from a YAML file, or a built-in recipe by name (``None``: the embedded default).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, a key is unknown, a value is invalid, or a name is not
+            registered; the message lists what is valid.
+    """
+    if path_or_name is None:
+        path_or_name = "default"
+    path = Path(path_or_name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        text, where = path.read_text(), str(path)
+    else:
+        name = str(path_or_name)
+        names = builtin_recipes()
+        if name not in names:
+            raise ConfigError(
+                f"'{name}' is neither a recipe file nor a built-in recipe.{did_you_mean(name, names)}"
+                f" Built-in: {', '.join(names)}"
+            )
+        text, where = resources.files("edgeslim.recipes").joinpath(f"{name}.yaml").read_text(), f"built-in '{name}'"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {where} is not valid YAML: {exc}") from None
+    return parse_recipe(data, where=where, check_names=check_names)

@@ -1,0 +1,142 @@
+"""The one Backend contract every runtime implements, and the backend registry.
+
+A backend wraps one model file. Public :meth:`Backend.infer` checks input names, shapes and dtypes against the
+model's metadata and only then calls the backend's small ``_infer`` hook, so every backend rejects bad input the
+same way. Backends are context managers and register by name in :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ..errors import InputError
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype and shape of a model input or output; -1 marks a dynamic dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class BackendOptions:
+    """Options common to every backend; backend-specific knobs go in ``extra``.
+
+    Args:
+        device: backend device string ("cpu", "cuda:0", "GPU", "AUTO", ...).
+        threads: intra-op threads (None: the backend's default).
+        extra: backend-specific options, e.g. ``{"providers": ["CPUExecutionProvider"]}`` for onnxruntime or
+            ``{"hint": "THROUGHPUT", "streams": 2}`` for openvino.
+    """
+
+    device: str = "cpu"
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """Runs one model file. Subclasses implement :meth:`_load`, :meth:`_infer` and set ``name``."""
+
+    name: ClassVar[str] = ""
+    #: model formats this backend can load (values of ``ModelFile.format``)
+    formats: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: str | Path, options: BackendOptions | None = None) -> None:
+        self.path = Path(path)
+        self.options = options or BackendOptions()
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self._load()
+
+    # -- hooks -----------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(self) -> None:
+        """Load ``self.path`` and fill ``self.inputs`` / ``self.outputs``."""
+
+    @abc.abstractmethod
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run validated ``feeds``; return every output by name as numpy arrays."""
+
+    def version(self) -> str:
+        """Version of the underlying runtime library."""
+        return ""
+
+    def close(self) -> None:
+        """Release the model; idempotent."""
+
+    # -- public ----------------------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Validate ``feeds`` against :attr:`inputs`, then run the model.
+
+        A bare array is accepted when the model has exactly one input.
+
+        Raises:
+            InputError: a missing or unknown input name, wrong rank, a fixed dimension that differs, or a dtype
+                that differs from the model's.
+        """
+        return self._infer(self.check_feeds(feeds))
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """The validation :meth:`infer` performs, exposed for callers that batch before running."""
+        if isinstance(feeds, np.ndarray):
+            if len(self.inputs) != 1:
+                raise InputError(
+                    f"model has {len(self.inputs)} inputs ({', '.join(i.name for i in self.inputs)}); pass a dict"
+                )
+            feeds = {self.inputs[0].name: feeds}
+        expected = {i.name: i for i in self.inputs}
+        unknown = sorted(set(feeds) - set(expected))
+        missing = sorted(set(expected) - set(feeds))
+        if unknown or missing:
+            raise InputError(
+                f"input names do not match the model: unknown {unknown}, missing {missing}; expected {sorted(expected)}"
+            )
+        out = {}
+        for name, spec in expected.items():
+            arr = feeds[name]
+            if not isinstance(arr, np.ndarray):
+                raise InputError(f"input '{name}' must be a numpy array, got {type(arr).__name__}")
+            if arr.dtype != np.dtype(spec.dtype):
+                raise InputError(f"input '{name}' has dtype {arr.dtype}; the model expects {spec.dtype}")
+            if arr.ndim != len(spec.shape) or any(d != -1 and d != a for d, a in zip(spec.shape, arr.shape)):
+                raise InputError(
+                    f"input '{name}' has shape {list(arr.shape)}; the model expects {list(spec.shape)} (-1 = any)"
+                )
+            out[name] = np.ascontiguousarray(arr)
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        """Backend name and version, model path, inputs and outputs."""
+        return {
+            "backend": self.name,
+            "version": self.version(),
+            "path": str(self.path),
+            "device": self.options.device,
+            "threads": self.options.threads,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, device={self.options.device!r})"
+
+
+BACKENDS: Registry[type[Backend]] = Registry("runtime backend")

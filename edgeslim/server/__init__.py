@@ -1,0 +1,1 @@
+"""The on-device inference server (KServe v2 / Open Inference Protocol)."""
