@@ -1,0 +1,110 @@
+import json
+import os
+
+import pytest
+
+from edgeslim._io import atomic_directory, atomic_write_json
+from edgeslim.artifact import Manifest, ModelFile, Preprocessing, TensorInfo, load_manifest, write_artifact
+from edgeslim.errors import ArtifactError, IntegrityError
+
+
+def _manifest(**kw):
+    base = dict(
+        name="m",
+        classes=["a", "b"],
+        critical=[1],
+        input=TensorInfo(name="input", shape=[-1, 3, 8, 8]),
+        outputs=[TensorInfo(name="logits", shape=[-1, 2])],
+        preprocessing=Preprocessing(resize=8, crop=8),
+        models=[ModelFile(format="onnx", precision="fp32", path="model.onnx")],
+    )
+    base.update(kw)
+    return Manifest(**base)
+
+
+def _write(tmp_path):
+    def writer(d):
+        (d / "model.onnx").write_bytes(b"not really onnx")
+        (d / "sub").mkdir()
+        (d / "sub" / "x.bin").write_bytes(b"\x00" * 10)
+
+    return write_artifact(tmp_path / "art", _manifest(), writer)
+
+
+def test_round_trip_hashes_every_file(tmp_path):
+    m = _write(tmp_path)
+    assert set(m.files) == {"model.onnx", "sub/x.bin"}
+    loaded = load_manifest(tmp_path / "art")
+    assert loaded.files == m.files
+    assert loaded.model("onnx").path == "model.onnx"
+
+
+def test_tampered_missing_and_extra_files_are_refused(tmp_path):
+    _write(tmp_path)
+    art = tmp_path / "art"
+    (art / "model.onnx").write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="model.onnx: sha256 mismatch"):
+        load_manifest(art)
+    load_manifest(art, verify=False)  # explicit opt-out still reads
+    (art / "sub" / "x.bin").unlink()
+    (art / "intruder.txt").write_text("x")
+    with pytest.raises(IntegrityError) as exc:
+        load_manifest(art)
+    assert "sub/x.bin: missing" in str(exc.value) and "intruder.txt: not listed" in str(exc.value)
+
+
+def test_failed_write_leaves_nothing_that_loads(tmp_path):
+    def writer(d):
+        (d / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("killed mid-export")
+
+    with pytest.raises(RuntimeError):
+        write_artifact(tmp_path / "art", _manifest(), writer)
+    assert not (tmp_path / "art").exists()
+    assert [p for p in tmp_path.iterdir()] == []  # temp dir cleaned up
+
+
+def test_failed_overwrite_keeps_the_old_artifact(tmp_path):
+    _write(tmp_path)
+
+    def writer(d):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_artifact(tmp_path / "art", _manifest(), writer)
+    assert load_manifest(tmp_path / "art").name == "m"
+
+
+def test_manifest_listing_a_missing_model_is_rejected(tmp_path):
+    with pytest.raises(ArtifactError, match="model.onnx"):
+        write_artifact(tmp_path / "art", _manifest(), lambda d: None)
+
+
+def test_missing_dir_manifest_and_newer_format(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load_manifest(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_manifest(tmp_path / "empty")
+    _write(tmp_path)
+    data = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    data["format_version"] = 99
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="upgrade edgeslim"):
+        load_manifest(tmp_path / "art")
+
+
+def test_model_lookup_error_lists_what_exists():
+    m = _manifest()
+    with pytest.raises(ArtifactError, match=r"no openvino model \(it has: onnx/fp32\)"):
+        m.model("openvino")
+
+
+def test_atomic_json_and_directory(tmp_path):
+    p = atomic_write_json(tmp_path / "a" / "r.json", {"x": 1})
+    assert json.loads(p.read_text()) == {"x": 1}
+    with atomic_directory(tmp_path / "d") as d:
+        (d / "f").write_text("1")
+        assert not (tmp_path / "d").exists()
+    assert (tmp_path / "d" / "f").read_text() == "1"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
