@@ -1,0 +1,194 @@
+"""The ``edgeslim`` command line: parse, call the public API, print.
+
+Every error is one red line and exit code 1; ``--debug`` shows the traceback. Heavy libraries are imported
+inside the commands so ``edgeslim --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="edgeslim",
+    help="Compress a pretrained image model (pruning + INT8 with a class-dependent loss), export it to "
+    "ONNX / OpenVINO / TensorRT, serve it over KServe v2 and profile it on the device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+report_app = typer.Typer(help="Work with profiling reports.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"edgeslim {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn any error into one red line and exit code 1 (the traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            err_console.print("[red]interrupted[/red] (a run directory resumes with --resume)")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the CLI boundary
+            if _state["debug"]:
+                err_console.print_exception()
+            from .errors import EdgeslimError
+
+            kind = "error" if isinstance(exc, EdgeslimError) else f"internal error ({type(exc).__name__})"
+            hint = "" if isinstance(exc, EdgeslimError) or _state["debug"] else " (run with --debug for the traceback)"
+            err_console.print(f"[red]{kind}: {exc}{hint}[/red]", soft_wrap=True, highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _csv(value: Optional[str]) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _duration(value: Optional[str]) -> Optional[float]:
+    """'10s', '500ms', '2m' or a plain number of seconds."""
+    if value is None:
+        return None
+    v = value.strip().lower()
+    from .errors import ConfigError
+
+    try:
+        if v.endswith("ms"):
+            return float(v[:-2]) / 1000
+        if v.endswith("s"):
+            return float(v[:-1])
+        if v.endswith("m"):
+            return float(v[:-1]) * 60
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"duration '{value}' is not understood; use e.g. 10s, 500ms or 2m") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+@app.command()
+@_handled
+def pipeline(
+    recipe: Optional[str] = typer.Argument(
+        None, help="Recipe YAML file or built-in recipe name (default: the embedded 'default' recipe)."
+    ),
+    out: Path = typer.Option(Path("edgeslim-out"), "--out", "-o", help="Output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUT from its last checkpoint."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Compress, export, validate and profile in one go: the main job.
+
+    Writes the dense and compressed artifacts, the resolved recipe, report.json and report.md to OUT and prints
+    a summary table (dense vs compressed: accuracy, critical-class FN / FNR / AUC, sparsity, parameters, size,
+    latency per backend).
+    """
+    from .pipeline import print_summary, run_pipeline
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe)
+    result = run_pipeline(r, out, resume=resume, progress=progress, console=console)
+    print_summary(result, console=console)
+
+
+@app.command()
+@_handled
+def compress(
+    recipe: Optional[str] = typer.Argument(None, help="Recipe YAML file or built-in recipe name."),
+    out: Path = typer.Option(Path("edgeslim-out"), "--out", "-o", help="Output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in OUT from its last checkpoint."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Fine-tune with pruning (no export, no profile); writes OUT/compressed with the torch weights."""
+    from .pipeline import run_pipeline
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe)
+    run_pipeline(r, out, resume=resume, progress=progress, console=console, stages=("compress",))
+    console.print(f"compressed model written to {out / 'compressed'}")
+
+
+@app.command("export")
+@_handled
+def export_cmd(
+    artifact: Path = typer.Argument(..., help="An artifact directory (e.g. OUT/compressed from `edgeslim compress`)."),
+    to: str = typer.Option("onnx,openvino", "--to", help="Comma-separated exporters (onnx, openvino, tensorrt, ...)."),
+    precision: str = typer.Option("fp32", "--precision", help="Comma-separated precisions: fp32, fp16, int8."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output artifact directory (default: in place)."),
+) -> None:
+    """Export an artifact's model to more formats (validated against the PyTorch reference)."""
+    from .pipeline import export_existing
+
+    m = export_existing(artifact, out or artifact, formats=_csv(to), precisions=_csv(precision), console=console)
+    console.print(f"exported {', '.join(f'{x.format}/{x.precision}' for x in m.models)} to {out or artifact}")
+
+
+@app.command()
+@_handled
+def profile(
+    artifact: Path = typer.Argument(..., help="Artifact directory."),
+    backends: str = typer.Option("onnxruntime,openvino", "--backends", help="Comma-separated runtime backends."),
+    batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes."),
+    duration: Optional[str] = typer.Option(None, "--duration", help="Measured window per run, e.g. 10s."),
+    iterations: int = typer.Option(100, "--iterations", help="At least this many measured iterations."),
+    warmup: int = typer.Option(10, "--warmup", help="Warm-up iterations."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Where report.json / report.md go."),
+) -> None:
+    """Measure latency percentiles and throughput of every model in ARTIFACT per backend and batch size."""
+    from .pipeline import profile_to_report
+
+    path = profile_to_report(
+        artifact, out, backends=_csv(backends), batch_sizes=[int(b) for b in _csv(batch)],
+        seconds=_duration(duration), iterations=iterations, warmup=warmup, threads=threads, console=console,
+    )
+    console.print(f"report written to {path}")
+
+
+@app.command()
+@_handled
+def recipes(name: Optional[str] = typer.Argument(None, help="Print this built-in recipe (resolved).")) -> None:
+    """List the built-in recipes, or print one resolved with every default."""
+    from .recipe import builtin_recipes, load_recipe
+
+    if name is None:
+        for n in builtin_recipes():
+            console.print(n)
+    else:
+        console.print(load_recipe(name, check_names=False).to_yaml(), highlight=False, markup=False)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
