@@ -1,0 +1,181 @@
+"""ONNX Runtime backend: one ``InferenceSession`` with execution providers chosen by name.
+
+``options.extra`` keys:
+    providers: list of provider names (``"CPUExecutionProvider"``, short ``"cpu"``, ``"cuda"``, ``"tensorrt"``,
+        ``"openvino"``) or ``(name, provider_options)`` pairs. Default: chosen from ``options.device``.
+    graph_optimization: ``"disable"`` | ``"basic"`` | ``"extended"`` | ``"all"`` (default ``"all"``).
+    inter_op_threads: threads across independent nodes (default: onnxruntime's).
+    session_config: dict of ``SessionOptions.add_session_config_entry`` entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, ConfigError, require
+from ..registry import did_you_mean
+from .base import BACKENDS, Backend, TensorSpec
+
+# ONNX type strings as onnxruntime reports them -> numpy dtype names.
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32",
+    "tensor(uint32)": "uint32",
+    "tensor(int64)": "int64",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+_SHORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+_EXTRA_KEYS = ("providers", "graph_optimization", "inter_op_threads", "session_config")
+
+
+def ort_dtype(type_str: str) -> str:
+    """numpy dtype name of an onnxruntime type string such as ``"tensor(float)"``."""
+    try:
+        return _ORT_DTYPES[type_str]
+    except KeyError:
+        raise BackendError(f"onnxruntime tensor type {type_str!r} is not supported by edgeslim") from None
+
+
+def _dims(shape: list[Any]) -> tuple[int, ...]:
+    # onnxruntime reports symbolic dims as strings ("batch") and unknown ones as None.
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+def default_providers(device: str) -> list[Any]:
+    """Providers for a device string: ``cpu``, ``cuda[:N]``, ``tensorrt[:N]``, ``openvino``."""
+    kind, _, index = device.lower().partition(":")
+    if index and not index.isdigit():
+        raise ConfigError(f"device '{device}': the part after ':' must be a device index such as 'cuda:0'")
+    dev = {"device_id": int(index)} if index else {}
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if kind in ("cuda", "gpu"):
+        return [("CUDAExecutionProvider", dev), "CPUExecutionProvider"]
+    if kind == "tensorrt":
+        return [("TensorrtExecutionProvider", dev), ("CUDAExecutionProvider", dev), "CPUExecutionProvider"]
+    if kind == "openvino":
+        return ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    raise ConfigError(
+        f"onnxruntime backend: unknown device '{device}'.{did_you_mean(kind, ['cpu', 'cuda', 'tensorrt', 'openvino'])}"
+        " Use cpu, cuda[:N], tensorrt[:N] or openvino, or pass providers=[...]"
+    )
+
+
+def _check_extra(extra: dict[str, Any], allowed: tuple[str, ...], backend: str) -> None:
+    for key in extra:
+        if key not in allowed:
+            raise ConfigError(
+                f"{backend} backend: unknown option '{key}'.{did_you_mean(key, allowed)} Known: {', '.join(allowed)}"
+            )
+
+
+@BACKENDS.register("onnxruntime", aliases=("ort",))
+class OnnxRuntimeBackend(Backend):
+    """Runs an ``.onnx`` file in an onnxruntime ``InferenceSession``."""
+
+    name = "onnxruntime"
+    formats = ("onnx",)
+
+    def _load(self) -> None:
+        ort = require("onnxruntime", purpose="the onnxruntime backend")
+        extra = dict(self.options.extra)
+        _check_extra(extra, _EXTRA_KEYS, self.name)
+        if not self.path.is_file():
+            raise BackendError(f"ONNX model {self.path} does not exist")
+
+        providers = self._providers(ort, extra.get("providers"))
+        so = ort.SessionOptions()
+        if self.options.threads is not None:
+            if not isinstance(self.options.threads, int) or self.options.threads < 1:
+                raise ConfigError(f"threads must be a positive integer, got {self.options.threads!r}")
+            so.intra_op_num_threads = self.options.threads
+        if extra.get("inter_op_threads") is not None:
+            so.inter_op_num_threads = int(extra["inter_op_threads"])
+        level = str(extra.get("graph_optimization", "all")).lower()
+        if level not in _OPT_LEVELS:
+            raise ConfigError(
+                f"graph_optimization '{level}' is unknown.{did_you_mean(level, list(_OPT_LEVELS))}"
+                f" Use one of {', '.join(_OPT_LEVELS)}"
+            )
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
+        for key, value in dict(extra.get("session_config") or {}).items():
+            so.add_session_config_entry(str(key), str(value))
+
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            raise BackendError(f"onnxruntime could not load {self.path}: {exc}") from exc
+        self.inputs = [TensorSpec(i.name, ort_dtype(i.type), _dims(i.shape)) for i in self._session.get_inputs()]
+        self.outputs = [TensorSpec(o.name, ort_dtype(o.type), _dims(o.shape)) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    def _providers(self, ort: Any, requested: Any) -> list[Any]:
+        providers = default_providers(self.options.device) if requested is None else list(requested)
+        if not providers:
+            raise ConfigError("providers=[] is empty; pass at least one execution provider, e.g. ['cpu']")
+        available = ort.get_available_providers()
+        out = []
+        for p in providers:
+            name, opts = (p[0], p[1]) if isinstance(p, (tuple, list)) else (p, None)
+            name = _SHORT_PROVIDERS.get(str(name).lower(), name)
+            if name not in available:
+                raise BackendError(
+                    f"onnxruntime execution provider '{name}' is not available in this installation."
+                    f" Available: {', '.join(available)}. Install the matching"
+                    " onnxruntime build (e.g. onnxruntime-gpu for CUDA/TensorRT, onnxruntime-openvino) or pick"
+                    " another device"
+                )
+            out.append((name, opts) if opts else name)
+        return out
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses, in priority order."""
+        return list(self._session.get_providers())
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise BackendError(f"{self!r} is closed")
+        try:
+            results = self._session.run(self._output_names, feeds)
+        except Exception as exc:
+            raise BackendError(f"onnxruntime failed to run {self.path.name}: {exc}") from exc
+        return dict(zip(self._output_names, results))
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def metadata(self) -> dict[str, Any]:
+        meta = super().metadata()
+        meta["providers"] = self.providers if self._session is not None else []
+        return meta
+
+    def close(self) -> None:
+        self._session = None
