@@ -1,0 +1,191 @@
+"""The class-dependent loss: weights, ranking term, and their sum, checked against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgeslim.compress.loss import (
+    ClassDependentLoss,
+    CrossEntropy,
+    build_loss,
+    class_weights,
+    critical_scores,
+    effective_number_weights,
+    ranking_loss,
+)
+from edgeslim.errors import ConfigError, DataError, EdgeslimError
+from edgeslim.recipe import LossSection
+
+torch.set_num_threads(1)
+
+
+def test_effective_number_weights_match_hand_computed_values():
+    # b = 0.1 / (1 - 0.9**n): n=10 -> 0.153534, n=100 -> 0.100003; divided by their mean 0.126768
+    w = effective_number_weights([10, 100], beta=0.9)
+    assert w.dtype == torch.float32
+    assert w.tolist() == pytest.approx([1.2111384574, 0.7888615426], rel=1e-6)
+    w3 = effective_number_weights([5, 20, 80], beta=0.99)
+    assert w3.tolist() == pytest.approx([2.2093631795, 0.5946452751, 0.1959915455], rel=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9, 0.999, 0.99999])
+def test_effective_number_weights_average_one_and_favour_rare_classes(beta):
+    counts = [3, 40, 250, 1000, 7]
+    w = effective_number_weights(counts, beta)
+    assert float(w.mean()) == pytest.approx(1.0, abs=1e-6)
+    if beta == 0.0:
+        assert torch.allclose(w, torch.ones(5))
+    else:
+        order = sorted(range(5), key=lambda i: counts[i])
+        # rarer class, larger weight (equal once beta**n underflows for large n)
+        assert all(w[a] >= w[b] for a, b in zip(order, order[1:]))
+        assert w[order[0]] > w[order[-1]]
+
+
+def test_class_weights_boost_only_critical_classes():
+    counts = [100, 25, 100, 60]
+    base = effective_number_weights(counts, 0.999)
+    w = class_weights(counts, [1, 3], beta=0.999, gamma=5.0)
+    assert w[1] == pytest.approx(5.0 * base[1])
+    assert w[3] == pytest.approx(5.0 * base[3])
+    assert w[0] == pytest.approx(base[0]) and w[2] == pytest.approx(base[2])
+    assert torch.allclose(class_weights(counts, [1], beta=0.999, gamma=1.0), base)
+
+
+@pytest.mark.parametrize(
+    "call, err, words",
+    [
+        (lambda: effective_number_weights([10, 0, 5], 0.9), DataError, "[1]"),
+        (lambda: effective_number_weights([], 0.9), DataError, "empty"),
+        (lambda: effective_number_weights([10, 5], 1.0), ConfigError, "[0, 1)"),
+        (lambda: class_weights([10, 5], [2], beta=0.9, gamma=5), ConfigError, "critical class 2"),
+        (lambda: class_weights([10, 5], [1], beta=0.9, gamma=0), ConfigError, "gamma"),
+        (lambda: ClassDependentLoss([10, 5], [0], rank_weight=-1), ConfigError, "lambda"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(call, err, words):
+    with pytest.raises(err, match=None) as info:
+        call()
+    assert isinstance(info.value, EdgeslimError)
+    assert words in str(info.value)
+
+
+def _rank_by_hand(logits, targets, critical, m=1.0):
+    """The spec's formula with Python loops and math only."""
+    rows = logits.tolist()
+    ys = targets.tolist()
+    per_class = []
+    for c in critical:
+        s = [r[c] - math.log(sum(math.exp(v) for j, v in enumerate(r) if j != c)) for r in rows]
+        pos = [s[i] for i, y in enumerate(ys) if y == c]
+        neg = [s[i] for i, y in enumerate(ys) if y != c]
+        if not pos or not neg:
+            per_class.append(0.0)
+            continue
+        terms = [max(0.0, m - (p - n)) ** 2 for p in pos for n in neg]
+        per_class.append(sum(terms) / len(terms))
+    return sum(per_class) / len(critical)
+
+
+def test_ranking_loss_matches_the_spec_formula():
+    logits = torch.tensor(
+        [[2.0, 0.5, -1.0], [0.1, 1.5, 0.3], [1.0, 1.0, 1.0], [-0.5, 0.2, 2.5], [0.3, 0.2, 0.1]], dtype=torch.float64
+    )
+    targets = torch.tensor([0, 1, 0, 2, 1])
+    for critical in ([0], [1], [0, 2], [0, 1, 2]):
+        got = ranking_loss(logits, targets, critical, margin=1.0)
+        assert float(got) == pytest.approx(_rank_by_hand(logits, targets, critical), rel=1e-12)
+    assert float(ranking_loss(logits, targets, [0], margin=3.0)) == pytest.approx(
+        _rank_by_hand(logits, targets, [0], m=3.0), rel=1e-12
+    )
+    # s_c for two classes is the logit difference
+    two = torch.tensor([[1.0, 3.0], [0.5, -0.5]])
+    assert critical_scores(two, 0).tolist() == pytest.approx([-2.0, 1.0])
+
+
+def test_ranking_gradient_step_raises_critical_scores_of_positives_over_negatives():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = torch.randint(0, 4, (64,), generator=g)
+    y[:6] = 2  # make sure the critical class has positives
+    model = torch.nn.Linear(8, 4)
+    torch.nn.init.normal_(model.weight, std=0.1, generator=g)
+
+    def separation():
+        with torch.no_grad():
+            s = critical_scores(model(x), 2)
+            return float(s[y == 2].mean() - s[y != 2].mean())
+
+    before, loss_before = separation(), float(ranking_loss(model(x), y, [2]).detach())
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(5):
+        opt.zero_grad()
+        loss = ranking_loss(model(x), y, [2])
+        loss.backward()
+        assert model.weight.grad.abs().sum() > 0  # the term is not detached
+        opt.step()
+    assert separation() > before + 0.1
+    assert float(ranking_loss(model(x), y, [2]).detach()) < loss_before
+
+
+@pytest.mark.parametrize("targets", [[0, 1, 1, 0], [2, 2, 2, 2]], ids=["no-positives", "no-negatives"])
+def test_batch_without_positives_or_negatives_gives_zero_with_a_graph(targets):
+    logits = torch.randn(4, 3, requires_grad=True)
+    loss = ranking_loss(logits, torch.tensor(targets), [2])
+    assert loss.item() == 0.0
+    assert loss.requires_grad
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros(4, 3))
+    assert not torch.isnan(logits.grad).any()
+
+
+def test_full_loss_is_weighted_ce_plus_lambda_times_rank():
+    counts, critical = [50, 10, 40], [1]
+    loss_fn = ClassDependentLoss(counts, critical, beta=0.99, gamma=5.0, rank_weight=3.0)
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1, 0, 2])
+    w = class_weights(counts, critical, beta=0.99, gamma=5.0)
+    wce = torch.stack([-w[t] * F.log_softmax(logits[i], 0)[t] for i, t in enumerate(y.tolist())]).mean()
+    rank = ranking_loss(logits, y, critical)
+    total = loss_fn(logits, y)
+    assert float(total) == pytest.approx(float(wce + 3.0 * rank), rel=1e-6)
+    assert float(rank) > 0
+    assert loss_fn.last_parts == pytest.approx({"wce": float(wce), "rank": float(rank)}, rel=1e-6)
+    # the ranking term contributes to the gradient (the released code's lambda = 0 / detach bug)
+    g_full = torch.autograd.grad(total, logits)[0]
+    g_wce = torch.autograd.grad(ClassDependentLoss(counts, critical, beta=0.99, rank_weight=0.0)(logits, y), logits)[0]
+    assert not torch.allclose(g_full, g_wce)
+
+
+def test_gamma_is_settable_and_reweights_critical_classes():
+    loss_fn = ClassDependentLoss([30, 30], [1], beta=0.0, gamma=5.0, rank_weight=0.0)
+    assert loss_fn.weight.tolist() == pytest.approx([1.0, 5.0])
+    logits, y = torch.zeros(2, 2), torch.tensor([0, 1])
+    boosted = float(loss_fn(logits, y))
+    loss_fn.gamma = 1.0
+    assert loss_fn.weight.tolist() == pytest.approx([1.0, 1.0])
+    assert float(loss_fn(logits, y)) == pytest.approx(math.log(2))
+    assert boosted == pytest.approx(3.0 * math.log(2))  # (1 + 5) / 2 * log 2
+
+
+def test_build_loss_follows_the_recipe_section():
+    section = LossSection.model_validate({"beta": 0.9, "gamma": 10.0, "lambda": 2.0, "margin": 0.5})
+    loss_fn = build_loss(section, [20, 5, 20], [1])
+    assert isinstance(loss_fn, ClassDependentLoss)
+    assert (loss_fn.beta, loss_fn.gamma, loss_fn.rank_weight, loss_fn.margin) == (0.9, 10.0, 2.0, 0.5)
+    assert build_loss(section, [20, 5, 20], [1], gamma=1.0).gamma == 1.0
+
+    ce = build_loss(LossSection(name="cross_entropy"), [20, 5, 20], [1])
+    assert isinstance(ce, CrossEntropy)
+    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 1])
+    assert float(ce(logits, y)) == pytest.approx(float(F.cross_entropy(logits, y)))
+    assert ce.last_parts["rank"] == 0.0
+
+
+def test_loss_rejects_logits_of_the_wrong_width():
+    with pytest.raises(ConfigError, match="3 classes"):
+        ClassDependentLoss([5, 5, 5], [0])(torch.randn(2, 4), torch.tensor([0, 1]))
