@@ -1,0 +1,188 @@
+"""The profiler on real backends (onnxruntime on a TinyNet artifact) and on a backend of known duration."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import numpy as np
+import pytest
+
+from edgeslim.devices.profiler import ProfileConfig, backend_class, latency_stats, profile_artifact, profile_backend
+from edgeslim.errors import ArtifactError, ConfigError, DataError, MissingDependencyError, UnknownNameError
+from edgeslim.runtime.base import Backend, TensorSpec
+
+FAST = ProfileConfig(warmup=3, iterations=20, seconds=0.05)
+
+
+class SpinBackend(Backend):
+    """Takes a known time per call (busy wait, so the scheduler does not add sleep slack): the truth to
+    check the profiler's clock and statistics against."""
+
+    name = "spin"
+    formats = ()
+
+    def _load(self) -> None:
+        self.cost_ns = int(self.options.extra["ms"] * 1e6)
+        self.calls = 0
+        self.inputs = [TensorSpec("input", "float32", (-1, 4))]
+        self.outputs = [TensorSpec("logits", "float32", (-1, 2))]
+
+    def _infer(self, feeds):
+        self.calls += 1
+        end = time.perf_counter_ns() + self.cost_ns
+        while time.perf_counter_ns() < end:
+            pass
+        return {"logits": np.zeros((feeds["input"].shape[0], 2), np.float32)}
+
+
+def _spin(ms: float) -> SpinBackend:
+    from edgeslim.runtime.base import BackendOptions
+
+    return SpinBackend("spin", BackendOptions(extra={"ms": ms}))
+
+
+def test_latency_matches_a_known_duration_and_window_minimums_hold():
+    b = _spin(2.0)
+    cfg = ProfileConfig(warmup=5, iterations=30, seconds=0.15)
+    r = profile_backend(b, batch=3, cfg=cfg, load_seconds=0.25)
+    lat = r["latency_ms"]
+    assert 2.0 <= lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert lat["median"] == pytest.approx(2.0, abs=0.3)
+    m = r["measured"]
+    assert m["iterations"] >= 30 and m["seconds"] >= 0.15
+    # every call counted exactly once: first inference + warm-up + window
+    assert b.calls == 1 + r["warmup"]["iterations"] + m["iterations"]
+    assert r["warmup"]["iterations"] >= 5
+    # items/s = batch * calls / wall, and wall >= sum of per-call latencies
+    assert r["throughput"]["items_per_s"] == pytest.approx(3 * m["iterations"] / m["seconds"])
+    assert r["throughput"]["items_per_s"] <= 3 / (lat["mean"] / 1e3) * 1.001
+    assert r["load_s"] == 0.25 and r["first_inference_ms"] >= 2.0
+    assert r["input_shape"] == [3, 4]
+
+
+def test_iterations_floor_dominates_when_calls_are_slow():
+    r = profile_backend(_spin(5.0), batch=1, cfg=ProfileConfig(warmup=0, iterations=12, seconds=0.0))
+    assert r["measured"]["iterations"] == 12
+    assert r["warmup"]["iterations"] == 0
+
+
+def test_warmup_seconds_are_honoured():
+    r = profile_backend(_spin(1.0), batch=1, cfg=ProfileConfig(warmup=1, warmup_seconds=0.1, iterations=5, seconds=0))
+    assert r["warmup"]["seconds"] >= 0.1 and r["warmup"]["iterations"] >= 90
+
+
+def test_latency_stats_percentiles():
+    s = latency_stats(np.arange(1, 101) * 1_000_000)  # 1..100 ms
+    assert s["min"] == 1 and s["max"] == 100 and s["median"] == 50.5 and s["count"] == 100
+    assert s["p90"] == pytest.approx(90.1) and s["p99"] == pytest.approx(99.01)
+
+
+def test_memory_peak_is_reported_for_the_window():
+    r = profile_backend(_spin(0.1), batch=1, cfg=FAST)
+    mem = r["memory"]
+    assert mem["peak_rss_mb"] > 10
+    assert mem["peak_delta_mb"] >= 0 or mem["peak_scope"] == "process lifetime"
+    assert mem["process_peak_rss_mb"] >= mem["peak_rss_mb"]
+
+
+def test_bad_config_and_batch_are_rejected():
+    with pytest.raises(ConfigError, match="iterations"):
+        ProfileConfig(iterations=0)
+    with pytest.raises(ConfigError, match="batch_sizes"):
+        ProfileConfig(batch_sizes=(0,))
+    with pytest.raises(ConfigError, match="batch"):
+        profile_backend(_spin(0.1), batch=0, cfg=FAST)
+    with pytest.raises(ConfigError, match="images"):
+        profile_backend(_spin(0.1), batch=1, cfg=ProfileConfig(iterations=2, seconds=0, end_to_end=True))
+
+
+def test_onnxruntime_end_to_end_includes_decode_and_preprocess(tiny_artifact, png_images):
+    from edgeslim.artifact import load_manifest
+
+    man = load_manifest(tiny_artifact)
+    cls = backend_class("onnxruntime")
+    from edgeslim.runtime.base import BackendOptions
+
+    with cls(tiny_artifact / "model.onnx", BackendOptions(threads=1)) as b:
+        r = profile_backend(
+            b, batch=2, cfg=ProfileConfig(warmup=2, iterations=20, seconds=0.05, end_to_end=True),
+            images=png_images, preprocessing=man.preprocessing,
+        )
+    assert r["input_shape"] == [2, 3, 16, 16]
+    e2e, pre, comp = r["end_to_end_ms"], r["preprocess_ms"], r["compute_in_end_to_end_ms"]
+    assert pre["median"] > 0 and comp["median"] > 0
+    assert e2e["median"] >= comp["median"] and e2e["median"] >= pre["median"]
+    assert e2e["median"] <= pre["max"] + comp["max"] + 1.0
+
+
+def test_profile_artifact_one_entry_per_model_backend_batch_with_conditions(tiny_artifact):
+    import onnxruntime
+
+    from edgeslim.artifact import load_manifest
+
+    man = load_manifest(tiny_artifact)
+    lines: list[str] = []
+    entries = profile_artifact(
+        tiny_artifact, backends=("onnxruntime",), cfg=ProfileConfig(warmup=2, iterations=10, seconds=0.02, batch_sizes=(1, 4)),
+        threads=1, progress=lines.append,
+    )
+    assert [(e["model"]["path"], e["batch"]) for e in entries] == [
+        ("model.onnx", 1), ("model.onnx", 4), ("model.int8.onnx", 1), ("model.int8.onnx", 4),
+    ]
+    for e in entries:
+        assert e["status"] == "ok"
+        assert e["model"]["sha256"] == man.files[e["model"]["path"]]
+        assert e["backend"] == {"name": "onnxruntime", "version": onnxruntime.__version__}
+        assert e["conditions"]["threads"] == 1 and e["conditions"]["cpu"]["logical_cores"]
+        assert e["conditions"]["config"]["batch_sizes"] == [1, 4]
+        assert e["input_shape"][0] == e["batch"]
+        assert e["load_s"] > 0
+    assert any("median" in ln for ln in lines) and len(lines) == 8
+
+
+def test_precision_filter_and_missing_precision(tiny_artifact):
+    entries = profile_artifact(tiny_artifact, backends=("ort",), precisions=["int8"], cfg=FAST, progress=False)
+    assert [e["model"]["precision"] for e in entries] == ["int8"]
+    with pytest.raises(ConfigError, match="fp16"):
+        profile_artifact(tiny_artifact, backends=("onnxruntime",), precisions=["fp16"], cfg=FAST, progress=False)
+
+
+def test_unknown_backend_suggests_the_closest_name(tiny_artifact):
+    with pytest.raises(UnknownNameError, match="Did you mean 'onnxruntime'"):
+        profile_artifact(tiny_artifact, backends=("onnxrutime",), cfg=FAST, progress=False)
+
+
+def test_missing_artifact_is_a_clear_error(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        profile_artifact(tmp_path / "nope", cfg=FAST, progress=False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+def test_backend_not_installed_names_the_extra():
+    with pytest.raises(MissingDependencyError, match=r"edgeslim\[tensorrt\]"):
+        backend_class("tensorrt")
+
+
+def test_labels_outside_the_model_classes_are_rejected(tiny_artifact, digits):
+    _, _, xte, yte = digits
+    with pytest.raises(DataError, match="classes do not match"):
+        profile_artifact(tiny_artifact, backends=("onnxruntime",), cfg=FAST, progress=False, data=(xte, yte + 5))
+    with pytest.raises(DataError, match="shape"):
+        profile_artifact(tiny_artifact, backends=("onnxruntime",), cfg=FAST, progress=False, data=(xte[:, :, :8], yte))
+
+
+def test_a_model_that_fails_to_load_keeps_the_other_results(tmp_path, tiny_artifact):
+    import shutil
+
+    from edgeslim.artifact import finalize, load_manifest
+
+    art = tmp_path / "broken"
+    shutil.copytree(tiny_artifact, art)
+    (art / "model.int8.onnx").write_bytes(b"not an onnx file")
+    finalize(art, load_manifest(art, verify=False))  # a consistent manifest around a bad file
+    entries = profile_artifact(art, backends=("onnxruntime",), cfg=FAST, progress=False)
+    status = {e["model"]["path"]: e["status"] for e in entries}
+    assert status == {"model.onnx": "ok", "model.int8.onnx": "failed"}
+    bad = next(e for e in entries if e["status"] == "failed")
+    assert "model.int8.onnx" in bad["error"]
