@@ -5,6 +5,10 @@
     streams: ``NUM_STREAMS`` (an int or ``"AUTO"``).
     cache_dir: OpenVINO model cache directory (speeds up the second compile on GPU/NPU).
     config: further ``compile_model`` properties passed through unchanged.
+    inference_precision: ``INFERENCE_PRECISION_HINT`` (``"f32"``, ``"bf16"``, ``"f16"``, or ``"default"`` for the
+        plugin's choice). Default ``"f32"`` on CPU (and AUTO/MULTI/HETERO): on CPUs with AMX or AVX512-BF16 the
+        plugin otherwise runs FP32 models in bfloat16, which moves logits by ~1e-3 and shifts probabilities that
+        the manifest's critical-class thresholds were calibrated on. Pass ``"bf16"`` for speed.
     requests: number of infer requests for :meth:`OpenVINOBackend.infer_async_many`
         (default: the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``).
 """
@@ -21,7 +25,7 @@ from ..registry import did_you_mean
 from .base import BACKENDS, Backend, TensorSpec
 
 _HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
-_EXTRA_KEYS = ("hint", "streams", "cache_dir", "config", "requests")
+_EXTRA_KEYS = ("hint", "streams", "cache_dir", "config", "requests", "inference_precision")
 # Virtual devices that take a device list after ':' and are resolved by OpenVINO itself.
 _VIRTUAL = ("AUTO", "MULTI", "HETERO", "BATCH")
 
@@ -96,6 +100,11 @@ class OpenVINOBackend(Backend):
                 raise ConfigError(f"threads must be a positive integer, got {self.options.threads!r}")
             # INFERENCE_NUM_THREADS is a CPU plugin property; other plugins reject it.
             config["INFERENCE_NUM_THREADS"] = self.options.threads
+        precision = extra.get("inference_precision")
+        if precision is None and self.device.partition(".")[0].partition(":")[0] in ("CPU", *_VIRTUAL):
+            precision = "f32"
+        if precision is not None and str(precision).lower() != "default":
+            config["INFERENCE_PRECISION_HINT"] = str(precision).lower()
         config.update(dict(extra.get("config") or {}))
         if extra.get("cache_dir"):
             core.set_property({"CACHE_DIR": str(extra["cache_dir"])})
