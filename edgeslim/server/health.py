@@ -1,0 +1,23 @@
+"""Health: ``/v2/health/live`` and ``/v2/health/ready`` (the only routes that never need the token)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+router = APIRouter(prefix="/v2/health", tags=["health"])
+
+
+@router.get("/live", summary="Liveness", responses={200: {"description": "the server process is up"}})
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get(
+    "/ready",
+    summary="Readiness",
+    responses={200: {"description": "every model is loaded"}, 503: {"description": "loading or shutting down"}},
+)
+async def ready(request: Request) -> Response:
+    repo = request.app.state.repository
+    ok = bool(repo.models) and all(m.ready for m in repo.models.values())
+    return Response(status_code=200 if ok else 503)

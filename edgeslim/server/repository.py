@@ -1,0 +1,304 @@
+"""The models a server serves: loading artifacts, input validation, the batcher and statistics per model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact import MANIFEST, Manifest
+from ..errors import ConfigError, InputError
+from ..registry import did_you_mean
+from .batcher import BatchRecord, DynamicBatcher, Timing
+from .errors import ModelNotFoundError
+from .protocol import v2_datatype
+from .settings import MODEL_NAME_RE, ServerSettings
+
+VERSION = "1"  # an artifact is one immutable model version
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += int(ns)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class ModelStats:
+    """Triton's statistics extension counters for one model version (cumulative since start)."""
+
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0  # items (batch rows) inferred
+    execution_count: int = 0  # model executions (batches)
+    last_inference_ms: int = 0
+    batches: dict[int, dict[str, Duration]] = field(default_factory=dict)
+
+    def record_success(self, duration_ns: int, t: Timing, items: int) -> None:
+        self.success.add(duration_ns)
+        self.queue.add(t.queue_ns)
+        self.compute_input.add(t.compute_input_ns)
+        self.compute_infer.add(t.compute_infer_ns)
+        self.compute_output.add(t.compute_output_ns)
+        self.inference_count += items
+        self.last_inference_ms = int(time.time() * 1000)
+
+    def record_failure(self, duration_ns: int) -> None:
+        self.fail.add(duration_ns)
+
+    def record_batch(self, rec: BatchRecord) -> None:
+        self.execution_count += 1
+        b = self.batches.setdefault(
+            rec.batch_size, {k: Duration() for k in ("compute_input", "compute_infer", "compute_output")}
+        )
+        b["compute_input"].add(rec.compute_input_ns)
+        b["compute_infer"].add(rec.compute_infer_ns)
+        b["compute_output"].add(rec.compute_output_ns)
+
+    def to_dict(self, name: str, version: str) -> dict[str, Any]:
+        """The ``model_stats`` entry of Triton's statistics extension."""
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                k: getattr(self, k).to_dict()
+                for k in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+            },
+            "batch_stats": [
+                {"batch_size": size, **{k: d.to_dict() for k, d in durs.items()}}
+                for size, durs in sorted(self.batches.items())
+            ],
+        }
+
+
+def find_artifacts(paths: tuple[Path, ...]) -> list[Path]:
+    """Each path that is an artifact, plus every artifact one level below a path that is not."""
+    found: list[Path] = []
+    for p in paths:
+        if (p / MANIFEST).is_file():
+            found.append(p)
+        elif p.is_dir():
+            subs = sorted(d for d in p.iterdir() if (d / MANIFEST).is_file())
+            if not subs:
+                raise ConfigError(f"{p} is neither an artifact (no {MANIFEST}) nor a directory of artifacts")
+            found.extend(subs)
+        else:
+            raise ConfigError(f"model path {p} does not exist; pass an artifact directory or a directory of them")
+    return found
+
+
+def _open(path: Path, settings: ServerSettings, backend: str) -> tuple[Manifest, Any]:
+    """Load an artifact through the runtime: its manifest and a :class:`~edgeslim.runtime.base.Backend`."""
+    from .. import runtime
+
+    predictor = runtime.load(
+        path,
+        backend=backend,
+        precision=settings.precision,
+        device=settings.device,
+        threads=settings.threads,
+        verify=settings.verify,
+    )
+    return predictor.manifest, predictor.backend
+
+
+class ServedModel:
+    """One loaded model: manifest, backend, batcher, statistics and the request checks that need the model."""
+
+    def __init__(self, manifest: Manifest, backend: Any, settings: ServerSettings, path: Path) -> None:
+        self.name = manifest.name
+        self.version = VERSION
+        self.manifest = manifest
+        self.backend = backend
+        self.path = path
+        self.settings = settings
+        self.stats = ModelStats()
+        self.ready = False
+        # Batching needs a dynamic leading axis on every input; otherwise each request runs alone.
+        self.batchable = all(i.shape and i.shape[0] == -1 for i in backend.inputs)
+        self.max_batch = settings.max_batch if self.batchable else 0
+        self.batcher = DynamicBatcher(
+            backend.infer,
+            max_batch=max(self.max_batch, 1),
+            delay_s=settings.batch_delay_ms / 1000.0,
+            preferred=settings.preferred_batch_sizes,
+            queue_size=settings.queue_size,
+            enabled=settings.dynamic_batching and self.batchable,
+            on_batch=self.stats.record_batch,
+            name=self.name,
+        )
+
+    @property
+    def platform(self) -> str:
+        return {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "tensorrt": "tensorrt_plan",
+                "torch": "pytorch_libtorch"}.get(self.backend.name, self.backend.name)
+
+    def metadata(self) -> dict[str, Any]:
+        """KServe v2 model metadata (``-1`` marks a variable dimension)."""
+
+        def t(spec: Any) -> dict[str, Any]:
+            return {"name": spec.name, "datatype": v2_datatype(spec.dtype), "shape": list(spec.shape)}
+
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [t(s) for s in self.backend.inputs],
+            "outputs": [t(s) for s in self.backend.outputs],
+        }
+
+    def config(self) -> dict[str, Any]:
+        """Triton-style model configuration. With ``max_batch_size > 0`` dims exclude the batch axis."""
+
+        def t(spec: Any) -> dict[str, Any]:
+            dims = list(spec.shape[1:] if self.max_batch > 0 else spec.shape)
+            return {"name": spec.name, "data_type": "TYPE_" + v2_datatype(spec.dtype).replace("BYTES", "STRING"), "dims": dims}
+
+        cfg: dict[str, Any] = {
+            "name": self.name,
+            "platform": self.platform,
+            "backend": self.backend.name,
+            "version_policy": {"specific": {"versions": [int(self.version)]}},
+            "max_batch_size": self.max_batch,
+            "input": [t(s) for s in self.backend.inputs],
+            "output": [t(s) for s in self.backend.outputs],
+            "instance_group": [{"count": 1, "kind": "KIND_GPU" if "cuda" in self.settings.device.lower() else "KIND_CPU"}],
+            "parameters": {
+                "classes": {"string_value": ",".join(self.manifest.classes)},
+                "critical": {"string_value": ",".join(str(i) for i in self.manifest.critical)},
+            },
+        }
+        if self.batcher.enabled:
+            cfg["dynamic_batching"] = {
+                "preferred_batch_size": list(self.batcher.preferred),
+                "max_queue_delay_microseconds": int(self.settings.batch_delay_ms * 1000),
+                "default_queue_policy": {
+                    "max_queue_size": self.settings.queue_size,
+                    "default_timeout_microseconds": int(self.settings.request_timeout_s * 1e6),
+                },
+            }
+        return cfg
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Validate request tensors against the model: names, datatypes, shapes, batch size, NaN/Inf policy.
+
+        Raises:
+            InputError: with a message naming the input and what it should be.
+        """
+        specs = {s.name: s for s in self.backend.inputs}
+        unknown = sorted(set(inputs) - set(specs))
+        missing = sorted(set(specs) - set(inputs))
+        if unknown or missing:
+            hint = did_you_mean(unknown[0], list(specs)) if unknown else ""
+            raise InputError(
+                f"model '{self.name}' expects inputs {sorted(specs)}; unknown {unknown}, missing {missing}.{hint}"
+            )
+        batch = None
+        for name, arr in inputs.items():
+            spec = specs[name]
+            want = v2_datatype(spec.dtype)
+            got = v2_datatype(arr.dtype)
+            if got != want:
+                raise InputError(f"input '{name}' has datatype {got}; model '{self.name}' expects {want}")
+            if arr.ndim != len(spec.shape) or any(d != -1 and d != a for d, a in zip(spec.shape, arr.shape)):
+                raise InputError(
+                    f"input '{name}' has shape {list(arr.shape)}; model '{self.name}' expects {list(spec.shape)}"
+                    " (-1 = any size)"
+                )
+            if self.batchable:
+                n = arr.shape[0]
+                if n < 1:
+                    raise InputError(f"input '{name}' has batch size 0; send at least one item")
+                if n > self.max_batch:
+                    raise InputError(
+                        f"input '{name}' has batch size {n}, more than the model's max_batch_size {self.max_batch};"
+                        " split the request"
+                    )
+                if batch is not None and n != batch:
+                    raise InputError(f"inputs disagree on the batch size ({batch} vs {n} for '{name}')")
+                batch = n
+            if self.settings.nonfinite == "reject" and arr.dtype.kind == "f" and arr.size:
+                if not np.isfinite(arr).all():
+                    bad = int(arr.size - np.isfinite(arr).sum())
+                    raise InputError(
+                        f"input '{name}' contains {bad} NaN/Inf value(s); the server rejects non-finite inputs"
+                        " (fix the preprocessing, or start the server with nonfinite='allow')"
+                    )
+        return self.backend.check_feeds(inputs)
+
+    def items(self, feeds: dict[str, np.ndarray]) -> int:
+        first = next(iter(feeds.values()))
+        return int(first.shape[0]) if self.batchable and first.ndim else 1
+
+
+class ModelRepository:
+    """Every served model by name."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.models: dict[str, ServedModel] = {}
+
+    def load(self) -> None:
+        """Load every artifact named by the settings (called once, in the app's lifespan)."""
+        for path in find_artifacts(self.settings.models):
+            from ..artifact import load_manifest
+
+            name = load_manifest(path, verify=False).name
+            if not MODEL_NAME_RE.match(name):
+                raise ConfigError(
+                    f"artifact {path} has model name {name!r}; served names must match {MODEL_NAME_RE.pattern}"
+                    " (letters, digits, '_', '.', '-'); rename it in manifest.json and re-finalize"
+                )
+            if name in self.models:
+                raise ConfigError(f"two artifacts are named '{name}' ({self.models[name].path} and {path}); rename one")
+            backend = self.settings.model_backends.get(name, self.settings.backend)
+            manifest, be = _open(path, self.settings, backend)
+            self.models[name] = ServedModel(manifest, be, self.settings, path)
+        unknown = sorted(set(self.settings.model_backends) - set(self.models))
+        if unknown:
+            raise ConfigError(f"model_backends names models that are not served: {unknown}; served: {sorted(self.models)}")
+
+    def start(self) -> None:
+        for m in self.models.values():
+            m.batcher.start()
+            m.ready = True
+
+    async def close(self) -> None:
+        """Finish queued requests, then release every backend."""
+        for m in self.models.values():
+            m.ready = False
+        for m in self.models.values():
+            await m.batcher.close()
+            m.backend.close()
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The model called ``name`` (and ``version``), or :class:`ModelNotFoundError` with a did-you-mean."""
+        if not MODEL_NAME_RE.match(name):
+            raise ModelNotFoundError(
+                f"invalid model name {name[:80]!r}: names are letters, digits, '_', '.', '-' (at most 128)"
+            )
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(
+                f"unknown model '{name}'.{did_you_mean(name, list(self.models))} Served: {', '.join(sorted(self.models))}"
+            )
+        if version not in (None, "", model.version):
+            raise ModelNotFoundError(f"model '{name}' has no version '{version[:20]}'; served versions: {model.version}")
+        return model

@@ -1,0 +1,108 @@
+"""``ServerSettings``: everything ``edgeslim serve`` can be told, validated on construction."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import ConfigError
+
+#: Model names the server accepts, at load time and in URLs (no path separators, no "..").
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+_NONFINITE = ("reject", "allow")
+_BACKENDS_HINT = "openvino, onnxruntime, tensorrt, torch"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How to serve one or several artifacts.
+
+    Args:
+        models: artifact directories, or directories whose sub-directories are artifacts (each holds a
+            ``manifest.json``). Every model is served under its manifest ``name``.
+        backend: runtime backend for every model (``openvino``, ``onnxruntime``, ``tensorrt``, ``torch``).
+        model_backends: per-model override, ``{model name: backend}``.
+        precision: model precision to load (``fp32``/``fp16``/``int8``); None picks the most precise one.
+        device: backend device string (``cpu``, ``cuda:0``, ``GPU``, ...).
+        threads: intra-op threads per model (None: the backend's default).
+        host: bind address. The default only accepts connections from this machine.
+        port: TCP port.
+        max_batch: largest batch (in items, summed over requests) one execution may run; also the largest batch
+            a single request may send. Triton's ``max_batch_size``.
+        dynamic_batching: combine queued requests into one execution (Triton's ``dynamic_batching``). When off,
+            every request runs alone.
+        batch_delay_ms: how long the oldest queued request may wait for others to join its batch
+            (Triton's ``max_queue_delay_microseconds``, in milliseconds). 0 runs whatever is queued at once.
+        preferred_batch_sizes: batch sizes that run at once without waiting for the delay.
+        queue_size: requests that may wait per model; when full, new requests get 503 with ``Retry-After``.
+        request_timeout_s: longest a request may wait for its answer (queue + compute), else 504. A smaller
+            ``parameters.timeout`` (microseconds) in the request wins.
+        token: if set, every route except ``/v2/health/*`` requires ``Authorization: Bearer <token>``.
+        max_body_bytes: largest request body accepted, before and after ``Content-Encoding`` decompression.
+        nonfinite: ``"reject"`` answers 400 to NaN/Inf in floating-point inputs; ``"allow"`` passes them on.
+        graceful_timeout_s: on shutdown, how long to wait for in-flight requests before closing connections.
+        verify: check every artifact file against the sha256 in its manifest at load time.
+        log_level: uvicorn log level.
+    """
+
+    models: tuple[Path, ...]
+    backend: str = "onnxruntime"
+    model_backends: dict[str, str] = field(default_factory=dict)
+    precision: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 8
+    dynamic_batching: bool = True
+    batch_delay_ms: float = 2.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    queue_size: int = 64
+    request_timeout_s: float = 30.0
+    token: str | None = field(default=None, repr=False)
+    max_body_bytes: int = 64 * 1024 * 1024
+    nonfinite: Literal["reject", "allow"] = "reject"
+    graceful_timeout_s: float = 30.0
+    verify: bool = True
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        models = (self.models,) if isinstance(self.models, (str, os.PathLike)) else tuple(self.models)
+        if not models:
+            raise ConfigError("ServerSettings.models is empty; pass at least one artifact directory")
+        object.__setattr__(self, "models", tuple(Path(m) for m in models))
+        object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
+        object.__setattr__(self, "model_backends", dict(self.model_backends))
+
+        def positive(name: str, value: object, *, zero_ok: bool = False, kind: type = int) -> None:
+            ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+            if not ok or value < 0 or (value == 0 and not zero_ok):
+                bound = ">= 0" if zero_ok else "> 0"
+                raise ConfigError(f"ServerSettings.{name} must be a number {bound}, got {value!r}")
+
+        positive("port", self.port, zero_ok=True)
+        if self.port > 65535:
+            raise ConfigError(f"ServerSettings.port must be <= 65535, got {self.port}")
+        positive("max_batch", self.max_batch)
+        positive("queue_size", self.queue_size)
+        positive("max_body_bytes", self.max_body_bytes)
+        positive("batch_delay_ms", self.batch_delay_ms, zero_ok=True, kind=float)
+        positive("request_timeout_s", self.request_timeout_s, kind=float)
+        positive("graceful_timeout_s", self.graceful_timeout_s, zero_ok=True, kind=float)
+        if self.threads is not None:
+            positive("threads", self.threads)
+        for size in self.preferred_batch_sizes:
+            if not isinstance(size, int) or not 1 <= size <= self.max_batch:
+                raise ConfigError(
+                    f"preferred batch size {size!r} must be an integer in 1..max_batch ({self.max_batch})"
+                )
+        if self.nonfinite not in _NONFINITE:
+            raise ConfigError(f"ServerSettings.nonfinite must be one of {_NONFINITE}, got {self.nonfinite!r}")
+        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8):
+            raise ConfigError("ServerSettings.token must be a string of at least 8 characters (or None for no auth)")
+        if not self.backend:
+            raise ConfigError(f"ServerSettings.backend is empty; use one of {_BACKENDS_HINT}")
