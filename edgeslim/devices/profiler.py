@@ -619,15 +619,21 @@ def _accuracy(backend: Any, data: tuple[np.ndarray, np.ndarray], manifest: Any) 
 def add_accuracy_deltas(entries: list[dict[str, Any]]) -> None:
     """Add ``accuracy_delta`` to every entry with accuracy: its difference to the FP32 reference entry.
 
-    The reference is the FP32 entry on the same backend, else any FP32 entry (same samples). Deltas are
+    The reference is another FP32 run on the same backend, else another FP32 run, else the entry itself (same
+    samples). Deltas are
     ``this - reference`` for top-1 accuracy, per-class recall and the critical classes' FN / FNR / AUC.
     """
     with_acc = [e for e in entries if isinstance(e.get("accuracy"), dict) and "accuracy" in e["accuracy"]]
+    fp32 = [r for r in with_acc if r["model"]["precision"] == "fp32"]
     for e in with_acc:
-        ref = next(
-            (r for r in with_acc if r["model"]["precision"] == "fp32" and r["backend"]["name"] == e["backend"]["name"]),
-            None,
-        ) or next((r for r in with_acc if r["model"]["precision"] == "fp32"), None)
+        same = lambda r: (r["model"]["path"], r["backend"]["name"]) == (e["model"]["path"], e["backend"]["name"])  # noqa: E731
+        # Prefer a different FP32 run on the same backend, then any other FP32 run (an FP32 model on a second
+        # backend is compared with the first, which shows cross-backend drift), then itself.
+        ref = (
+            next((r for r in fp32 if r["backend"]["name"] == e["backend"]["name"] and not same(r)), None)
+            or next((r for r in fp32 if not same(r)), None)
+            or next((r for r in fp32 if same(r)), None)
+        )
         if ref is None:
             e["accuracy_delta"] = {"reference": None, "reason": "no fp32 model in the artifact to compare against"}
             continue

@@ -186,3 +186,36 @@ def test_a_model_that_fails_to_load_keeps_the_other_results(tmp_path, tiny_artif
     assert status == {"model.onnx": "ok", "model.int8.onnx": "failed"}
     bad = next(e for e in entries if e["status"] == "failed")
     assert "model.int8.onnx" in bad["error"]
+
+
+def test_accuracy_per_backend_with_deltas_against_fp32(tiny_artifact, digits):
+    from edgeslim.compress.metrics import evaluate
+
+    _, _, xte, yte = digits
+    entries = profile_artifact(
+        tiny_artifact, backends=("onnxruntime", "openvino"), cfg=FAST, threads=1, progress=False, data=(xte, yte)
+    )
+    by = {(e["model"]["path"], e["backend"]["name"]): e for e in entries}
+    assert set(by) == {("model.onnx", "onnxruntime"), ("model.int8.onnx", "onnxruntime"), ("model.xml", "openvino")}
+    fp32 = by[("model.onnx", "onnxruntime")]["accuracy"]
+    assert fp32["n"] == len(yte) and fp32["samples"] == len(yte)
+    assert fp32["accuracy"] > 0.8  # the fixture's TinyNet learned the digits
+    assert set(fp32["critical_stats"]) == {"3", "8"}
+    # the same FP32 network in OpenVINO gives the same predictions on the same samples
+    ov = by[("model.xml", "openvino")]
+    assert ov["accuracy"]["confusion"] == fp32["confusion"]
+    assert ov["accuracy_delta"]["accuracy"] == pytest.approx(0.0)
+    assert ov["accuracy_delta"]["reference"] == "model.onnx on onnxruntime"
+    # the INT8 delta is its accuracy minus the FP32 one, per class and for the critical FN
+    i8 = by[("model.int8.onnx", "onnxruntime")]
+    d = i8["accuracy_delta"]
+    assert d["reference"] == "model.onnx on onnxruntime"
+    assert d["accuracy"] == pytest.approx(i8["accuracy"]["accuracy"] - fp32["accuracy"])
+    assert d["critical"]["3"]["fn"] == i8["accuracy"]["critical_stats"]["3"]["fn"] - fp32["critical_stats"]["3"]["fn"]
+    assert len(d["per_class_recall"]) == 10
+    # and the profiler's accuracy is the one compress.metrics computes from the same logits
+    from edgeslim.runtime.base import BackendOptions
+
+    with backend_class("onnxruntime")(tiny_artifact / "model.onnx", BackendOptions(threads=1)) as b:
+        ref = evaluate(b.infer(xte)["logits"], yte, [str(i) for i in range(10)], [3, 8])
+    assert fp32["accuracy"] == pytest.approx(ref.accuracy)
