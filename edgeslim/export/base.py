@@ -1,0 +1,537 @@
+"""The exporter contract, the :data:`EXPORTERS` registry and the artifact writer.
+
+Contract
+--------
+An exporter is a subclass of :class:`Exporter` registered by name::
+
+    @EXPORTERS.register("myformat")
+    class MyExporter(Exporter):
+        name = "myformat"
+        precisions = ("fp32", "int8")   # what it can write; other requested precisions are recorded as skipped
+        after = ("onnx",)               # exporters whose files it prefers to start from (run first if requested)
+
+        def export(self, ctx: ExportContext) -> list[ModelFile]:
+            ...
+
+``export(ctx)`` writes files below ``ctx.directory`` (the artifact's temporary directory; paths in the returned
+:class:`~edgeslim.artifact.ModelFile` are relative to it) and returns what it wrote. The context carries the
+eval-mode CPU torch model, the input shape ``(C, H, W)``, the number of classes, opset, dynamic batch, the
+requested precisions (``ctx.wants("int8")``), the calibration batches (float32 NCHW, preprocessed, from the
+training split), the :class:`~edgeslim.recipe.QuantizeSection`, and ``ctx.written``: the model files earlier
+exporters produced (``ctx.find("onnx", "fp32")``), so OpenVINO or TensorRT can start from the ONNX.
+
+Failures: an exception escaping ``export`` fails that exporter only; :func:`export_artifact` records it, removes
+the files it left behind and carries on with the others. An exporter that writes several precisions wraps each in
+``ctx.attempt(self.name, precision, fn)`` so that, say, a failed INT8 keeps the FP32 file. At the end
+``strict=True`` raises one :class:`~edgeslim.errors.ExportError` listing every failure (and no artifact is
+written); ``strict=False`` writes what succeeded and records the failures in ``manifest.validation["errors"]`` (and
+precisions an exporter does not write in ``manifest.validation["export_skipped"]``).
+Every exporter must keep the graph's input name ``input`` (NCHW float32) and output name ``logits``.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import shutil
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
+
+import numpy as np
+
+from .._io import atomic_write_bytes
+from ..artifact import Manifest, ModelFile, TensorInfo, load_manifest, write_artifact
+from ..errors import ArtifactError, ConfigError, EdgeslimError, ExportError, ValidationError
+from ..recipe import ExportSection, QuantizeSection, ValidateSection
+from ..registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+TORCH_WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class ExportContext:
+    """Everything an exporter needs, and the record of what the export did so far.
+
+    Attributes:
+        model: the eval-mode CPU ``torch.nn.Module``.
+        directory: the artifact's temporary directory; write files below it.
+        input_shape: ``(C, H, W)`` of one input sample.
+        num_classes: width of the ``logits`` output.
+        opset: ONNX opset to export with.
+        dynamic_batch: export a dynamic batch axis (else batch 1).
+        precisions: the requested precisions (``fp32``, ``fp16``, ``int8``).
+        calibration: preprocessed float32 NCHW batches for INT8 PTQ (None: INT8 not possible).
+        quantize: calibration size, preset and ignored scope for PTQ.
+        written: model files written so far, by every exporter, in order.
+        errors: failures recorded by :meth:`attempt` (``{"exporter", "precision", "error"}``).
+        skipped: precisions an exporter does not support or did not write, with the reason.
+    """
+
+    model: Any
+    directory: Path
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    opset: int = 18
+    dynamic_batch: bool = True
+    precisions: tuple[str, ...] = ("fp32",)
+    calibration: list[np.ndarray] | None = None
+    quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    written: list[ModelFile] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+
+    def wants(self, precision: str) -> bool:
+        """Whether ``precision`` was requested."""
+        return precision in self.precisions
+
+    @property
+    def batch(self) -> int:
+        """The exported batch dimension: -1 when dynamic, else 1."""
+        return -1 if self.dynamic_batch else 1
+
+    def input_dims(self) -> list[int]:
+        """``[batch, C, H, W]`` with -1 for a dynamic batch."""
+        return [self.batch, *self.input_shape]
+
+    def example_input(self, batch: int | None = None) -> "torch.Tensor":
+        """A deterministic random input; batch 2 by default when dynamic (torch.export specialises a batch of 1)."""
+        import torch
+
+        n = batch if batch is not None else (2 if self.dynamic_batch else 1)
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(n, *self.input_shape, generator=g)
+
+    def find(self, format: str, precision: str = "fp32") -> ModelFile | None:
+        """A model file already written by an earlier exporter, or None."""
+        return next((m for m in self.written if m.format == format and m.precision == precision), None)
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a file in the artifact; creates its folder."""
+        p = self.directory / relative
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def attempt(self, exporter: str, precision: str, fn: Callable[[], list[ModelFile]]) -> list[ModelFile]:
+        """Run one unit of export work; on failure record it, delete the files it created, and return ``[]``.
+
+        The returned files are not added to :attr:`written`; the exporter returns them from ``export``.
+        """
+        before = _files_under(self.directory)
+        try:
+            files = list(fn())
+        except Exception as exc:  # an exporter failing must not stop the others
+            for p in _files_under(self.directory) - before:
+                p.unlink(missing_ok=True)
+            self.errors.append({"exporter": exporter, "precision": precision, "error": _describe(exc)})
+            return []
+        return files
+
+    def skip(self, exporter: str, precision: str, reason: str) -> None:
+        """Record that ``exporter`` did not write ``precision`` and why."""
+        self.skipped.append({"exporter": exporter, "precision": precision, "reason": reason})
+
+
+class Exporter(abc.ABC):
+    """One target format. Subclasses set ``name``, ``precisions`` (and ``after``) and implement :meth:`export`."""
+
+    name: ClassVar[str] = ""
+    #: precisions this exporter can write
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    #: exporters whose output this one starts from when available; they run first when both are requested
+    after: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def export(self, ctx: ExportContext) -> list[ModelFile]:
+        """Write this format's files for the requested precisions and return them (see the module docstring)."""
+
+
+EXPORTERS: Registry[type[Exporter]] = Registry("exporter")
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, EdgeslimError):
+        # A library error: keep its type and where it came from, the message alone is often cryptic.
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+        text = f"{type(exc).__name__}{where}: {text}"
+    return text
+
+
+def order_formats(formats: Iterable[str]) -> list[str]:
+    """Canonical exporter names in run order: each after the exporters it starts from (when requested)."""
+    names: list[str] = []
+    for f in formats:
+        c = EXPORTERS.canonical(f)
+        if c not in names:
+            names.append(c)
+    ordered: list[str] = []
+
+    def visit(n: str, stack: tuple[str, ...]) -> None:
+        if n in ordered:
+            return
+        if n in stack:
+            raise ConfigError(f"exporters {' -> '.join((*stack, n))} depend on each other in a cycle")
+        for dep in EXPORTERS.get(n).after:
+            if dep in names:
+                visit(dep, (*stack, n))
+        ordered.append(n)
+
+    for n in names:
+        visit(n, ())
+    return ordered
+
+
+# -- weights and sparsity -----------------------------------------------------------------------------------------
+
+
+def write_torch_weights(model: Any, path: str | os.PathLike) -> ModelFile:
+    """Write the model's state dict as safetensors (atomically) and describe it as a torch ``ModelFile``.
+
+    Tensors are cloned contiguous so tied or strided parameters serialise; the torch backend rebuilds the
+    module from ``Manifest.arch`` and loads these weights.
+    """
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save(state))
+    return ModelFile(format="torch", precision="fp32", path=Path(path).name, extra={"tensors": len(state)})
+
+
+def _zeros_summary(layers: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    zeros = sum(z for z, _ in layers.values())
+    total = sum(t for _, t in layers.values())
+    return {
+        "zeros": zeros,
+        "total": total,
+        "ratio": round(zeros / total, 6) if total else 0.0,
+        "layers": {k: round(z / t, 6) if t else 0.0 for k, (z, t) in layers.items()},
+    }
+
+
+def torch_weight_sparsity(model: Any) -> dict[str, Any]:
+    """Exact zeros in the weights of every Conv and Linear module of a torch model."""
+    from torch import nn
+
+    layers: dict[str, tuple[int, int]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            w = mod.weight.detach()
+            layers[name] = (int((w == 0).sum()), int(w.numel()))
+    return _zeros_summary(layers)
+
+
+def onnx_weight_sparsity(path: str | os.PathLike) -> dict[str, Any]:
+    """Exact zeros in the weight initializers of every Conv, ConvTranspose, Gemm and MatMul node of an ONNX file."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    layers: dict[str, tuple[int, int]] = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
+            w = inits.get(node.input[1])
+            if w is not None and w.name not in layers:
+                arr = numpy_helper.to_array(w)
+                layers[w.name] = (int((arr == 0).sum()), int(arr.size))
+    return _zeros_summary(layers)
+
+
+# -- the artifact writer ------------------------------------------------------------------------------------------
+
+
+def _input_shape(manifest: Manifest) -> tuple[int, int, int]:
+    shape = list(manifest.input.shape)
+    if len(shape) == 4 and all(d > 0 for d in shape[1:]):
+        return int(shape[1]), int(shape[2]), int(shape[3])
+    crop = manifest.preprocessing.crop
+    return 3, crop, crop
+
+
+def _check_request(formats: Sequence[str], precisions: Sequence[str], calibration: Any,
+                   quantize_cfg: QuantizeSection) -> tuple[list[str], tuple[str, ...]]:
+    if isinstance(formats, str) or isinstance(precisions, str):
+        raise ConfigError("formats and precisions must be sequences such as ('onnx',), not a single string")
+    if not formats:
+        raise ConfigError(f"no export formats requested; choose from {', '.join(EXPORTERS.names())}")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ConfigError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(PRECISIONS)}")
+    if "int8" in precisions:
+        if quantize_cfg.method == "none":
+            raise ConfigError("int8 was requested but quantize.method is 'none'; set it to 'ptq' or drop int8")
+        if calibration is None:
+            raise ConfigError(
+                "int8 needs calibration batches: pass calibration=[float32 NCHW arrays from the training split]"
+                " (see edgeslim.compress.quantize.calibration_batches), or precisions=('fp32',)"
+            )
+    return order_formats(formats), tuple(dict.fromkeys(precisions))
+
+
+def _reference_logits(model: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch):
+            out.append(model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32))).numpy())
+    return np.concatenate(out)
+
+
+def _run_exporters(ctx: ExportContext, names: list[str]) -> None:
+    for name in names:
+        cls = EXPORTERS.get(name)
+        for p in ctx.precisions:
+            if p not in cls.precisions:
+                ctx.skip(name, p, f"the {name} exporter writes {', '.join(cls.precisions)} only")
+        ctx.written.extend(ctx.attempt(name, "*", lambda cls=cls: cls().export(ctx)))
+
+
+def export_artifact(
+    model: "torch.nn.Module",
+    out_dir: str | os.PathLike,
+    manifest: Manifest,
+    *,
+    formats: Sequence[str] | None = None,
+    precisions: Sequence[str] = ("fp32", "int8"),
+    calibration: Iterable[np.ndarray] | None = None,
+    validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+    export_cfg: ExportSection | None = None,
+    quantize_cfg: QuantizeSection | None = None,
+    validate_cfg: ValidateSection | None = None,
+    strict: bool = True,
+) -> Manifest:
+    """Export ``model`` to every requested format and precision and write one validated artifact, atomically.
+
+    The torch weights (``model.safetensors``) are always written. Files are written into a temporary directory
+    that replaces ``out_dir`` only when everything is hashed and the manifest written, so an interrupted or
+    failed export never leaves a directory that loads.
+
+    Args:
+        model: the trained (possibly pruned) classifier; it is exported in eval mode on the CPU.
+        out_dir: the artifact directory (replaced if it exists).
+        manifest: metadata to carry (name, arch, classes, critical, preprocessing, ...). ``input``, ``outputs``,
+            ``models``, ``sparsity`` and ``validation`` are filled in here; the input shape is taken from
+            ``manifest.input.shape`` when it names C, H, W, else from ``preprocessing.crop``.
+        formats: exporter names (see ``EXPORTERS.names()``); default ``export_cfg.formats`` (onnx, openvino).
+        precisions: any of ``fp32``, ``fp16``, ``int8``; each exporter writes those it supports.
+        calibration: preprocessed float32 NCHW batches from the training split, needed for ``int8``.
+        validation: ``(inputs, labels)`` of the test split (preprocessed float32 NCHW, int labels or None): every
+            exported file is compared with the PyTorch logits on them (see :func:`validate_exports`).
+        export_cfg: opset, dynamic batch and formats.
+        quantize_cfg: calibration size, preset, ignored scope.
+        validate_cfg: tolerances.
+        strict: raise when an exporter fails or validation finds a mismatch (nothing is written); otherwise write
+            what succeeded and record the failures in ``manifest.validation``.
+
+    Returns:
+        The written manifest (with file hashes).
+
+    Raises:
+        ConfigError: unknown format or precision; int8 without calibration.
+        ExportError: (strict) an exporter failed; the message lists every failure.
+        ValidationError: (strict) an export disagrees with PyTorch beyond tolerance; lists every mismatch.
+    """
+    return _export(model, out_dir, manifest, formats=formats, precisions=precisions, calibration=calibration,
+                   validation=validation, export_cfg=export_cfg, quantize_cfg=quantize_cfg,
+                   validate_cfg=validate_cfg, strict=strict, existing=None)
+
+
+def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[str] | None,
+            precisions: Sequence[str], calibration: Any, validation: Any, export_cfg: ExportSection | None,
+            quantize_cfg: QuantizeSection | None, validate_cfg: ValidateSection | None, strict: bool,
+            existing: Path | None) -> Manifest:
+    import torch
+
+    export_cfg = export_cfg or ExportSection()
+    quantize_cfg = quantize_cfg or QuantizeSection()
+    validate_cfg = validate_cfg or ValidateSection()
+    if formats is None:
+        formats = export_cfg.formats
+    names, precisions = _check_request(formats, precisions, calibration, quantize_cfg)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"export_artifact needs a torch.nn.Module, got {type(model).__name__}")
+    model = model.eval().cpu()
+    input_shape = _input_shape(manifest)
+    num_classes = len(manifest.classes)
+
+    # Fail fast on a model/manifest mismatch before any exporter runs.
+    with torch.inference_mode():
+        probe = model(torch.zeros(1, *input_shape))
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or probe.shape[1] != num_classes:
+        shape = list(probe.shape) if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise ConfigError(
+            f"the model returns {shape} for input [1, {', '.join(map(str, input_shape))}] but the manifest lists"
+            f" {num_classes} classes; it must return logits of shape [N, {num_classes}]"
+        )
+    if validation is not None:
+        inputs, labels = validation
+        inputs = np.asarray(inputs, dtype=np.float32)
+        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != input_shape or len(inputs) == 0:
+            raise ConfigError(
+                f"validation inputs have shape {list(inputs.shape)}; expected [N>0, {', '.join(map(str, input_shape))}]"
+            )
+        if labels is not None:
+            labels = np.asarray(labels).astype(np.int64)
+            if labels.shape != (len(inputs),):
+                raise ConfigError(f"validation labels have shape {list(labels.shape)}; expected [{len(inputs)}]")
+    cal = None if calibration is None else [np.asarray(b, dtype=np.float32) for b in calibration]
+
+    batch = -1 if export_cfg.dynamic_batch else 1
+    manifest = manifest.model_copy(deep=True)
+    manifest.input = TensorInfo(name=INPUT_NAME, dtype="float32", shape=[batch, *input_shape])
+    manifest.outputs = [TensorInfo(name=OUTPUT_NAME, dtype="float32", shape=[batch, num_classes])]
+
+    def writer(tmp: Path) -> Manifest:
+        ctx = ExportContext(
+            model=model, directory=tmp, input_shape=input_shape, num_classes=num_classes, opset=export_cfg.opset,
+            dynamic_batch=export_cfg.dynamic_batch, precisions=precisions, calibration=cal, quantize=quantize_cfg,
+        )
+        kept: list[ModelFile] = []
+        if existing is not None:
+            kept = _copy_existing(existing, tmp, names, precisions)
+            ctx.written.extend(kept)
+        if not any(m.format == "torch" for m in kept):
+            ctx.written.extend(ctx.attempt("torch", "fp32", lambda: [write_torch_weights(model, tmp / TORCH_WEIGHTS)]))
+        _run_exporters(ctx, names)
+
+        m = manifest.model_copy(deep=True)
+        m.models = list(ctx.written)
+        sparsity = dict(m.sparsity)
+        sparsity["torch"] = torch_weight_sparsity(model)
+        onnx_fp32 = ctx.find("onnx", "fp32")
+        if onnx_fp32 is not None:
+            sparsity["onnx"] = onnx_weight_sparsity(tmp / onnx_fp32.path)
+        m.sparsity = sparsity
+
+        report: dict[str, Any] = {}
+        if validation is not None:
+            from .validate import validate_exports
+
+            reference = _reference_logits(model, inputs)
+            try:
+                report = validate_exports(tmp, m, reference, inputs, labels, validate_cfg)
+            except ValidationError as exc:
+                report = getattr(exc, "report", {"passed": False, "problems": [str(exc)]})
+            report = _check_sparsity(report, sparsity)
+        report["errors"] = ctx.errors
+        report["export_skipped"] = ctx.skipped
+        m.validation = report
+
+        if strict and ctx.errors:
+            lines = [f"{e['exporter']}/{e['precision']}: {e['error']}" for e in ctx.errors]
+            if report.get("problems"):
+                lines += [_problem_line(p) for p in report["problems"]]
+            raise ExportError(
+                f"export of '{manifest.name}' failed, nothing was written to {out_dir}: " + "; ".join(lines)
+                + ". Fix the cause, or pass strict=False to keep the formats that succeeded."
+            )
+        if strict and report.get("problems"):
+            raise ValidationError(
+                f"export of '{manifest.name}' failed validation against PyTorch, nothing was written to {out_dir}: "
+                + "; ".join(_problem_line(p) for p in report["problems"])
+                + ". Loosen the tolerances in the recipe's validate section only if the difference is expected."
+            )
+        if not m.models:
+            raise ExportError(f"export of '{manifest.name}' produced no model file: " + json.dumps(ctx.errors))
+        return m
+
+    return write_artifact(out_dir, manifest, writer)
+
+
+def _problem_line(p: Any) -> str:
+    if isinstance(p, dict):
+        return f"{p.get('file')}: {p.get('metric')} = {p.get('value')} (limit {p.get('limit')})"
+    return str(p)
+
+
+def _check_sparsity(report: dict[str, Any], sparsity: dict[str, Any]) -> dict[str, Any]:
+    # Pruned weights must stay exactly zero through export (BN folding scales them, which keeps 0 at 0).
+    onnx_s, torch_s = sparsity.get("onnx"), sparsity.get("torch")
+    if onnx_s is not None and torch_s is not None and onnx_s["zeros"] < torch_s["zeros"]:
+        report.setdefault("problems", []).append(
+            {"file": "model.onnx", "metric": "zero_weights", "value": onnx_s["zeros"], "limit": f">= {torch_s['zeros']}"}
+        )
+        report["passed"] = False
+    return report
+
+
+def _copy_existing(src: Path, dst: Path, names: list[str], precisions: tuple[str, ...]) -> list[ModelFile]:
+    """Copy an existing artifact's files, except the model files about to be re-exported; return the kept models."""
+    old = load_manifest(src)
+    kept, dropped = [], set()
+    for mf in old.models:
+        if mf.format in names and mf.precision in precisions:
+            dropped.add(mf.path)
+            if mf.format == "openvino":
+                dropped.add(Path(mf.path).with_suffix(".bin").as_posix())
+        else:
+            kept.append(mf)
+    for rel in old.files:
+        if rel not in dropped:
+            target = dst / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, target)
+    return kept
+
+
+def export_existing(
+    artifact_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    formats: Sequence[str] = ("onnx", "openvino"),
+    precisions: Sequence[str] = ("fp32",),
+    calibration: Iterable[np.ndarray] | None = None,
+    validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+    export_cfg: ExportSection | None = None,
+    quantize_cfg: QuantizeSection | None = None,
+    validate_cfg: ValidateSection | None = None,
+    strict: bool = True,
+) -> Manifest:
+    """Add formats to an existing artifact, re-exporting from its ``model.safetensors``.
+
+    The model is rebuilt with ``edgeslim.compress.sources.build_model(manifest.arch, len(manifest.classes))``;
+    model files of other formats/precisions are carried over. ``out_dir`` defaults to ``artifact_dir`` (replaced
+    atomically).
+
+    Raises:
+        ArtifactError: the artifact has no torch weights or no ``arch`` to rebuild the model from.
+    """
+    from safetensors.torch import load_file
+
+    src = Path(artifact_dir)
+    old = load_manifest(src)
+    weights = next((m for m in old.models if m.format == "torch"), None)
+    if weights is None or not old.arch:
+        raise ArtifactError(
+            f"artifact {src} cannot be re-exported: it needs torch weights and Manifest.arch"
+            f" (has weights: {weights is not None}, arch: {old.arch!r}); export it again from the trained model"
+        )
+    try:
+        from ..compress.sources import build_model
+    except ImportError as exc:
+        raise ArtifactError(f"re-export needs edgeslim.compress.sources.build_model ({exc})") from exc
+    model = build_model(old.arch, len(old.classes))
+    model.load_state_dict(load_file(str(src / weights.path)))
+    manifest = old.model_copy(update={"models": [], "files": {}})
+    return _export(
+        model, out_dir or src, manifest, formats=formats, precisions=precisions, calibration=calibration,
+        validation=validation, export_cfg=export_cfg, quantize_cfg=quantize_cfg, validate_cfg=validate_cfg,
+        strict=strict, existing=src,
+    )
