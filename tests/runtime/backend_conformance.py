@@ -16,6 +16,7 @@ from edgeslim.runtime import BACKENDS, Backend, BackendOptions, TensorSpec
 
 NUM_CLASSES = 4
 SIZE = 16
+CLASSES = ["cat", "dog", "fox", "owl"]
 
 
 class BackendConformance:
