@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError, UnknownNameError, require
+from ..errors import BackendError, ConfigError, require
 from ..registry import did_you_mean
 from .base import BACKENDS, Backend, TensorSpec
 
@@ -24,28 +24,14 @@ _EXTRA_KEYS = ("arch", "num_classes", "input_shape", "input_name", "output_name"
 
 
 def build_model(arch: str, num_classes: int) -> Any:
-    """The untrained architecture ``arch`` with a ``num_classes`` head.
+    """The untrained architecture ``arch`` with a ``num_classes`` head (``edgeslim.compress.sources.build_model``).
 
-    Uses ``edgeslim.compress.sources.build_model``; ``"tiny"`` (:class:`edgeslim.testing.TinyNet`) is always
-    available so tests and examples do not depend on a model zoo.
+    Raises:
+        UnknownNameError: unknown architecture (with the closest match).
     """
-    try:
-        from ..compress.sources import build_model as _build
-    except ImportError:
-        _build = None
-    if _build is not None:
-        try:
-            return _build(arch, num_classes)
-        except UnknownNameError:
-            if arch != "tiny":
-                raise
-    if arch == "tiny":
-        from ..testing import TinyNet
+    from ..compress.sources import build_model as _build
 
-        return TinyNet(num_classes)
-    raise BackendError(
-        f"cannot rebuild architecture '{arch}': edgeslim.compress.sources is not available in this installation"
-    )
+    return _build(arch, num_classes)
 
 
 def _torch_device(torch: Any, device: str) -> Any:
