@@ -1,0 +1,516 @@
+"""Task data: labelled images split into train / val / test, with critical classes and training imbalance.
+
+A dataset spec is ``name`` or ``name:arg`` and names an entry of :data:`DATASETS`:
+
+- ``digits``: scikit-learn's 1797 real 8x8 handwritten digits, rendered as RGB images of ``image_size`` (default
+  64) and kept in memory.
+- ``imagefolder:<dir>``: torchvision's ImageFolder convention (one sub-folder per class). With ``train/`` (and
+  optionally ``val/``, ``test/``) sub-folders those splits are used, a missing one is split off ``train``;
+  otherwise the one folder is split. Images are decoded lazily with :mod:`edgeslim.preprocess`, so training,
+  the runtime predictor and the server see the same pixels.
+
+Splits are stratified and seeded. ``imbalance`` keeps a fraction of a class's TRAINING samples only (val and test
+stay untouched, so metrics are measured on the natural distribution); ``class_counts`` reports the training counts
+after it, which is what the class-dependent loss weights use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+
+import numpy as np
+
+from ..artifact import Preprocessing
+from ..errors import ConfigError, DataError
+from ..registry import Registry, did_you_mean
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; torch is imported lazily
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from ..recipe import DataSection
+
+__all__ = ["DATASETS", "DataBundle", "IMAGE_EXTENSIONS", "load_data", "load_data_from_recipe"]
+
+#: Datasets by name; an entry is ``fn(arg, *, preprocessing, image_size) -> _Pool``.
+DATASETS: Registry[Callable[..., "_Pool"]] = Registry("dataset")
+
+#: File endings read by ``imagefolder`` (torchvision's ImageFolder list); other files are ignored.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+SPLITS = ("train", "val", "test")
+
+Items = Union[np.ndarray, list]  # uint8 NxHxWx3 images in memory, or a list of file paths
+
+
+# --------------------------------------------------------------------------------------------- datasets
+
+
+def _normalise_batch(pixels: "torch.Tensor", pre: Preprocessing) -> "torch.Tensor":
+    """uint8 NxHxWx3 -> float32 NCHW ``(x - mean) / std``; the same arithmetic as edgeslim.preprocess.normalize."""
+    import torch
+
+    mean = torch.tensor(pre.mean, dtype=torch.float32)
+    std = torch.tensor(pre.std, dtype=torch.float32)
+    x = (pixels.to(torch.float32) - mean) / std
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+class _Augment:
+    """Training-only augmentation on a normalised CHW tensor: small affine (rotation, scale) + shift by crop.
+
+    No flips: they change the meaning of digits and of many real classes. Randomness comes from torch's global
+    RNG (seed it with ``torch.manual_seed``; DataLoader workers are seeded from it).
+    """
+
+    def __init__(self, pre: Preprocessing, degrees: float = 10.0, scale: tuple[float, float] = (0.9, 1.1)) -> None:
+        self.degrees = degrees
+        self.scale = scale
+        # Fill uncovered pixels with black, expressed in normalised units.
+        self.fill = [(0.0 - m) / s for m, s in zip(pre.mean, pre.std)]
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+        from torchvision.transforms.v2 import functional as TF
+
+        angle = float(torch.empty(1).uniform_(-self.degrees, self.degrees))
+        scale = float(torch.empty(1).uniform_(*self.scale))
+        x = TF.affine(x, angle=angle, translate=[0, 0], scale=scale, shear=[0.0, 0.0], fill=self.fill)
+        size = x.shape[-1]
+        pad = max(1, size // 8)
+        # Random crop of a replicate-padded image: a shift of up to `pad` pixels without inventing content.
+        padded = F.pad(x.unsqueeze(0), (pad, pad, pad, pad), mode="replicate").squeeze(0)
+        top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+        return padded[:, top : top + x.shape[-2], left : left + size].contiguous()
+
+
+# The datasets below are map-style datasets by protocol (__len__, __getitem__, __getitems__): DataLoader needs no
+# torch base class, and staying plain keeps this module importable without torch and picklable for workers.
+
+
+class _ArrayDataset:
+    """Images held in memory as uint8 NxHxWx3; normalised per batch (fast, little memory)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pre: Preprocessing, augment: bool) -> None:
+        import torch
+
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._pixels = torch.from_numpy(np.ascontiguousarray(images))
+        self.pre = pre
+        self.augment = _Augment(pre) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple["torch.Tensor", int]]:
+        # DataLoader fetches a whole batch through this hook, so normalisation runs once per batch.
+        idx = list(indices)
+        x = _normalise_batch(self._pixels[idx], self.pre)
+        out = []
+        for row, i in zip(x, idx):
+            out.append((self.augment(row) if self.augment else row, int(self.labels[i])))
+        return out
+
+    def __getitem__(self, index: int) -> tuple["torch.Tensor", int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a split of {len(self)} images")
+        return self.__getitems__([index % len(self)])[0]
+
+    def raw(self, n: int | None) -> list:
+        return [self.images[i] for i in range(len(self) if n is None else min(n, len(self)))]
+
+
+class _FileDataset:
+    """Image files decoded lazily with edgeslim.preprocess (the same code the predictor and server run)."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, pre: Preprocessing, augment: bool) -> None:
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.pre = pre
+        self.augment = _Augment(pre) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple["torch.Tensor", int]:
+        import torch
+
+        from ..errors import InputError
+        from ..preprocess import preprocess
+
+        try:
+            x = torch.from_numpy(preprocess(self.paths[index], self.pre)[0])
+        except InputError as exc:  # the file changed after the scan
+            raise DataError(f"{exc}; fix or remove the file") from exc
+        return (self.augment(x) if self.augment else x), int(self.labels[index])
+
+    def raw(self, n: int | None) -> list:
+        return list(self.paths if n is None else self.paths[:n])
+
+
+# --------------------------------------------------------------------------------------------- bundle
+
+
+@dataclass
+class DataBundle:
+    """The task's data, split and ready for training and evaluation.
+
+    Attributes:
+        train, val, test: datasets of ``(float32 CHW tensor normalised with preprocessing, int label)``.
+        classes: label names, index = class id.
+        critical: resolved critical class indices.
+        class_counts: training-set count per class AFTER imbalance (what the loss weights use).
+        preprocessing: how raw images become inputs (resize/crop set to the task's image size).
+        info: what was done: source, layout, split sizes per class, imbalance applied, seed.
+        num_workers: DataLoader workers used by :meth:`loader`.
+    """
+
+    train: "Dataset"
+    val: "Dataset"
+    test: "Dataset"
+    classes: list[str]
+    critical: list[int]
+    class_counts: list[int]
+    preprocessing: Preprocessing
+    info: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0
+
+    def _split(self, split: str) -> Any:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split '{split}'.{did_you_mean(split, SPLITS)} Splits: {', '.join(SPLITS)}")
+        return getattr(self, split)
+
+    def loader(self, split: str, *, batch_size: int, shuffle: bool = False, seed: int = 0) -> "DataLoader":
+        """A DataLoader over one split; shuffling is seeded so runs repeat."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(
+            self._split(split), batch_size=batch_size, shuffle=shuffle, generator=generator,
+            num_workers=self.num_workers,
+        )
+
+    def labels(self, split: str) -> np.ndarray:
+        """The labels of a split, in dataset order (int64)."""
+        return np.asarray(self._split(split).labels, dtype=np.int64).copy()
+
+    def raw_images(self, split: str, n: int | None = None) -> list:
+        """The first ``n`` (default all) raw images of a split: uint8 HxWx3 arrays or file paths.
+
+        Feeding them through ``edgeslim.preprocess.preprocess(img, bundle.preprocessing)`` gives the split's
+        (non-augmented) tensors, which is what end-to-end predictor and profiler tests rely on.
+        """
+        return self._split(split).raw(n)
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Pool:
+    """What a dataset entry provides before splitting: classes and items, either all together or per split."""
+
+    classes: list[str]
+    splits: dict[str, tuple[Items, np.ndarray]]  # key "all", or some of "train"/"val"/"test" ("train" required)
+    make: Callable[[Items, np.ndarray, bool], Any]  # (items, labels, augment) -> Dataset
+    preprocessing: Preprocessing
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _take(items: Items, idx: np.ndarray) -> Items:
+    return items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+
+
+@DATASETS.register("digits")
+def _digits(arg: str | None, *, preprocessing: Preprocessing, image_size: int | None) -> _Pool:
+    """scikit-learn's handwritten digits as RGB uint8 images of ``image_size`` (default 64)."""
+    if arg:
+        raise ConfigError(f"dataset 'digits' takes no argument; use 'digits' instead of 'digits:{arg}'")
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    size = image_size or 64
+    digits = load_digits()
+    # Values 0..16 -> 0..255 grey, upscaled bilinearly, replicated to RGB (white digit on black, as in the source).
+    grey = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    images = np.stack([
+        np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)) for g in grey
+    ])
+    images = np.repeat(images[..., None], 3, axis=-1)
+    pre = preprocessing.model_copy(update={"resize": size, "crop": size})
+    return _Pool(
+        classes=[str(c) for c in digits.target_names],
+        splits={"all": (images, digits.target.astype(np.int64))},
+        make=lambda items, labels, augment: _ArrayDataset(items, labels, pre, augment),
+        preprocessing=pre,
+        info={"image_size": size},
+    )
+
+
+def _scan_class_folders(root: Path) -> dict[str, list[str]]:
+    """class name -> sorted image paths, validating as it goes (empty classes, unreadable images)."""
+    from PIL import Image
+
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a directory")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(
+            f"image folder {root} has no class sub-folders; expected {root}/<class>/<image> "
+            "(torchvision ImageFolder layout)"
+        )
+    out: dict[str, list[str]] = {}
+    bad: list[str] = []
+    for d in class_dirs:
+        files = sorted(
+            str(p) for p in d.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        if not files:
+            raise DataError(
+                f"class folder {d} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im.verify()  # checks the header and structure without decoding every pixel
+            except Exception as exc:  # PIL raises many types for broken files
+                bad.append(f"{f} ({type(exc).__name__})")
+        out[d.name] = files
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} unreadable image(s) in {root}: {'; '.join(bad[:5])}{more}; fix or remove them")
+    return out
+
+
+@DATASETS.register("imagefolder")
+def _imagefolder(arg: str | None, *, preprocessing: Preprocessing, image_size: int | None) -> _Pool:
+    """Images in ``<dir>/<class>/`` or ``<dir>/{train,val,test}/<class>/``."""
+    if not arg:
+        raise ConfigError("dataset 'imagefolder' needs a directory: 'imagefolder:<dir>', e.g. 'imagefolder:data/parts'")
+    root = Path(os.path.expanduser(arg))
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a directory")
+    if (root / "train").is_dir():
+        layout = "splits"
+        scanned = {s: _scan_class_folders(root / s) for s in SPLITS if (root / s).is_dir()}
+        reference = set(scanned["train"])
+        for split, found in scanned.items():
+            if set(found) != reference:
+                lacks, extra = sorted(reference - set(found)), sorted(set(found) - reference)
+                raise DataError(
+                    f"class folders differ between {root / 'train'} and {root / split}: "
+                    + (f"{split} lacks {lacks}" if lacks else "")
+                    + ("; " if lacks and extra else "")
+                    + (f"{split} has extra {extra}" if extra else "")
+                    + "; every split needs the same class folders"
+                )
+    else:
+        layout = "single"
+        scanned = {"all": _scan_class_folders(root)}
+    classes = sorted(next(iter(scanned.values())))
+    splits = {}
+    for split, found in scanned.items():
+        paths = [p for c in classes for p in found[c]]
+        labels = np.asarray([i for i, c in enumerate(classes) for _ in found[c]], dtype=np.int64)
+        splits[split] = (paths, labels)
+    if image_size is not None:
+        # Keep the source's resize/crop ratio (e.g. 256/224) at the new input size.
+        resize = max(image_size, round(image_size * preprocessing.resize / preprocessing.crop))
+        pre = preprocessing.model_copy(update={"resize": resize, "crop": image_size})
+    else:
+        pre = preprocessing
+    return _Pool(
+        classes=classes, splits=splits, preprocessing=pre,
+        make=lambda items, labels, augment: _FileDataset(items, labels, pre, augment),
+        info={"root": str(root), "layout": layout, "image_size": pre.crop},
+    )
+
+
+# --------------------------------------------------------------------------------------------- splitting
+
+
+def _resolve_class(key: int | str, classes: list[str], what: str) -> int:
+    """A class given by label ("8", "cat") or index (8, "8") -> index; label match wins."""
+    if isinstance(key, str) and key in classes:
+        return classes.index(key)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if 0 <= int(key) < len(classes):
+            return int(key)
+        raise DataError(f"{what} {key} is out of range: the data has {len(classes)} classes (0..{len(classes) - 1})")
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return _resolve_class(int(key), classes, what)
+    shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
+    raise DataError(f"{what} '{key}' is not a class of the data.{did_you_mean(str(key), classes)} Classes: {shown}")
+
+
+def _split_indices(labels: np.ndarray, fraction: float, seed: int, what: str, classes: list[str]):
+    """Stratified (rest, part) index arrays with ``fraction`` of the samples in ``part``."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    if fraction <= 0:
+        return idx, idx[:0]
+    try:
+        rest, part = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as exc:
+        counts = np.bincount(labels, minlength=len(classes))
+        smallest = int(np.argmin(counts))
+        raise DataError(
+            f"cannot split off a stratified {what} split ({fraction:.0%} of {len(labels)} images): {exc}. "
+            f"Smallest class '{classes[smallest]}' has {counts[smallest]} image(s); add images, or change "
+            "val_fraction/test_fraction, or provide the split as its own folder"
+        ) from None
+    return np.sort(rest), np.sort(part)
+
+
+def _cap_per_class(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        keep.append(members if len(members) <= cap else np.sort(rng.choice(members, cap, replace=False)))
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+def load_data(
+    spec: str,
+    *,
+    preprocessing: Preprocessing,
+    image_size: int | None = None,
+    critical: Sequence[int | str] = (),
+    imbalance: dict[str, float] | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    augment: bool = False,
+    max_per_class: int | None = None,
+) -> DataBundle:
+    """Load a dataset, split it (stratified, seeded), apply training imbalance and resolve critical classes.
+
+    Args:
+        spec: ``digits`` or ``imagefolder:<dir>``.
+        preprocessing: the model's preprocessing (mean/std and interpolation are kept; resize/crop follow
+            ``image_size``).
+        image_size: input side; default 64 for ``digits``, the preprocessing's crop for ``imagefolder``.
+        critical: critical classes by label (``"8"``, ``"cat"``) or index (``8``).
+        imbalance: class (label or index) -> fraction of its TRAINING samples to keep, in (0, 1].
+        val_fraction: fraction of all samples held out for validation (0: no val split). For folders with
+            their own ``val/`` it is unused.
+        test_fraction: fraction of all samples held out for testing, unless the folder has ``test/``.
+        seed: seeds the splits, ``imbalance`` and ``max_per_class``.
+        augment: random affine + shift on the training split only.
+        max_per_class: keep at most this many samples per class (before splitting), for quick runs.
+
+    Raises:
+        DataError: missing/empty/unreadable data, classes differing between splits, unknown critical or
+            imbalance class (with the closest match), too few images to stratify.
+        ConfigError: invalid fractions or sizes.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"dataset must be a string like 'digits' or 'imagefolder:<dir>'; got {spec!r}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ConfigError(f"image_size must be a positive integer; got {image_size!r}")
+    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}: need 0 <= val < 1, 0 < test < 1 and "
+            "val + test < 1 to leave training data"
+        )
+    if max_per_class is not None and (not isinstance(max_per_class, int) or max_per_class < 1):
+        raise ConfigError(f"max_per_class must be a positive integer; got {max_per_class!r}")
+    name, _, arg = spec.strip().partition(":")
+    pool: _Pool = DATASETS.get(name)(arg or None, preprocessing=preprocessing, image_size=image_size)
+    classes = pool.classes
+    rng = np.random.default_rng(seed)
+
+    parts = dict(pool.splits)
+    if max_per_class is not None:
+        for key, (items, labels) in parts.items():
+            keep = _cap_per_class(labels, max_per_class, rng)
+            parts[key] = (_take(items, keep), labels[keep])
+
+    # Carve test, then val, out of what is not given as its own split; fractions are of that whole.
+    whole_key = "all" if "all" in parts else "train"
+    items, labels = parts.pop(whole_key)
+    carved: dict[str, tuple[Items, np.ndarray]] = {}
+    if "test" not in parts:
+        rest, part = _split_indices(labels, test_fraction, seed, "test", classes)
+        carved["test"] = (_take(items, part), labels[part])
+        items, labels = _take(items, rest), labels[rest]
+    if "val" not in parts:
+        remaining = 1.0 - (test_fraction if "test" in carved else 0.0)
+        rest, part = _split_indices(labels, val_fraction / remaining, seed, "val", classes)
+        carved["val"] = (_take(items, part), labels[part])
+        items, labels = _take(items, rest), labels[rest]
+    parts.update(carved)
+    parts["train"] = (items, labels)
+
+    # Imbalance: only the training split, so val/test keep the natural distribution.
+    applied: dict[str, dict[str, Any]] = {}
+    if imbalance:
+        items, labels = parts["train"]
+        drop: list[np.ndarray] = []
+        for key, fraction in imbalance.items():
+            if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+                raise ConfigError(f"imbalance[{key!r}] = {fraction!r}: the keep-fraction must be in (0, 1]")
+            c = _resolve_class(key, classes, "imbalance class")
+            members = np.flatnonzero(labels == c)
+            n_keep = max(1, int(round(fraction * len(members)))) if len(members) else 0
+            kept = rng.choice(members, n_keep, replace=False) if n_keep else members
+            drop.append(np.setdiff1d(members, kept))
+            applied[classes[c]] = {"fraction": float(fraction), "before": int(len(members)), "after": int(n_keep)}
+        keep = np.setdiff1d(np.arange(len(labels)), np.concatenate(drop) if drop else np.arange(0))
+        parts["train"] = (_take(items, keep), labels[keep])
+
+    critical_idx = sorted({_resolve_class(k, classes, "critical class") for k in critical})
+    for split in SPLITS:
+        if len(parts[split][1]) == 0 and split != "val":
+            raise DataError(f"the {split} split of '{spec}' is empty; add images or change the split fractions")
+
+    def per_class(labels: np.ndarray) -> list[int]:
+        return [int(n) for n in np.bincount(labels, minlength=len(classes))]
+
+    class_counts = per_class(parts["train"][1])
+    for c in critical_idx:
+        if class_counts[c] == 0:
+            raise DataError(f"critical class '{classes[c]}' has no training images left; raise its imbalance fraction")
+    datasets = {s: pool.make(*parts[s], augment and s == "train") for s in SPLITS}
+    info = {
+        "source": spec,
+        **pool.info,
+        "seed": seed,
+        "fractions": {"val": val_fraction, "test": test_fraction},
+        "split_sizes": {s: dict(zip(classes, per_class(parts[s][1]))) for s in SPLITS},
+        "imbalance": applied,
+        "augment": bool(augment),
+        "max_per_class": max_per_class,
+    }
+    return DataBundle(
+        train=datasets["train"], val=datasets["val"], test=datasets["test"], classes=list(classes),
+        critical=critical_idx, class_counts=class_counts, preprocessing=pool.preprocessing, info=info,
+    )
+
+
+def load_data_from_recipe(section: "DataSection", preprocessing: Preprocessing, *, seed: int) -> DataBundle:
+    """:func:`load_data` configured by a recipe's ``data`` section (batch size is for the loaders)."""
+    bundle = load_data(
+        section.dataset,
+        preprocessing=preprocessing,
+        image_size=section.image_size,
+        critical=list(section.critical),
+        imbalance=dict(section.imbalance) or None,
+        val_fraction=section.val_fraction,
+        test_fraction=section.test_fraction,
+        seed=seed,
+        augment=section.augment,
+    )
+    bundle.num_workers = section.num_workers
+    return bundle
