@@ -5,10 +5,13 @@ ONNX FP32, ONNX INT8 (onnxruntime static QDQ quantization) and an OpenVINO FP32 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from edgeslim.runtime.base import Backend, BackendOptions, TensorSpec
 
 CLASSES = [str(i) for i in range(10)]
 CRITICAL = [3, 8]
@@ -115,3 +118,33 @@ def png_images(digits) -> list[bytes]:
         Image.fromarray(px).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
+
+
+class SpinBackend(Backend):
+    """Takes a known time per call (busy wait, so the scheduler does not add sleep slack): the truth to
+    check the profiler's clock and statistics against."""
+
+    name = "spin"
+    formats = ()
+
+    def _load(self) -> None:
+        self.cost_ns = int(self.options.extra["ms"] * 1e6)
+        self.calls = 0
+        self.durations_ns: list[int] = []  # the backend's own clock, to compare the profiler's with
+        self.inputs = [TensorSpec("input", "float32", (-1, 4))]
+        self.outputs = [TensorSpec("logits", "float32", (-1, 2))]
+
+    def _infer(self, feeds):
+        self.calls += 1
+        t0 = time.perf_counter_ns()
+        end = t0 + self.cost_ns
+        while time.perf_counter_ns() < end:
+            pass
+        self.durations_ns.append(time.perf_counter_ns() - t0)
+        return {"logits": np.zeros((feeds["input"].shape[0], 2), np.float32)}
+
+
+@pytest.fixture
+def spin():
+    """Factory of :class:`SpinBackend` taking ``ms`` per call."""
+    return lambda ms: SpinBackend("spin", BackendOptions(extra={"ms": ms}))

@@ -3,53 +3,28 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import numpy as np
 import pytest
 
 from edgeslim.devices.profiler import ProfileConfig, backend_class, latency_stats, profile_artifact, profile_backend
 from edgeslim.errors import ArtifactError, ConfigError, DataError, MissingDependencyError, UnknownNameError
-from edgeslim.runtime.base import Backend, TensorSpec
 
 FAST = ProfileConfig(warmup=3, iterations=20, seconds=0.05)
 
 
-class SpinBackend(Backend):
-    """Takes a known time per call (busy wait, so the scheduler does not add sleep slack): the truth to
-    check the profiler's clock and statistics against."""
-
-    name = "spin"
-    formats = ()
-
-    def _load(self) -> None:
-        self.cost_ns = int(self.options.extra["ms"] * 1e6)
-        self.calls = 0
-        self.inputs = [TensorSpec("input", "float32", (-1, 4))]
-        self.outputs = [TensorSpec("logits", "float32", (-1, 2))]
-
-    def _infer(self, feeds):
-        self.calls += 1
-        end = time.perf_counter_ns() + self.cost_ns
-        while time.perf_counter_ns() < end:
-            pass
-        return {"logits": np.zeros((feeds["input"].shape[0], 2), np.float32)}
-
-
-def _spin(ms: float) -> SpinBackend:
-    from edgeslim.runtime.base import BackendOptions
-
-    return SpinBackend("spin", BackendOptions(extra={"ms": ms}))
-
-
-def test_latency_matches_a_known_duration_and_window_minimums_hold():
-    b = _spin(2.0)
+def test_latency_matches_a_known_duration_and_window_minimums_hold(spin):
+    b = spin(2.0)
     cfg = ProfileConfig(warmup=5, iterations=30, seconds=0.15)
     r = profile_backend(b, batch=3, cfg=cfg, load_seconds=0.25)
     lat = r["latency_ms"]
-    assert 2.0 <= lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
-    assert lat["median"] == pytest.approx(2.0, abs=0.3)
     m = r["measured"]
+    assert 2.0 <= lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    # The profiler's per-call time is the backend's own time plus the call overhead (validation, dispatch):
+    # compare with what the backend measured on the same calls, which holds even on a loaded machine.
+    own = np.array(b.durations_ns[-m["iterations"]:]) / 1e6
+    assert lat["median"] == pytest.approx(float(np.median(own)), abs=0.25)
+    assert lat["mean"] == pytest.approx(float(own.mean()), abs=0.25)
     assert m["iterations"] >= 30 and m["seconds"] >= 0.15
     # every call counted exactly once: first inference + warm-up + window
     assert b.calls == 1 + r["warmup"]["iterations"] + m["iterations"]
@@ -61,15 +36,15 @@ def test_latency_matches_a_known_duration_and_window_minimums_hold():
     assert r["input_shape"] == [3, 4]
 
 
-def test_iterations_floor_dominates_when_calls_are_slow():
-    r = profile_backend(_spin(5.0), batch=1, cfg=ProfileConfig(warmup=0, iterations=12, seconds=0.0))
+def test_iterations_floor_dominates_when_calls_are_slow(spin):
+    r = profile_backend(spin(5.0), batch=1, cfg=ProfileConfig(warmup=0, iterations=12, seconds=0.0))
     assert r["measured"]["iterations"] == 12
     assert r["warmup"]["iterations"] == 0
 
 
-def test_warmup_seconds_are_honoured():
-    r = profile_backend(_spin(1.0), batch=1, cfg=ProfileConfig(warmup=1, warmup_seconds=0.1, iterations=5, seconds=0))
-    assert r["warmup"]["seconds"] >= 0.1 and r["warmup"]["iterations"] >= 90
+def test_warmup_seconds_are_honoured(spin):
+    r = profile_backend(spin(1.0), batch=1, cfg=ProfileConfig(warmup=1, warmup_seconds=0.1, iterations=5, seconds=0))
+    assert r["warmup"]["seconds"] >= 0.1 and r["warmup"]["iterations"] > 1  # time, not the count of 1, ruled
 
 
 def test_latency_stats_percentiles():
@@ -78,23 +53,23 @@ def test_latency_stats_percentiles():
     assert s["p90"] == pytest.approx(90.1) and s["p99"] == pytest.approx(99.01)
 
 
-def test_memory_peak_is_reported_for_the_window():
-    r = profile_backend(_spin(0.1), batch=1, cfg=FAST)
+def test_memory_peak_is_reported_for_the_window(spin):
+    r = profile_backend(spin(0.1), batch=1, cfg=FAST)
     mem = r["memory"]
     assert mem["peak_rss_mb"] > 10
     assert mem["peak_delta_mb"] >= 0 or mem["peak_scope"] == "process lifetime"
     assert mem["process_peak_rss_mb"] >= mem["peak_rss_mb"]
 
 
-def test_bad_config_and_batch_are_rejected():
+def test_bad_config_and_batch_are_rejected(spin):
     with pytest.raises(ConfigError, match="iterations"):
         ProfileConfig(iterations=0)
     with pytest.raises(ConfigError, match="batch_sizes"):
         ProfileConfig(batch_sizes=(0,))
     with pytest.raises(ConfigError, match="batch"):
-        profile_backend(_spin(0.1), batch=0, cfg=FAST)
+        profile_backend(spin(0.1), batch=0, cfg=FAST)
     with pytest.raises(ConfigError, match="images"):
-        profile_backend(_spin(0.1), batch=1, cfg=ProfileConfig(iterations=2, seconds=0, end_to_end=True))
+        profile_backend(spin(0.1), batch=1, cfg=ProfileConfig(iterations=2, seconds=0, end_to_end=True))
 
 
 def test_onnxruntime_end_to_end_includes_decode_and_preprocess(tiny_artifact, png_images):
