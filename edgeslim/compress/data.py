@@ -16,6 +16,7 @@ after it, which is what the class-dependent loss weights use.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +74,21 @@ class _Augment:
         self.fill = [(0.0 - m) / s for m, s in zip(pre.mean, pre.std)]
 
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        import math
+
         import torch
         import torch.nn.functional as F
-        from torchvision.transforms.v2 import functional as TF
 
-        angle = float(torch.empty(1).uniform_(-self.degrees, self.degrees))
+        angle = math.radians(float(torch.empty(1).uniform_(-self.degrees, self.degrees)))
         scale = float(torch.empty(1).uniform_(*self.scale))
-        x = TF.affine(x, angle=angle, translate=[0, 0], scale=scale, shear=[0.0, 0.0], fill=self.fill)
+        # Rotation + zoom about the centre via affine_grid/grid_sample (plain torch: torchvision.transforms costs
+        # seconds to import). grid_sample pads with 0, so sample (x - fill) and add fill back: black borders.
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        theta = torch.tensor([[[cos, -sin, 0.0], [sin, cos, 0.0]]], dtype=x.dtype)
+        grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
+        fill = torch.tensor(self.fill, dtype=x.dtype).view(-1, 1, 1)
+        x = F.grid_sample((x - fill).unsqueeze(0), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        x = x.squeeze(0) + fill
         size = x.shape[-1]
         pad = max(1, size // 8)
         # Random crop of a replicate-padded image: a shift of up to `pad` pixels without inventing content.
@@ -100,7 +109,8 @@ class _ArrayDataset:
 
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
-        self._pixels = torch.from_numpy(np.ascontiguousarray(images))
+        pixels = np.ascontiguousarray(images)
+        self._pixels = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
         self.pre = pre
         self.augment = _Augment(pre) if augment else None
 
@@ -229,26 +239,34 @@ def _take(items: Items, idx: np.ndarray) -> Items:
     return items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
 
 
+@functools.lru_cache(maxsize=4)
+def _render_digits(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits as read-only uint8 Nx size x size x3 RGB images, and their labels (cached per size)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Values 0..16 -> 0..255 grey, upscaled bilinearly, replicated to RGB (white digit on black, as in the source).
+    grey = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    images = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)) for g in grey])
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype(np.int64)
+    images.flags.writeable = False  # shared between bundles through the cache
+    labels.flags.writeable = False
+    return images, labels
+
+
 @DATASETS.register("digits")
 def _digits(arg: str | None, *, preprocessing: Preprocessing, image_size: int | None) -> _Pool:
     """scikit-learn's handwritten digits as RGB uint8 images of ``image_size`` (default 64)."""
     if arg:
         raise ConfigError(f"dataset 'digits' takes no argument; use 'digits' instead of 'digits:{arg}'")
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
     size = image_size or 64
-    digits = load_digits()
-    # Values 0..16 -> 0..255 grey, upscaled bilinearly, replicated to RGB (white digit on black, as in the source).
-    grey = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    images = np.stack([
-        np.asarray(Image.fromarray(g).resize((size, size), Image.Resampling.BILINEAR)) for g in grey
-    ])
-    images = np.repeat(images[..., None], 3, axis=-1)
+    images, labels = _render_digits(size)
     pre = preprocessing.model_copy(update={"resize": size, "crop": size})
     return _Pool(
-        classes=[str(c) for c in digits.target_names],
-        splits={"all": (images, digits.target.astype(np.int64))},
+        classes=[str(c) for c in range(10)],
+        splits={"all": (images, labels)},
         make=lambda items, labels, augment: _ArrayDataset(items, labels, pre, augment),
         preprocessing=pre,
         info={"image_size": size},
