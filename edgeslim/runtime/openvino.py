@@ -98,8 +98,10 @@ class OpenVINOBackend(Backend):
         if self.options.threads is not None:
             if not isinstance(self.options.threads, int) or self.options.threads < 1:
                 raise ConfigError(f"threads must be a positive integer, got {self.options.threads!r}")
-            # INFERENCE_NUM_THREADS is a CPU plugin property; other plugins reject it.
-            config["INFERENCE_NUM_THREADS"] = self.options.threads
+            # INFERENCE_NUM_THREADS is a CPU plugin property that GPU/NPU plugins reject: it applies to CPU and
+            # to the virtual devices (which pass it on to their CPU) and is ignored for an explicit GPU/NPU.
+            if self.device.partition(".")[0].partition(":")[0] in ("CPU", *_VIRTUAL):
+                config["INFERENCE_NUM_THREADS"] = self.options.threads
         precision = extra.get("inference_precision")
         if precision is None and self.device.partition(".")[0].partition(":")[0] in ("CPU", *_VIRTUAL):
             precision = "f32"

@@ -210,3 +210,29 @@ def test_tensorrt_refuses_engine_of_another_build():
     assert msg.endswith("rebuild it on this device with: trtexec --onnx=model.onnx --saveEngine=tensorrt/model.plan")
     # the same build passes
     check_build(recorded, tensorrt_version="10.3.0", gpu="Orin", compute_capability="8.7", path="m.plan")
+
+
+def test_tensorrt_no_gpu_type_error_becomes_a_clear_backend_error():
+    """TensorRT's bindings raise TypeError from trt.Runtime when CUDA cannot initialise; users get a BackendError."""
+    from edgeslim.runtime.tensorrt import trt_runtime_objects
+
+    class NoGpuTensorRT:  # the one behaviour of the real module that matters here
+        class Runtime:
+            def __init__(self, logger):
+                raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    with pytest.raises(BackendError, match="no usable CUDA GPU .* use backend='onnxruntime'/'openvino'"):
+        trt_runtime_objects(NoGpuTensorRT, object(), "load m.plan")
+
+
+def test_importing_the_runtime_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edgeslim.runtime as r; r.BACKENDS.names();"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""
