@@ -14,6 +14,7 @@ versions recorded at export time and refuses a mismatch with the ``trtexec`` com
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,8 @@ class TensorRTBackend(Backend):
         self._engine = None
         self._stream = None
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+        # One execution context, stream and buffer set: calls from several threads (the server) take turns.
+        self._lock = threading.Lock()
         extra = dict(self.options.extra)
         for key in extra:
             if key not in _EXTRA_KEYS:
@@ -201,6 +204,10 @@ class TensorRTBackend(Backend):
         return int(self._buffers[name][0])
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._infer_locked(feeds)
+
+    def _infer_locked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._context is None:
             raise BackendError(f"{self!r} is closed")
         cudart, ctx = self._cudart, self._context
