@@ -22,10 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import EdgeslimError
+from ..errors import ConfigError, EdgeslimError
 from . import classify, health, infer, metrics, models
 from .errors import BodyTooLargeError, ServerBusyError, UnauthorizedError, http_status
-from .metrics import PowerReader, build_registry
+from .metrics import PowerReader, auto_power_reader, build_registry
 from .repository import ModelRepository, find_artifacts
 from .schemas import InferRequestBody
 from .settings import ServerSettings
@@ -140,13 +140,14 @@ def _openapi(app: FastAPI) -> Any:
     return build
 
 
-def create_app(settings: ServerSettings, *, power_reader: PowerReader | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | None = "auto") -> FastAPI:
     """Build the server app for ``settings``; models load when the app starts (its lifespan).
 
     Args:
         settings: what to serve and how.
-        power_reader: optional callable returning instantaneous watts per rail, exported as
-            ``edgeslim_power_watts{rail=...}`` on ``/metrics``. Default: none (no power gauges).
+        power_reader: callable returning watts per rail, exported as ``edgeslim_power_watts{rail=...}`` on
+            ``/metrics``. ``"auto"`` (default) uses the host's best reader from :mod:`edgeslim.devices.power`
+            (tegrastats, NVML, RAPL; mean watts between scrapes) and no gauge when none is readable; None disables.
 
     Raises:
         ConfigError: a model path is neither an artifact nor a directory of artifacts.
@@ -177,6 +178,10 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | None = N
     )
     app.state.settings = settings
     app.state.repository = repository
+    if power_reader == "auto":
+        power_reader = auto_power_reader()
+    elif isinstance(power_reader, str):
+        raise ConfigError(f"power_reader must be 'auto', None or a callable, got {power_reader!r}")
     app.state.metrics_registry = build_registry(repository, power_reader)
     app.state.startup_error = None
     for module in (health, models, infer, classify, metrics):
@@ -187,7 +192,7 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | None = N
     return app
 
 
-def serve(settings: ServerSettings, *, power_reader: PowerReader | None = None) -> None:
+def serve(settings: ServerSettings, *, power_reader: PowerReader | str | None = "auto") -> None:
     """Run the server until SIGINT/SIGTERM, then finish in-flight requests and exit.
 
     Raises:

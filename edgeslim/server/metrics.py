@@ -111,6 +111,38 @@ class TritonCollector:
                 yield g
 
 
+class WindowedPower:
+    """Adapts an issue-5 reader (``start()`` / ``stop() -> {"available", "mean_w", ...}``, see
+    :mod:`edgeslim.devices.power`) to instantaneous-style gauges: each scrape reports the mean watts since the
+    previous scrape, then opens the next window. Unavailable readers report nothing (the gauge is absent).
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self._started = False
+
+    def __call__(self) -> dict[str, float]:
+        if not self._started:
+            self.reader.start()
+            self._started = True
+            return {}
+        result = self.reader.stop()
+        self.reader.start()
+        if not result.get("available") or result.get("mean_w") is None:
+            return {}
+        return {str(result.get("source", getattr(self.reader, "name", "device"))): float(result["mean_w"])}
+
+
+def auto_power_reader() -> PowerReader | None:
+    """The host's best power reader (tegrastats, NVML, RAPL) as a scrape-windowed gauge source, or None."""
+    try:
+        from ..devices.power import auto_power
+    except ImportError:  # devices without power support: no gauges
+        return None
+    reader = auto_power()
+    return WindowedPower(reader) if getattr(reader, "name", "none") != "none" else None
+
+
 def build_registry(repository: Any, power: PowerReader | None = None) -> Any:
     """A private Prometheus registry (so several apps in one process do not collide)."""
     from prometheus_client import CollectorRegistry
@@ -144,5 +176,8 @@ router = APIRouter(tags=["metrics"])
 )
 async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
+    from starlette.concurrency import run_in_threadpool
 
-    return Response(render(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+    # In a thread: a power reader may block briefly (tegrastats window), and the loop must keep serving.
+    return Response(await run_in_threadpool(render, request.app.state.metrics_registry),
+                    media_type=CONTENT_TYPE_LATEST)

@@ -345,3 +345,27 @@ def test_several_models_from_a_directory(tmp_path, artifact):
         for name in ("tiny", "tiny-b"):
             assert c.post(f"/v2/models/{name}/infer", json=infer_json(batch(1))).status_code == 200
     assert CLASSES
+
+
+def test_power_gauges_from_a_windowed_reader(artifact):
+    from edgeslim.server.metrics import WindowedPower
+
+    class Reader:  # the issue-5 reader protocol: start() / stop() -> dict
+        name = "fake-rail"
+
+        def __init__(self):
+            self.windows = 0
+
+        def start(self):
+            self.windows += 1
+
+        def stop(self):
+            return {"available": True, "source": self.name, "mean_w": 2.5 * self.windows, "energy_j": 1.0}
+
+    reader = Reader()
+    app = create_app(ServerSettings(models=[artifact], threads=1), power_reader=WindowedPower(reader))
+    with TestClient(app) as c:
+        assert "edgeslim_power_watts" not in c.get("/metrics").text  # first scrape opens the window
+        text = c.get("/metrics").text
+    assert 'edgeslim_power_watts{rail="fake-rail"} 2.5' in text
+    assert reader.windows == 2
