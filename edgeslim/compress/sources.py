@@ -156,7 +156,7 @@ def replace_head(model: "nn.Module", num_classes: int) -> "nn.Module":
 
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}")
-    _, old = _find_head(model)
+    reference = next(model.parameters(), None)
     reset = getattr(model, "reset_classifier", None)
     if callable(reset):
         reset(num_classes)
@@ -171,9 +171,9 @@ def replace_head(model: "nn.Module", num_classes: int) -> "nn.Module":
             )
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, new)
-    # Keep the new head on the backbone's device and dtype (reset_classifier builds it on the default device).
-    _, head = _find_head(model)
-    head.to(device=old.weight.device, dtype=old.weight.dtype)
+    if reference is not None:
+        # Keep the new head on the backbone's device and dtype (reset_classifier builds it on the default device).
+        _find_head(model)[1].to(device=reference.device, dtype=reference.dtype)
     return model
 
 

@@ -106,6 +106,9 @@ def test_max_per_class_caps_every_class():
     b = load_data("digits", preprocessing=LITE0, max_per_class=20, seed=3)
     total = sum(np.bincount(b.labels(s), minlength=10) for s in ("train", "val", "test"))
     assert total.tolist() == [20] * 10
+    no_val = load_data("digits", preprocessing=LITE0, max_per_class=20, val_fraction=0.0)
+    assert len(no_val.val) == 0 and len(no_val.train) == 150
+    assert list(no_val.loader("val", batch_size=4)) == []
 
 
 def test_augmentation_is_training_only():

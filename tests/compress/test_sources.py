@@ -248,3 +248,10 @@ def test_timm_loads_from_the_hf_cache_offline(tmp_path, monkeypatch):
     assert pre.resize == int(160 / cfg.crop_pct) and pre.interpolation == cfg.interpolation
     assert pre.mean == pytest.approx(tuple(255 * m for m in cfg.mean))
     assert pre.std == pytest.approx(tuple(255 * s for s in cfg.std))
+
+
+def test_replaced_head_follows_the_model_dtype():
+    model = build_model("torchvision:mobilenet_v3_small", 4).double()
+    replace_head(model, 2)
+    assert model.classifier[-1].weight.dtype == torch.float64
+    assert _logits(model, torch.randn(1, 3, 32, 32, dtype=torch.float64)).shape == (1, 2)
