@@ -1,5 +1,61 @@
-"""edgeslim: compress a pretrained image model, export it, serve it and profile it on the device."""
+"""edgeslim: compress a pretrained image model, export it, serve it and profile it on the device.
+
+The public verbs are re-exported here lazily, so ``import edgeslim`` stays light (no torch, onnxruntime or
+openvino until a verb is used)::
+
+    import edgeslim
+    recipe = edgeslim.load_recipe("default")
+    result = edgeslim.run_pipeline(recipe, "out")
+    with edgeslim.load("out/compressed", backend="openvino", precision="int8") as model:
+        print(model.predict("cat.jpg").name)
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "load": ".runtime",
+    "Predictor": ".runtime",
+    "Prediction": ".runtime",
+    "load_recipe": ".recipe",
+    "Recipe": ".recipe",
+    "run_pipeline": ".pipeline",
+    "load_pretrained": ".compress.sources",
+    "load_data": ".compress.data",
+    "export_artifact": ".export",
+    "load_manifest": ".artifact",
+    "Manifest": ".artifact",
+    "profile_artifact": ".devices.profiler",
+    "EdgeslimError": ".errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .artifact import Manifest as Manifest, load_manifest as load_manifest
+    from .compress.data import load_data as load_data
+    from .compress.sources import load_pretrained as load_pretrained
+    from .devices.profiler import profile_artifact as profile_artifact
+    from .errors import EdgeslimError as EdgeslimError
+    from .export import export_artifact as export_artifact
+    from .pipeline import run_pipeline as run_pipeline
+    from .recipe import Recipe as Recipe, load_recipe as load_recipe
+    from .runtime import Prediction as Prediction, Predictor as Predictor, load as load
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeslim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,390 @@
+"""The main job: compress -> export -> validate -> profile, driven by a recipe.
+
+This module composes the stages for the CLI (and for users who prefer Python); it holds no stage logic itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ._io import atomic_write_text
+from .artifact import Manifest, TensorInfo, load_manifest
+from .errors import ConfigError
+from .recipe import Recipe
+
+STAGES = ("compress", "export", "profile")
+
+
+@dataclass
+class PipelineResult:
+    """What one pipeline run produced (paths, metrics, profile entries, timings)."""
+
+    out_dir: Path
+    recipe: Recipe
+    artifacts: dict[str, Path] = field(default_factory=dict)  # "dense" / "compressed" -> directory
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # "dense" / "compressed" -> test metrics dict
+    profile: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _calibration_batches(data, n: int, batch_size: int = 32):
+    """Up to ``n`` preprocessed training images as float32 NCHW numpy batches (seeded order)."""
+    batches, seen = [], 0
+    for x, _ in data.loader("train", batch_size=batch_size, shuffle=True, seed=1234):
+        take = min(len(x), n - seen)
+        batches.append(x[:take].numpy())
+        seen += take
+        if seen >= n:
+            break
+    return batches
+
+
+def _split_arrays(data, split: str):
+    import numpy as np
+
+    xs, ys = [], []
+    for x, y in data.loader(split, batch_size=64, shuffle=False):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    console=None,
+    stages: Sequence[str] = STAGES,
+) -> PipelineResult:
+    """Run the recipe end to end and write artifacts, the resolved recipe and the reports to ``out_dir``.
+
+    Args:
+        recipe: a validated recipe (see :func:`edgeslim.recipe.load_recipe`).
+        out_dir: output directory; ``out_dir/run`` holds resumable checkpoints.
+        resume: continue a killed run from its last checkpoint instead of starting over.
+        stages: a subset of ``("compress", "export", "profile")``.
+    """
+    import torch
+
+    from .compress.data import load_data_from_recipe
+    from .compress.pruning import count_params_macs
+    from .compress.sources import load_pretrained, replace_head
+    from .compress.train import compress
+
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown pipeline stage(s) {unknown}; valid: {', '.join(STAGES)}")
+    recipe.check_names()
+    out_dir = Path(out_dir)
+    run_dir = out_dir / "run"
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
+            f"or choose another --out (or delete {run_dir})"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "recipe.yaml", recipe.to_yaml())
+    result = PipelineResult(out_dir=out_dir, recipe=recipe)
+    say = console.print if console is not None else (lambda *a, **k: None)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    src = load_pretrained(recipe.model.source, arch=recipe.model.arch, pretrained=recipe.model.pretrained)
+    data = load_data_from_recipe(recipe.data, src.preprocessing, seed=recipe.seed)
+    torch.manual_seed(recipe.seed)
+    model = replace_head(src.model, len(data.classes))
+    say(
+        f"source {src.source} ({src.arch}); data {recipe.data.dataset}: "
+        + ", ".join(f"{k} {sum(v.values())}" for k, v in data.info.get("split_sizes", {}).items())
+        + f"; critical {[data.classes[c] for c in data.critical]}; training class counts {data.class_counts}"
+    )
+    res = compress(model, data, recipe, run_dir=run_dir, resume=resume, progress=progress)
+    result.seconds["compress"] = time.perf_counter() - t0
+    c, h, w = next(iter(data.loader("test", batch_size=1)))[0].shape[1:]
+    input_shape = (1, int(c), int(h), int(w))
+
+    base = dict(
+        source=src.source,
+        arch=src.arch,
+        classes=list(data.classes),
+        critical=list(data.critical),
+        input=TensorInfo(name="input", shape=[-1 if recipe.export.dynamic_batch else 1, int(c), int(h), int(w)]),
+        outputs=[TensorInfo(name="logits", shape=[-1 if recipe.export.dynamic_batch else 1, len(data.classes)])],
+        preprocessing=data.preprocessing,
+        recipe=recipe.to_dict(),
+    )
+    variants = {
+        "dense": (res.dense_model, res.dense_metrics, None),
+        "compressed": (res.model, res.metrics, res.sparsity_table),
+    }
+    for key, (m, metrics, table) in variants.items():
+        params, macs = count_params_macs(m, input_shape)
+        result.metrics[key] = {
+            **metrics.to_dict(),
+            "params": int(params),
+            "macs": int(macs),
+            "nonzero_params": int(sum(int((p != 0).sum()) for p in m.parameters())),
+        }
+    if "export" not in stages:
+        # still leave a loadable torch artifact of the compressed model
+        stages = ("export",) if "compress" in stages else stages
+        formats: list[str] = []
+    else:
+        formats = list(recipe.export.formats)
+
+    from .export import export_artifact
+
+    t1 = time.perf_counter()
+    calib = _calibration_batches(data, recipe.quantize.calibration_size) if recipe.quantize.method == "ptq" else None
+    test_x, test_y = _split_arrays(data, "test")
+    for key, (m, metrics, table) in variants.items():
+        if key == "dense" and "profile" not in stages and not formats:
+            continue
+        precisions = ["fp32"] + (["int8"] if key == "compressed" and recipe.quantize.method == "ptq" else [])
+        manifest = Manifest(
+            name=f"{recipe.name}-{key}",
+            metrics={"test": result.metrics[key]},
+            sparsity={"layers": table} if table else {},
+            **base,
+        )
+        say(f"exporting {key}: {', '.join(formats) or 'torch'} ({', '.join(precisions)})")
+        result.manifests[key] = export_artifact(
+            m.eval(),
+            out_dir / key,
+            manifest,
+            formats=formats,
+            precisions=precisions if formats else ["fp32"],
+            calibration=calib,
+            validation=(test_x, test_y),
+            export_cfg=recipe.export,
+            quantize_cfg=recipe.quantize,
+            validate_cfg=recipe.validate_,
+        )
+        result.artifacts[key] = out_dir / key
+    result.seconds["export"] = time.perf_counter() - t1
+
+    if "profile" in stages:
+        from .devices.profiler import ProfileConfig, profile_artifact
+
+        t2 = time.perf_counter()
+        p = recipe.profile
+        cfg = ProfileConfig(
+            warmup=p.warmup, iterations=p.iterations, seconds=p.seconds, batch_sizes=tuple(p.batch_sizes)
+        )
+        for key, path in result.artifacts.items():
+            say(f"profiling {key} on {', '.join(p.backends)}")
+            for entry in profile_artifact(
+                path, backends=p.backends, cfg=cfg, threads=p.threads, progress=progress, data=(test_x, test_y)
+            ):
+                entry["artifact"] = key
+                result.profile.append(entry)
+        result.seconds["profile"] = time.perf_counter() - t2
+    result.seconds["total"] = time.perf_counter() - t0
+    write_pipeline_report(result)
+    return result
+
+
+# -- reports -------------------------------------------------------------------------------------------------------
+def _file_mb(artifact: Path, manifest: Manifest, path: str) -> float:
+    """Size of a model file (an OpenVINO IR counts its .bin too)."""
+    p = artifact / path
+    size = p.stat().st_size
+    if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
+        size += p.with_suffix(".bin").stat().st_size
+    return size / 1e6
+
+
+def summary_rows(result: PipelineResult) -> list[dict[str, Any]]:
+    """One row per (artifact, model file): accuracy and critical FN / FNR / AUC measured on the test split by
+    the exported model itself, sparsity, parameters, file size and median latency per backend."""
+    rows = []
+    for key, manifest in result.manifests.items():
+        art = result.artifacts[key]
+        m = result.metrics[key]
+        for mf in manifest.models:
+            if mf.format == "torch":
+                continue
+            entries = [e for e in result.profile if e.get("artifact") == key and e["model"]["path"] == mf.path]
+            ok = [e for e in entries if e.get("status") == "ok"]
+            acc = next((e["accuracy"] for e in ok if isinstance(e.get("accuracy"), dict) and "accuracy" in e["accuracy"]), None)
+            src = acc or m
+            crit = {int(k): v for k, v in (src.get("critical_stats") or {}).items()}
+            rows.append(
+                {
+                    "model": key,
+                    "file": mf.path,
+                    "format": mf.format,
+                    "precision": mf.precision,
+                    "accuracy": src.get("accuracy"),
+                    "critical_fn": sum(v["fn"] for v in crit.values()),
+                    "critical_fnr": [v.get("fnr") for v in crit.values()],
+                    "critical_fpr": [v.get("fpr") for v in crit.values()],
+                    "critical_auc": [v.get("auc") for v in crit.values()],
+                    "measured_by": (f"{ok[0]['backend']['name']}" if acc else "torch"),
+                    "weight_sparsity": m.get("weight_sparsity"),
+                    "params": m["params"],
+                    "nonzero_params": m["nonzero_params"],
+                    "size_mb": _file_mb(art, manifest, mf.path),
+                    "latency_ms": {
+                        e["backend"]["name"]: e["latency_ms"]["median"] for e in ok if e.get("batch") == 1
+                    },
+                }
+            )
+    return rows
+
+
+def write_pipeline_report(result: PipelineResult) -> dict[str, Path]:
+    """Write report.json and report.md (the profiler's report plus the pipeline summary) into the output dir."""
+    from .devices.report import make_report, render_markdown
+
+    for key, m in result.metrics.items():
+        man = result.manifests.get(key)
+        if man is not None and man.sparsity:
+            m["weight_sparsity"] = (man.sparsity.get("torch") or {}).get("ratio")
+    rows = summary_rows(result)
+    report = make_report(
+        result.profile,
+        title=f"edgeslim pipeline: {result.recipe.name}",
+        extra={
+            "pipeline": {
+                "recipe": result.recipe.to_dict(),
+                "recipe_sha256": result.recipe.digest(),
+                "artifacts": {k: str(v) for k, v in result.artifacts.items()},
+                "metrics": result.metrics,
+                "summary": rows,
+                "seconds": result.seconds,
+            }
+        },
+    )
+    result.report = report
+    from ._io import atomic_write_json
+
+    md = render_markdown(report) + "\n" + _summary_markdown(rows, result)
+    return {
+        "json": atomic_write_json(result.out_dir / "report.json", {k: v for k, v in report.items() if not k.startswith("_")}),
+        "md": atomic_write_text(result.out_dir / "report.md", md),
+    }
+
+
+def _f(v: Any, spec: str = ".4f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return "/".join(_f(x, spec) for x in v) or "-"
+    return format(v, spec) if isinstance(v, float) else str(v)
+
+
+def _summary_header(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    backends = sorted({b for r in rows for b in r["latency_ms"]})
+    head = ["model", "format", "prec", "top-1", "crit FN", "crit FNR", "crit FPR", "crit AUC", "sparsity",
+            "params (nonzero)", "size MB"] + [f"{b} ms" for b in backends]
+    return head, backends
+
+
+def _summary_cells(r: dict[str, Any], backends: list[str]) -> list[str]:
+    return [
+        r["model"], r["format"], r["precision"], _f(r["accuracy"]), str(r["critical_fn"]), _f(r["critical_fnr"], ".3f"),
+        _f(r["critical_fpr"], ".3f"), _f(r["critical_auc"], ".4f"),
+        "-" if r["weight_sparsity"] is None else f"{100 * r['weight_sparsity']:.1f}%",
+        f"{r['params'] / 1e6:.2f}M ({r['nonzero_params'] / 1e6:.2f}M)", f"{r['size_mb']:.2f}",
+    ] + [_f(r["latency_ms"].get(b), ".2f") for b in backends]
+
+
+def _summary_markdown(rows: list[dict[str, Any]], result: PipelineResult) -> str:
+    head, backends = _summary_header(rows)
+    lines = ["## Dense vs compressed (test split)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_summary_cells(r, backends)) + " |" for r in rows]
+    lines += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()), ""]
+    return "\n".join(lines)
+
+
+def print_summary(result: PipelineResult, *, console=None) -> None:
+    """Print the dense-vs-compressed table with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    rows = summary_rows(result)
+    head, backends = _summary_header(rows)
+    table = Table(title=f"edgeslim pipeline: {result.recipe.name} (test split, batch 1 median latency)")
+    for h in head:
+        table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right")
+    for r in rows:
+        table.add_row(*_summary_cells(r, backends))
+    console.print(table, width=max(console.width, 170))
+    console.print(
+        "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+        + f"; outputs in {result.out_dir} (report.json, report.md, recipe.yaml, "
+        + ", ".join(f"{k}/" for k in result.artifacts) + ")"
+    )
+
+
+# -- single stages on an existing artifact -----------------------------------------------------------------------
+def _artifact_data(manifest: Manifest, *, calibration: bool):
+    """Re-create the artifact's data (from its recorded recipe) for calibration and validation, if possible."""
+    from .recipe import parse_recipe
+
+    if not manifest.recipe:
+        return None, None
+    recipe = parse_recipe(manifest.recipe)
+    from .compress.data import load_data_from_recipe
+
+    data = load_data_from_recipe(recipe.data, manifest.preprocessing, seed=recipe.seed)
+    calib = _calibration_batches(data, recipe.quantize.calibration_size) if calibration else None
+    return calib, _split_arrays(data, "test")
+
+
+def export_existing(
+    artifact: str | Path,
+    out: str | Path,
+    *,
+    formats: Iterable[str],
+    precisions: Iterable[str] = ("fp32",),
+    console=None,
+) -> Manifest:
+    """Add formats/precisions to an artifact, validated on the test split of the data recorded in its recipe."""
+    from .export import export_existing as _export_existing
+
+    manifest = load_manifest(artifact)
+    precisions = list(precisions)
+    calib, validation = _artifact_data(manifest, calibration="int8" in precisions)
+    if console is not None and validation is None:
+        console.print("[yellow]the artifact records no recipe: exports are checked for parity only[/yellow]")
+    return _export_existing(
+        artifact, out, formats=list(formats), precisions=precisions, calibration=calib, validation=validation
+    )
+
+
+def profile_to_report(
+    artifact: str | Path,
+    out: str | Path,
+    *,
+    backends: Sequence[str],
+    batch_sizes: Sequence[int],
+    seconds: float | None,
+    iterations: int,
+    warmup: int,
+    threads: int | None,
+    console=None,
+) -> Path:
+    """Profile an artifact and write report.json / report.md into ``out``; returns the report.json path."""
+    from .devices.profiler import ProfileConfig, profile_artifact
+    from .devices.report import make_report, write_report
+
+    manifest = load_manifest(artifact)
+    _, data = _artifact_data(manifest, calibration=False)
+    cfg = ProfileConfig(
+        warmup=warmup, iterations=iterations, seconds=2.0 if seconds is None else seconds,
+        batch_sizes=tuple(batch_sizes or (1,)),
+    )
+    entries = profile_artifact(artifact, backends=backends, cfg=cfg, threads=threads, data=data)
+    return write_report(out, make_report(entries, artifact_dir=artifact))["json"]
