@@ -268,8 +268,6 @@ def _check_request(formats: Sequence[str], precisions: Sequence[str], calibratio
                    quantize_cfg: QuantizeSection) -> tuple[list[str], tuple[str, ...]]:
     if isinstance(formats, str) or isinstance(precisions, str):
         raise ConfigError("formats and precisions must be sequences such as ('onnx',), not a single string")
-    if not formats:
-        raise ConfigError(f"no export formats requested; choose from {', '.join(EXPORTERS.names())}")
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise ConfigError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(PRECISIONS)}")
@@ -330,6 +328,7 @@ def export_artifact(
             ``models``, ``sparsity`` and ``validation`` are filled in here; the input shape is taken from
             ``manifest.input.shape`` when it names C, H, W, else from ``preprocessing.crop``.
         formats: exporter names (see ``EXPORTERS.names()``); default ``export_cfg.formats`` (onnx, openvino).
+            An empty list writes only the torch weights.
         precisions: any of ``fp32``, ``fp16``, ``int8``; each exporter writes those it supports.
         calibration: preprocessed float32 NCHW batches from the training split, needed for ``int8``.
         validation: ``(inputs, labels)`` of the test split (preprocessed float32 NCHW, int labels or None): every

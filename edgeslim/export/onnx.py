@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,17 @@ INT8_FILE = "model_int8.onnx"
 
 def _serialize(model: Any) -> bytes:
     return model.SerializeToString()
+
+
+def _summary(exc: BaseException) -> str:
+    """One informative line of a torch.onnx error (its "Exception summary" when present), without colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "## Exception summary" in lines:
+        rest = lines[lines.index("## Exception summary") + 1 :]
+        if rest:
+            return rest[0]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def torch_to_onnx(ctx: ExportContext) -> tuple[Any, str, list[str]]:
@@ -43,8 +55,10 @@ def torch_to_onnx(ctx: ExportContext) -> tuple[Any, str, list[str]]:
     example = ctx.example_input()
     notes: list[str] = []
     try:
-        # torch.onnx prints progress lines to stdout; keep the caller's output clean.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # torch.onnx prints progress to stdout and, on failure, graph dumps to stderr; keep the caller's output
+        # clean (the error itself is kept in the notes).
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 ctx.model,
@@ -65,7 +79,7 @@ def torch_to_onnx(ctx: ExportContext) -> tuple[Any, str, list[str]]:
         model = onnx.load_from_string(model.SerializeToString())
         return model, "dynamo", notes
     except Exception as exc:
-        notes.append(f"dynamo export failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        notes.append(f"dynamo export failed: {_summary(exc)}")
     try:
         buf = io.BytesIO()
         with warnings.catch_warnings():
@@ -86,7 +100,7 @@ def torch_to_onnx(ctx: ExportContext) -> tuple[Any, str, list[str]]:
         return onnx.load_from_string(buf.getvalue()), "torchscript", notes
     except Exception as exc:
         raise ExportError(
-            f"torch.onnx.export failed on both paths: {notes[0]}; TorchScript: {type(exc).__name__}: {exc}."
+            f"torch.onnx.export failed on both paths: {notes[0]}; TorchScript: {_summary(exc)}."
             " Make the model traceable (no data-dependent Python control flow) or export it yourself"
         ) from exc
 

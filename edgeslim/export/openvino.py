@@ -36,9 +36,13 @@ def to_openvino(ctx: ExportContext) -> tuple[Any, str]:
         if onnx_file is not None:
             model, source = ov.convert_model(str(ctx.directory / onnx_file.path)), onnx_file.path
         else:
+            import warnings
+
             import torch
 
-            with torch.inference_mode():
+            # convert_model traces with torch.jit, which warns that it is deprecated on every call.
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
                 model = ov.convert_model(ctx.model, example_input=ctx.example_input())
             source = "torch"
     except Exception as exc:

@@ -1,0 +1,136 @@
+"""validate_exports: every file runs through its runtime backend and is judged against PyTorch per precision."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgeslim.artifact import ModelFile
+from edgeslim.errors import ConfigError, ValidationError
+from edgeslim.export import EXPORTERS, validate_exports
+from edgeslim.export.base import write_torch_weights
+from edgeslim.recipe import QuantizeSection, ValidateSection
+from export_testlib import CRITICAL, context, tiny_manifest
+
+torch.set_num_threads(1)
+
+# TinyNet's INT8 top-1 agreement with FP32 is 0.90-0.94 on these digits (calibration 32-512 samples, the same in
+# onnxruntime and OpenVINO): a 10k-parameter net has small margins. The recipe default of 0.95 is for real models.
+CFG = ValidateSection(int8_min_agreement=0.85)
+
+
+@pytest.fixture(scope="module")
+def artifact(trained, tmp_path_factory):
+    """A directory with torch weights, ONNX FP32/INT8 and OpenVINO FP32 of the trained TinyNet, and its manifest."""
+    d = tmp_path_factory.mktemp("validate")
+    ctx = context(trained.model, d, precisions=("fp32", "int8"), calibration=trained.calibration(32),
+                  quantize=QuantizeSection(calibration_size=32))
+    ctx.written.append(write_torch_weights(trained.model, d / "model.safetensors"))
+    ctx.written += EXPORTERS.get("onnx")().export(ctx)
+    ctx.precisions = ("fp32",)
+    ctx.written += EXPORTERS.get("openvino")().export(ctx)
+    assert not ctx.errors
+    manifest = tiny_manifest().model_copy(update={"models": list(ctx.written)})
+    return d, manifest, trained.reference(trained.test_x)
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_initializer(path, name, fn):
+    model = onnx.load(str(path))
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(init).copy()), name))
+    onnx.save(model, str(path))
+
+
+def test_good_exports_pass_with_a_report_per_file(trained, artifact):
+    d, manifest, ref = artifact
+    report = validate_exports(d, manifest, ref, trained.test_x, trained.test_y, CFG)
+    assert report["passed"] and report["problems"] == []
+    assert set(report["models"]) == {"model.onnx", "model_int8.onnx", "openvino/model.xml"}
+    assert "model.safetensors" in report["skipped"]
+    fp32 = report["models"]["model.onnx"]
+    assert fp32["backend"] == "onnxruntime" and fp32["max_abs_diff"] < 1e-4 and fp32["top1_agreement"] == 1.0
+    assert report["models"]["openvino/model.xml"]["max_abs_diff"] < 1e-4
+    int8 = report["models"]["model_int8.onnx"]
+    assert int8["limits"] == {"top1_agreement": 0.85, "extra_critical_fn": 1}
+    assert 0.85 <= int8["top1_agreement"] < 1.0 and int8["max_abs_diff"] > 1e-3
+    # The reference's own numbers are there to compare with, and they are the real ones.
+    pred = ref.argmax(1)
+    assert report["reference"]["accuracy"] == pytest.approx((pred == trained.test_y).mean(), abs=1e-6)
+    fn = int(((trained.test_y == CRITICAL) & (pred != CRITICAL)).sum())
+    assert report["reference"]["critical_fn"] == {str(CRITICAL): fn}
+    assert fp32["critical_fn"] == {str(CRITICAL): fn} and fp32["extra_critical_fn"] == 0
+    import json
+
+    json.dumps(report)  # goes into manifest.validation as is
+
+
+def test_every_broken_file_is_listed_in_one_error(trained, artifact, tmp_path):
+    d, manifest, ref = artifact
+    bad = _copy(d, tmp_path / "bad")
+    _edit_initializer(bad / "model.onnx", "blocks.6.weight", lambda w: w * 1.5)
+    (bad / "openvino" / "model.xml").write_text("<net>truncated")
+    with pytest.raises(ValidationError) as info:
+        validate_exports(bad, manifest, ref, trained.test_x, trained.test_y, CFG)
+    msg = str(info.value)
+    assert "model.onnx: max_abs_diff" in msg and "(limit <= 0.001)" in msg
+    assert "openvino/model.xml: runs" in msg
+    assert "model_int8.onnx" not in msg  # the untouched file is not blamed
+    problems = info.value.report["problems"]
+    assert {(p["file"], p["metric"]) for p in problems} >= {("model.onnx", "max_abs_diff"), ("openvino/model.xml", "runs")}
+    assert info.value.report["models"]["model_int8.onnx"]["passed"]
+
+
+def test_int8_is_judged_on_agreement_and_critical_misses_not_on_logits(trained, artifact, tmp_path):
+    d, manifest, ref = artifact
+    strict_atol = CFG.model_copy(update={"fp32_atol": 1e-9})
+    with pytest.raises(ValidationError) as info:
+        validate_exports(d, manifest, ref, trained.test_x, trained.test_y, strict_atol)
+    blamed = {(p["file"], p["metric"]) for p in info.value.report["problems"]}
+    # FP32 files break a 1e-9 atol; the INT8 file differs far more but is not held to atol.
+    assert ("model.onnx", "max_abs_diff") in blamed and not any(f == "model_int8.onnx" for f, _ in blamed)
+
+    bad = _copy(d, tmp_path / "bias")
+    _edit_initializer(bad / "model_int8.onnx", "classifier.bias",
+                      lambda b: np.where(np.arange(len(b)) == CRITICAL, b - 50.0, b).astype(b.dtype))
+    with pytest.raises(ValidationError) as info:
+        validate_exports(bad, manifest, ref, trained.test_x, trained.test_y, CFG)
+    result = info.value.report["models"]["model_int8.onnx"]
+    assert result["extra_critical_fn"] == int((trained.test_y == CRITICAL).sum()) - sum(
+        info.value.report["reference"]["critical_fn"].values())
+    assert "model_int8.onnx: extra_critical_fn" in str(info.value)
+
+
+def test_without_labels_only_logits_are_compared(trained, artifact):
+    d, manifest, ref = artifact
+    report = validate_exports(d, manifest, ref, trained.test_x, None, CFG)
+    assert report["passed"] and report["reference"] == {}
+    assert "accuracy" not in report["models"]["model.onnx"]
+
+
+def test_formats_without_a_runnable_backend_are_skipped_with_the_reason(trained, artifact, tmp_path):
+    d, manifest, ref = artifact
+    extra = _copy(d, tmp_path / "trt")
+    (extra / "model.engine").write_bytes(b"not an engine")
+    m = manifest.model_copy(update={"models": [*manifest.models, ModelFile(format="tensorrt", precision="fp16",
+                                                                                  path="model.engine")]})
+    report = validate_exports(extra, m, ref[:20], trained.test_x[:20], trained.test_y[:20], CFG,
+                              backend_for={"tensorrt": "no_such_backend"})
+    assert "no runtime backend" in report["skipped"]["model.engine"]
+
+
+def test_mismatched_inputs_are_refused(trained, artifact):
+    d, manifest, ref = artifact
+    with pytest.raises(ConfigError, match="reference logits"):
+        validate_exports(d, manifest, ref[:10], trained.test_x, trained.test_y)
+    with pytest.raises(ConfigError, match="labels"):
+        validate_exports(d, manifest, ref, trained.test_x, trained.test_y[:5])
