@@ -1,0 +1,481 @@
+"""Fine-tuning (seeded, checkpointed every epoch, resumable to identical weights) and :func:`compress`.
+
+:func:`fine_tune` trains a model on a DataBundle's ``train`` split, evaluates on ``val`` after every epoch, keeps
+the checkpoint chosen by ``select`` and saves ``run_dir/<tag>/last.pt`` atomically after every epoch. With
+``resume=True`` it continues from the last completed epoch and ends with the same weights an uninterrupted run
+would have (the data order of each epoch depends only on ``(seed, epoch)``; RNG states are checkpointed).
+
+:func:`compress` runs the recipe's pruning method (:data:`~edgeslim.compress.pruning.PRUNERS`) and evaluates the
+dense reference and the final model on the held-out test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._io import atomic_write_json
+from ..errors import ConfigError, DataError, TrainingError
+from .metrics import ClassificationMetrics, evaluate, predict_logits
+from .pruning import PRUNERS, MaskSet, PruneContext, PruneResult, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..recipe import Recipe, TrainSection
+
+log = logging.getLogger(__name__)
+
+SELECTS = ("last", "critical_recall", "critical_auc", "accuracy")
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`fine_tune`.
+
+    Attributes:
+        model: the trained model, holding the selected epoch's weights.
+        history: one record per epoch: ``tag, round, epoch, loss, wce, rank, val_accuracy, val_critical_recall,
+            val_critical_auc, val_critical_fn, seconds``.
+        best_epoch: the selected epoch (1-based; 0 when no epoch ran).
+        val_metrics: the selected model's metrics on the validation split, computed fresh (``None`` without one).
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int
+    val_metrics: ClassificationMetrics | None
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device '{name}' is not a device; use 'cpu' or 'cuda' / 'cuda:0'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device is '{name}' but CUDA is not available here; set train.device: cpu")
+    return dev
+
+
+def _optimizer(model: nn.Module, cfg: "TrainSection") -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters (all requires_grad=False)")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"train.optimizer '{cfg.optimizer}': use 'sgd' or 'adamw'")
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # the shuffle of an epoch depends only on (seed, epoch), so a resumed run sees the same batches
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        # plain types and tensors only, so the checkpoint loads with weights_only=True
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _selection_key(select: str, m: ClassificationMetrics | None) -> tuple[float, ...]:
+    if m is None:
+        return ()
+    neg = float("-inf")
+    if select == "critical_recall":
+        r = m.critical_recall()
+        return (neg if r is None else r, m.accuracy)
+    if select == "critical_auc":
+        a = m.critical_auc()
+        return (neg if a is None else a, m.accuracy)
+    return (m.accuracy,)
+
+
+def _has_split(data: Any, split: str) -> bool:
+    try:
+        return len(data.labels(split)) > 0
+    except (KeyError, ValueError, DataError):
+        return False
+
+
+def _evaluate_split(model: nn.Module, data: Any, split: str, batch_size: int, device: torch.device):
+    logits, labels = predict_logits(model, data.loader(split, batch_size=batch_size, shuffle=False), device=str(device))
+    return evaluate(logits, labels, data.classes, data.critical)
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+# -- fine-tuning -----------------------------------------------------------------------------------------------
+
+
+def fine_tune(
+    model: nn.Module,
+    data: Any,
+    loss_fn: nn.Module,
+    cfg: "TrainSection",
+    *,
+    masks: MaskSet | None = None,
+    run_dir: Path | str | None = None,
+    tag: str = "train",
+    resume: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 32,
+    select: str | None = None,
+    epochs: int | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` on ``data``'s train split, selecting a checkpoint on its val split.
+
+    Args:
+        model: trained in place; on return it holds the selected epoch's weights.
+        data: a DataBundle: ``loader(split, *, batch_size, shuffle, seed)``, ``labels(split)``, ``classes``,
+            ``critical``.
+        loss_fn: ``loss_fn(logits, targets)``; its ``last_parts`` (``wce``, ``rank``) are logged when present.
+        cfg: optimizer, lr, momentum, weight decay, epochs, select, device and threads.
+        masks: pruning masks kept applied throughout (pruned weights stay exactly zero).
+        run_dir: where ``<tag>/last.pt`` is written after every epoch (no checkpoints when ``None``).
+        tag: sub-directory name of this training's checkpoint.
+        resume: continue from ``run_dir/<tag>/last.pt`` when it exists (a finished training is not repeated).
+        seed: seeds torch, numpy, random and every epoch's shuffle.
+        progress: show a ``rich`` progress bar.
+        batch_size: training and evaluation batch size.
+        select: overrides ``cfg.select``: ``last``, ``critical_recall`` (ties: accuracy), ``critical_auc`` (ties:
+            accuracy) or ``accuracy``. The earliest epoch wins a tie. Without a val split, ``last`` is used.
+        epochs: overrides ``cfg.epochs``.
+        on_epoch_end: called as ``f(epoch, model)`` after each epoch, before its checkpoint is written.
+
+    Raises:
+        ConfigError: bad ``select``/``epochs``/device, or ``resume`` without ``run_dir``.
+        TrainingError: the loss became NaN/inf, or the checkpoint does not match this training.
+    """
+    select = cfg.select if select is None else select
+    if select not in SELECTS:
+        raise ConfigError(f"select '{select}': use one of {', '.join(SELECTS)}")
+    n_epochs = cfg.epochs if epochs is None else epochs
+    if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 0:
+        raise ConfigError(f"epochs = {n_epochs!r}: must be an integer >= 0")
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size = {batch_size}: must be > 0")
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs run_dir (where the checkpoint of the interrupted run is)")
+    device = _device(cfg.device)
+    has_val = _has_split(data, "val")
+    if select != "last" and not has_val:
+        log.warning("no validation samples: keeping the last epoch instead of selecting by %s", select)
+        select = "last"
+
+    prev_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ckpt_path = Path(run_dir) / tag / "last.pt" if run_dir is not None else None
+    model.to(device)
+    loss_fn.to(device)
+    optimizer = _optimizer(model, cfg)
+
+    history: list[dict[str, Any]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_key: tuple[float, ...] | None = None
+    best_epoch = 0
+    start = 1
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        ck = load_checkpoint(ckpt_path)
+        if ck.get("version") != CHECKPOINT_VERSION or ck.get("seed") != seed or ck.get("select") != select:
+            raise TrainingError(
+                f"checkpoint {ckpt_path} was written by a different training (seed {ck.get('seed')}, select"
+                f" {ck.get('select')!r}; now seed {seed}, select {select!r}); use another run_dir or resume=False"
+            )
+        if ck["epoch"] > n_epochs:
+            raise TrainingError(
+                f"checkpoint {ckpt_path} has {ck['epoch']} epochs done but {n_epochs} were asked; resume=False"
+            )
+        if (ck["masks"] is None) != (masks is None):
+            raise TrainingError(f"checkpoint {ckpt_path} and this call disagree on pruning masks; resume=False")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if masks is not None:
+            masks.load_state_dict(ck["masks"])
+        _set_rng_state(ck["rng"])
+        history = list(ck["history"])
+        best_state, best_epoch = ck["best_state"], int(ck["best_epoch"])
+        best_key = tuple(ck["best_key"]) if ck["best_key"] is not None else None
+        start = int(ck["epoch"]) + 1
+        log.info("%s: resuming after epoch %d of %d from %s", tag, start - 1, n_epochs, ckpt_path)
+    else:
+        _seed_all(seed)
+
+    if masks is not None:
+        masks.attach(model, optimizer)
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            disable=not progress,
+            transient=False,
+        ) as bar:
+            task = bar.add_task(tag, total=None, status="")
+            for epoch in range(start, n_epochs + 1):
+                t0 = time.perf_counter()
+                model.train()
+                loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=_epoch_seed(seed, epoch))
+                bar.update(task, description=f"{tag} epoch {epoch}/{n_epochs}", total=len(loader), completed=0)
+                sums = {"loss": 0.0, "wce": 0.0, "rank": 0.0}
+                seen = 0
+                parts_seen = False
+                for x, y in loader:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(x), y)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"{tag}: the loss became {loss.detach().item()} in epoch {epoch}; lower train.lr (now {cfg.lr})"
+                            " or check the data"
+                        )
+                    loss.backward()
+                    optimizer.step()
+                    n = int(y.shape[0])
+                    seen += n
+                    sums["loss"] += float(loss.detach()) * n
+                    parts = getattr(loss_fn, "last_parts", None)
+                    if parts:
+                        parts_seen = True
+                        sums["wce"] += parts.get("wce", 0.0) * n
+                        sums["rank"] += parts.get("rank", 0.0) * n
+                    bar.advance(task)
+                if seen == 0:
+                    raise DataError("the train split yielded no samples")
+                vm = _evaluate_split(model, data, "val", batch_size, device) if has_val else None
+                record = {
+                    "tag": tag,
+                    "round": None,
+                    "epoch": epoch,
+                    "loss": sums["loss"] / seen,
+                    "wce": sums["wce"] / seen if parts_seen else None,
+                    "rank": sums["rank"] / seen if parts_seen else None,
+                    "val_accuracy": vm.accuracy if vm else None,
+                    "val_critical_recall": vm.critical_recall() if vm else None,
+                    "val_critical_auc": vm.critical_auc() if vm else None,
+                    "val_critical_fn": vm.critical_fn() if vm else None,
+                    "seconds": time.perf_counter() - t0,
+                }
+                history.append(record)
+                key = _selection_key(select, vm)
+                if select != "last" and (best_key is None or key > best_key):
+                    best_key, best_epoch, best_state = key, epoch, _cpu_state(model)
+                bar.update(
+                    task,
+                    status=f"loss {record['loss']:.4f}  val acc {_fmt(record['val_accuracy'])}"
+                    f"  crit recall {_fmt(record['val_critical_recall'])}",
+                )
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, model)
+                if ckpt_path is not None:
+                    save_checkpoint(
+                        ckpt_path,
+                        {
+                            "version": CHECKPOINT_VERSION,
+                            "tag": tag,
+                            "epoch": epoch,
+                            "epochs": n_epochs,
+                            "seed": seed,
+                            "select": select,
+                            "model": _cpu_state(model),
+                            "optimizer": optimizer.state_dict(),
+                            "masks": masks.state_dict() if masks is not None else None,
+                            "rng": _rng_state(),
+                            "history": history,
+                            "best_state": best_state,
+                            "best_epoch": best_epoch,
+                            "best_key": list(best_key) if best_key is not None else None,
+                        },
+                    )
+    finally:
+        if masks is not None:
+            masks.detach()
+        torch.set_num_threads(prev_threads)
+
+    if select == "last" or best_state is None:
+        best_epoch = n_epochs if history else 0
+    else:
+        model.load_state_dict(best_state)
+    if masks is not None:
+        masks.apply(model)  # a no-op for masked checkpoints; guards a model whose weights were edited outside
+    val_metrics = _evaluate_split(model, data, "val", batch_size, device) if has_val else None
+    return TrainResult(model=model, history=history, best_epoch=best_epoch, val_metrics=val_metrics)
+
+
+# -- compress --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CompressResult:
+    """The outcome of :func:`compress`.
+
+    Attributes:
+        dense_model: the dense reference (round 1 of the lottery ticket), or ``None`` if the method has none.
+        model: the final model (pruned weights exactly zero).
+        masks: its masks.
+        dense_metrics: the dense model's metrics on the test split (``None`` without a dense model).
+        metrics: the final model's metrics on the test split.
+        val_metrics: the final model's metrics on the validation split (``None`` without one).
+        history: per-epoch records of every training.
+        sparsity_table: :meth:`MaskSet.table` of the final model.
+        rounds: one summary per training round.
+        seconds: wall time of this call.
+    """
+
+    dense_model: nn.Module | None
+    model: nn.Module
+    masks: MaskSet
+    dense_metrics: ClassificationMetrics | None
+    metrics: ClassificationMetrics
+    val_metrics: ClassificationMetrics | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    sparsity_table: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of pruned weights over the masked (prunable) layers."""
+        return self.masks.sparsity()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (metrics, rounds, history, sparsity), without the models."""
+        return {
+            "sparsity": self.sparsity,
+            "dense_metrics": self.dense_metrics.to_dict() if self.dense_metrics is not None else None,
+            "metrics": self.metrics.to_dict(),
+            "val_metrics": self.val_metrics.to_dict() if self.val_metrics is not None else None,
+            "rounds": self.rounds,
+            "history": self.history,
+            "sparsity_table": self.sparsity_table,
+            "seconds": self.seconds,
+        }
+
+
+def _compress_digest(recipe: "Recipe") -> str:
+    import hashlib
+    import json
+
+    d = recipe.to_dict()
+    # only what changes the trained weights; export/profile edits must not block a resume
+    keep = {k: d[k] for k in ("version", "seed", "model", "data", "loss", "train", "prune")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+def compress(
+    model: nn.Module,
+    data: Any,
+    recipe: "Recipe",
+    *,
+    run_dir: Path | str,
+    resume: bool = False,
+    progress: bool = True,
+) -> CompressResult:
+    """Fine-tune and prune ``model`` per ``recipe`` and evaluate it on the held-out test split.
+
+    ``model`` is W0: the pretrained backbone with a freshly initialised head for ``data.classes``; it is trained
+    in place and ends up as ``result.model`` (deep-copy it first to keep W0). The recipe's
+    ``prune.method`` (a :data:`~edgeslim.compress.pruning.PRUNERS` key) runs with the recipe's loss and train
+    sections; checkpoints go to ``run_dir/compress`` (removed first unless ``resume``). With ``resume=True`` an
+    interrupted run continues: finished rounds are not repeated and the current one resumes from its last epoch.
+
+    Raises:
+        UnknownNameError: the pruning method is not registered.
+        TrainingError: ``resume`` was asked for a ``run_dir`` holding a run of a different recipe.
+    """
+    t0 = time.perf_counter()
+    pruner = PRUNERS.get(recipe.prune.method)
+    n_classes = len(data.classes)
+    if n_classes < 2:
+        raise DataError(f"the data has {n_classes} class(es); classification needs at least 2")
+    work = Path(run_dir) / "compress"
+    marker = work / "recipe.json"
+    digest = _compress_digest(recipe)
+    if resume and marker.is_file():
+        import json
+
+        old = json.loads(marker.read_text()).get("digest")
+        if old != digest:
+            raise TrainingError(
+                f"{work} holds a run of a different recipe (its model/data/loss/train/prune differ); resume with the"
+                " same recipe, pick another run_dir, or pass resume=False to start over"
+            )
+    elif not resume and work.exists():
+        shutil.rmtree(work)  # only our own namespace: stale rounds must never be picked up by a later resume
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"digest": digest, "recipe": recipe.to_dict()})
+
+    ctx = PruneContext(model=model, data=data, recipe=recipe, run_dir=work, resume=resume, progress=progress)
+    res = pruner(ctx)
+    if not isinstance(res, PruneResult):
+        raise TrainingError(
+            f"pruning method '{recipe.prune.method}' returned {type(res).__name__}, expected a PruneResult"
+        )
+    device = _device(recipe.train.device)
+    bs = recipe.data.batch_size
+    metrics = _evaluate_split(res.model, data, "test", bs, device)
+    dense_metrics = _evaluate_split(res.dense_model, data, "test", bs, device) if res.dense_model is not None else None
+    val_metrics = _evaluate_split(res.model, data, "val", bs, device) if _has_split(data, "val") else None
+    result = CompressResult(
+        dense_model=res.dense_model,
+        model=res.model,
+        masks=res.masks,
+        dense_metrics=dense_metrics,
+        metrics=metrics,
+        val_metrics=val_metrics,
+        history=res.history,
+        sparsity_table=res.masks.table(res.model),
+        rounds=res.rounds,
+        seconds=time.perf_counter() - t0,
+    )
+    atomic_write_json(work / "summary.json", result.to_dict())
+    return result
+
