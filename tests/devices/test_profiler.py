@@ -194,3 +194,20 @@ def test_accuracy_per_backend_with_deltas_against_fp32(tiny_artifact, digits):
     with backend_class("onnxruntime")(tiny_artifact / "model.onnx", BackendOptions(threads=1)) as b:
         ref = evaluate(b.infer(xte)["logits"], yte, [str(i) for i in range(10)], [3, 8])
     assert fp32["accuracy"] == pytest.approx(ref.accuracy)
+
+
+def test_openvino_throughput_mode_runs_async_requests(tiny_artifact):
+    entries = profile_artifact(
+        tiny_artifact, backends=("openvino",), threads=2, progress=False,
+        cfg=ProfileConfig(warmup=2, iterations=50, seconds=0.2, batch_sizes=(4,), throughput=True),
+    )
+    (e,) = entries
+    tm = e["throughput_mode"]
+    assert tm["mode"] == "async" and tm["options"] == {"hint": "THROUGHPUT"}
+    assert tm["requests"] >= 1 and tm["inferences"] >= 50 and tm["seconds"] >= 0.2
+    assert tm["items_per_s"] == pytest.approx(4 * tm["inferences"] / tm["seconds"])
+    # the synchronous figure is measured separately, under the latency hint
+    assert e["throughput"]["mode"] == "sync" and e["throughput"]["items_per_s"] > 0
+    off = profile_artifact(tiny_artifact, backends=("openvino",), progress=False,
+                           cfg=ProfileConfig(warmup=1, iterations=5, seconds=0, throughput=False))
+    assert "throughput_mode" not in off[0]
