@@ -274,8 +274,8 @@ def fine_tune(
                     loss = loss_fn(model(x), y)
                     if not torch.isfinite(loss):
                         raise TrainingError(
-                            f"{tag}: the loss became {loss.detach().item()} in epoch {epoch}; lower train.lr (now {cfg.lr})"
-                            " or check the data"
+                            f"{tag}: the loss became {loss.detach().item()} in epoch {epoch}; lower train.lr"
+                            f" (now {cfg.lr}) or check the data"
                         )
                     loss.backward()
                     optimizer.step()
