@@ -152,9 +152,9 @@ def test_full_loss_is_weighted_ce_plus_lambda_times_rank():
     wce = torch.stack([-w[t] * F.log_softmax(logits[i], 0)[t] for i, t in enumerate(y.tolist())]).mean()
     rank = ranking_loss(logits, y, critical)
     total = loss_fn(logits, y)
-    assert float(total) == pytest.approx(float(wce + 3.0 * rank), rel=1e-6)
-    assert float(rank) > 0
-    assert loss_fn.last_parts == pytest.approx({"wce": float(wce), "rank": float(rank)}, rel=1e-6)
+    assert total.item() == pytest.approx((wce + 3.0 * rank).item(), rel=1e-6)
+    assert rank.item() > 0
+    assert loss_fn.last_parts == pytest.approx({"wce": wce.item(), "rank": rank.item()}, rel=1e-6)
     # the ranking term contributes to the gradient (the released code's lambda = 0 / detach bug)
     g_full = torch.autograd.grad(total, logits)[0]
     g_wce = torch.autograd.grad(ClassDependentLoss(counts, critical, beta=0.99, rank_weight=0.0)(logits, y), logits)[0]
