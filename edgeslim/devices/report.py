@@ -102,7 +102,7 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_report(
-    path_dir: str | os.PathLike, report: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, html: bool = False
+    path_dir: str | os.PathLike, report: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, html: bool = True
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and (with ``html``) ``report.html`` into ``path_dir``, atomically.
 
@@ -197,8 +197,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """Render a report as markdown: conditions, latency / throughput / memory / power, end to end,
     accuracy with deltas against FP32, per-class recall and the critical classes' false negatives, failures.
 
-    Pure: depends only on ``report``.
+    Pure: depends only on ``report``. A merged report from :func:`compare_reports` renders as the fleet table.
     """
+    if report.get("fleet"):
+        return render_fleet_markdown(report)
     entries = list(report.get("entries") or [])
     ok = [e for e in entries if e.get("status") == "ok"]
     classes = class_names(report)
@@ -379,3 +381,109 @@ def _accuracy_entries(ok: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]
             seen.add(key)
             out.append(e)
     return out
+
+
+# -- fleet view ---------------------------------------------------------------------------------------------------
+def _source_label(report: Mapping[str, Any], index: int) -> str:
+    target = report.get("target") or {}
+    host = report.get("host") or {}
+    name = target.get("name") or (host.get("cpu") or {}).get("model") or f"report {index + 1}"
+    where = host.get("hostname")
+    return f"{name} @ {where}" if where else str(name)
+
+
+def compare_reports(
+    reports: Sequence[str | os.PathLike | Mapping[str, Any]],
+    *,
+    out_dir: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Merge reports from several targets (the fleet view: the same model on x86, a GPU and an Orin).
+
+    Args:
+        reports: ``report.json`` paths, directories holding one, or report dicts; at least two.
+        out_dir: if given, write ``report.json`` / ``report.md`` / ``report.html`` of the merged report there.
+        title: heading of the merged page.
+
+    Returns:
+        A report dict with ``fleet: True``, ``sources`` (one summary per input report) and every entry of every
+        report, each labelled with its source in ``_target``.
+
+    Raises:
+        ArtifactError: a path is missing or not an edgeslim report.
+        ConfigError: fewer than two reports.
+    """
+    loaded = [load_report(r) if not isinstance(r, Mapping) else dict(r) for r in reports]
+    if len(loaded) < 2:
+        raise ConfigError(f"compare_reports needs at least two reports, got {len(loaded)}")
+    sources, entries = [], []
+    class_sets = {tuple(class_names(r)) for r in loaded}
+    for i, r in enumerate(loaded):
+        label = _source_label(r, i)
+        sources.append({
+            "label": label,
+            "path": r.get("_path"),
+            "created": r.get("created"),
+            "artifact": (r.get("artifact") or {}).get("name"),
+            "target": (r.get("target") or {}).get("name"),
+            "cpu": ((r.get("host") or {}).get("cpu") or {}).get("model"),
+            "entries": len(r.get("entries") or []),
+        })
+        for e in r.get("entries") or []:
+            entries.append({**e, "_target": label})
+    first = loaded[0]
+    merged = {
+        "schema": SCHEMA,
+        "fleet": True,
+        "title": title or "edgeslim fleet comparison",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "sources": sources,
+        # Per-class plots need one class list; keep it only when every report profiled the same classes.
+        "artifact": dict(first.get("artifact") or {}) if len(class_sets) == 1 else {},
+        "notes": [] if len(class_sets) == 1 else ["the reports profile models with different classes; "
+                                                  "per-class views are omitted"],
+        "entries": entries,
+    }
+    if out_dir is not None:
+        write_report(out_dir, merged)
+    return merged
+
+
+def render_fleet_markdown(report: Mapping[str, Any]) -> str:
+    """The fleet table: one row per (target, model, backend, batch), plus accuracy per target (pure)."""
+    parts = [f"# {report.get('title') or 'edgeslim fleet comparison'}", ""]
+    src_rows = [(s["label"], s.get("artifact") or "-", s.get("created") or "-", s.get("entries")) for s in
+                report.get("sources") or []]
+    parts += ["## Reports", "", _table(("target", "artifact", "created", "entries"), src_rows), ""]
+    for note in report.get("notes") or []:
+        parts += [f"Note: {note}", ""]
+    ok = [e for e in report.get("entries") or [] if e.get("status") == "ok"]
+    rows = []
+    for e in ok:
+        lat = e.get("latency_ms") or {}
+        pw = e.get("power") or {}
+        tm = e.get("throughput_mode") or {}
+        acc = e.get("accuracy") if isinstance(e.get("accuracy"), Mapping) else {}
+        rows.append((
+            e.get("_target"), e.get("artifact") or "-", e["model"]["path"], e["model"]["precision"],
+            e["backend"]["name"], e.get("batch"), _fmt(lat.get("median")), _fmt(lat.get("p90")), _fmt(lat.get("p99")),
+            _fmt((e.get("throughput") or {}).get("items_per_s"), 1),
+            _fmt(tm.get("items_per_s"), 1) if "items_per_s" in tm else "-",
+            _fmt(pw.get("mean_w"), 2) if pw.get("available") else "n/a",
+            _fmt(pw.get("j_per_inference"), 4) if pw.get("available") else "n/a",
+            _fmt(acc.get("accuracy"), 4) if acc else "-",
+            _fmt(acc.get("critical_fn"), 0) if acc and acc.get("critical_fn") is not None else "-",
+        ))
+    parts += [
+        "## Latency, throughput, power and accuracy per target",
+        "",
+        _table(("target", "artifact", "model", "precision", "backend", "batch", "median ms", "p90 ms", "p99 ms",
+                "items/s (sync)", "items/s (throughput mode)", "mean W", "J/inference", "top-1", "critical FN"), rows),
+        "",
+    ]
+    failed = [e for e in report.get("entries") or [] if e.get("status") != "ok"]
+    if failed:
+        parts += ["## Not measured", "", _table(("target", "model", "backend", "batch", "why"), [
+            (e.get("_target"), (e.get("model") or {}).get("path"), (e.get("backend") or {}).get("name"), e.get("batch"),
+             e.get("error")) for e in failed]), ""]
+    return "\n".join(parts).rstrip() + "\n"
