@@ -186,6 +186,75 @@ def recipes(name: Optional[str] = typer.Argument(None, help="Print this built-in
         console.print(load_recipe(name, check_names=False).to_yaml(), highlight=False, markup=False)
 
 
+@app.command()
+@_handled
+def serve(
+    models: List[Path] = typer.Argument(..., help="Artifact directories, or directories of artifacts."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="openvino, onnxruntime, tensorrt or torch."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: most precise)."),
+    device: str = typer.Option("cpu", "--device", help="Backend device (cpu, cuda:0, GPU, AUTO, ...)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads per model."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback unless told otherwise)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Dynamic batching: largest batch."),
+    batch_delay_ms: float = typer.Option(2.0, "--batch-delay-ms", help="Dynamic batching: max queue delay."),
+    no_batching: bool = typer.Option(False, "--no-batching", help="Run each request on its own."),
+    queue_size: int = typer.Option(64, "--queue-size", help="Pending requests before 503 + Retry-After."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Per-request timeout in seconds."),
+    token: Optional[str] = typer.Option(
+        None, "--token", envvar="EDGESLIM_TOKEN", help="Require 'Authorization: Bearer TOKEN' (all but health)."
+    ),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body accepted."),
+) -> None:
+    """Serve artifacts over KServe v2 / Open Inference Protocol (tritonclient and perf_analyzer work)."""
+    from .server import ServerSettings, serve as _serve
+
+    settings = ServerSettings(
+        models=tuple(models), backend=backend, precision=precision, device=device, threads=threads, host=host,
+        port=port, max_batch=max_batch, dynamic_batching=not no_batching, batch_delay_ms=batch_delay_ms,
+        queue_size=queue_size, request_timeout_s=timeout, token=token, max_body_bytes=int(max_body_mb * 2**20),
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        err_console.print(f"[yellow]warning: serving on {host} without --token: anyone who reaches it can use it[/yellow]")
+    _serve(settings)
+
+
+@app.command()
+@_handled
+def devices(
+    as_json: bool = typer.Option(False, "--json", help="Print the detection as JSON."),
+) -> None:
+    """Detect the hardware target this runs on and list the known targets."""
+    import json
+
+    from rich.table import Table
+
+    from .devices.targets import detect, list_targets
+
+    found = detect()
+    if as_json:
+        console.print_json(json.dumps({"detected": found, "targets": list_targets()}, default=str))
+        return
+    prof = found.get("profile") or {}
+    console.print(f"[bold]detected:[/bold] {found.get('title')} ({found.get('name')}) - {found.get('why')}")
+    cpu = found.get("cpu") or {}
+    console.print(
+        f"cpu: {cpu.get('model')}, {cpu.get('physical_cores')} cores / {cpu.get('logical_cores')} threads,"
+        f" ISA: {', '.join(k for k, v in (cpu.get('isa') or {}).items() if v) or '-'}"
+    )
+    if prof:
+        console.print(f"recommended: backend {prof.get('backend')}, precision {prof.get('precision')}")
+    table = Table(title="known targets")
+    for col in ("name", "title", "backend", "precision", "TensorRT", "DLA", "2:4"):
+        table.add_column(col)
+    for t in list_targets():
+        table.add_row(
+            t["name"], t["title"], str(t.get("backend")), str(t.get("precision")), str(t.get("tensorrt") or "-"),
+            str(t.get("dla") or "-"), "yes" if t.get("sparsity_2_4") else "-",
+        )
+    console.print(table)
+
+
 def main() -> None:  # console-script entry point
     app()
 

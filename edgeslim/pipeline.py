@@ -320,7 +320,7 @@ def print_summary(result: PipelineResult, *, console=None) -> None:
         table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right")
     for r in rows:
         table.add_row(*_summary_cells(r, backends))
-    console.print(table, width=max(console.width, 170))
+    console.print(table, width=max(console.width, 170), crop=False)
     console.print(
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
         + f"; outputs in {result.out_dir} (report.json, report.md, recipe.yaml, "

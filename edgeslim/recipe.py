@@ -93,6 +93,10 @@ class TrainSection(_Section):
     select: Literal["last", "critical_recall", "critical_auc", "accuracy"] = Field(
         default="critical_recall", description="checkpoint kept from the final round, judged on the val split"
     )
+    select_max_fpr: float = Field(
+        default=0.05, ge=0, le=1,
+        description="critical_recall selection only counts epochs whose val critical-class FPR is within this budget",
+    )
     device: str = "cpu"
     threads: int | None = Field(default=None, gt=0)
 

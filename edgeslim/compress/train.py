@@ -117,13 +117,19 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _selection_key(select: str, m: ClassificationMetrics | None) -> tuple[float, ...]:
+def _selection_key(select: str, m: ClassificationMetrics | None, max_fpr: float = 1.0) -> tuple[float, ...]:
+    """Larger is better. ``critical_recall`` only counts epochs whose critical FPR is within ``max_fpr``:
+    without that budget, an epoch that calls everything critical (recall 1.0, accuracy near chance) wins."""
     if m is None:
         return ()
     neg = float("-inf")
     if select == "critical_recall":
         r = m.critical_recall()
-        return (neg if r is None else r, m.accuracy)
+        fprs = [m.critical_stats[c]["fpr"] for c in m.critical if m.critical_stats[c]["fpr"] is not None]
+        within = not fprs or max(fprs) <= max_fpr
+        if not within:  # outside the budget: ranked below every epoch within it, by accuracy
+            return (0.0, m.accuracy, m.accuracy)
+        return (1.0, neg if r is None else r, m.accuracy)
     if select == "critical_auc":
         a = m.critical_auc()
         return (neg if a is None else a, m.accuracy)
@@ -305,7 +311,7 @@ def fine_tune(
                     "seconds": time.perf_counter() - t0,
                 }
                 history.append(record)
-                key = _selection_key(select, vm)
+                key = _selection_key(select, vm, cfg.select_max_fpr)
                 if select != "last" and (best_key is None or key > best_key):
                     best_key, best_epoch, best_state = key, epoch, _cpu_state(model)
                 bar.update(

@@ -292,3 +292,20 @@ def test_class_dependent_loss_cuts_critical_false_negatives_against_plain_cross_
     assert m_cd.critical_fn() <= m_ce.critical_fn() // 2
     assert m_cd.critical_stats[CRITICAL]["fpr"] <= 0.1
     assert m_cd.accuracy > 0.6
+
+
+def test_critical_recall_selection_ignores_epochs_over_the_fpr_budget():
+    """An epoch that calls everything critical has recall 1.0; it must not beat a sane epoch."""
+    import numpy as np
+
+    from edgeslim.compress.metrics import evaluate
+    from edgeslim.compress.train import _selection_key
+
+    classes, labels = ["a", "b", "crit"], np.array([0, 0, 1, 1, 2, 2, 0, 1, 2, 0])
+    sane = np.eye(3)[np.array([0, 0, 1, 1, 2, 0, 0, 1, 2, 0])] * 5  # recall 0.67 on crit, FPR 0
+    everything_crit = np.eye(3)[np.full(10, 2)] * 5  # recall 1.0, FPR 1.0
+    k_sane = _selection_key("critical_recall", evaluate(sane, labels, classes, [2]), 0.05)
+    k_degen = _selection_key("critical_recall", evaluate(everything_crit, labels, classes, [2]), 0.05)
+    assert k_sane > k_degen
+    # without a budget the degenerate epoch wins: the budget is what prevents it
+    assert _selection_key("critical_recall", evaluate(everything_crit, labels, classes, [2]), 1.0) > k_sane

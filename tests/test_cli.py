@@ -1,0 +1,109 @@
+"""The CLI as a user meets it: help, one-line errors, and a small end-to-end pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edgeslim.artifact import load_manifest
+from edgeslim.cli import app
+
+runner = CliRunner()
+
+TINY = {
+    "version": 1,
+    "name": "tiny",
+    "seed": 0,
+    "model": {"source": "tiny"},
+    "data": {"dataset": "digits", "image_size": 16, "critical": ["8"], "imbalance": {"8": 0.25}, "batch_size": 64},
+    "train": {"epochs": 2, "lr": 0.05, "threads": 2},
+    "prune": {"rounds": 1, "rate": 0.5},
+    "quantize": {"calibration_size": 64},
+    "profile": {"iterations": 10, "seconds": 0.05, "warmup": 2},
+}
+
+
+def _write(tmp_path: Path, recipe: dict) -> Path:
+    p = tmp_path / "recipe.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    return p
+
+
+@pytest.mark.parametrize("cmd", [[], ["pipeline"], ["compress"], ["export"], ["profile"], ["serve"], ["devices"],
+                                 ["recipes"]])
+def test_every_command_has_help(cmd):
+    r = runner.invoke(app, [*cmd, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage" in r.output
+
+
+def _one_line_error(r) -> str:
+    assert r.exit_code == 1, r.output
+    text = r.output.strip()
+    assert "Traceback" not in text
+    return text
+
+
+def test_typo_in_recipe_key_is_one_line_with_did_you_mean(tmp_path):
+    bad = dict(TINY, prune={"rounds": 1, "rat": 0.5})
+    text = _one_line_error(runner.invoke(app, ["pipeline", str(_write(tmp_path, bad)), "--out", str(tmp_path / "o")]))
+    assert "unknown key 'prune.rat'" in text and "Did you mean 'rate'" in text
+    assert not (tmp_path / "o").exists()  # rejected before any work
+
+
+def test_unknown_method_lists_valid_names(tmp_path):
+    bad = dict(TINY, prune={"method": "lotery_ticket"})
+    text = _one_line_error(runner.invoke(app, ["pipeline", str(_write(tmp_path, bad)), "--out", str(tmp_path / "o")]))
+    assert "unknown pruning method 'lotery_ticket'" in text and "Did you mean 'lottery_ticket'" in text
+
+
+def test_unknown_builtin_recipe_and_debug_traceback(tmp_path):
+    text = _one_line_error(runner.invoke(app, ["pipeline", "defualt"]))
+    assert "Did you mean 'default'" in text
+    r = runner.invoke(app, ["--debug", "pipeline", "defualt"])
+    assert r.exit_code == 1 and "Traceback" in r.output
+
+
+def test_recipes_lists_and_prints_default():
+    r = runner.invoke(app, ["recipes"])
+    assert r.exit_code == 0 and "default" in r.output.split()
+    r = runner.invoke(app, ["recipes", "default"])
+    assert r.exit_code == 0 and yaml.safe_load(r.output)["model"]["source"] == "efficientnet_lite0"
+
+
+def test_pipeline_end_to_end_on_tiny_model(tmp_path):
+    """compress -> export -> validate -> profile through the CLI; everything a user opens afterwards exists."""
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["pipeline", str(_write(tmp_path, TINY)), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "crit FN" in r.output and "compressed" in r.output
+    for name in ("recipe.yaml", "report.json", "report.md"):
+        assert (out / name).is_file()
+    dense, comp = load_manifest(out / "dense"), load_manifest(out / "compressed")  # hashes verified
+    assert {(m.format, m.precision) for m in comp.models} >= {
+        ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8"), ("torch", "fp32")
+    }
+    assert comp.critical == [8] and comp.classes[8] == "8"
+    # pruning really happened and survived export: half the prunable weights are exact zeros in the ONNX
+    assert comp.sparsity["onnx"]["zeros"] >= comp.sparsity["torch"]["zeros"] > 0
+    assert dense.sparsity["torch"]["zeros"] == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = report["pipeline"]["summary"]
+    assert {(r["model"], r["format"], r["precision"]) for r in rows} >= {
+        ("dense", "onnx", "fp32"), ("compressed", "openvino", "int8")
+    }
+    for row in rows:
+        assert 0 <= row["accuracy"] <= 1 and row["critical_fn"] >= 0 and row["latency_ms"]
+    ok = [e for e in report["entries"] if e["status"] == "ok"]
+    assert {e["backend"]["name"] for e in ok} == {"onnxruntime", "openvino"}
+    assert all(e["latency_ms"]["p90"] >= e["latency_ms"]["median"] > 0 for e in ok)
+    # the resolved recipe repeats the run
+    again = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert again["prune"]["rate"] == 0.5 and again["loss"]["name"] == "class_dependent"
+    # a second run into the same directory refuses to clobber checkpoints without --resume
+    r2 = runner.invoke(app, ["pipeline", str(_write(tmp_path, TINY)), "--out", str(out)])
+    assert r2.exit_code == 1 and "--resume" in r2.output
