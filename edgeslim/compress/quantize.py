@@ -164,6 +164,12 @@ def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, *, per_tensor_
     return kwargs
 
 
+def _node_names(model: Any) -> list[str]:
+    if hasattr(model, "graph"):  # onnx.ModelProto
+        return [n.name for n in model.graph.node]
+    return [op.get_friendly_name() for op in model.get_ops()]  # ov.Model
+
+
 def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: QuantizeSection, *, what: str,
               per_tensor_activations: bool, verbose: bool) -> Any:
     if cfg.method == "none":
@@ -177,10 +183,16 @@ def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: Quanti
         with _quiet_nncf(verbose):
             return nncf.quantize(model, nncf.Dataset(samples, transform), **kwargs)
     except Exception as exc:
+        message = " ".join(str(exc).split())  # NNCF messages span lines; edgeslim errors are one line
         hint = ""
-        if cfg.ignored_scope and "ignored" in str(exc).lower():
-            hint = " (check quantize.ignored_scope: every pattern must match a node name of the exported graph)"
-        raise TrainingError(f"NNCF post-training quantization of the {what} model failed: {exc}{hint}") from exc
+        if cfg.ignored_scope and "ignored" in message.lower():
+            from ..registry import did_you_mean
+
+            names = _node_names(model)
+            close = "".join(did_you_mean(p, names) for p in cfg.ignored_scope)
+            hint = (f" Check quantize.ignored_scope: every pattern must match a node name of the exported graph"
+                    f" (e.g. {', '.join(names[:3])}).{close}")
+        raise TrainingError(f"NNCF post-training quantization of the {what} model failed: {message}{hint}") from exc
 
 
 def ptq_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray], cfg: QuantizeSection | None = None, *,

@@ -1,0 +1,121 @@
+"""INT8 PTQ with NNCF: calibration drawing, both formats, clear errors, quiet by default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeslim.compress.quantize import calibration_batches, ptq_onnx, ptq_openvino
+from edgeslim.errors import ConfigError, TrainingError
+from edgeslim.recipe import QuantizeSection
+from edgeslim.testing import TinyNet
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def onnx_model():
+    """A TinyNet with non-trivial BatchNorm statistics, exported with the TorchScript exporter (fast)."""
+    import io
+    import warnings
+
+    import onnx
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), buf, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+    return onnx.load_from_string(buf.getvalue()), model
+
+
+def _batches(n=40, batch=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, 3, 16, 16)).astype(np.float32) for _ in range(n // batch)]
+
+
+def test_calibration_batches_from_a_loader_and_a_dataset():
+    x = torch.randn(50, 3, 16, 16)
+    y = torch.randint(0, 10, (50,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    out = calibration_batches(loader, 40, batch_size=32)
+    assert [b.shape for b in out] == [(32, 3, 16, 16), (8, 3, 16, 16)]
+    assert all(b.dtype == np.float32 for b in out)
+    np.testing.assert_array_equal(np.concatenate(out), x[:40].numpy())  # the first 40 in loader order
+    # A Dataset of (CHW image, label) samples; fewer samples than asked: all of them.
+    ds = torch.utils.data.TensorDataset(x[:5], y[:5])
+    (b,) = calibration_batches(ds, 300)
+    np.testing.assert_array_equal(b, x[:5].numpy())
+
+
+def test_calibration_errors_are_clear():
+    with pytest.raises(TrainingError, match="no samples"):
+        calibration_batches([], 10)
+    with pytest.raises(TrainingError, match="NCHW"):
+        calibration_batches([np.zeros((4, 16, 16), np.float32)[None, None]], 10)
+    with pytest.raises(ConfigError, match="positive"):
+        calibration_batches([np.zeros((1, 3, 4, 4), np.float32)], 0)
+
+
+def test_ptq_onnx_inserts_qdq_and_runs_in_onnxruntime(onnx_model):
+    import onnxruntime as ort
+
+    model, torch_model = onnx_model
+    q = ptq_onnx(model, _batches(), QuantizeSection(calibration_size=40))
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    # Every activation quantizer is per-tensor: onnxruntime's QLinearConv rejects per-channel input zero points.
+    inits = {i.name: i for i in q.graph.initializer}
+    for n in q.graph.node:
+        if n.op_type == "QuantizeLinear":
+            assert list(inits[n.input[1]].dims) in ([], [1]), n.name
+    x = _batches(16, 16, seed=1)[0]
+    got = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.inference_mode():
+        ref = torch_model(torch.from_numpy(x)).numpy()
+    assert got.shape == ref.shape and 0 < np.abs(got - ref).max() < 0.5 * np.abs(ref).max()
+
+
+def test_ptq_openvino_inserts_fake_quantize(onnx_model, tmp_path):
+    import onnx
+    import openvino as ov
+
+    model, _ = onnx_model
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    fp32 = ov.convert_model(str(tmp_path / "m.onnx"))
+    q = ptq_openvino(fp32, _batches(), QuantizeSection(calibration_size=40))
+    assert sum(op.get_type_name() == "FakeQuantize" for op in q.get_ops()) > 0
+    assert sum(op.get_type_name() == "FakeQuantize" for op in fp32.get_ops()) == 0  # the input is not modified
+    out = ov.Core().compile_model(q, "CPU")(_batches(8, 8)[0])[0]
+    assert out.shape == (8, 10) and np.isfinite(out).all()
+
+
+def test_ignored_scope_and_preset_reach_nncf(onnx_model):
+    model, _ = onnx_model
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    q = ptq_onnx(model, _batches(8), QuantizeSection(calibration_size=8, ignored_scope=[convs[0]], preset="mixed"))
+    consumers = {i for n in q.graph.node if n.name == convs[0] for i in n.input}
+    assert not any(name.startswith("dq_output") for name in consumers)  # the ignored conv kept FP32 inputs
+    full = ptq_onnx(model, _batches(8), QuantizeSection(calibration_size=8))
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) < sum(
+        n.op_type == "QuantizeLinear" for n in full.graph.node)
+
+
+def test_failures_are_training_errors_that_say_why(onnx_model, capsys):
+    model, _ = onnx_model
+    with pytest.raises(TrainingError, match="calibration is empty"):
+        ptq_onnx(model, [], QuantizeSection())
+    with pytest.raises(TrainingError, match="no_such_node.*ignored_scope"):
+        ptq_onnx(model, _batches(8), QuantizeSection(calibration_size=8, ignored_scope=["no_such_node"]))
+    with pytest.raises(ConfigError, match="method is 'none'"):
+        ptq_onnx(model, _batches(8), QuantizeSection(method="none"))
+    ptq_onnx(model, _batches(8), QuantizeSection(calibration_size=8))
+    assert "Statistics collection" not in capsys.readouterr().out  # NNCF's progress bars are silenced
