@@ -71,7 +71,13 @@ class DataSection(_Section):
 
 
 class LossSection(_Section):
-    """The training loss; ``class_dependent`` is Entezari & Saukh (2020), see docs/class-dependent-loss.md."""
+    """The training loss; ``class_dependent`` is Entezari & Saukh (2020), see docs/class-dependent-loss.md.
+
+    With ``fpr_budget`` set, ``gamma`` is the ceiling of an adaptive critical weight: after every epoch of a
+    boosted round, gamma is multiplied by ``gamma_down`` when the validation critical-class FPR exceeds the
+    budget and by ``gamma_up`` when it is at most ``budget_slack * fpr_budget``, bounded to ``[1, gamma]``
+    (see :class:`edgeslim.compress.loss.FprBudgetGamma`).
+    """
 
     name: Literal["class_dependent", "cross_entropy"] = "class_dependent"
     beta: float = Field(default=0.999, ge=0, lt=1, description="effective-number beta for class balancing")
@@ -80,6 +86,15 @@ class LossSection(_Section):
     margin: float = Field(default=1.0, gt=0)
     gamma_schedule: Literal["paper", "constant"] = Field(
         default="paper", description="paper: gamma = 1 in round 1, then gamma; constant: gamma throughout"
+    )
+    fpr_budget: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="adapt gamma within [1, gamma] to keep the val critical-class FPR within this budget (None: off)",
+    )
+    gamma_down: float = Field(default=0.5, gt=0, lt=1, description="gamma factor after an epoch over the budget")
+    gamma_up: float = Field(default=1.5, gt=1, description="gamma factor after an epoch well under the budget")
+    budget_slack: float = Field(
+        default=0.5, ge=0, lt=1, description="'well under' = val FPR <= budget_slack * fpr_budget"
     )
 
 
