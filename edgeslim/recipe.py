@@ -117,7 +117,24 @@ class TrainSection(_Section):
 
 
 class PruneSection(_Section):
-    """Pruning. ``method`` is a key of :data:`edgeslim.compress.pruning.PRUNERS`."""
+    """Pruning. ``method`` is a key of :data:`edgeslim.compress.pruning.PRUNERS`.
+
+    One flat section with method-specific fields (every field has a default, so old recipes stay valid):
+
+    - ``lottery_ticket`` (``lth``, ``imp``): ``rounds``, ``rate``, ``scope``, ``score``, ``rewind``.
+    - ``one_shot``: ``sparsity``, ``scope``.
+    - ``gradual`` (Zhu & Gupta): ``sparsity`` (final), ``initial_sparsity``, ``start_step``, ``end_step``,
+      ``frequency``, ``scope``.
+    - ``nm`` (2:4 semi-structured): ``n``, ``m``.
+    - ``structured`` (Torch-Pruning channels): ``ratio``, ``scope`` (``layer`` = uniform, ``global``),
+      ``round_to``, ``iterative_steps``, ``importance``.
+    - ``sparse_transfer``: ``mode`` (``full`` or ``linear_probe``).
+    - every method but ``sparse_transfer``: ``prune_first_conv``, ``prune_classifier``; every method: ``exclude``.
+
+    A field written in the recipe that the chosen method does not use is rejected (it would silently do nothing),
+    except for ``none``: dense fine-tuning ignores every pruning field, so a recipe becomes its dense baseline by
+    changing only ``method``. Methods registered by third parties are not checked here.
+    """
 
     method: str = "lottery_ticket"
     rounds: int = Field(default=2, ge=0)
@@ -125,9 +142,69 @@ class PruneSection(_Section):
     scope: Literal["layer", "global"] = "layer"
     score: Literal["magnitude", "magnitude_increase"] = "magnitude"
     rewind: Union[Literal["init"], int] = Field(default="init", description="'init' or an epoch k (late rewinding)")
+    sparsity: float = Field(default=0.5, ge=0, lt=1, description="target (final) fraction of pruned weights")
+    initial_sparsity: float = Field(default=0.0, ge=0, lt=1, description="gradual: s_i at start_step")
+    start_step: int = Field(default=0, ge=0, description="gradual: optimizer step t0 where pruning starts")
+    end_step: int | None = Field(
+        default=None, gt=0, description="gradual: step where s_f is reached (default: 3/4 of the pruned training)"
+    )
+    frequency: int = Field(default=10, gt=0, description="gradual: prune every this many optimizer steps")
+    n: int = Field(default=2, ge=1, description="nm: at most n non-zeros in every group of m")
+    m: int = Field(default=4, ge=2, description="nm: group size along the input dimension")
+    ratio: float = Field(default=0.3, ge=0, lt=1, description="structured: fraction of channels removed")
+    round_to: int | None = Field(default=8, ge=1, description="structured: kept channels a multiple of this")
+    iterative_steps: int = Field(default=1, ge=1, description="structured: reach the ratio in this many steps")
+    importance: Literal["l2", "l1", "group_l2"] = Field(default="l2", description="structured: channel score")
+    mode: Literal["full", "linear_probe"] = Field(
+        default="full", description="sparse_transfer: train everything, or only the new head"
+    )
     prune_first_conv: bool = False
     prune_classifier: bool = False
     exclude: list[str] = Field(default_factory=list, description="glob patterns of module names left dense")
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> "PruneSection":
+        method = _PRUNE_ALIASES.get(self.method, self.method)
+        if self.n >= self.m:
+            raise ValueError(
+                f"n = {self.n}, m = {self.m}: N:M sparsity keeps at most n of every m weights, so n must be < m"
+                " (2:4 is n: 2, m: 4)"
+            )
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(
+                f"initial_sparsity {self.initial_sparsity} > sparsity {self.sparsity}: gradual pruning only adds zeros"
+            )
+        if self.end_step is not None and self.end_step <= self.start_step:
+            raise ValueError(f"end_step {self.end_step} must be > start_step {self.start_step}")
+        used = _PRUNE_FIELDS.get(method)
+        if used is None or method == "none":
+            return self
+        allowed = used | _PRUNE_COMMON | (set() if method == "sparse_transfer" else _PRUNE_LAYER_CHOICE)
+        stray = sorted(f for f in self.model_fields_set if f not in allowed)
+        if stray:
+            raise ValueError(
+                f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to method '{self.method}'"
+                f" (it uses: {', '.join(sorted(allowed - {'method'}))}); remove {'it' if len(stray) == 1 else 'them'}"
+            )
+        return self
+
+
+# which PruneSection fields each built-in method reads (the rest must stay unset); see PruneSection
+_PRUNE_COMMON = {"method", "exclude"}
+_PRUNE_LAYER_CHOICE = {"prune_first_conv", "prune_classifier"}
+_PRUNE_FIELDS: dict[str, set[str]] = {
+    "lottery_ticket": {"rounds", "rate", "scope", "score", "rewind"},
+    "one_shot": {"sparsity", "scope"},
+    "gradual": {"sparsity", "initial_sparsity", "start_step", "end_step", "frequency", "scope"},
+    "nm": {"n", "m"},
+    "structured": {"ratio", "scope", "round_to", "iterative_steps", "importance"},
+    "sparse_transfer": {"mode"},
+    "none": set(),
+}
+_PRUNE_ALIASES = {
+    "lth": "lottery_ticket", "imp": "lottery_ticket", "dense": "none", "oneshot": "one_shot", "gmp": "gradual",
+    "semi_structured": "nm", "channel": "structured", "transfer": "sparse_transfer",
+}
 
 
 class QuantizeSection(_Section):
