@@ -1,0 +1,114 @@
+"""Decision-threshold calibration and FNR at matched FPR, checked against the deployed decision rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeslim.compress.metrics import evaluate, predict
+from edgeslim.compress.thresholds import calibrate_thresholds, fnr_at_fpr, manifest_thresholds
+from edgeslim.errors import ConfigError, DataError, EdgeslimError
+
+
+def _two_class(p1: list[float], labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    p1 = np.asarray(p1, dtype=np.float64)
+    return np.stack([1.0 - p1, p1], axis=1), np.asarray(labels, dtype=np.int64)
+
+
+def _rates(probs, labels, c, thresholds):
+    pred = predict(probs, thresholds)
+    pos, neg = labels == c, labels != c
+    return float((pred[pos] != c).mean()), float((pred[neg] == c).mean())
+
+
+def test_target_fpr_picks_the_lowest_threshold_within_budget():
+    # negatives' p1 (descending): .45 .40 .30 .20 .10 ...; positives: .48 .42 .35 .05
+    negs = [0.45, 0.40, 0.30, 0.20, 0.10, 0.09, 0.08, 0.07, 0.06, 0.05]
+    probs, y = _two_class(negs + [0.48, 0.42, 0.35, 0.05], [0] * 10 + [1] * 4)
+    # 20% of 10 negatives -> 2 may fire: t just above the 3rd highest negative (.30), below the next score .35
+    thr = calibrate_thresholds(probs, y, [1], target_fpr=0.2)
+    assert set(thr) == {1} and 0.30 < thr[1] <= 0.35
+    assert thr[1] == pytest.approx(0.325)  # halfway: max-margin within the admissible interval
+    fnr, fpr = _rates(probs, y, 1, thr)
+    assert fpr == pytest.approx(0.2) and fnr == pytest.approx(0.25)
+    # a tighter budget never exceeds the target
+    for target in (0.0, 0.05, 0.1, 0.15, 0.3, 0.55):
+        t = calibrate_thresholds(probs, y, [1], target_fpr=target)
+        assert _rates(probs, y, 1, t)[1] <= target + 1e-12
+
+
+def test_target_fnr_picks_the_highest_threshold_that_reaches_it():
+    probs, y = _two_class([0.45, 0.40, 0.30, 0.20, 0.48, 0.42, 0.35, 0.05], [0] * 4 + [1] * 4)
+    thr = calibrate_thresholds(probs, y, [1], target_fnr=0.25)  # one miss allowed: keep .35 and up
+    assert 0.30 < thr[1] <= 0.35
+    fnr, fpr = _rates(probs, y, 1, thr)
+    assert fnr == pytest.approx(0.25) and fpr == pytest.approx(0.5)
+    zero = calibrate_thresholds(probs, y, [1], target_fnr=0.0)  # catch the .05 positive too
+    assert zero[1] <= 0.05
+    assert _rates(probs, y, 1, zero)[0] == 0.0
+
+
+def test_ties_fall_on_one_side_and_the_target_is_never_exceeded():
+    # four negatives tied at .3: allowing 1 FP of 5 cannot split the tie, so none of them may fire
+    probs, y = _two_class([0.3, 0.3, 0.3, 0.3, 0.1, 0.3, 0.6], [0, 0, 0, 0, 0, 1, 1])
+    thr = calibrate_thresholds(probs, y, [1], target_fpr=0.2)
+    fnr, fpr = _rates(probs, y, 1, thr)
+    assert fpr == 0.0 and fnr == 0.5  # the tied positive goes with the tied negatives
+    assert fnr_at_fpr(probs, y, 1, 0.2) == 0.5
+
+
+def test_calibration_respects_argmax_in_ten_classes():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 10))
+    y = rng.integers(0, 10, 400)
+    logits[np.arange(400), y] += 1.5
+    logits[y == 8, 8] -= 1.0  # make class 8 under-predicted at argmax
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    base_fnr, base_fpr = _rates(probs, y, 8, None)
+    thr = calibrate_thresholds(probs, y, [8], target_fnr=base_fnr / 2)
+    fnr, fpr = _rates(probs, y, 8, thr)
+    assert fnr <= base_fnr / 2 and fpr >= base_fpr
+    m = evaluate(probs, y, [str(i) for i in range(10)], [8], thresholds=thr, from_logits=False)
+    assert m.critical_stats[8]["fnr"] == pytest.approx(fnr)
+    # a budget above argmax's FPR is met with the most recall that fits
+    thr2 = calibrate_thresholds(probs, y, [8], target_fpr=base_fpr + 0.05)
+    fnr2, fpr2 = _rates(probs, y, 8, thr2)
+    assert base_fpr <= fpr2 <= base_fpr + 0.05 and fnr2 < base_fnr
+    # below argmax's FPR no threshold can go (thresholds only add critical predictions): a clear error
+    if base_fpr > 0:
+        with pytest.raises(DataError, match="below its argmax FPR"):
+            calibrate_thresholds(probs, y, [8], target_fpr=base_fpr / 3)
+    assert manifest_thresholds(thr) == {"8": thr[8]}
+
+
+def test_fnr_at_fpr_is_the_empirical_roc_point():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    labels = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 0])  # 4 positives, 6 negatives
+    assert fnr_at_fpr(scores, labels, 1, 0.0) == pytest.approx(0.75)  # only 0.9 beats the top negative .8
+    assert fnr_at_fpr(scores, labels, 1, 1 / 6) == pytest.approx(0.25)  # cut above .5: .9 .7 .6 kept
+    assert fnr_at_fpr(scores, labels, 1, 0.5) == pytest.approx(0.0)
+    assert fnr_at_fpr(scores, labels, 1, 1.0) == 0.0
+    two_col = np.stack([1 - scores, scores], axis=1)
+    assert fnr_at_fpr(two_col, labels, 1, 1 / 6) == pytest.approx(0.25)
+    assert fnr_at_fpr(scores, np.zeros(10, dtype=int), 1, 0.1) is None
+
+
+@pytest.mark.parametrize(
+    "call, err, words",
+    [
+        (lambda p, y: calibrate_thresholds(p, y, [1]), ConfigError, "exactly one"),
+        (lambda p, y: calibrate_thresholds(p, y, [1], target_fnr=0.1, target_fpr=0.1), ConfigError, "exactly one"),
+        (lambda p, y: calibrate_thresholds(p, y, [1], target_fpr=1.5), ConfigError, "target_fpr"),
+        (lambda p, y: calibrate_thresholds(p, y, [2], target_fpr=0.1), ConfigError, "critical class 2"),
+        (lambda p, y: calibrate_thresholds(p * 3, y, [1], target_fpr=0.1), DataError, "sum to 1"),
+        (lambda p, y: calibrate_thresholds(p, y[:-1], [1], target_fpr=0.1), DataError, "labels"),
+        (lambda p, y: calibrate_thresholds(p, np.zeros_like(y), [1], target_fnr=0.1), DataError, "no samples"),
+        (lambda p, y: calibrate_thresholds(p, np.ones_like(y), [1], target_fpr=0.1), DataError, "only class"),
+        (lambda p, y: fnr_at_fpr(p, y, 1, -0.1), ConfigError, "fpr"),
+    ],
+)
+def test_bad_input_raises_clear_errors(call, err, words):
+    probs, y = _two_class([0.2, 0.7, 0.4, 0.9], [0, 1, 0, 1])
+    with pytest.raises(err) as info:
+        call(probs, y)
+    assert isinstance(info.value, EdgeslimError) and words in str(info.value)
