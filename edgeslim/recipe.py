@@ -131,7 +131,8 @@ class PruneSection(_Section):
     - ``sparse_transfer``: ``mode`` (``full`` or ``linear_probe``).
     - every method but ``sparse_transfer``: ``prune_first_conv``, ``prune_classifier``; every method: ``exclude``.
 
-    A field written in the recipe that the chosen method does not use is rejected (it would silently do nothing),
+    A field given a non-default value that the chosen method does not use is rejected (it would silently do
+    nothing; the defaults a resolved recipe writes out are fine),
     except for ``none``: dense fine-tuning ignores every pruning field, so a recipe becomes its dense baseline by
     changing only ``method``. Methods registered by third parties are not checked here.
     """
@@ -180,7 +181,11 @@ class PruneSection(_Section):
         if used is None or method == "none":
             return self
         allowed = used | _PRUNE_COMMON | (set() if method == "sparse_transfer" else _PRUNE_LAYER_CHOICE)
-        stray = sorted(f for f in self.model_fields_set if f not in allowed)
+        # a resolved recipe (to_dict) writes every field: unused ones at their default are not a mistake
+        stray = sorted(
+            f for f in self.model_fields_set
+            if f not in allowed and getattr(self, f) != PruneSection.model_fields[f].get_default(call_default_factory=True)
+        )
         if stray:
             raise ValueError(
                 f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to method '{self.method}'"
