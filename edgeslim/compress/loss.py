@@ -8,18 +8,25 @@
 * ``L_rank`` is a squared-hinge surrogate of one-vs-rest AUC-ROC for every critical class, on the score
   ``s_c = z_c - logsumexp_{j != c} z_j``. It is minimised (the paper's leading minus sign is a typo), is computed
   on the live logits (never detached) and is 0, with a valid graph, when a batch has no positives or no negatives.
+
+:class:`FprBudgetGamma` adapts the critical weight ``gamma`` to a validation FPR budget between epochs (gamma = 5
+with lambda = 5 on top of effective-number weights can make the critical class's FPR explode at high sparsity);
+its rule is the pure function :func:`adapt_gamma`.
 """
 
 from __future__ import annotations
 
+import json
 import numbers
-from typing import TYPE_CHECKING, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from .._io import atomic_write_json
+from ..errors import ConfigError, DataError, TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe import LossSection
@@ -249,3 +256,205 @@ def build_loss(
             margin=section.margin,
         )
     raise ConfigError(f"unknown loss '{section.name}'; known: class_dependent, cross_entropy")
+
+
+# -- FPR-budget critical weight ------------------------------------------------------------------------------------
+
+
+def adapt_gamma(
+    gamma: float,
+    fpr: float | None,
+    *,
+    budget: float,
+    gamma_max: float,
+    gamma_min: float = 1.0,
+    down: float = 0.5,
+    up: float = 1.5,
+    slack: float = 0.5,
+) -> float:
+    """One step of the FPR-budget controller: the critical weight for the next epoch.
+
+    ``gamma * down`` when ``fpr > budget``; ``gamma * up`` when ``fpr <= slack * budget``; otherwise unchanged.
+    The result is clipped to ``[gamma_min, gamma_max]``. An undefined FPR (``None``: no negatives on the val
+    split) leaves gamma unchanged. The dead band between ``slack * budget`` and ``budget`` stops the weight from
+    oscillating around the budget epoch after epoch.
+
+    Args:
+        gamma: the weight used in the epoch just finished.
+        fpr: that epoch's validation FPR of the critical class(es) (the maximum over them).
+        budget: the FPR budget, in ``(0, 1)``.
+        gamma_max: the ceiling (the recipe's ``gamma``).
+        gamma_min: the floor (1 = no boost beyond class balancing).
+        down: factor in ``(0, 1)`` applied over budget.
+        up: factor ``> 1`` applied well under budget.
+        slack: fraction of the budget below which the weight grows again, in ``[0, 1)``.
+
+    Raises:
+        ConfigError: an argument outside its range.
+    """
+    if not 0 < budget < 1:
+        raise ConfigError(f"fpr_budget = {budget}: must be in (0, 1), e.g. 0.01 for 1% critical FPR")
+    if not 0 < gamma_min <= gamma_max:
+        raise ConfigError(f"gamma bounds [{gamma_min}, {gamma_max}]: need 0 < gamma_min <= gamma_max")
+    if not 0 < down < 1:
+        raise ConfigError(f"gamma_down = {down}: must be in (0, 1)")
+    if not up > 1:
+        raise ConfigError(f"gamma_up = {up}: must be > 1")
+    if not 0 <= slack < 1:
+        raise ConfigError(f"budget_slack = {slack}: must be in [0, 1)")
+    if fpr is None:
+        new = gamma
+    elif fpr > budget:
+        new = gamma * down
+    elif fpr <= slack * budget:
+        new = gamma * up
+    else:
+        new = gamma
+    return float(min(gamma_max, max(gamma_min, new)))
+
+
+class FprBudgetGamma:
+    """Adapts a :class:`ClassDependentLoss`'s ``gamma`` to a validation FPR budget, epoch by epoch.
+
+    Use one instance per compression run and, for every boosted training, :meth:`attach` it to that training's
+    loss and pass it as ``fine_tune(..., on_epoch_end=controller)``. After each epoch it measures the critical
+    classes' FPR on the val split (the maximum over them, at argmax), applies :func:`adapt_gamma` and sets the
+    loss's gamma for the next epoch. The weight carries over from one training (round) to the next, so a round at
+    higher sparsity starts from the weight that kept the previous round within budget.
+
+    Every epoch is recorded in :attr:`trajectory` (``tag, epoch, gamma`` used, ``val_fpr``, ``next_gamma``) and,
+    with ``state_path``, written atomically before ``fine_tune`` writes that epoch's checkpoint. The rule is
+    deterministic, so a resumed run (:meth:`attach` with the checkpoint) continues with exactly the weights an
+    uninterrupted run would have used.
+
+    Args:
+        data: a DataBundle with a non-empty ``val`` split and ``critical`` classes.
+        budget: the critical FPR budget in ``(0, 1)``.
+        gamma_max: the ceiling and the starting weight (the recipe's ``gamma``).
+        gamma_min: the floor.
+        down, up, slack: see :func:`adapt_gamma`.
+        state_path: JSON file holding the trajectory (loaded when it exists and ``resume``).
+        resume: continue the trajectory in ``state_path`` instead of starting over.
+        batch_size: evaluation batch size.
+        device: where the model runs during the measurement.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        *,
+        budget: float,
+        gamma_max: float,
+        gamma_min: float = 1.0,
+        down: float = 0.5,
+        up: float = 1.5,
+        slack: float = 0.5,
+        state_path: str | Path | None = None,
+        resume: bool = False,
+        batch_size: int = 256,
+        device: str = "cpu",
+    ) -> None:
+        self._rule = {
+            "budget": float(budget), "gamma_max": float(gamma_max), "gamma_min": float(gamma_min),
+            "down": float(down), "up": float(up), "slack": float(slack),
+        }
+        adapt_gamma(gamma_max, None, **self._rule)  # validates the rule before any training starts
+        if not list(getattr(data, "critical", []) or []):
+            raise ConfigError("loss.fpr_budget needs critical classes (data.critical is empty)")
+        try:
+            n_val = len(data.labels("val"))
+        except (KeyError, ValueError):
+            n_val = 0
+        if n_val == 0:
+            raise ConfigError("loss.fpr_budget measures the critical FPR on the val split; set data.val_fraction > 0")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.trajectory: list[dict[str, Any]] = []
+        if resume and self.state_path is not None and self.state_path.is_file():
+            try:
+                state = json.loads(self.state_path.read_text())
+            except (OSError, ValueError) as exc:
+                raise TrainingError(f"cannot read {self.state_path} ({exc}); delete it or resume=False") from exc
+            if state.get("rule") != self._rule:
+                raise TrainingError(
+                    f"{self.state_path} was written with another FPR-budget rule {state.get('rule')}; now"
+                    f" {self._rule}: use the same loss section, another run_dir, or resume=False"
+                )
+            self.trajectory = list(state.get("trajectory", []))
+        self._loss: ClassDependentLoss | None = None
+        self._tag: str | None = None
+
+    @classmethod
+    def from_section(cls, section: "LossSection", data: Any, **kwargs: Any) -> "FprBudgetGamma":
+        """The controller a recipe's loss section asks for (``section.fpr_budget`` must be set)."""
+        if section.fpr_budget is None:
+            raise ConfigError("loss.fpr_budget is not set: nothing to adapt")
+        return cls(
+            data, budget=section.fpr_budget, gamma_max=section.gamma, down=section.gamma_down,
+            up=section.gamma_up, slack=section.budget_slack, **kwargs,
+        )
+
+    @property
+    def gamma(self) -> float:
+        """The weight the next epoch will use (the ceiling before any epoch ran)."""
+        return float(self.trajectory[-1]["next_gamma"]) if self.trajectory else self._rule["gamma_max"]
+
+    def attach(self, loss_fn: "ClassDependentLoss", tag: str, *, start_epoch: int = 0) -> float:
+        """Bind the controller to one training's loss and set the gamma of its first epoch to run.
+
+        Args:
+            loss_fn: the training's loss (its ``gamma`` is overwritten now and after every epoch).
+            tag: the training's name (``fine_tune``'s ``tag``).
+            start_epoch: epochs of this training already done (the epoch of the checkpoint a resumed
+                ``fine_tune`` continues from; 0 for a fresh training). Records of later epochs, left by a crash
+                between this controller's write and the checkpoint's, are dropped.
+
+        Returns:
+            The gamma set on ``loss_fn``.
+        """
+        if not isinstance(loss_fn, ClassDependentLoss):
+            raise ConfigError(
+                f"the FPR budget adapts the class-dependent loss's gamma; got {type(loss_fn).__name__}"
+                " (set loss.name: class_dependent or drop loss.fpr_budget)"
+            )
+        self.trajectory = [
+            r for r in self.trajectory if not (r["tag"] == tag and int(r["epoch"]) > start_epoch)
+        ]
+        if start_epoch > 0:
+            done = [r for r in self.trajectory if r["tag"] == tag and int(r["epoch"]) == start_epoch]
+            if not done:
+                raise TrainingError(
+                    f"no FPR-budget record for {tag} epoch {start_epoch} in {self.state_path}: the trajectory was"
+                    " lost; restart this run with resume=False"
+                )
+            gamma = float(done[-1]["next_gamma"])
+        else:
+            self.trajectory = [r for r in self.trajectory if r["tag"] != tag]
+            gamma = self.gamma
+        loss_fn.gamma = gamma
+        self._loss, self._tag = loss_fn, tag
+        return gamma
+
+    def _val_fpr(self, model: nn.Module) -> float | None:
+        from .metrics import evaluate, predict_logits
+
+        logits, labels = predict_logits(
+            model, self.data.loader("val", batch_size=self.batch_size, shuffle=False), device=self.device
+        )
+        m = evaluate(logits, labels, self.data.classes, self.data.critical)
+        fprs = [m.critical_stats[c]["fpr"] for c in m.critical if m.critical_stats[c]["fpr"] is not None]
+        return max(fprs) if fprs else None
+
+    def __call__(self, epoch: int, model: nn.Module) -> None:
+        """``on_epoch_end`` hook: measure, record, set the next epoch's gamma."""
+        if self._loss is None or self._tag is None:
+            raise TrainingError("FprBudgetGamma was called before attach(loss_fn, tag)")
+        used = self._loss.gamma
+        fpr = self._val_fpr(model)
+        nxt = adapt_gamma(used, fpr, **self._rule)
+        self.trajectory.append({"tag": self._tag, "epoch": int(epoch), "gamma": used, "val_fpr": fpr, "next_gamma": nxt})
+        self._loss.gamma = nxt
+        if self.state_path is not None:
+            atomic_write_json(self.state_path, {"rule": self._rule, "trajectory": self.trajectory})

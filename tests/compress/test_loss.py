@@ -11,13 +11,15 @@ import torch.nn.functional as F
 from edgeslim.compress.loss import (
     ClassDependentLoss,
     CrossEntropy,
+    FprBudgetGamma,
+    adapt_gamma,
     build_loss,
     class_weights,
     critical_scores,
     effective_number_weights,
     ranking_loss,
 )
-from edgeslim.errors import ConfigError, DataError, EdgeslimError
+from edgeslim.errors import ConfigError, DataError, EdgeslimError, TrainingError
 from edgeslim.recipe import LossSection
 
 torch.set_num_threads(1)
@@ -189,3 +191,149 @@ def test_build_loss_follows_the_recipe_section():
 def test_loss_rejects_logits_of_the_wrong_width():
     with pytest.raises(ConfigError, match="3 classes"):
         ClassDependentLoss([5, 5, 5], [0])(torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+# -- FPR-budget critical weight ------------------------------------------------------------------------------------
+
+
+def test_adapt_gamma_moves_multiplicatively_within_bounds():
+    rule = dict(budget=0.02, gamma_max=5.0, gamma_min=1.0, down=0.5, up=1.5, slack=0.5)
+    assert adapt_gamma(5.0, 0.10, **rule) == 2.5  # over budget: down
+    assert adapt_gamma(2.5, 0.021, **rule) == 1.25
+    assert adapt_gamma(1.25, 0.5, **rule) == 1.0  # clipped at the floor
+    assert adapt_gamma(2.0, 0.005, **rule) == 3.0  # well under (<= slack * budget): up
+    assert adapt_gamma(4.0, 0.0, **rule) == 5.0  # clipped at the ceiling
+    assert adapt_gamma(2.0, 0.015, **rule) == 2.0  # dead band: unchanged
+    assert adapt_gamma(2.0, 0.02, **rule) == 2.0  # exactly at budget is within it
+    assert adapt_gamma(2.0, 0.01, **rule) == 3.0  # exactly at the slack line grows
+    assert adapt_gamma(2.0, None, **rule) == 2.0  # undefined FPR: no evidence, no move
+    # deterministic: the same FPR sequence gives the same trajectory
+    fprs = [0.2, 0.05, 0.0, 0.0, 0.03, 0.012]
+
+    def run():
+        g, out = 5.0, []
+        for f in fprs:
+            g = adapt_gamma(g, f, **rule)
+            out.append(g)
+        return out
+
+    assert run() == run() == [2.5, 1.25, 1.875, 2.8125, 1.40625, 1.40625]
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"budget": 0.0}, "fpr_budget"),
+        ({"budget": 1.0}, "fpr_budget"),
+        ({"down": 1.0}, "gamma_down"),
+        ({"up": 1.0}, "gamma_up"),
+        ({"slack": 1.0}, "budget_slack"),
+        ({"gamma_min": 6.0}, "gamma bounds"),
+    ],
+)
+def test_adapt_gamma_rejects_bad_rules(kw, words):
+    rule = dict(budget=0.02, gamma_max=5.0, gamma_min=1.0, down=0.5, up=1.5, slack=0.5) | kw
+    with pytest.raises(ConfigError, match=words):
+        adapt_gamma(2.0, 0.1, **rule)
+
+
+@pytest.fixture(scope="module")
+def tiny_digits():
+    from edgeslim.artifact import Preprocessing
+    from edgeslim.compress.data import load_data
+
+    return load_data(
+        "digits", preprocessing=Preprocessing(resize=8, crop=8), image_size=8, critical=["8"],
+        max_per_class=40, val_fraction=0.25, test_fraction=0.25, seed=0,
+    )
+
+
+def _biased_model(cls: int):
+    """A TinyNet that predicts ``cls`` for every input (critical FPR 1.0 when cls is critical, else 0.0)."""
+    from edgeslim.testing import TinyNet
+
+    torch.manual_seed(0)
+    m = TinyNet(num_classes=10, width=4)
+    with torch.no_grad():
+        m.classifier.weight.zero_()
+        m.classifier.bias.fill_(-10.0)
+        m.classifier.bias[cls] = 10.0
+    return m
+
+
+def test_budget_controller_lowers_gamma_over_budget_raises_it_under_and_records_it(tiny_digits, tmp_path):
+    data = tiny_digits
+    state = tmp_path / "gamma.json"
+    ctl = FprBudgetGamma(data, budget=0.05, gamma_max=5.0, state_path=state)
+    loss = ClassDependentLoss(data.class_counts, data.critical, gamma=5.0)
+    assert ctl.attach(loss, "round2") == 5.0
+    all_eight, no_eight = _biased_model(8), _biased_model(0)
+    ctl(1, all_eight)  # FPR 1.0 > 5%: halve
+    ctl(2, all_eight)
+    assert loss.gamma == 1.25 and ctl.gamma == 1.25
+    base = effective_number_weights(data.class_counts, 0.999)
+    assert loss.weight[8].item() == pytest.approx(1.25 * base[8].item(), rel=1e-6)  # the weights follow gamma
+    ctl(3, no_eight)  # FPR 0 <= slack * budget: grow
+    assert loss.gamma == pytest.approx(1.875)
+    assert [(r["epoch"], r["gamma"], r["val_fpr"], r["next_gamma"]) for r in ctl.trajectory] == [
+        (1, 5.0, 1.0, 2.5), (2, 2.5, 1.0, 1.25), (3, 1.25, 0.0, 1.875)
+    ]
+    # the next round starts from the carried weight, not from the ceiling
+    loss3 = ClassDependentLoss(data.class_counts, data.critical, gamma=5.0)
+    assert ctl.attach(loss3, "round3") == pytest.approx(1.875)
+    import json
+
+    saved = json.loads(state.read_text())
+    assert saved["trajectory"] == ctl.trajectory and saved["rule"]["budget"] == 0.05
+
+
+def test_budget_controller_resumes_from_the_checkpointed_epoch(tiny_digits, tmp_path):
+    data = tiny_digits
+    state = tmp_path / "gamma.json"
+    ctl = FprBudgetGamma(data, budget=0.05, gamma_max=5.0, state_path=state)
+    ctl.attach(ClassDependentLoss(data.class_counts, data.critical), "round2")
+    for epoch in (1, 2, 3):  # epoch 3's record was written, then the run died before its checkpoint
+        ctl(epoch, _biased_model(8))
+    again = FprBudgetGamma(data, budget=0.05, gamma_max=5.0, state_path=state, resume=True)
+    loss = ClassDependentLoss(data.class_counts, data.critical)
+    assert again.attach(loss, "round2", start_epoch=2) == 1.25  # the gamma epoch 3 used the first time
+    assert [r["epoch"] for r in again.trajectory] == [1, 2]
+    # without resume the old trajectory is ignored; with another rule it is refused
+    assert FprBudgetGamma(data, budget=0.05, gamma_max=5.0, state_path=state).trajectory == []
+    with pytest.raises(TrainingError, match="another FPR-budget rule"):
+        FprBudgetGamma(data, budget=0.01, gamma_max=5.0, state_path=state, resume=True)
+    with pytest.raises(TrainingError, match="lost"):
+        again.attach(loss, "round5", start_epoch=4)
+
+
+def test_budget_controller_refuses_what_it_cannot_adapt(tiny_digits):
+    with pytest.raises(ConfigError, match="class_dependent"):
+        FprBudgetGamma(tiny_digits, budget=0.05, gamma_max=5.0).attach(CrossEntropy(), "r")
+    with pytest.raises(ConfigError, match="fpr_budget is not set"):
+        FprBudgetGamma.from_section(LossSection(), tiny_digits)
+    ctl = FprBudgetGamma.from_section(LossSection(fpr_budget=0.02, gamma=4.0, gamma_down=0.25), tiny_digits)
+    assert ctl.gamma == 4.0
+    with pytest.raises(TrainingError, match="attach"):
+        ctl(1, _biased_model(0))
+
+
+def test_budget_controller_drives_fine_tune_epoch_by_epoch(tiny_digits):
+    from edgeslim.compress.train import fine_tune
+    from edgeslim.recipe import TrainSection
+    from edgeslim.testing import TinyNet
+
+    data = tiny_digits
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=10, width=4)
+    loss = ClassDependentLoss(data.class_counts, data.critical, gamma=5.0)
+    ctl = FprBudgetGamma(data, budget=0.02, gamma_max=5.0)
+    ctl.attach(loss, "dense")
+    cfg = TrainSection(epochs=3, lr=0.05, select="last")
+    fine_tune(model, data, loss, cfg, seed=0, progress=False, batch_size=32, on_epoch_end=ctl)
+    traj = ctl.trajectory
+    assert [r["epoch"] for r in traj] == [1, 2, 3]
+    for a, b in zip(traj, traj[1:]):
+        assert b["gamma"] == a["next_gamma"]  # each epoch trained with the weight decided after the previous
+    for r in traj:  # and every decision is the rule applied to the measured FPR
+        assert r["next_gamma"] == adapt_gamma(r["gamma"], r["val_fpr"], budget=0.02, gamma_max=5.0)
+    assert loss.gamma == traj[-1]["next_gamma"]
