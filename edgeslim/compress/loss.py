@@ -454,7 +454,9 @@ class FprBudgetGamma:
         used = self._loss.gamma
         fpr = self._val_fpr(model)
         nxt = adapt_gamma(used, fpr, **self._rule)
-        self.trajectory.append({"tag": self._tag, "epoch": int(epoch), "gamma": used, "val_fpr": fpr, "next_gamma": nxt})
+        self.trajectory.append(
+            {"tag": self._tag, "epoch": int(epoch), "gamma": used, "val_fpr": fpr, "next_gamma": nxt}
+        )
         self._loss.gamma = nxt
         if self.state_path is not None:
             atomic_write_json(self.state_path, {"rule": self._rule, "trajectory": self.trajectory})
