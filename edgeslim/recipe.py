@@ -105,6 +105,7 @@ class TrainSection(_Section):
     lr: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0, description="max gradient norm (None: no clipping)")
     select: Literal["last", "critical_recall", "critical_auc", "accuracy"] = Field(
         default="critical_recall", description="checkpoint kept from the final round, judged on the val split"
     )

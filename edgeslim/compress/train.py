@@ -148,6 +148,16 @@ def _evaluate_split(model: nn.Module, data: Any, split: str, batch_size: int, de
     return evaluate(logits, labels, data.classes, data.critical)
 
 
+def _freeze_frozen_norms(model: nn.Module) -> None:
+    # train() puts BatchNorm in batch-statistics mode and updates its running stats; for a frozen backbone that
+    # would change the features the head is trained on (and the exported model) although no weight is trained
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
 def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "n/a" if v is None else format(v, spec)
 
@@ -171,6 +181,7 @@ def fine_tune(
     select: str | None = None,
     epochs: int | None = None,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    on_step_end: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``data``'s train split, selecting a checkpoint on its val split.
 
@@ -191,6 +202,13 @@ def fine_tune(
             accuracy) or ``accuracy``. The earliest epoch wins a tie. Without a val split, ``last`` is used.
         epochs: overrides ``cfg.epochs``.
         on_epoch_end: called as ``f(epoch, model)`` after each epoch, before its checkpoint is written.
+        on_step_end: called as ``f(step, model)`` after every optimizer step (and after the masks are re-applied);
+            ``step`` counts from 1 over the whole training and continues across a resume (it is checkpointed), so
+            a schedule that is a function of ``step`` (e.g. gradual pruning) resumes exactly. Changes it makes to
+            ``masks`` are checkpointed with them at the end of the epoch.
+
+    BatchNorm layers whose parameters are all frozen (``requires_grad=False``) are kept in eval mode while the rest
+    trains, so a frozen backbone (linear probing) does not drift through its running statistics.
 
     Raises:
         ConfigError: bad ``select``/``epochs``/device, or ``resume`` without ``run_dir``.
@@ -225,6 +243,7 @@ def fine_tune(
     best_key: tuple[float, ...] | None = None
     best_epoch = 0
     start = 1
+    step = 0
     if resume and ckpt_path is not None and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path)
         if ck.get("version") != CHECKPOINT_VERSION or ck.get("seed") != seed or ck.get("select") != select:
@@ -247,6 +266,7 @@ def fine_tune(
         best_state, best_epoch = ck["best_state"], int(ck["best_epoch"])
         best_key = tuple(ck["best_key"]) if ck["best_key"] is not None else None
         start = int(ck["epoch"]) + 1
+        step = int(ck.get("step", 0))
         log.info("%s: resuming after epoch %d of %d from %s", tag, start - 1, n_epochs, ckpt_path)
     else:
         _seed_all(seed)
@@ -269,6 +289,7 @@ def fine_tune(
             for epoch in range(start, n_epochs + 1):
                 t0 = time.perf_counter()
                 model.train()
+                _freeze_frozen_norms(model)
                 loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=_epoch_seed(seed, epoch))
                 bar.update(task, description=f"{tag} epoch {epoch}/{n_epochs}", total=len(loader), completed=0)
                 sums = {"loss": 0.0, "wce": 0.0, "rank": 0.0}
@@ -284,7 +305,14 @@ def fine_tune(
                             f" (now {cfg.lr}) or check the data"
                         )
                     loss.backward()
+                    if cfg.grad_clip:
+                        # the squared-hinge ranking term grows quadratically in the score gap; on a fresh head a
+                        # few large gradients can throw the pretrained backbone off (loss 1e8 seen without it)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
+                    step += 1
+                    if on_step_end is not None:
+                        on_step_end(step, model)
                     n = int(y.shape[0])
                     seen += n
                     sums["loss"] += float(loss.detach()) * n
@@ -329,6 +357,7 @@ def fine_tune(
                             "tag": tag,
                             "epoch": epoch,
                             "epochs": n_epochs,
+                            "step": step,
                             "seed": seed,
                             "select": select,
                             "model": _cpu_state(model),
