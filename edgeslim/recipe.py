@@ -156,7 +156,9 @@ class PruneSection(_Section):
     ratio: float = Field(default=0.3, ge=0, lt=1, description="structured: fraction of channels removed")
     round_to: int | None = Field(default=8, ge=1, description="structured: kept channels a multiple of this")
     iterative_steps: int = Field(default=1, ge=1, description="structured: reach the ratio in this many steps")
-    importance: Literal["l2", "l1", "group_l2"] = Field(default="l2", description="structured: channel score")
+    importance: Literal["l2", "l1", "bn_scale"] = Field(
+        default="l2", description="structured: channel score (group L2 / L1 norm, or BatchNorm scale)"
+    )
     mode: Literal["full", "linear_probe"] = Field(
         default="full", description="sparse_transfer: train everything, or only the new head"
     )

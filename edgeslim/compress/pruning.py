@@ -181,13 +181,15 @@ class MaskSet:
         Applies the masks now, zeroes the gradients of pruned entries (so momentum and Adam moments stay zero
         there) and, when ``optimizer`` is given, re-applies the masks after each of its steps (which also undoes
         any weight-decay or numerical drift). Without an optimizer, call :meth:`apply` after each step yourself.
-        Undo with :meth:`detach`.
+        Undo with :meth:`detach`. The masks may be changed (:meth:`prune`, :meth:`prune_to`) while attached.
         """
         self.detach()
         self.apply(model)
-        for _, w, mask in self._weights(model):
-            keep = mask.to(w.device)
-            self._handles.append(w.register_hook(lambda g, keep=keep: g.masked_fill(~keep.to(g.device), 0.0)))
+        for name, w, _ in self._weights(model):
+            if not w.requires_grad:  # a frozen layer (linear probing) gets no gradient; the step hook still applies
+                continue
+            # the hook looks the mask up when it fires, so pruning more while attached (gradual pruning) is covered
+            self._handles.append(w.register_hook(lambda g, name=name: g.masked_fill(~self.masks[name].to(g.device), 0.0)))
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply(model)))
 
@@ -219,27 +221,13 @@ class MaskSet:
 
         Ties are broken by position (a stable sort), so pruning is deterministic.
         """
-        if self._handles:
-            # the gradient hooks hold the old masks: pruning under them would leave new zeros unprotected
-            raise TrainingError("prune() was called while the masks are attached; detach() first, then re-attach")
         if not 0 <= rate < 1:
             raise ConfigError(f"prune rate {rate}: must be in [0, 1) (the fraction of remaining weights to remove)")
         if scope not in ("layer", "global"):
             raise ConfigError(f"prune scope '{scope}': use 'layer' or 'global'")
         if score not in ("magnitude", "magnitude_increase"):
             raise ConfigError(f"prune score '{score}': use 'magnitude' or 'magnitude_increase'")
-        if score == "magnitude_increase" and reference_state is None:
-            raise ConfigError("score 'magnitude_increase' needs reference_state (the state dict of w_0)")
-        scores: dict[str, torch.Tensor] = {}
-        for name, w, mask in self._weights(model):
-            s = w.detach().float().abs().cpu()
-            if score == "magnitude_increase":
-                key = f"{name}.weight"
-                ref = reference_state.get(key) if reference_state is not None else None
-                if ref is None or tuple(ref.shape) != tuple(w.shape):
-                    raise TrainingError(f"reference_state has no weight '{key}' of shape {tuple(w.shape)}")
-                s = s - ref.detach().float().abs().cpu()
-            scores[name] = s
+        scores = self._scores(model, score, reference_state)
         if rate == 0:
             return
         if scope == "layer":
@@ -257,6 +245,82 @@ class MaskSet:
             all_scores = torch.cat([scores[n].flatten()[alive_idx[n]] for n in self.masks])
             k = int(round(rate * all_scores.numel()))
             if k > 0:
+                doomed = torch.zeros(all_scores.numel(), dtype=torch.bool)
+                doomed[torch.argsort(all_scores, stable=True)[:k]] = True
+                start = 0
+                for n, mask in self.masks.items():
+                    idx = alive_idx[n]
+                    d = doomed[start : start + idx.numel()]
+                    start += idx.numel()
+                    flat = mask.flatten().clone()
+                    flat[idx[d]] = False
+                    self.masks[n] = flat.view_as(mask)
+        self.apply(model)
+
+    def _scores(
+        self, model: nn.Module, score: str, reference_state: Mapping[str, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
+        if score not in ("magnitude", "magnitude_increase"):
+            raise ConfigError(f"prune score '{score}': use 'magnitude' or 'magnitude_increase'")
+        if score == "magnitude_increase" and reference_state is None:
+            raise ConfigError("score 'magnitude_increase' needs reference_state (the state dict of w_0)")
+        scores: dict[str, torch.Tensor] = {}
+        for name, w, _ in self._weights(model):
+            s = w.detach().float().abs().cpu()
+            if score == "magnitude_increase":
+                key = f"{name}.weight"
+                ref = reference_state.get(key) if reference_state is not None else None
+                if ref is None or tuple(ref.shape) != tuple(w.shape):
+                    raise TrainingError(f"reference_state has no weight '{key}' of shape {tuple(w.shape)}")
+                s = s - ref.detach().float().abs().cpu()
+            scores[name] = s
+        return scores
+
+    def prune_to(
+        self,
+        model: nn.Module,
+        sparsity: float,
+        *,
+        scope: str = "layer",
+        score: str = "magnitude",
+        reference_state: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        """Prune the lowest-scoring surviving weights until ``sparsity`` of the masked weights are zero.
+
+        Unlike :meth:`prune` (a fraction of what is left), the target is absolute: one-shot pruning and every step
+        of a gradual schedule. Already-pruned weights stay pruned (masks only shrink); a target at or below the
+        current sparsity changes nothing.
+
+        Args:
+            model: the model whose weights are scored; the masks are applied to it.
+            sparsity: target fraction of zeros, in ``[0, 1)``; per layer (``scope="layer"``, at least one weight
+                per layer survives) or over all masked weights together (``"global"``).
+            scope: ``"layer"`` or ``"global"``.
+            score: ``"magnitude"`` or ``"magnitude_increase"`` (needs ``reference_state``).
+            reference_state: state dict holding ``w_0`` for ``magnitude_increase``.
+        """
+        if not 0 <= sparsity < 1:
+            raise ConfigError(f"sparsity {sparsity}: must be in [0, 1) (the fraction of weights set to zero)")
+        if scope not in ("layer", "global"):
+            raise ConfigError(f"prune scope '{scope}': use 'layer' or 'global'")
+        scores = self._scores(model, score, reference_state)
+        if scope == "layer":
+            for name, mask in self.masks.items():
+                flat = mask.flatten().clone()
+                alive = flat.nonzero().squeeze(1)
+                k = min(int(round(sparsity * flat.numel())) - (flat.numel() - alive.numel()), alive.numel() - 1)
+                if k <= 0:
+                    continue
+                order = torch.argsort(scores[name].flatten()[alive], stable=True)
+                flat[alive[order[:k]]] = False
+                self.masks[name] = flat.view_as(mask)
+        else:
+            total = sum(m.numel() for m in self.masks.values())
+            alive_idx = {n: m.flatten().nonzero().squeeze(1) for n, m in self.masks.items()}
+            n_alive = sum(i.numel() for i in alive_idx.values())
+            k = int(round(sparsity * total)) - (total - n_alive)
+            if k > 0:
+                all_scores = torch.cat([scores[n].flatten()[alive_idx[n]] for n in self.masks])
                 doomed = torch.zeros(all_scores.numel(), dtype=torch.bool)
                 doomed[torch.argsort(all_scores, stable=True)[:k]] = True
                 start = 0
@@ -407,6 +471,7 @@ class PruneContext:
         epochs: int | None = None,
         select: str | None = None,
         on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+        on_step_end: Callable[[int, nn.Module], None] | None = None,
     ) -> "TrainResult":
         """Fine-tune ``model`` with the recipe's loss and train section, checkpointing under ``run_dir/tag``.
 
@@ -429,6 +494,7 @@ class PruneContext:
             select=select,
             epochs=epochs,
             on_epoch_end=on_epoch_end,
+            on_step_end=on_step_end,
         )
 
 
@@ -442,6 +508,7 @@ class PruneResult:
         history: per-epoch records of every training, each with ``round``.
         rounds: one summary per training round.
         dense_model: the dense reference the method trained, if any (else ``None``).
+        info: method-specific facts for the report (e.g. the layers N:M skipped, the pruned channel widths).
     """
 
     model: nn.Module
@@ -449,6 +516,7 @@ class PruneResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     dense_model: nn.Module | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 Pruner = Callable[[PruneContext], PruneResult]
@@ -561,3 +629,77 @@ def no_pruning(ctx: PruneContext) -> PruneResult:
         rounds=[_round_summary(1, gamma, epochs, masks, res)],
         dense_model=res.model,
     )
+
+
+# -- the shared "dense round -> prune -> masked fine-tuning" flow of one_shot, gradual, nm and structured ----------
+
+
+def example_shape(data: Any, batch: int = 1) -> tuple[int, ...]:
+    """``(batch, C, H, W)`` of the data's inputs (from one sample), for tracing and MAC counts."""
+    for split in ("val", "test", "train"):
+        try:
+            x, _ = next(iter(data.loader(split, batch_size=1, shuffle=False)))
+        except (StopIteration, KeyError, ValueError):
+            continue
+        return (batch, *tuple(x.shape[1:]))
+    raise TrainingError("the data has no sample to take the input shape from")
+
+
+def train_dense_then_pruned(
+    ctx: PruneContext,
+    prune: Callable[[nn.Module, MaskSet], tuple[nn.Module, MaskSet, dict[str, Any]]],
+    *,
+    on_step_end: Callable[[MaskSet], Callable[[int, nn.Module], None] | None] | None = None,
+) -> PruneResult:
+    """The flow the one-shot families share: dense fine-tuning, pruning, then fine-tuning under the masks.
+
+    Round 1 (``tag="dense"``) fine-tunes W0 for ``train.epochs`` with gamma = 1 under the ``paper`` gamma schedule
+    (else gamma) and keeps its last epoch: that is the dense reference and the weights ``prune`` scores. With
+    ``train.epochs = 0`` there is no dense round and W0 itself is pruned (no dense reference). ``prune(model,
+    masks)`` returns the model to fine-tune (the same one, or a smaller one for channel pruning), its masks and
+    facts for the report. Round 2 (``tag="pruned"``) fine-tunes it for ``train.final_epochs`` (default
+    ``train.epochs``) with gamma and keeps the checkpoint chosen by ``train.select``; ``on_step_end(masks)`` may
+    give a per-step hook for it (gradual pruning). Pruning is deterministic given the round-1 weights, so a resumed
+    run rebuilds the same masks / structure and continues round 2 from its checkpoint.
+    """
+    t, lossc = ctx.recipe.train, ctx.recipe.loss
+    model = ctx.model
+    w0_path = ctx.run_dir / "w0.pt"
+    if ctx.resume and w0_path.is_file():
+        model.load_state_dict(load_checkpoint(w0_path))  # the exact W0 the interrupted run started from
+    else:
+        save_checkpoint(w0_path, model.state_dict())
+    history: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+    dense_model: nn.Module | None = None
+    masks = ctx.make_masks(model)  # before training: a bad exclude pattern fails here, not after round 1
+    r = 0
+    if t.epochs > 0:
+        r = 1
+        gamma = 1.0 if lossc.gamma_schedule == "paper" else lossc.gamma
+        res = ctx.train(model, tag="dense", gamma=gamma, epochs=t.epochs, select="last")
+        model = res.model
+        for h in res.history:
+            h["round"] = r
+        history.extend(res.history)
+        rounds.append(_round_summary(r, gamma, t.epochs, ctx.make_masks(model), res))
+        dense_model = copy.deepcopy(model)
+    model, masks, info = prune(model, masks)
+    r += 1
+    epochs = t.final_epochs if t.final_epochs is not None else t.epochs
+    hook = on_step_end(masks) if on_step_end is not None else None
+    res = ctx.train(model, tag="pruned", masks=masks, gamma=lossc.gamma, epochs=epochs, select=t.select,
+                    on_step_end=hook)
+    for h in res.history:
+        h["round"] = r
+    history.extend(res.history)
+    rounds.append(_round_summary(r, lossc.gamma, epochs, masks, res))
+    return PruneResult(model=res.model, masks=masks, history=history, rounds=rounds, dense_model=dense_model, info=info)
+
+
+# the other families live in their own modules and register themselves in PRUNERS on import
+from . import gradual as _gradual  # noqa: E402,F401
+from . import nm as _nm  # noqa: E402,F401
+from . import oneshot as _oneshot  # noqa: E402,F401
+from . import structured as _structured  # noqa: E402,F401
+from . import transfer as _transfer  # noqa: E402,F401

@@ -26,7 +26,17 @@ from torch import nn
 from .._io import atomic_write_json
 from ..errors import ConfigError, DataError, TrainingError
 from .metrics import ClassificationMetrics, evaluate, predict_logits
-from .pruning import PRUNERS, MaskSet, PruneContext, PruneResult, load_checkpoint, save_checkpoint
+from .pruning import (
+    PRUNERS,
+    MaskSet,
+    PruneContext,
+    PruneResult,
+    count_params_macs,
+    example_shape,
+    load_checkpoint,
+    prunable_layers,
+    save_checkpoint,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe import Recipe, TrainSection
@@ -403,6 +413,9 @@ class CompressResult:
         sparsity_table: :meth:`MaskSet.table` of the final model.
         rounds: one summary per training round.
         seconds: wall time of this call.
+        size: ``params``, ``nonzero_params`` and ``macs`` (one sample) of the final model and, with a dense
+            reference, ``dense_params`` / ``dense_macs``; MACs are dense counts (zeros still counted).
+        info: what the pruning method reports (e.g. layers N:M skipped, channel widths and the structure spec).
     """
 
     dense_model: nn.Module | None
@@ -415,6 +428,8 @@ class CompressResult:
     sparsity_table: list[dict[str, Any]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    size: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:
@@ -431,6 +446,8 @@ class CompressResult:
             "rounds": self.rounds,
             "history": self.history,
             "sparsity_table": self.sparsity_table,
+            "size": self.size,
+            "info": self.info,
             "seconds": self.seconds,
         }
 
@@ -499,6 +516,12 @@ def compress(
     metrics = _evaluate_split(res.model, data, "test", bs, device)
     dense_metrics = _evaluate_split(res.dense_model, data, "test", bs, device) if res.dense_model is not None else None
     val_metrics = _evaluate_split(res.model, data, "val", bs, device) if _has_split(data, "val") else None
+    shape = example_shape(data)
+    params, macs = count_params_macs(res.model, shape)
+    zeros = sum(int((m.weight.detach() == 0).sum()) for _, m in prunable_layers(res.model))
+    size: dict[str, Any] = {"input_shape": list(shape), "params": params, "nonzero_params": params - zeros, "macs": macs}
+    if res.dense_model is not None:
+        size["dense_params"], size["dense_macs"] = count_params_macs(res.dense_model, shape)
     result = CompressResult(
         dense_model=res.dense_model,
         model=res.model,
@@ -510,6 +533,8 @@ def compress(
         sparsity_table=res.masks.table(res.model),
         rounds=res.rounds,
         seconds=time.perf_counter() - t0,
+        size=size,
+        info=res.info,
     )
     atomic_write_json(work / "summary.json", result.to_dict())
     return result

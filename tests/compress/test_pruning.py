@@ -149,13 +149,47 @@ def test_attach_without_optimizer_zeroes_grads_and_apply_restores_zeros():
     masks.detach()
 
 
-def test_prune_while_attached_and_bad_arguments_are_errors():
+def test_pruning_while_attached_protects_the_new_zeros_too():
+    """Gradual pruning tightens the masks mid-training: the gradient hooks must follow the current masks."""
     model = _tiny()
     masks = MaskSet.for_model(model)
-    masks.attach(model)
-    with pytest.raises(TrainingError, match="detach"):
-        masks.prune(model, 0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    masks.attach(model, opt)
+    x = torch.randn(4, 3, 16, 16)
+    model(x).sum().backward()
+    opt.step()
+    masks.prune_to(model, 0.5)  # while attached
+    opt.zero_grad()
+    model(x).sum().backward()
+    for name, m in masks.masks.items():
+        g = model.get_submodule(name).weight.grad
+        assert bool((g[~m] == 0).all()) and bool((g[m] != 0).any())
+    opt.step()  # momentum from before the prune must not revive the new zeros
+    assert masks.sparsity() == pytest.approx(0.5, abs=0.01)
+    for name, m in masks.masks.items():
+        assert bool((model.get_submodule(name).weight.detach()[~m] == 0).all())
     masks.detach()
+
+
+def test_prune_to_reaches_absolute_targets_and_never_revives_weights():
+    model = _tiny()
+    masks = MaskSet.for_model(model)
+    masks.prune_to(model, 0.3)
+    first = {n: m.clone() for n, m in masks.masks.items()}
+    for name, m in masks.masks.items():  # per layer: each layer at the target
+        assert 1 - m.float().mean().item() == pytest.approx(0.3, abs=1.5 / m.numel() + 1e-6)
+    masks.prune_to(model, 0.2)  # below the current sparsity: nothing changes
+    assert all(torch.equal(first[n], masks.masks[n]) for n in first)
+    masks.prune_to(model, 0.7, scope="global")
+    assert masks.sparsity() == pytest.approx(0.7, abs=1e-3)
+    assert all(bool((first[n] | ~masks.masks[n]).all()) for n in first)  # pruned stays pruned
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        masks.prune_to(model, 1.0)
+
+
+def test_bad_prune_arguments_are_errors():
+    model = _tiny()
+    masks = MaskSet.for_model(model)
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         masks.prune(model, 1.0)
     with pytest.raises(ConfigError, match="reference_state"):

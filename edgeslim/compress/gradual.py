@@ -1,0 +1,81 @@
+"""Gradual magnitude pruning during fine-tuning (Zhu & Gupta, *To prune, or not to prune*, 2017).
+
+Recipe: ``prune: {method: gradual, sparsity: s_f, initial_sparsity: s_i, start_step: t0, end_step: t_end,
+frequency: dt, scope: layer|global}``. During the pruned round the masks are tightened every ``frequency``
+optimizer steps from ``start_step`` to ``end_step`` to
+
+    s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3,    n * dt = t_end - t0,
+
+pruning fast while redundancy is high and slowly near the target; after ``end_step`` the masks stay fixed and
+training goes on (recovery). ``t`` is the optimizer step of that round, which :func:`~.train.fine_tune`
+checkpoints, so the schedule state is derived from the step count and a resumed run prunes at the same steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import ConfigError
+from .pruning import PRUNERS, MaskSet, PruneContext, PruneResult, train_dense_then_pruned
+
+
+def cubic_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, end: int) -> float:
+    """Zhu & Gupta's target sparsity at optimizer step ``step`` (``initial`` before ``start``, ``final`` after ``end``)."""
+    if end <= start:
+        raise ConfigError(f"end_step {end} must be > start_step {start}")
+    if step <= start:
+        return initial
+    if step >= end:
+        return final
+    return final + (initial - final) * (1.0 - (step - start) / (end - start)) ** 3
+
+
+def pruning_steps(start: int, end: int, frequency: int) -> list[int]:
+    """The steps where the masks are updated: ``start, start + dt, ...`` up to and including ``end``."""
+    steps = list(range(start, end + 1, frequency))
+    if steps[-1] != end:
+        steps.append(end)  # always reach s_f exactly, even when dt does not divide the span
+    return steps
+
+
+@PRUNERS.register("gradual", aliases=("gmp",))
+def gradual(ctx: PruneContext) -> PruneResult:
+    """Dense round, then fine-tuning during which the masks follow the cubic schedule to ``prune.sparsity``.
+
+    Raises:
+        ConfigError: ``end_step`` beyond the steps the pruned round has (``train.final_epochs`` x batches per
+            epoch), or ``start_step`` not before it; raised before any training.
+    """
+    p, t = ctx.recipe.prune, ctx.recipe.train
+    epochs = t.final_epochs if t.final_epochs is not None else t.epochs
+    per_epoch = len(ctx.data.loader("train", batch_size=ctx.recipe.data.batch_size, shuffle=False))
+    total = epochs * per_epoch
+    # default: finish at 3/4 of the round so the last quarter recovers at the final sparsity (Zhu & Gupta
+    # stop pruning well before training ends)
+    end = p.end_step if p.end_step is not None else max(p.start_step + 1, (3 * total) // 4)
+    if total == 0 or end > total or p.start_step >= end:
+        raise ConfigError(
+            f"gradual pruning from step {p.start_step} to {end}, but the pruned round has only {total} optimizer"
+            f" steps ({epochs} epochs x {per_epoch} batches); set prune.end_step <= {total} (and start_step below it)"
+            " or raise train.final_epochs"
+        )
+    schedule = {s: cubic_sparsity(s, final=p.sparsity, initial=p.initial_sparsity, start=p.start_step, end=end)
+                for s in pruning_steps(p.start_step, end, p.frequency)}
+
+    def prune(model: nn.Module, masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
+        masks.prune_to(model, schedule.get(0, p.initial_sparsity) if p.start_step == 0 else 0.0, scope=p.scope)
+        info = {"target_sparsity": p.sparsity, "initial_sparsity": p.initial_sparsity, "start_step": p.start_step,
+                "end_step": end, "frequency": p.frequency, "steps": total, "schedule": schedule}
+        return model, masks, info
+
+    def hook(masks: MaskSet) -> Callable[[int, nn.Module], None]:
+        def on_step_end(step: int, model: nn.Module) -> None:
+            target = schedule.get(step)
+            if target is not None:
+                masks.prune_to(model, target, scope=p.scope)
+
+        return on_step_end
+
+    return train_dense_then_pruned(ctx, prune, on_step_end=hook)

@@ -1,0 +1,107 @@
+"""Sparse transfer (Iofinova et al., *How Well Do Sparse ImageNet Models Transfer?*, CVPR 2022).
+
+Recipe: ``model: {source: file:sparse_imagenet.pt, arch: ...}`` and ``prune: {method: sparse_transfer, mode:
+full|linear_probe}``. The source checkpoint is already sparse; its zero pattern becomes the mask, so fine-tuning
+on the downstream task keeps exactly those weights at zero. ``full`` trains every weight that is not masked;
+``linear_probe`` freezes the backbone (weights and BatchNorm statistics) and trains only the new head.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .pruning import (
+    PRUNERS,
+    MaskSet,
+    PruneContext,
+    PruneResult,
+    _classifier_name,
+    _round_summary,
+    load_checkpoint,
+    prunable_layers,
+    save_checkpoint,
+)
+
+
+def masks_from_zeros(model: nn.Module, *, exclude: tuple[str, ...] | list[str] = (), head: bool = False) -> MaskSet:
+    """Masks that keep the existing zero pattern: ``mask = weight != 0`` for every Conv/Linear layer.
+
+    Args:
+        model: the sparse source model.
+        exclude: globs of layers left unmasked (free to become dense).
+        head: also mask the classifier (off: a new head is dense and trains freely).
+
+    Raises:
+        ConfigError: an exclude pattern matches nothing, or no layer has any zero (the source is not sparse).
+    """
+    layers = prunable_layers(model)
+    names = [n for n, _ in layers]
+    skip: set[str] = set()
+    for pattern in exclude:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ConfigError(f"prune.exclude pattern '{pattern}' matches no prunable layer; layers are: {', '.join(names)}")
+        skip.update(hits)
+    if not head:
+        cls = _classifier_name(model, layers)
+        if cls is not None:
+            skip.add(cls)
+    masks = {n: (m.weight.detach() != 0).cpu() for n, m in layers if n not in skip}
+    if not masks or all(bool(v.all()) for v in masks.values()):
+        raise ConfigError(
+            "sparse_transfer needs a sparse source, but the model's weights have no zeros outside the head; load a"
+            " pruned checkpoint (model.source: file:<path>) or use method one_shot / lottery_ticket to prune it"
+        )
+    return MaskSet(masks)
+
+
+def freeze_backbone(model: nn.Module) -> list[str]:
+    """``requires_grad = False`` for every parameter outside the classifier; returns the trainable names."""
+    layers = prunable_layers(model)
+    head_name = _classifier_name(model, layers)
+    head = model.get_submodule(head_name) if head_name else None
+    head_params = {id(p) for p in head.parameters()} if head is not None else set()
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad = id(p) in head_params
+        if p.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+@PRUNERS.register("sparse_transfer", aliases=("transfer",))
+def sparse_transfer(ctx: PruneContext) -> PruneResult:
+    """Fine-tune a sparse source on the task with its zero pattern as the mask (``full`` or ``linear_probe``).
+
+    One training of ``train.final_epochs`` (default ``train.epochs``) with gamma and ``train.select``. There is no
+    dense reference (``dense_model`` is ``None``).
+
+    Raises:
+        ConfigError: the source has no zeros (checked before training).
+    """
+    p, t, lossc = ctx.recipe.prune, ctx.recipe.train, ctx.recipe.loss
+    model = ctx.model
+    w0_path = ctx.run_dir / "w0.pt"
+    if ctx.resume and w0_path.is_file():
+        model.load_state_dict(load_checkpoint(w0_path))
+    else:
+        save_checkpoint(w0_path, model.state_dict())
+    masks = masks_from_zeros(model, exclude=p.exclude)
+    source_sparsity = masks.sparsity()
+    trainable = freeze_backbone(model) if p.mode == "linear_probe" else [n for n, _ in model.named_parameters()]
+    epochs = t.final_epochs if t.final_epochs is not None else t.epochs
+    try:
+        res = ctx.train(model, tag="transfer", masks=masks, gamma=lossc.gamma, epochs=epochs, select=t.select)
+    finally:
+        for prm in model.parameters():  # hand the next step (e.g. QAT) an ordinary trainable model
+            prm.requires_grad_(True)
+    for h in res.history:
+        h["round"] = 1
+    info: dict[str, Any] = {"mode": p.mode, "source_sparsity": source_sparsity, "trainable": len(trainable)}
+    return PruneResult(model=res.model, masks=masks, history=list(res.history),
+                       rounds=[_round_summary(1, lossc.gamma, epochs, masks, res)], dense_model=None, info=info)
