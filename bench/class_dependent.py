@@ -328,7 +328,8 @@ def aggregate(folds: list[dict], n_boot: int) -> list[dict]:
             w = sum(r["arms"][b]["fn"] < r["arms"][a]["fn"] for r in rows)
             t = sum(r["arms"][b]["fn"] == r["arms"][a]["fn"] for r in rows)
             entry["reduction"][f"{b} vs {a}"] = {
-                "reduction": (1 - fb / fa) if fa else None, "ci": rci, "wins": w, "ties": t, "losses": len(rows) - w - t,
+                "reduction": (1 - fb / fa) if fa else None, "ci": rci,
+                "wins": w, "ties": t, "losses": len(rows) - w - t,
             }
         table.append(entry)
     return table
@@ -361,7 +362,8 @@ def markdown(variant: str, table: list[dict], meta: dict) -> str:
             lo, hi = r["ci"]
             ci = "n/a" if lo is None else f"[{lo * 100:.0f}%, {hi * 100:.0f}%]"
             red = "n/a" if r["reduction"] is None else f"{r['reduction'] * 100:.0f}%"
-            lines.append(f"| {e['sparsity'] * 100:.2f}% | {name} | {red} {ci} | {r['wins']}/{r['ties']}/{r['losses']} |")
+            wtl = f"{r['wins']}/{r['ties']}/{r['losses']}"
+            lines.append(f"| {e['sparsity'] * 100:.2f}% | {name} | {red} {ci} | {wtl} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,39 @@ def test_bad_input_raises_clear_errors(call, err, words):
     with pytest.raises(err) as info:
         call(probs, y)
     assert isinstance(info.value, EdgeslimError) and words in str(info.value)
+
+
+@pytest.mark.slow
+def test_class_dependent_bench_quick_run_writes_consistent_tables(tmp_path, monkeypatch):
+    """bench/class_dependent.py --quick end to end: every arm and sparsity scored, (c) matched on val, cache reused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "class_dependent.py"
+    spec = importlib.util.spec_from_file_location("class_dependent_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    argv = ["--quick", "--variant", "binary", "--out", str(tmp_path), "--epochs", "3"]
+    assert bench.main(argv) == 0
+    res = json.loads((tmp_path / "results.json").read_text())["results"]
+    (table,) = res.values()
+    assert [round(e["sparsity"], 4) for e in table] == [0.0, 0.5, 0.75]  # rate 0.5 per round, 2 rounds
+    for e in table:
+        assert set(e["arms"]) == {"a", "b", "b+budget", "c", "c+budget"}
+        for s in e["arms"].values():
+            assert s["pos"] == 174  # every critical digit scored once (1 seed)
+            assert 0 <= s["fnr"] <= 1 and 0 <= s["fpr"] <= 1
+            assert s["fn_ci"][0] <= s["fn"] <= s["fn_ci"][1]
+        # c re-thresholds a's models: same ranking, so the same AUC and FNR at matched FPR; never more FN than a
+        assert e["arms"]["c"]["auc"] == e["arms"]["a"]["auc"]
+        assert e["arms"]["c"]["fnr@5"] == e["arms"]["a"]["fnr@5"]
+        assert e["arms"]["c"]["fn"] <= e["arms"]["a"]["fn"]
+    assert (tmp_path / "critical_fnr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "results.md").read_text()
+    assert "b vs c" in md and "FNR@FPR1%" in md
+    # a second run reuses the per-fold results and reports the same numbers
+    before = (tmp_path / "results.json").read_text()
+    assert bench.main(argv) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["results"] == json.loads(before)["results"]
