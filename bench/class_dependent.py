@@ -432,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=Path("bench/results/class_dependent"))
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 folds x 1 seed, 2 rounds, 2 epochs")
+    ap.add_argument(
+        "--report-only", action="store_true",
+        help="train nothing: report the folds already in <out>/folds (a study still running, or interrupted)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.folds, args.seeds, args.rounds, args.epochs, args.bootstrap = 2, 1, 2, 2, 200
@@ -443,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeslim._io import atomic_write_json, atomic_write_text
 
     torch.set_num_threads(1)  # small model: one thread is fastest and leaves the other core free
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "variant", "bootstrap")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "variant", "bootstrap", "report_only")}
     results: dict[str, list[dict]] = {}
     report = [
         "## Class-dependent compression benchmark", "",
@@ -475,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                 if path.is_file():
                     folds.append(json.loads(path.read_text()))
                     continue
+                if args.report_only:
+                    continue
                 t0 = time.perf_counter()
                 rec = run_fold(x, y, classes, c, pre, args, seed, fold, tr, te)
                 atomic_write_json(path, rec)
@@ -484,17 +490,22 @@ def main(argv: list[str] | None = None) -> int:
                     f"[{name}] seed {seed} fold {fold}: {time.perf_counter() - t0:.0f}s; last round FN "
                     + ", ".join(f"{a} {s['fn']}" for a, s in last.items()), flush=True,
                 )
+        if not folds:
+            print(f"[{name}] no fold results yet in {args.out / 'folds'}", flush=True)
+            continue
         table = aggregate(folds, args.bootstrap)
         results[name] = table
         n_crit = int((y == c).sum())
-        line = (f"{len(y)} samples, {n_crit} critical; {len(folds)} folds scored; classes {len(classes)}; "
+        line = (f"{len(y)} samples, {n_crit} critical; {len(folds)} of {args.folds * args.seeds} folds scored;"
+                f" classes {len(classes)}; "
                 f"settings key {key}")
         report.append(markdown(name, table, {"line": line}))
     args.out.mkdir(parents=True, exist_ok=True)
     report.append(f"\nWall time of this invocation: {time.perf_counter() - t_start:.0f} s.\n")
     atomic_write_text(args.out / "results.md", "\n".join(report))
     atomic_write_json(args.out / "results.json", {"settings": settings, "results": results})
-    plot(results, args.out / "critical_fnr.png")
+    if results:
+        plot(results, args.out / "critical_fnr.png")
     print("\n".join(report))
     print(f"wrote {args.out / 'results.md'}, {args.out / 'critical_fnr.png'}")
     return 0
