@@ -85,7 +85,8 @@ class TritonSettings:
         preferred_batch_sizes: batch sizes Triton runs at once without waiting for the queue delay.
         max_queue_delay_microseconds: how long the oldest request may wait for others to join its batch.
         instance_count: model instances per device.
-        instance_kind: ``cpu``, ``gpu`` or ``auto``; None picks per backend (ONNX auto, OpenVINO cpu, TensorRT gpu).
+        instance_kind: ``cpu``, ``gpu`` or ``auto``; None picks per backend (ONNX auto, TensorRT gpu). OpenVINO
+            models always get ``cpu``: Triton's OpenVINO backend runs on the CPU only.
         formats: model formats in order of preference for each precision (``onnx``, ``openvino``, ``tensorrt``).
         precisions: precisions to include (None: every precision the artifact has a model for).
         labels: write ``labels.txt`` and point the class output's ``label_filename`` at it.
@@ -195,7 +196,8 @@ def triton_config(manifest: Manifest, model: ModelFile, settings: TritonSettings
     Returns:
         A dict with ``name``, ``platform`` (not for OpenVINO), ``backend``, ``max_batch_size``, ``input``,
         ``output`` (dims without the batch axis when ``max_batch_size > 0``), ``instance_group``,
-        ``dynamic_batching`` (when batching) and ``parameters`` (classes, critical, precision, source file);
+        ``dynamic_batching`` (when batching) and ``parameters`` (classes, critical, precision, source file; for
+        OpenVINO with batching also ``ENABLE_BATCH_PADDING``);
         :func:`format_pbtxt` writes it as ``config.pbtxt``.
 
     Raises:
@@ -228,6 +230,8 @@ def triton_config(manifest: Manifest, model: ModelFile, settings: TritonSettings
     cfg["output"] = [tensor(o, settings.labels and bool(o.shape) and o.shape[-1] == n_classes)
                      for o in manifest.outputs]
     kind = _KINDS[settings.instance_kind] if settings.instance_kind else target.kind
+    if model.format == "openvino":
+        kind = "KIND_CPU"  # Triton's OpenVINO backend refuses any other instance kind
     cfg["instance_group"] = [{"count": settings.instance_count, "kind": kind}]
     if mbs > 0 and settings.dynamic_batching:
         cfg["dynamic_batching"] = {
@@ -241,6 +245,10 @@ def triton_config(manifest: Manifest, model: ModelFile, settings: TritonSettings
         "precision": {"string_value": model.precision},
         "source": {"string_value": model.path},
     }
+    if model.format == "openvino" and mbs > 0:
+        # The OpenVINO backend fixes the IR's batch at max_batch_size and rejects smaller batches unless it may pad
+        # them (the ONNX Runtime and TensorRT backends take any batch up to the maximum).
+        cfg["parameters"]["ENABLE_BATCH_PADDING"] = {"string_value": "YES"}
     return cfg
 
 

@@ -106,6 +106,8 @@ def test_repository_configs_parse_as_triton_model_config_and_match_the_model_fil
     assert fp16.backend == "openvino" and fp16.platform == ""  # Triton's OpenVINO backend has no platform
     assert fp16.instance_group[0].kind == PB.ModelInstanceGroup.KIND_CPU
     assert fp16.parameters["precision"].string_value == "fp16"
+    # The OpenVINO backend fixes the batch at max_batch_size: it must pad smaller batches, not reject them.
+    assert fp16.parameters["ENABLE_BATCH_PADDING"].string_value == "YES"
     ir = ov.Core().read_model(str(repo / f"{NAME}_fp16" / "1" / "model.xml"))
     assert ir.inputs[0].get_any_name() == "input" and ir.outputs[0].get_any_name() == "logits"
     assert ir.inputs[0].get_partial_shape()[0].is_dynamic
@@ -166,11 +168,12 @@ def test_rewrite_follows_the_settings_and_drops_stale_models(artifact, tmp_path)
     shutil.copytree(artifact, art)
     models = write_triton_repository(art, settings=TritonSettings(
         formats=("openvino",), precisions=("fp32",), max_batch_size=16, preferred_batch_sizes=(8, 4),
-        instance_count=2, labels=False))
+        instance_count=2, instance_kind="gpu", labels=False))
     assert [(m.name, m.format, m.precision, m.source) for m in models] == [(NAME, "openvino", "fp32", "openvino/model.xml")]
     assert sorted(p.name for p in (art / "triton").iterdir()) == [NAME]  # the fp16 model of the first write is gone
     cfg = parse_pbtxt(art / "triton" / NAME / "config.pbtxt")
     assert cfg.backend == "openvino" and cfg.max_batch_size == 16 and cfg.instance_group[0].count == 2
+    assert cfg.instance_group[0].kind == PB.ModelInstanceGroup.KIND_CPU  # even though instance_kind asked for gpu
     assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
     assert cfg.output[0].label_filename == "" and not (art / "triton" / NAME / "labels.txt").exists()
     assert sorted(os.listdir(art / "triton" / NAME / "1")) == ["model.bin", "model.xml"]
