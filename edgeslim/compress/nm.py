@@ -63,7 +63,7 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
 
 def nm_violations(weight: torch.Tensor | np.ndarray, n: int = 2, m: int = 4, *, axis: int = 1) -> tuple[int, int]:
     """``(groups with more than n non-zeros, groups)`` of a weight whose input dimension is ``axis``."""
-    w = torch.as_tensor(np.asarray(weight)) if not isinstance(weight, torch.Tensor) else weight.detach().cpu()
+    w = torch.from_numpy(np.array(weight)) if not isinstance(weight, torch.Tensor) else weight.detach().cpu()
     w = w.movedim(axis, -1)
     if w.shape[-1] % m:
         raise ConfigError(f"input dimension {w.shape[-1]} is not a multiple of {m}")

@@ -237,14 +237,17 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
         if kept < 1 and ratio > 0:
             bad.append(rows[-1])
     if bad:
-        b = bad[0]
         step = round_to or 1
-        best = max(0.0, 1 - max(step, 1) / b["channels"])
+        narrowest = min(r["channels"] for r in bad)
+        # largest ratio with int(C * (1 - r)) >= step for the narrowest failing layer
+        best = 1 - step / narrowest
+        fix = (f"use a ratio <= {best:.3f}, a smaller round_to, or exclude the layer" if best > 0 else
+               f"round_to {step} is not below the layer's width: use a smaller round_to or exclude the layer")
         raise ConfigError(
             f"structured ratio {ratio} with round_to {round_to} would remove every channel of "
             + ", ".join(f"'{r['layer']}' ({r['channels']} channels)" for r in bad[:4])
             + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
-            + f"; use a ratio <= {best:.3f}, a smaller round_to, or exclude the layer"
+            + f"; {fix}"
         )
     return rows
 
