@@ -255,6 +255,20 @@ def devices(
     console.print(table)
 
 
+@report_app.command("compare")
+@_handled
+def report_compare(
+    reports: List[Path] = typer.Argument(..., help="report.json files (or directories holding one), two or more."),
+    out: Path = typer.Option(Path("fleet-report"), "--out", "-o", help="Where the merged report.json/md/html go."),
+    title: Optional[str] = typer.Option(None, "--title", help="Heading of the merged page."),
+) -> None:
+    """Merge reports from several targets into one table and one page (the fleet view)."""
+    from .devices.report import compare_reports
+
+    merged = compare_reports(reports, out_dir=out, title=title)
+    console.print(f"merged {len(merged.get('sources', []))} reports into {out}/report.html (and .json, .md)")
+
+
 def main() -> None:  # console-script entry point
     app()
 

@@ -34,7 +34,7 @@ def _write(tmp_path: Path, recipe: dict) -> Path:
 
 
 @pytest.mark.parametrize("cmd", [[], ["pipeline"], ["compress"], ["export"], ["profile"], ["serve"], ["devices"],
-                                 ["recipes"]])
+                                 ["recipes"], ["report", "compare"]])
 def test_every_command_has_help(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0, r.output
