@@ -153,6 +153,17 @@ def restore_structure(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     return model
 
 
+def rebuild_model(arch: str, num_classes: int, structure: dict[str, Any] | None = None) -> nn.Module:
+    """``build_model(arch, num_classes)`` with the recorded widths put back (``structure`` None or empty: as built).
+
+    The one call an exporter or runtime needs before ``load_state_dict`` of an artifact's ``model.safetensors``.
+    """
+    from .sources import build_model
+
+    model = build_model(arch, num_classes)
+    return restore_structure(model, structure) if structure else model
+
+
 # -- pruning ------------------------------------------------------------------------------------------------------
 
 

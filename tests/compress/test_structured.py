@@ -11,7 +11,13 @@ from safetensors.torch import load_file
 
 from edgeslim.compress.pruning import count_params_macs
 from edgeslim.compress.sources import build_model
-from edgeslim.compress.structured import _ignored, prune_channels, restore_structure, structure_spec
+from edgeslim.compress.structured import (
+    _ignored,
+    prune_channels,
+    rebuild_model,
+    restore_structure,
+    structure_spec,
+)
 from edgeslim.compress.train import compress
 from edgeslim.errors import ArtifactError, ConfigError
 from edgeslim.export.base import export_artifact
@@ -79,7 +85,9 @@ def test_structured_fine_tunes_a_smaller_model_that_the_artifact_rebuilds(tmp_pa
     m = export_artifact(res.model, tmp_path / "art", manifest(data), formats=["onnx"], precisions=("fp32",),
                         validation=(x, y))
     assert m.validation["passed"]
-    rebuilt = restore_structure(build_model("tiny", 10), res.info["structure"])
+    rebuilt = rebuild_model("tiny", 10, res.info["structure"])
     rebuilt.load_state_dict(load_file(str(tmp_path / "art" / "model.safetensors")), strict=True)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # what the artifact does today without the spec
+        build_model("tiny", 10).load_state_dict(load_file(str(tmp_path / "art" / "model.safetensors")))
     with torch.inference_mode():
         assert torch.allclose(rebuilt.eval()(torch.from_numpy(x)), res.model.eval()(torch.from_numpy(x)))
