@@ -65,7 +65,8 @@ def gradual(ctx: PruneContext) -> PruneResult:
                 for s in pruning_steps(p.start_step, end, p.frequency)}
 
     def prune(model: nn.Module, masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
-        masks.prune_to(model, schedule.get(0, p.initial_sparsity) if p.start_step == 0 else 0.0, scope=p.scope)
+        if p.start_step == 0:  # step 0 is before the first optimizer step: s_i applies from the start
+            masks.prune_to(model, p.initial_sparsity, scope=p.scope)
         info = {"target_sparsity": p.sparsity, "initial_sparsity": p.initial_sparsity, "start_step": p.start_step,
                 "end_step": end, "frequency": p.frequency, "steps": total, "schedule": schedule}
         return model, masks, info

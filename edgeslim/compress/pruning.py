@@ -8,7 +8,9 @@ plain ``nn.Parameter`` weights (no ``torch.nn.utils.prune`` re-parametrisation),
 A method gets the initial model, the data, the recipe, a checkpoint directory and helpers to build the loss and
 run a (resumable) fine-tuning; it returns the final model, its masks and the training history. Registered here:
 ``lottery_ticket`` (iterative magnitude pruning with rewinding, Frankle & Carbin / Entezari & Saukh) and ``none``
-(dense fine-tuning).
+(dense fine-tuning); in their own modules, sharing :class:`MaskSet` and :func:`train_dense_then_pruned`:
+``one_shot`` (oneshot.py), ``gradual`` (gradual.py, Zhu & Gupta), ``nm`` (nm.py, 2:4 semi-structured),
+``structured`` (structured.py, Torch-Pruning channels) and ``sparse_transfer`` (transfer.py, Iofinova et al.).
 """
 
 from __future__ import annotations

@@ -222,7 +222,9 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
     """Check, before any training, that ``ratio`` leaves at least one channel in every prunable group.
 
     Torch-Pruning silently skips a group whose rounded width would be 0 (the layer would vanish), which would
-    leave that layer unpruned without a word; this turns it into an error.
+    leave that layer unpruned without a word; this turns it into an error. The widths follow Torch-Pruning's
+    per-group arithmetic, exact for the ``layer`` scope; under ``global`` the ranking decides each group's width,
+    so this check catches only what no ranking can avoid (``round_to`` above a group's width).
 
     Returns:
         One ``{"layer", "channels", "kept"}`` per prunable group.
