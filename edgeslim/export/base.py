@@ -90,6 +90,7 @@ class ExportContext:
     skipped: list[dict[str, str]] = field(default_factory=list)
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
+    manifest: Manifest | None = None  # the artifact's metadata (name, classes), for exporters that need it
 
     def wants(self, precision: str) -> bool:
         """Whether ``precision`` was requested."""
@@ -399,6 +400,7 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
 
     def writer(tmp: Path) -> Manifest:
         ctx = ExportContext(
+            manifest=manifest,
             model=model, directory=tmp, input_shape=input_shape, num_classes=num_classes, opset=export_cfg.opset,
             dynamic_batch=export_cfg.dynamic_batch, precisions=precisions, calibration=cal, quantize=quantize_cfg,
         )

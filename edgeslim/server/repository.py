@@ -95,7 +95,7 @@ def find_artifacts(paths: tuple[Path, ...]) -> list[Path]:
         if (p / MANIFEST).is_file():
             found.append(p)
         elif p.is_dir():
-            subs = sorted(d for d in p.iterdir() if (d / MANIFEST).is_file())
+            subs = sorted(d for d in p.iterdir() if not d.name.startswith(".") and (d / MANIFEST).is_file())
             if not subs:
                 raise ConfigError(f"{p} is neither an artifact (no {MANIFEST}) nor a directory of artifacts")
             found.extend(subs)

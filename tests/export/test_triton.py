@@ -203,8 +203,6 @@ def test_exporter_without_the_manifest_says_what_to_do(trained, tmp_path):
         TritonExporter().export(ctx)
 
 
-@pytest.mark.xfail("manifest" not in ExportContext.__dataclass_fields__, strict=True,
-                   reason="export_artifact does not hand the manifest to exporters yet (ExportContext.manifest)")
 def test_export_artifact_writes_the_repository(trained, tmp_path):
     m = export_artifact(trained.model, tmp_path / "art", tiny_manifest(NAME), formats=["triton", "onnx"],
                         precisions=["fp32"])
