@@ -296,6 +296,7 @@ def async_throughput(
     threads: int | None = None,
     backend_name: str = "",
     requests: int | None = None,
+    isolate: bool = True,
 ) -> dict[str, Any]:
     """Throughput in the backend's asynchronous mode (OpenVINO: ``hint=THROUGHPUT``, an ``AsyncInferQueue`` of
     the plugin's optimal number of requests), as ``benchmark_app -hint throughput`` measures it.
@@ -309,12 +310,76 @@ def async_throughput(
         batch: items per request.
         cfg: window lengths (warm-up: two rounds of requests).
         threads: intra-op threads.
-        backend_name: key into :data:`THROUGHPUT_OPTIONS`.
+        backend_name: registry name of ``cls``; key into :data:`THROUGHPUT_OPTIONS`.
         requests: requests in flight (default: the backend's optimal number).
+        isolate: measure in a fresh Python process, as benchmark_app does. OpenVINO 2026.4 can abort the process
+            ("Resource deadlock avoided" / "terminate called without an active exception") while it tears down a
+            THROUGHPUT-compiled model after async requests; in a child process that cannot take the caller down,
+            and a result printed before such an abort is kept (with a note).
     """
+    name = backend_name or getattr(cls, "name", "")
+    if isolate and name:
+        return _async_throughput_child(name, path, batch=batch, cfg=cfg, threads=threads, requests=requests)
+    return _async_throughput_here(cls, path, batch=batch, cfg=cfg, threads=threads, backend_name=name,
+                                  requests=requests)
+
+
+def _async_throughput_child(name: str, path: str | os.PathLike, *, batch: int, cfg: ProfileConfig,
+                            threads: int | None, requests: int | None) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    args = json.dumps({"name": name, "path": str(path), "batch": batch, "cfg": cfg.to_dict(), "threads": threads,
+                       "requests": requests})
+    code = "import sys; from edgeslim.devices.profiler import _async_throughput_main; _async_throughput_main(sys.argv[1])"
+    budget = 120 + 10 * (cfg.seconds + cfg.warmup_seconds)
+    try:
+        out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=budget)
+    except subprocess.TimeoutExpired as exc:
+        raise BackendError(f"{name} throughput measurement of {Path(path).name} did not finish in {budget:.0f} s") from exc
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise BackendError(
+            f"{name} throughput measurement of {Path(path).name} failed (exit {out.returncode}): {out.stderr.strip()[-800:]}"
+        )
+    result = json.loads(lines[-1])
+    if result.get("error"):
+        raise BackendError(result["error"])
+    result["isolated"] = True
+    if out.returncode != 0:
+        result["note"] = (
+            f"the measuring process exited with {out.returncode} after reporting (OpenVINO teardown); result kept"
+        )
+    return result
+
+
+def _async_throughput_main(args_json: str) -> None:
+    """Entry point of the child process of :func:`async_throughput` (prints one JSON line)."""
+    import json
+
+    a = json.loads(args_json)
+    try:
+        cfg = ProfileConfig(**{**a["cfg"], "batch_sizes": tuple(a["cfg"]["batch_sizes"])})
+        result = _async_throughput_here(backend_class(a["name"]), a["path"], batch=a["batch"], cfg=cfg,
+                                        threads=a["threads"], backend_name=a["name"], requests=a["requests"])
+    except EdgeslimError as exc:
+        result = {"error": str(exc)}
+    print(json.dumps(result), flush=True)
+
+
+def _async_throughput_here(
+    cls: type,
+    path: str | os.PathLike,
+    *,
+    batch: int,
+    cfg: ProfileConfig,
+    threads: int | None,
+    backend_name: str,
+    requests: int | None,
+) -> dict[str, Any]:
     from ..runtime.base import BackendOptions
 
-    extra = dict(THROUGHPUT_OPTIONS.get(backend_name or getattr(cls, "name", ""), {}))
+    extra = dict(THROUGHPUT_OPTIONS.get(backend_name, {}))
     t0 = time.perf_counter()
     b = cls(path, BackendOptions(threads=threads, extra=extra))
     load_s = time.perf_counter() - t0
