@@ -78,10 +78,15 @@ def data():
     return _digits()
 
 
-def test_nm_fine_tunes_keeps_the_pattern_and_exports_it(data, tmp_path):
+@pytest.fixture(scope="module")
+def nm_result(data, tmp_path_factory):
     torch.manual_seed(0)
-    res = compress(TinyNet(num_classes=10), data, recipe({"method": "nm"}, epochs=1, final_epochs=1),
-                   run_dir=tmp_path / "r", progress=False)
+    return compress(TinyNet(num_classes=10), data, recipe({"method": "nm"}, epochs=1, final_epochs=1),
+                    run_dir=tmp_path_factory.mktemp("nm"), progress=False)
+
+
+def test_nm_fine_tunes_keeps_the_pattern_and_exports_it(data, nm_result, tmp_path):
+    res = nm_result
     assert res.info["layers"] == ["blocks.3", "blocks.6"]
     assert [s["name"] for s in res.info["skipped"]] == ["blocks.0"] and "depthwise" in res.info["skipped"][0]["reason"]
     for name in res.info["layers"]:
@@ -98,6 +103,21 @@ def test_nm_fine_tunes_keeps_the_pattern_and_exports_it(data, tmp_path):
     assert len(rep["sparse"]) == 2 and len(rep["dense"]) == 1  # the dense classifier [10, 32]
     assert sorted(tuple(s["shape"]) for s in rep["skipped"]) == [(16, 1, 3, 3), (16, 3, 3, 3)]
     assert check_nm_onnx(tmp_path / "art" / m.model("onnx", "fp32").path, required=rep["sparse"])["ok"]
+
+
+def test_the_int8_qdq_onnx_tensorrt_builds_from_keeps_the_pattern(data, nm_result, tmp_path):
+    from edgeslim.compress.quantize import calibration_batches
+    from edgeslim.recipe import QuantizeSection
+
+    # no accuracy validation here (a 2-epoch TinyNet loses top-1 agreement in INT8): the pattern is the point
+    m = export_artifact(nm_result.model, tmp_path / "art", manifest(data), formats=["onnx"],
+                        precisions=("fp32", "int8"),
+                        calibration=calibration_batches(data.loader("train", batch_size=32), 64),
+                        quantize_cfg=QuantizeSection(calibration_size=64))
+    rep = check_nm_onnx(tmp_path / "art" / m.model("onnx", "int8").path)
+    # weights reached through DequantizeLinear are checked on their int8 initializers
+    assert sorted(tuple(r["shape"]) for r in rep["layers"] if r["sparse"]) == [(32, 16, 1, 1), (32, 32, 3, 3)]
+    assert rep["ok"] and len(rep["dense"]) == 1
 
 
 def test_nm_without_any_eligible_layer_is_an_error_before_training(data, tmp_path):
