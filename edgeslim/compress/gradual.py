@@ -22,7 +22,7 @@ from .pruning import PRUNERS, MaskSet, PruneContext, PruneResult, train_dense_th
 
 
 def cubic_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, end: int) -> float:
-    """Zhu & Gupta's target sparsity at optimizer step ``step`` (``initial`` before ``start``, ``final`` after ``end``)."""
+    """Zhu & Gupta's target sparsity at optimizer step ``step`` (``initial`` until ``start``, then up to ``final``)."""
     if end <= start:
         raise ConfigError(f"end_step {end} must be > start_step {start}")
     if step <= start:

@@ -195,7 +195,8 @@ def check_nm_onnx(onnx_path: str | os.PathLike, n: int = 2, m: int = 4, *,
             axis = 0
         row = {"node": node.name, "op": node.op_type, "initializer": init_name, "shape": list(w.shape), "axis": axis}
         if w.ndim < 2 or w.shape[axis] % m:
-            skipped.append({**row, "reason": f"input dimension {w.shape[axis] if w.ndim > 1 else 1} is not a multiple of {m}"})
+            width = w.shape[axis] if w.ndim > 1 else 1
+            skipped.append({**row, "reason": f"input dimension {width} is not a multiple of {m}"})
             continue
         bad, groups = nm_violations(w, n, m, axis=axis)
         layers.append({**row, "groups": groups, "violations": bad, "sparse": bad == 0})

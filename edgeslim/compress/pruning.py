@@ -191,7 +191,9 @@ class MaskSet:
             if not w.requires_grad:  # a frozen layer (linear probing) gets no gradient; the step hook still applies
                 continue
             # the hook looks the mask up when it fires, so pruning more while attached (gradual pruning) is covered
-            self._handles.append(w.register_hook(lambda g, name=name: g.masked_fill(~self.masks[name].to(g.device), 0.0)))
+            self._handles.append(
+                w.register_hook(lambda g, name=name: g.masked_fill(~self.masks[name].to(g.device), 0.0))
+            )
         if optimizer is not None:
             self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply(model)))
 

@@ -123,7 +123,8 @@ def restore_structure(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
             )
         try:
             if isinstance(m, _CONV):
-                m.in_channels, m.out_channels, m.groups = int(a["in_channels"]), int(a["out_channels"]), int(a["groups"])
+                m.in_channels, m.out_channels = int(a["in_channels"]), int(a["out_channels"])
+                m.groups = int(a["groups"])
                 k = tuple(m.kernel_size)
                 if m.transposed:
                     _resize(m, "weight", (m.in_channels, m.out_channels // m.groups, *k))
@@ -195,7 +196,9 @@ def _ignored(model: nn.Module, *, prune_first_conv: bool, exclude: Iterable[str]
     for pattern in exclude:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise ConfigError(f"prune.exclude pattern '{pattern}' matches no prunable layer; layers are: {', '.join(names)}")
+            raise ConfigError(
+                f"prune.exclude pattern '{pattern}' matches no prunable layer; layers are: {', '.join(names)}"
+            )
         keep.update(hits)
     return [model.get_submodule(n) for n in sorted(keep)]
 

@@ -519,7 +519,9 @@ def compress(
     shape = example_shape(data)
     params, macs = count_params_macs(res.model, shape)
     zeros = sum(int((m.weight.detach() == 0).sum()) for _, m in prunable_layers(res.model))
-    size: dict[str, Any] = {"input_shape": list(shape), "params": params, "nonzero_params": params - zeros, "macs": macs}
+    size: dict[str, Any] = {
+        "input_shape": list(shape), "params": params, "nonzero_params": params - zeros, "macs": macs,
+    }
     if res.dense_model is not None:
         size["dense_params"], size["dense_macs"] = count_params_macs(res.dense_model, shape)
     result = CompressResult(

@@ -45,7 +45,9 @@ def masks_from_zeros(model: nn.Module, *, exclude: tuple[str, ...] | list[str] =
     for pattern in exclude:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise ConfigError(f"prune.exclude pattern '{pattern}' matches no prunable layer; layers are: {', '.join(names)}")
+            raise ConfigError(
+                f"prune.exclude pattern '{pattern}' matches no prunable layer; layers are: {', '.join(names)}"
+            )
         skip.update(hits)
     if not head:
         cls = _classifier_name(model, layers)

@@ -63,7 +63,8 @@ def test_global_scope_and_size_reduction():
 
 def test_a_ratio_that_removes_a_whole_layer_is_an_error_before_training(tmp_path):
     data = _digits()
-    with pytest.raises(ConfigError, match=r"would remove every channel of .*'blocks.3' \(32 channels\).*ratio <= 0.500"):
+    msg = r"would remove every channel of .*'blocks.3' \(32 channels\).*ratio <= 0.500"
+    with pytest.raises(ConfigError, match=msg):
         compress(TinyNet(num_classes=10), data, recipe({"method": "structured", "ratio": 0.6, "round_to": 16}),
                  run_dir=tmp_path, progress=False)
     assert not (tmp_path / "compress" / "dense").exists()

@@ -23,7 +23,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def source_state(data):
-    """A 'sparse ImageNet' stand-in: TinyNet trained 2 epochs with plain CE, then every layer pruned to 50% (no retraining)."""
+    """A 'sparse ImageNet' stand-in: TinyNet trained 2 epochs with plain CE, every layer then pruned to 50%."""
     from edgeslim.compress.loss import build_loss
     from edgeslim.compress.train import fine_tune
     from edgeslim.recipe import LossSection, TrainSection
