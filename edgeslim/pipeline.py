@@ -143,6 +143,10 @@ def run_pipeline(
 
     from .export import export_artifact
 
+    thresholds: dict[str, dict[str, float]] = {}
+    if recipe.decision.target_fnr is not None or recipe.decision.target_fpr is not None:
+        thresholds = _calibrate(variants, data, recipe, say)
+
     t1 = time.perf_counter()
     calib = _calibration_batches(data, recipe.quantize.calibration_size) if recipe.quantize.method == "ptq" else None
     test_x, test_y = _split_arrays(data, "test")
@@ -152,6 +156,7 @@ def run_pipeline(
         precisions = ["fp32"] + (["int8"] if key == "compressed" and recipe.quantize.method == "ptq" else [])
         manifest = Manifest(
             name=f"{recipe.name}-{key}",
+            thresholds=thresholds.get(key, {}),
             metrics={"test": result.metrics[key]},
             sparsity={"layers": table} if table else {},
             **base,
@@ -191,6 +196,26 @@ def run_pipeline(
     result.seconds["total"] = time.perf_counter() - t0
     write_pipeline_report(result)
     return result
+
+
+def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float]]:
+    """Per-model critical-class thresholds calibrated on the val split to the recipe's target FNR / FPR."""
+    import numpy as np
+
+    from .compress.metrics import predict_logits
+    from .compress.thresholds import calibrate_thresholds, manifest_thresholds
+
+    out = {}
+    for key, (m, _, _) in variants.items():
+        logits, labels = predict_logits(m, data.loader("val", batch_size=64))
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        thr = calibrate_thresholds(
+            probs, labels, data.critical, target_fnr=recipe.decision.target_fnr, target_fpr=recipe.decision.target_fpr
+        )
+        out[key] = manifest_thresholds(thr)
+        say(f"{key}: critical thresholds " + ", ".join(f"{data.classes[c]} >= {t:.4f}" for c, t in thr.items()))
+    return out
 
 
 # -- reports -------------------------------------------------------------------------------------------------------
@@ -320,7 +345,11 @@ def print_summary(result: PipelineResult, *, console=None) -> None:
         table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right")
     for r in rows:
         table.add_row(*_summary_cells(r, backends))
-    console.print(table, width=max(console.width, 170), crop=False)
+    if console.width < 170:  # a narrow or non-terminal console would squeeze 13 columns into ellipses
+        from rich.console import Console as _C
+
+        console = _C(file=console.file, width=170, force_terminal=console.is_terminal, no_color=console.no_color)
+    console.print(table)
     console.print(
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
         + f"; outputs in {result.out_dir} (report.json, report.md, recipe.yaml, "

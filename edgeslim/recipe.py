@@ -238,6 +238,20 @@ class ValidateSection(_Section):
     max_extra_critical_fn: int = Field(default=1, ge=0, description="extra critical FN allowed vs PyTorch (FP16/INT8)")
 
 
+class DecisionSection(_Section):
+    """Deployment decision thresholds for the critical classes, calibrated on the validation split and stored in
+    the manifest (the runtime and the server apply them). Give at most one target; none keeps argmax."""
+
+    target_fnr: float | None = Field(default=None, ge=0, le=1, description="calibrate to this val critical FNR")
+    target_fpr: float | None = Field(default=None, ge=0, le=1, description="or to this val critical FPR")
+
+    @model_validator(mode="after")
+    def _one(self) -> "DecisionSection":
+        if self.target_fnr is not None and self.target_fpr is not None:
+            raise ValueError("give target_fnr or target_fpr, not both")
+        return self
+
+
 class ProfileSection(_Section):
     backends: list[str] = Field(default_factory=lambda: ["onnxruntime", "openvino"])
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
@@ -261,6 +275,7 @@ class Recipe(_Section):
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     export: ExportSection = Field(default_factory=ExportSection)
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+    decision: DecisionSection = Field(default_factory=DecisionSection)
     profile: ProfileSection = Field(default_factory=ProfileSection)
 
     @field_validator("version")

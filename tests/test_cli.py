@@ -24,6 +24,9 @@ TINY = {
     "prune": {"rounds": 1, "rate": 0.5},
     "quantize": {"calibration_size": 64},
     "profile": {"iterations": 10, "seconds": 0.05, "warmup": 2},
+    "decision": {"target_fnr": 0.1},
+    # a 2-epoch TinyNet is a plumbing check, not a model worth INT8 parity (tests/export covers the tolerances)
+    "validate": {"int8_min_agreement": 0.3, "max_extra_critical_fn": 100},
 }
 
 
@@ -88,6 +91,8 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path):
         ("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "int8"), ("torch", "fp32")
     }
     assert comp.critical == [8] and comp.classes[8] == "8"
+    # the deployment threshold calibrated on val travels in the manifest (runtime and server apply it)
+    assert set(comp.thresholds) == {"8"} and 0 <= comp.thresholds["8"] <= 1
     # pruning really happened and survived export: half the prunable weights are exact zeros in the ONNX
     assert comp.sparsity["onnx"]["zeros"] >= comp.sparsity["torch"]["zeros"] > 0
     assert dense.sparsity["torch"]["zeros"] == 0

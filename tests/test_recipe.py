@@ -53,3 +53,9 @@ def test_lambda_alias():
     assert r.loss.rank_weight == 2.5
     assert r.to_dict()["loss"]["lambda"] == 2.5
     assert isinstance(r, Recipe)
+
+
+def test_decision_targets_are_exclusive():
+    assert parse_recipe({"decision": {"target_fnr": 0.05}}).decision.target_fnr == 0.05
+    with pytest.raises(ConfigError, match="not both"):
+        parse_recipe({"decision": {"target_fnr": 0.05, "target_fpr": 0.01}})
