@@ -154,23 +154,40 @@ def export_cmd(
 @app.command()
 @_handled
 def profile(
-    artifact: Path = typer.Argument(..., help="Artifact directory."),
+    artifact: str = typer.Argument(..., help="Artifact directory (with --remote: the served model's name)."),
     backends: str = typer.Option("onnxruntime,openvino", "--backends", help="Comma-separated runtime backends."),
     batch: str = typer.Option("1", "--batch", help="Comma-separated batch sizes."),
-    duration: Optional[str] = typer.Option(None, "--duration", help="Measured window per run, e.g. 10s."),
+    duration: Optional[str] = typer.Option(None, "--duration", help="Measured window per run, e.g. 10s (default 2s)."),
     iterations: int = typer.Option(100, "--iterations", help="At least this many measured iterations."),
     warmup: int = typer.Option(10, "--warmup", help="Warm-up iterations."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads."),
-    out: Path = typer.Option(Path("."), "--out", "-o", help="Where report.json / report.md go."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Labelled ImageFolder for accuracy (default: the test split of the artifact's recipe)."
+    ),
+    loadgen: Optional[str] = typer.Option(None, "--loadgen", help="Also run MLPerf LoadGen: single-stream or offline."),
+    remote: Optional[str] = typer.Option(None, "--remote", help="Profile a model served at this URL (KServe v2)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGESLIM_TOKEN", help="Bearer token for --remote."),
+    concurrency: int = typer.Option(1, "--concurrency", help="Requests in flight for --remote throughput."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Also write report.html with plots."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Where report.json / report.md / report.html go."),
 ) -> None:
-    """Measure latency percentiles and throughput of every model in ARTIFACT per backend and batch size."""
-    from .pipeline import profile_to_report
+    """Measure latency percentiles, throughput, memory, power and per-class accuracy, one report per target."""
+    from .pipeline import profile_remote_to_report, profile_to_report
 
-    path = profile_to_report(
-        artifact, out, backends=_csv(backends), batch_sizes=[int(b) for b in _csv(batch)],
-        seconds=_duration(duration), iterations=iterations, warmup=warmup, threads=threads, console=console,
-    )
-    console.print(f"report written to {path}")
+    batches = [int(b) for b in _csv(batch)]
+    if remote:
+        path = profile_remote_to_report(
+            remote, artifact, out, batch_sizes=batches, seconds=_duration(duration), iterations=iterations,
+            warmup=warmup, token=token, concurrency=concurrency, html=html,
+        )
+    else:
+        with console.status("profiling ...") as status:
+            path = profile_to_report(
+                Path(artifact), out, backends=_csv(backends), batch_sizes=batches, seconds=_duration(duration),
+                iterations=iterations, warmup=warmup, threads=threads, data_dir=data, loadgen=loadgen, html=html,
+                progress=lambda line: (status.update(line), console.print(line, highlight=False)), console=console,
+            )
+    console.print(f"report written to {path} (and report.md{', report.html' if html else ''})")
 
 
 @app.command()
