@@ -84,6 +84,9 @@ class LossSection(_Section):
     gamma: float = Field(default=5.0, ge=1, description="critical-class weight boost")
     rank_weight: float = Field(default=5.0, ge=0, alias="lambda", description="weight of the AUC ranking term")
     margin: float = Field(default=1.0, gt=0)
+    rank_warmup_epochs: int = Field(
+        default=1, ge=0, description="epochs at the start of every training (round) without the ranking term"
+    )
     gamma_schedule: Literal["paper", "constant"] = Field(
         default="paper", description="paper: gamma = 1 in round 1, then gamma; constant: gamma throughout"
     )
@@ -105,7 +108,7 @@ class TrainSection(_Section):
     lr: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: float | None = Field(default=1.0, gt=0, description="max gradient norm (None: no clipping)")
+    grad_clip: float | None = Field(default=5.0, gt=0, description="max gradient norm (None: no clipping)")
     select: Literal["last", "critical_recall", "critical_auc", "accuracy"] = Field(
         default="critical_recall", description="checkpoint kept from the final round, judged on the val split"
     )

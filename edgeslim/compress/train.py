@@ -190,6 +190,7 @@ def fine_tune(
     batch_size: int = 32,
     select: str | None = None,
     epochs: int | None = None,
+    on_epoch_start: Callable[[int, nn.Module], None] | None = None,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     on_step_end: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
@@ -211,6 +212,8 @@ def fine_tune(
         select: overrides ``cfg.select``: ``last``, ``critical_recall`` (ties: accuracy), ``critical_auc`` (ties:
             accuracy) or ``accuracy``. The earliest epoch wins a tie. Without a val split, ``last`` is used.
         epochs: overrides ``cfg.epochs``.
+        on_epoch_start: called as ``f(epoch, model)`` before each epoch that runs, also the first one after a
+            resume (so epoch-dependent settings such as a loss warm-up are right after a crash).
         on_epoch_end: called as ``f(epoch, model)`` after each epoch, before its checkpoint is written.
         on_step_end: called as ``f(step, model)`` after every optimizer step (and after the masks are re-applied);
             ``step`` counts from 1 over the whole training and continues across a resume (it is checkpointed), so
@@ -297,6 +300,8 @@ def fine_tune(
         ) as bar:
             task = bar.add_task(tag, total=None, status="")
             for epoch in range(start, n_epochs + 1):
+                if on_epoch_start is not None:
+                    on_epoch_start(epoch, model)
                 t0 = time.perf_counter()
                 model.train()
                 _freeze_frozen_norms(model)

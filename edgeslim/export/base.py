@@ -201,17 +201,31 @@ def order_formats(formats: Iterable[str]) -> list[str]:
 # -- weights and sparsity -----------------------------------------------------------------------------------------
 
 
-def write_torch_weights(model: Any, path: str | os.PathLike) -> ModelFile:
+def write_torch_weights(model: Any, path: str | os.PathLike, *, arch: str = "", num_classes: int = 0) -> ModelFile:
     """Write the model's state dict as safetensors (atomically) and describe it as a torch ``ModelFile``.
 
     Tensors are cloned contiguous so tied or strided parameters serialise; the torch backend rebuilds the
-    module from ``Manifest.arch`` and loads these weights.
+    module from ``Manifest.arch`` and loads these weights. A channel-pruned model also records its layer widths
+    (``extra["structure"]``, see :func:`edgeslim.compress.structured.structure_spec`) so it can be rebuilt.
     """
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(state))
-    return ModelFile(format="torch", precision="fp32", path=Path(path).name, extra={"tensors": len(state)})
+    extra: dict[str, Any] = {"tensors": len(state)}
+    if arch and num_classes:
+        from ..compress.sources import build_model
+        from ..compress.structured import structure_spec
+
+        try:
+            reference = build_model(arch, num_classes)
+        except EdgeslimError:  # an arch this edgeslim cannot rebuild: nothing to compare the widths with
+            reference = None
+        if reference is not None:
+            spec = structure_spec(model, reference=reference)
+            if spec["modules"]:
+                extra["structure"] = spec
+    return ModelFile(format="torch", precision="fp32", path=Path(path).name, extra=extra)
 
 
 def _zeros_summary(layers: dict[str, tuple[int, int]]) -> dict[str, Any]:
@@ -409,7 +423,7 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             kept = _copy_existing(existing, tmp, names, precisions)
             ctx.written.extend(kept)
         if not any(m.format == "torch" for m in kept):
-            ctx.written.extend(ctx.attempt("torch", "fp32", lambda: [write_torch_weights(model, tmp / TORCH_WEIGHTS)]))
+            ctx.written.extend(ctx.attempt("torch", "fp32", lambda: [write_torch_weights(model, tmp / TORCH_WEIGHTS, arch=manifest.arch, num_classes=num_classes)]))
         _run_exporters(ctx, names)
 
         m = manifest.model_copy(deep=True)
@@ -528,7 +542,9 @@ def export_existing(
         from ..compress.sources import build_model
     except ImportError as exc:
         raise ArtifactError(f"re-export needs edgeslim.compress.sources.build_model ({exc})") from exc
-    model = build_model(old.arch, len(old.classes))
+    from ..compress.structured import rebuild_model
+
+    model = rebuild_model(old.arch, len(old.classes), weights.extra.get("structure"))
     model.load_state_dict(load_file(str(src / weights.path)))
     manifest = old.model_copy(update={"models": [], "files": {}})
     return _export(

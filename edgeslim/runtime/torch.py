@@ -20,7 +20,7 @@ from ..errors import BackendError, ConfigError, require
 from ..registry import did_you_mean
 from .base import BACKENDS, Backend, TensorSpec
 
-_EXTRA_KEYS = ("arch", "num_classes", "input_shape", "input_name", "output_name")
+_EXTRA_KEYS = ("arch", "num_classes", "structure", "input_shape", "input_name", "output_name")
 
 
 def build_model(arch: str, num_classes: int) -> Any:
@@ -60,6 +60,7 @@ class TorchBackend(Backend):
         return {
             "arch": manifest.arch,
             "num_classes": len(manifest.classes),
+            "structure": (model_file.extra or {}).get("structure"),
             "input_shape": list(manifest.input.shape),
             "input_name": manifest.input.name,
             "output_name": manifest.outputs[0].name if manifest.outputs else "logits",
@@ -90,7 +91,12 @@ class TorchBackend(Backend):
             # Process-wide in PyTorch: there is no per-model intra-op pool.
             torch.set_num_threads(self.options.threads)
 
-        model = build_model(arch, num_classes)
+        if extra.get("structure"):
+            from ..compress.structured import rebuild_model
+
+            model = rebuild_model(arch, num_classes, extra["structure"])
+        else:
+            model = build_model(arch, num_classes)
         try:
             state = st.load_file(str(self.path), device="cpu")
         except Exception as exc:

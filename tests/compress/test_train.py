@@ -309,3 +309,29 @@ def test_critical_recall_selection_ignores_epochs_over_the_fpr_budget():
     assert k_sane > k_degen
     # without a budget the degenerate epoch wins: the budget is what prevents it
     assert _selection_key("critical_recall", evaluate(everything_crit, labels, classes, [2]), 1.0) > k_sane
+
+
+def test_rank_warmup_and_fpr_budget_run_inside_compress(digits, tmp_path):
+    """The ranking term is off in each round's warm-up epoch and the FPR budget adapts gamma across rounds."""
+    import json
+
+    from edgeslim.compress.train import compress
+    from edgeslim.recipe import parse_recipe
+    from edgeslim.testing import TinyNet
+
+    recipe = parse_recipe({
+        "model": {"source": "tiny"}, "data": {"critical": [8], "batch_size": 64},
+        "train": {"epochs": 2, "lr": 0.01, "optimizer": "adamw", "threads": 1},
+        "loss": {"lambda": 1.0, "gamma": 4.0, "rank_warmup_epochs": 1, "fpr_budget": 0.05},
+        "prune": {"rounds": 1, "rate": 0.5},
+    })
+    torch.manual_seed(0)
+    res = compress(TinyNet(10), digits, recipe, run_dir=tmp_path, progress=False)
+    by_epoch = {(h["round"], h["epoch"]): h for h in res.history}
+    rounds = sorted({r for r, _ in by_epoch})
+    for r in rounds:  # warm-up epoch: no ranking term; afterwards it is live
+        assert by_epoch[(r, 1)]["rank"] == 0.0
+        assert by_epoch[(r, 2)]["rank"] > 0.0
+    traj = json.loads((tmp_path / "compress" / "gamma_budget.json").read_text())
+    records = traj["trajectory"] if isinstance(traj, dict) else traj
+    assert records and all(1.0 <= r["next_gamma"] <= 4.0 for r in records)
