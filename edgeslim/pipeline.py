@@ -70,8 +70,14 @@ def run_pipeline(
         out_dir: output directory; ``out_dir/run`` holds resumable checkpoints.
         resume: continue a killed run from its last checkpoint instead of starting over.
         stages: a subset of ``("compress", "export", "profile")``.
+
+    Under ``torchrun --nproc_per_node N`` (see :mod:`edgeslim.compress.distributed`) every process runs this same
+    call: training is data-parallel, and only rank 0 writes checkpoints, artifacts and reports, calibrates,
+    exports and profiles; the other ranks wait for it and return a result without artifacts.
     """
     import torch
+
+    from .compress import distributed as dist
 
     from .compress.data import load_data_from_recipe
     from .compress.pruning import count_params_macs
@@ -89,10 +95,14 @@ def run_pipeline(
             f"{run_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
             f"or choose another --out (or delete {run_dir})"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "recipe.yaml", recipe.to_yaml())
+    dist.init_from_env()
+    dist.barrier()  # every rank has checked run_dir before rank 0 starts writing into out_dir
+    with dist.main_writes() as writer:
+        if writer:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / "recipe.yaml", recipe.to_yaml())
     result = PipelineResult(out_dir=out_dir, recipe=recipe)
-    say = console.print if console is not None else (lambda *a, **k: None)
+    say = console.print if console is not None and dist.is_main() else (lambda *a, **k: None)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
 
@@ -141,6 +151,22 @@ def run_pipeline(
     else:
         formats = list(recipe.export.formats)
 
+    if not dist.is_main():
+        # rank 0 alone calibrates, exports, profiles and writes the reports; wait for it, then leave the group
+        dist.barrier()
+        dist.shutdown()
+        result.seconds["total"] = time.perf_counter() - t0
+        return result
+    try:
+        _finish_on_main(result, recipe, data, variants, base, formats, stages, out_dir, progress, say, t0)
+    finally:
+        dist.barrier()
+        dist.shutdown()
+    return result
+
+
+def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_dir, progress, say, t0) -> None:
+    """Calibrate, export, profile and write the reports (the single process, or rank 0 under torchrun)."""
     from .export import export_artifact
 
     thresholds: dict[str, dict[str, float]] = {}
@@ -195,7 +221,6 @@ def run_pipeline(
         result.seconds["profile"] = time.perf_counter() - t2
     result.seconds["total"] = time.perf_counter() - t0
     write_pipeline_report(result)
-    return result
 
 
 def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float]]:
@@ -337,6 +362,10 @@ def print_summary(result: PipelineResult, *, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .compress import distributed as dist
+
+    if not dist.is_main():  # under torchrun only rank 0 has the artifacts and prints
+        return
     console = console or Console()
     rows = summary_rows(result)
     head, backends = _summary_header(rows)

@@ -195,17 +195,44 @@ class DataBundle:
             raise ConfigError(f"unknown split '{split}'.{did_you_mean(split, SPLITS)} Splits: {', '.join(SPLITS)}")
         return getattr(self, split)
 
-    def loader(self, split: str, *, batch_size: int, shuffle: bool = False, seed: int = 0) -> "DataLoader":
-        """A DataLoader over one split; shuffling is seeded so runs repeat."""
+    def loader(
+        self, split: str, *, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+        distributed: bool = False,
+    ) -> "DataLoader":
+        """A DataLoader over one split; shuffling is seeded so runs repeat.
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+            batch_size: samples per batch (per rank when ``distributed``).
+            shuffle: draw a random order from ``seed + epoch``.
+            seed: the shuffle seed.
+            epoch: added to ``seed`` (``DistributedSampler.set_epoch``), so each epoch has its own order.
+            distributed: inside a torch.distributed process group, give this rank its shard through a
+                ``DistributedSampler`` (``drop_last=False``: the last samples are repeated to even out the
+                shards). The shuffled global order is the single-process order for the same ``seed + epoch``,
+                and rank ``r`` takes positions ``r, r + W, ...`` of it, so the ranks' step-``k`` batches together
+                are the single-process step-``k`` batch of ``W * batch_size``. Ignored for a single process.
+        """
         import torch
         from torch.utils.data import DataLoader
 
+        from . import distributed as dist
+
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        dataset = self._split(split)
+        if distributed and dist.is_distributed():
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(
+                dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=shuffle, seed=seed,
+                drop_last=False,
+            )
+            sampler.set_epoch(epoch)
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers)
+        generator = torch.Generator().manual_seed(seed + epoch) if shuffle else None
         return DataLoader(
-            self._split(split), batch_size=batch_size, shuffle=shuffle, generator=generator,
-            num_workers=self.num_workers,
+            dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers,
         )
 
     def labels(self, split: str) -> np.ndarray:

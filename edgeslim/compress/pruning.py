@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_bytes
+from .distributed import sync_masks
 from ..errors import ConfigError, TrainingError
 from ..registry import Registry
 
@@ -70,8 +71,18 @@ def _to_bytes(obj: Any) -> bytes:
 
 
 def save_checkpoint(path: str | Path, obj: Any) -> Path:
-    """``torch.save`` through an atomic write (temp file + rename), so a crash never leaves half a checkpoint."""
-    return atomic_write_bytes(path, _to_bytes(obj))
+    """``torch.save`` through an atomic write (temp file + rename), so a crash never leaves half a checkpoint.
+
+    Under torch.distributed only rank 0 writes; every rank waits at a barrier until the file is in place, so all
+    of them can read it right after (the directory must be shared between nodes).
+    """
+    from . import distributed as dist
+
+    path = Path(path)
+    with dist.main_writes() as writer:
+        if writer:
+            atomic_write_bytes(path, _to_bytes(obj))
+    return path
 
 
 def load_checkpoint(path: str | Path) -> Any:
@@ -658,6 +669,7 @@ def lottery_ticket(ctx: PruneContext) -> PruneResult:
         if final:
             break
         masks.prune(model, p.rate, scope=p.scope, score=p.score, reference_state=w0)
+        sync_masks(masks, model)  # under torchrun: rank 0's masks on every rank
         if late is not None:
             if not rewind_path.is_file():
                 raise TrainingError(
@@ -743,6 +755,7 @@ def train_dense_then_pruned(
         rounds.append(_round_summary(r, gamma, t.epochs, ctx.make_masks(model), res))
         dense_model = copy.deepcopy(model)
     model, masks, info = prune(model, masks)
+    sync_masks(masks, model)  # under torchrun: rank 0's masks on every rank
     r += 1
     epochs = t.final_epochs if t.final_epochs is not None else t.epochs
     hook = on_step_end(masks) if on_step_end is not None else None

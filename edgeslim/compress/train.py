@@ -25,6 +25,7 @@ from torch import nn
 
 from .._io import atomic_write_json
 from ..errors import ConfigError, DataError, TrainingError
+from . import distributed as dist
 from .metrics import ClassificationMetrics, evaluate, predict_logits
 from .pruning import (
     PRUNERS,
@@ -75,6 +76,8 @@ def _device(name: str) -> torch.device:
         raise ConfigError(f"train.device '{name}' is not a device; use 'cpu' or 'cuda' / 'cuda:0'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"train.device is '{name}' but CUDA is not available here; set train.device: cpu")
+    if dev.type == "cuda" and dev.index is None and dist.is_distributed():
+        dev = torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU (LOCAL_RANK)
     return dev
 
 
@@ -154,8 +157,27 @@ def _has_split(data: Any, split: str) -> bool:
 
 
 def _evaluate_split(model: nn.Module, data: Any, split: str, batch_size: int, device: torch.device):
+    if dist.is_distributed():
+        # each rank predicts its shard; the all-gathered logits are in dataset order, so the metrics (and the
+        # checkpoint selection made from them) equal a single-process evaluation and agree on every rank
+        n = len(data.labels(split))
+        loader = data.loader(split, batch_size=batch_size, shuffle=False, distributed=True)
+        logits, labels = predict_logits(model, loader, device=str(device))
+        logits, labels = dist.gather_ordered(logits, n), dist.gather_ordered(labels, n)
+        return evaluate(logits, labels, data.classes, data.critical)
     logits, labels = predict_logits(model, data.loader(split, batch_size=batch_size, shuffle=False), device=str(device))
     return evaluate(logits, labels, data.classes, data.critical)
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    # DDP syncs buffers (BatchNorm running statistics) from rank 0 at the START of each forward, so after the last
+    # step every rank holds its own update; evaluation, selection and checkpoints must all see rank 0's
+    if dist.is_distributed():
+        import torch.distributed as tdist
+
+        with torch.no_grad():
+            for b in model.buffers():
+                tdist.broadcast(b.data, src=0)
 
 
 def _freeze_frozen_norms(model: nn.Module) -> None:
@@ -238,6 +260,14 @@ def fine_tune(
     if resume and run_dir is None:
         raise ConfigError("resume=True needs run_dir (where the checkpoint of the interrupted run is)")
     device = _device(cfg.device)
+    world = dist.world_size()
+    if batch_size % world:
+        raise ConfigError(
+            f"batch_size {batch_size} is the global batch and must split evenly over {world} processes; use a"
+            f" multiple of {world} (e.g. {batch_size - batch_size % world or world})"
+        )
+    rank_batch = batch_size // world
+    progress = progress and dist.is_main()
     has_val = _has_split(data, "val")
     if select != "last" and not has_val:
         log.warning("no validation samples: keeping the last epoch instead of selecting by %s", select)
@@ -286,6 +316,12 @@ def fine_tune(
 
     if masks is not None:
         masks.attach(model, optimizer)
+    net: nn.Module = model  # what the training steps call: the DDP wrapper under torchrun
+    if dist.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        # wraps the same parameters (the mask hooks stay attached); construction broadcasts rank 0's weights
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -305,7 +341,12 @@ def fine_tune(
                 t0 = time.perf_counter()
                 model.train()
                 _freeze_frozen_norms(model)
-                loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=_epoch_seed(seed, epoch))
+                if world > 1:
+                    # seed + epoch = the single-process seed of this epoch: same global order, sharded over ranks
+                    loader = data.loader("train", batch_size=rank_batch, shuffle=True, seed=_epoch_seed(seed, 0),
+                                         epoch=epoch, distributed=True)
+                else:
+                    loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=_epoch_seed(seed, epoch))
                 bar.update(task, description=f"{tag} epoch {epoch}/{n_epochs}", total=len(loader), completed=0)
                 sums = {"loss": 0.0, "wce": 0.0, "rank": 0.0}
                 seen = 0
@@ -313,7 +354,7 @@ def fine_tune(
                 for x, y in loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(x), y)
+                    loss = loss_fn(net(x), y)
                     if not torch.isfinite(loss):
                         raise TrainingError(
                             f"{tag}: the loss became {loss.detach().item()} in epoch {epoch}; lower train.lr"
@@ -337,6 +378,15 @@ def fine_tune(
                         sums["wce"] += parts.get("wce", 0.0) * n
                         sums["rank"] += parts.get("rank", 0.0) * n
                     bar.advance(task)
+                if world > 1:
+                    totals = dist.all_reduce_sum(
+                        torch.tensor([sums["loss"], sums["wce"], sums["rank"], float(seen), float(parts_seen)])
+                    )
+                    sums = {"loss": float(totals[0]), "wce": float(totals[1]), "rank": float(totals[2])}
+                    seen, parts_seen = int(totals[3]), bool(totals[4])
+                    _broadcast_buffers(model)
+                    if masks is not None:
+                        dist.sync_masks(masks, model)  # a per-step schedule (gradual) may have changed them
                 if seen == 0:
                     raise DataError("the train split yielded no samples")
                 vm = _evaluate_split(model, data, "val", batch_size, device) if has_val else None
@@ -484,6 +534,12 @@ def compress(
     sections; checkpoints go to ``run_dir/compress`` (removed first unless ``resume``). With ``resume=True`` an
     interrupted run continues: finished rounds are not repeated and the current one resumes from its last epoch.
 
+    Under ``torchrun`` (see :mod:`edgeslim.compress.distributed`) the process group is joined from the environment,
+    training runs data-parallel with ``recipe.data.batch_size`` as the global batch, pruning masks are rank 0's on
+    every rank, metrics are those of the whole split, and only rank 0 writes to ``run_dir``. ``data`` must be the
+    same on every rank (each loads the full bundle, so the class counts the loss weights use are those of the full
+    training split; this is checked).
+
     Raises:
         UnknownNameError: the pruning method is not registered.
         TrainingError: ``resume`` was asked for a ``run_dir`` holding a run of a different recipe.
@@ -493,6 +549,10 @@ def compress(
     n_classes = len(data.classes)
     if n_classes < 2:
         raise DataError(f"the data has {n_classes} class(es); classification needs at least 2")
+    dist.init_from_env()
+    if dist.is_distributed():
+        sizes = {s: len(data.labels(s)) if _has_split(data, s) else 0 for s in ("train", "val", "test")}
+        dist.check_same((list(data.class_counts), list(data.critical), sizes), "the data (class counts, splits)")
     work = Path(run_dir) / "compress"
     marker = work / "recipe.json"
     digest = _compress_digest(recipe)
@@ -505,10 +565,13 @@ def compress(
                 f"{work} holds a run of a different recipe (its model/data/loss/train/prune differ); resume with the"
                 " same recipe, pick another run_dir, or pass resume=False to start over"
             )
-    elif not resume and work.exists():
-        shutil.rmtree(work)  # only our own namespace: stale rounds must never be picked up by a later resume
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"digest": digest, "recipe": recipe.to_dict()})
+    dist.barrier()  # every rank has read the old marker before rank 0 replaces it
+    with dist.main_writes() as writer:
+        if writer:
+            if not resume and work.exists():
+                shutil.rmtree(work)  # only our own namespace: stale rounds must never be picked up by a resume
+            work.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(marker, {"digest": digest, "recipe": recipe.to_dict()})
 
     ctx = PruneContext(model=model, data=data, recipe=recipe, run_dir=work, resume=resume, progress=progress)
     res = pruner(ctx)
@@ -543,6 +606,8 @@ def compress(
         size=size,
         info=res.info,
     )
-    atomic_write_json(work / "summary.json", result.to_dict())
+    with dist.main_writes() as writer:
+        if writer:
+            atomic_write_json(work / "summary.json", result.to_dict())
     return result
 
