@@ -218,11 +218,52 @@ _PRUNE_ALIASES = {
 }
 
 
+QUANTIZE_METHODS = ("none", "ptq", "qat", "accuracy_aware")
+
+
 class QuantizeSection(_Section):
-    method: Literal["none", "ptq"] = "ptq"
-    calibration_size: int = Field(default=300, gt=0)
+    """INT8 quantization with NNCF (see :mod:`edgeslim.compress.quantize` and :mod:`edgeslim.compress.qat`).
+
+    - ``ptq``: post-training quantization of the exported FP32 graph, calibrated on ``calibration_size`` training
+      samples; ``preset``, ``ignored_scope``, ``fast_bias_correction`` and ``model_type`` go to ``nncf.quantize``.
+    - ``qat``: quantization-aware training: fake-quant is inserted into the torch model (calibrated like PTQ) and the
+      model is fine-tuned ``qat_epochs`` with the recipe's loss (masks kept: pruned weights stay zero), then
+      exported to an ONNX with QuantizeLinear/DequantizeLinear pairs and an INT8 OpenVINO IR.
+    - ``accuracy_aware``: PTQ, then layers are reverted to FP32 (NNCF's accuracy control, most harmful first) until
+      the val top-1 drop is at most ``max_drop`` and the val critical FN at most FP32's + ``max_extra_critical_fn``.
+    """
+
+    method: str = "ptq"
+    calibration_size: int = Field(default=300, gt=0, description="training samples NNCF calibrates on")
     preset: Literal["performance", "mixed"] = "performance"
     ignored_scope: list[str] = Field(default_factory=list, description="node names (regex) left in FP32")
+    fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (False: the full one)")
+    model_type: Literal["cnn", "transformer"] = Field(default="cnn", description="transformer: NNCF's transformer scheme")
+    qat_epochs: int = Field(default=1, ge=0, description="qat: fine-tuning epochs with fake-quant")
+    qat_lr: float | None = Field(default=None, gt=0, description="qat: learning rate (default: train.lr / 10)")
+    max_drop: float = Field(default=0.01, ge=0, lt=1, description="accuracy_aware: max absolute val top-1 drop")
+    max_extra_critical_fn: int = Field(
+        default=0, ge=0, description="accuracy_aware: val critical FN allowed above the FP32 model's"
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in QUANTIZE_METHODS:
+            raise ValueError(
+                f"unknown quantize method '{v}'.{did_you_mean(v, QUANTIZE_METHODS)} Valid: {', '.join(QUANTIZE_METHODS)}"
+            )
+        return v
+
+
+class DistillSection(_Section):
+    """Knowledge distillation from the dense model: ``loss = task + weight * T^2 * KL(teacher_T || student_T)``.
+
+    The teacher is the dense fine-tuned model (round 1 / the source fine-tuned); ``weight = 0`` turns it off.
+    """
+
+    weight: float = Field(default=0.0, ge=0, description="weight of the KD term (0: off)")
+    temperature: float = Field(default=4.0, gt=0, description="softmax temperature of teacher and student")
 
 
 class ExportSection(_Section):
@@ -276,6 +317,7 @@ class Recipe(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     prune: PruneSection = Field(default_factory=PruneSection)
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
     export: ExportSection = Field(default_factory=ExportSection)
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
     decision: DecisionSection = Field(default_factory=DecisionSection)
