@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import weakref
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
@@ -28,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx
     import openvino as ov
 
-__all__ = ["calibration_batches", "ptq_onnx", "ptq_openvino"]
+__all__ = ["Int8Plan", "accuracy_aware_onnx", "accuracy_aware_openvino", "attach_int8_plan", "calibration_batches",
+           "int8_plan", "ptq_onnx", "ptq_openvino"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -151,7 +154,10 @@ def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, *, per_tensor_
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-    kwargs: dict[str, Any] = {"subset_size": max(1, min(cfg.calibration_size, n_samples)), "preset": presets[cfg.preset]}
+    kwargs: dict[str, Any] = {"subset_size": max(1, min(cfg.calibration_size, n_samples)), "preset": presets[cfg.preset],
+                              "fast_bias_correction": cfg.fast_bias_correction}
+    if cfg.model_type == "transformer":
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if cfg.ignored_scope:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(cfg.ignored_scope))
     if per_tensor_activations:
@@ -173,7 +179,9 @@ def _node_names(model: Any) -> list[str]:
 def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: QuantizeSection, *, what: str,
               per_tensor_activations: bool, verbose: bool) -> Any:
     if cfg.method == "none":
-        raise ConfigError("quantize.method is 'none'; set it to 'ptq' to produce INT8 models, or drop 'int8'")
+        raise ConfigError(
+            "quantize.method is 'none'; set it to 'ptq', 'qat' or 'accuracy_aware' to produce INT8 models, or drop 'int8'"
+        )
     try:
         import nncf
     except ImportError as exc:  # pragma: no cover - nncf is a hard dependency
@@ -235,3 +243,201 @@ def ptq_openvino(model: "ov.Model", calibration: Iterable[np.ndarray], cfg: Quan
     if len(model.inputs) != 1:
         raise TrainingError(f"ptq_openvino supports single-input models; this one has {len(model.inputs)} inputs")
     return _run_nncf(model, samples, None, cfg, what="OpenVINO", per_tensor_activations=False, verbose=verbose)
+
+
+# -- what the exporters need beyond the FP32 model: the QAT model, the val split for accuracy control -----------------
+
+_PLANS: "weakref.WeakKeyDictionary[Any, Int8Plan]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Int8Plan:
+    """How the INT8 files of a model are made, when it is not plain PTQ.
+
+    Attributes:
+        qat_model: the fine-tuned NNCF model with fake-quant (``quantize.method: qat``).
+        validation: ``(inputs, labels)`` of the val split, float32 NCHW and int (``accuracy_aware``); never the
+            test split the export is judged on.
+        critical: the critical class indices whose FN the accuracy control bounds.
+    """
+
+    qat_model: Any = None
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    critical: list[int] = field(default_factory=list)
+
+
+def attach_int8_plan(model: Any, plan: Int8Plan) -> None:
+    """Tell the exporters how to make ``model``'s INT8 files (held by a weak reference to ``model``)."""
+    _PLANS[model] = plan
+
+
+def int8_plan(model: Any) -> Int8Plan | None:
+    """The plan attached to ``model`` by :func:`attach_int8_plan`, or ``None``."""
+    try:
+        return _PLANS.get(model)
+    except TypeError:  # not weak-referenceable: nothing can have been attached
+        return None
+
+
+# -- accuracy-aware INT8 --------------------------------------------------------------------------------------------
+
+#: metric penalty per critical FN over the budget; larger than any top-1 difference, so one extra FN always fails
+FN_PENALTY = 1.0
+
+
+def _critical_fn(pred: np.ndarray, labels: np.ndarray, critical: list[int]) -> int:
+    return int(sum(int(((labels == c) & (pred != c)).sum()) for c in critical))
+
+
+def _infer_fn(model: Any) -> Any:
+    """``f(x) -> logits`` running an ``onnx.ModelProto`` in onnxruntime CPU or an ``ov.Model`` on the OpenVINO CPU."""
+    if hasattr(model, "graph"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})[0]
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU")
+    return lambda x: compiled(x)[0]
+
+
+def _predict(model: Any, xs: np.ndarray, batch: int = 1) -> np.ndarray:
+    f = _infer_fn(model)
+    # batch 1 works for models exported with a fixed batch too
+    return np.concatenate([np.asarray(f(np.ascontiguousarray(xs[i : i + batch]))) for i in range(0, len(xs), batch)])
+
+
+def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, validation: tuple[np.ndarray, np.ndarray],
+                    critical: list[int], cfg: QuantizeSection, *, what: str, per_tensor_activations: bool,
+                    verbose: bool) -> tuple[Any, dict[str, Any]]:
+    import nncf
+
+    xs, ys = np.asarray(validation[0], dtype=np.float32), np.asarray(validation[1]).astype(np.int64)
+    if xs.ndim != 4 or len(xs) == 0 or ys.shape != (len(xs),):
+        raise TrainingError(
+            f"accuracy-aware INT8 needs a non-empty val split (inputs NCHW, one label each); got inputs"
+            f" {list(xs.shape)}, labels {list(ys.shape)}. Set data.val_fraction > 0"
+        )
+    fp32_pred = _predict(model, xs).argmax(1)
+    fp32_top1 = float((fp32_pred == ys).mean())
+    fp32_fn = _critical_fn(fp32_pred, ys, critical)
+    budget = fp32_fn + cfg.max_extra_critical_fn
+    seen: list[dict[str, Any]] = []
+
+    def validate(m: Any, items: Iterable[Any]) -> float:
+        items = list(items)
+        x = np.concatenate([i[0] for i in items])
+        y = np.asarray([i[1] for i in items])
+        pred = _predict(m, x).argmax(1)
+        top1 = float((pred == y).mean())
+        fn = _critical_fn(pred, y, critical)
+        # one number for NNCF's drop test: top-1, minus FN_PENALTY per critical FN over the budget, so "drop <=
+        # max_drop" holds only when both the top-1 drop and the FN budget hold (full val split only: NNCF also
+        # validates subsets while ranking, where the FN budget does not apply)
+        over = max(0, fn - budget) if len(y) == len(ys) else 0
+        seen.append({"top1": top1, "critical_fn": fn, "samples": len(y)})
+        return top1 - FN_PENALTY * over
+
+    kwargs = _nncf_kwargs(nncf, cfg, len(samples), per_tensor_activations=per_tensor_activations)
+    if per_tensor_activations:
+        kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
+    val_items = [(xs[i : i + 1], int(ys[i])) for i in range(len(xs))]
+    logs: list[str] = []
+    handler = _ListHandler(logs)
+    logger = logging.getLogger("nncf")
+    old_handlers, old_level = list(logger.handlers), logger.level
+    try:
+        # NNCF reports the reverted layers only in its log; capture it (and keep it off the console)
+        for h in old_handlers:
+            logger.removeHandler(h)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
+            quantized = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(samples, transform), nncf.Dataset(val_items, lambda item: transform(item[0])
+                                                                      if transform else item[0]),
+                validate, max_drop=cfg.max_drop, drop_type=nncf.DropType.ABSOLUTE, **kwargs,
+            )
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        raise TrainingError(f"NNCF accuracy-aware quantization of the {what} model failed: {message}") from exc
+    finally:
+        logger.removeHandler(handler)
+        for h in old_handlers:
+            logger.addHandler(h)
+        logger.setLevel(old_level)
+    q_pred = _predict(quantized, xs).argmax(1)
+    report = {
+        "quantizer": "nncf.accuracy_control",
+        "split": "val",
+        "val_samples": len(xs),
+        "max_drop": cfg.max_drop,
+        "max_extra_critical_fn": cfg.max_extra_critical_fn,
+        "fp32": {"top1": fp32_top1, "critical_fn": fp32_fn},
+        "int8": {"top1": float((q_pred == ys).mean()), "critical_fn": _critical_fn(q_pred, ys, critical)},
+        "reverted_to_fp32": _reverted(logs),
+        "why": (f"reverted (most harmful first, NNCF ranking) until val top-1 drop <= {cfg.max_drop} and val critical"
+                f" FN <= {budget} (FP32's {fp32_fn} + {cfg.max_extra_critical_fn})"),
+        "reached": next((ln for ln in logs if ln.startswith("Algorithm completed") or "could not achieve" in ln), None),
+        "validations": len(seen),
+    }
+    report["within_budget"] = (report["int8"]["critical_fn"] <= budget
+                               and fp32_top1 - report["int8"]["top1"] <= cfg.max_drop + 1e-9)
+    return quantized, report
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(record.getMessage())
+
+
+def _reverted(logs: list[str]) -> list[str]:
+    """Operation names from NNCF's "Reverted N operations to the floating-point precision" log lines, in order."""
+    names: list[str] = []
+    for ln in logs:
+        if ln.startswith("Reverted ") and "floating-point" in ln:
+            names += [n.strip() for n in ln.splitlines()[1:] if n.strip()]
+    return list(dict.fromkeys(names))
+
+
+def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray],
+                        validation: tuple[np.ndarray, np.ndarray], critical: list[int],
+                        cfg: QuantizeSection | None = None, *, verbose: bool = False
+                        ) -> tuple["onnx.ModelProto", dict[str, Any]]:
+    """PTQ INT8 (Q/DQ) with layers reverted to FP32 until the val top-1 drop and critical-FN budget hold.
+
+    Args:
+        model: the FP32 ONNX model.
+        calibration: float32 NCHW training batches.
+        validation: ``(inputs, labels)`` of the val split.
+        critical: critical class indices.
+        cfg: ``max_drop`` (absolute top-1), ``max_extra_critical_fn`` (k) and the PTQ options.
+
+    Returns:
+        ``(model, report)``; ``report["reverted_to_fp32"]`` names the layers kept in FP32, ``report["why"]`` the
+        budget, ``report["within_budget"]`` whether it was met on val.
+    """
+    cfg = cfg or QuantizeSection(method="accuracy_aware")
+    samples = _samples(calibration, cfg.calibration_size)
+    name = model.graph.input[0].name
+    return _accuracy_aware(model, samples, lambda x: {name: x}, validation, list(critical), cfg, what="ONNX",
+                           per_tensor_activations=True, verbose=verbose)
+
+
+def accuracy_aware_openvino(model: "ov.Model", calibration: Iterable[np.ndarray],
+                            validation: tuple[np.ndarray, np.ndarray], critical: list[int],
+                            cfg: QuantizeSection | None = None, *, verbose: bool = False
+                            ) -> tuple["ov.Model", dict[str, Any]]:
+    """The OpenVINO counterpart of :func:`accuracy_aware_onnx` (FakeQuantize nodes; reverted layers stay FP32)."""
+    cfg = cfg or QuantizeSection(method="accuracy_aware")
+    samples = _samples(calibration, cfg.calibration_size)
+    return _accuracy_aware(model, samples, None, validation, list(critical), cfg, what="OpenVINO",
+                           per_tensor_activations=False, verbose=verbose)
