@@ -117,7 +117,10 @@ def run_pipeline(
         + ", ".join(f"{k} {sum(v.values())}" for k, v in data.info.get("split_sizes", {}).items())
         + f"; critical {[data.classes[c] for c in data.critical]}; training class counts {data.class_counts}"
     )
+    _check_quantize_request(model, data, recipe)
     res = compress(model, data, recipe, run_dir=run_dir, resume=resume, progress=progress)
+    if recipe.quantize.method == "qat":
+        _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
     result.seconds["compress"] = time.perf_counter() - t0
     c, h, w = next(iter(data.loader("test", batch_size=1)))[0].shape[1:]
     input_shape = (1, int(c), int(h), int(w))
@@ -174,12 +177,19 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
         thresholds = _calibrate(variants, data, recipe, say)
 
     t1 = time.perf_counter()
-    calib = _calibration_batches(data, recipe.quantize.calibration_size) if recipe.quantize.method == "ptq" else None
+    int8 = recipe.quantize.method != "none"
+    calib = _calibration_batches(data, recipe.quantize.calibration_size) if int8 else None
+    if recipe.quantize.method == "accuracy_aware":
+        from .compress.quantize import Int8Plan, attach_int8_plan
+
+        # the accuracy control judges layers on the val split; the test split stays for the final numbers
+        attach_int8_plan(variants["compressed"][0], Int8Plan(validation=_split_arrays(data, "val"),
+                                                             critical=list(data.critical)))
     test_x, test_y = _split_arrays(data, "test")
     for key, (m, metrics, table) in variants.items():
         if key == "dense" and "profile" not in stages and not formats:
             continue
-        precisions = ["fp32"] + (["int8"] if key == "compressed" and recipe.quantize.method == "ptq" else [])
+        precisions = ["fp32"] + (["int8"] if key == "compressed" and int8 else [])
         manifest = Manifest(
             name=f"{recipe.name}-{key}",
             thresholds=thresholds.get(key, {}),
@@ -217,10 +227,53 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
                 path, backends=p.backends, cfg=cfg, threads=p.threads, progress=progress, data=(test_x, test_y)
             ):
                 entry["artifact"] = key
+                entry["variant"] = key
+                entry["model"] = {**entry["model"], "path": f"{key}/{entry['model']['path']}"}
                 result.profile.append(entry)
         result.seconds["profile"] = time.perf_counter() - t2
     result.seconds["total"] = time.perf_counter() - t0
     write_pipeline_report(result)
+
+
+def _check_quantize_request(model, data, recipe: Recipe) -> None:
+    """Refuse, before any training, a QAT request NNCF cannot serve and distillation outside QAT."""
+    if recipe.distill.weight > 0 and recipe.quantize.method != "qat":
+        raise ConfigError(
+            f"distill.weight = {recipe.distill.weight} but quantize.method is '{recipe.quantize.method}': distillation"
+            " from the dense model runs in the QAT fine-tuning; set quantize.method: qat or distill.weight: 0"
+        )
+    if recipe.quantize.method == "qat":
+        from .compress.pruning import example_shape
+        from .compress.qat import check_qat_traceable
+
+        if recipe.distill.weight > 0 and recipe.train.epochs == 0:
+            raise ConfigError("distillation needs the dense model as teacher: set train.epochs > 0 (the dense round)")
+        check_qat_traceable(model, example_shape(data), recipe.quantize)
+
+
+def _quantize_aware(res, data, recipe: Recipe, run_dir: Path, *, resume: bool, progress: bool, say) -> None:
+    """QAT of the compressed model (masks kept); ``res`` then holds its FP32 weights with the QAT model attached."""
+    from .compress.qat import quantize_aware_train
+    from .compress.quantize import Int8Plan, attach_int8_plan
+    from .compress.train import _evaluate_split
+
+    say(f"quantization-aware training: {recipe.quantize.qat_epochs} epoch(s)"
+        + (f", distilling from the dense model (weight {recipe.distill.weight})" if recipe.distill.weight > 0 else ""))
+    calib = _calibration_batches(data, recipe.quantize.calibration_size)
+    q = quantize_aware_train(res.model, data, recipe, run_dir=Path(run_dir) / "qat", calibration=calib,
+                             masks=res.masks, teacher=res.dense_model if recipe.distill.weight > 0 else None,
+                             resume=resume, progress=progress)
+    attach_int8_plan(q.fp32_model, Int8Plan(qat_model=q.model))
+    res.model = q.fp32_model
+    res.metrics = _evaluate_split(q.fp32_model, data, "test", recipe.data.batch_size, _torch_device(recipe))
+    res.history = list(res.history) + q.history
+    res.info = {**res.info, "qat": q.info}
+
+
+def _torch_device(recipe: Recipe):
+    from .compress.train import _device
+
+    return _device(recipe.train.device)
 
 
 def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float]]:
@@ -263,7 +316,7 @@ def summary_rows(result: PipelineResult) -> list[dict[str, Any]]:
         for mf in manifest.models:
             if mf.format == "torch":
                 continue
-            entries = [e for e in result.profile if e.get("artifact") == key and e["model"]["path"] == mf.path]
+            entries = [e for e in result.profile if e["model"]["path"] == f"{key}/{mf.path}"]
             ok = [e for e in entries if e.get("status") == "ok"]
             acc = next((e["accuracy"] for e in ok if isinstance(e.get("accuracy"), dict) and "accuracy" in e["accuracy"]), None)
             src = acc or m

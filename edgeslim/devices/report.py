@@ -182,7 +182,9 @@ def per_class_recall(acc: Mapping[str, Any], classes: Sequence[str]) -> list[flo
 
 def _entry_label(e: Mapping[str, Any]) -> str:
     m = e.get("model") or {}
-    return f"{m.get('precision', '?')} {e.get('backend', {}).get('name', '?')}"
+    label = f"{m.get('precision', '?')} {e.get('backend', {}).get('name', '?')}"
+    # entries of several artifacts in one report (the pipeline's dense and compressed) carry their variant
+    return f"{e['variant']} {label}" if e.get("variant") else label
 
 
 def _dev(report: Mapping[str, Any]) -> str:
