@@ -290,7 +290,17 @@ def _critical_fn(pred: np.ndarray, labels: np.ndarray, critical: list[int]) -> i
 
 
 def _infer_fn(model: Any) -> Any:
-    """``f(x) -> logits`` running an ``onnx.ModelProto`` in onnxruntime CPU or an ``ov.Model`` on the OpenVINO CPU."""
+    """``f(x) -> logits`` running an ``onnx.ModelProto`` in onnxruntime CPU or an ``ov.Model`` on the OpenVINO CPU.
+
+    NNCF's accuracy control hands validation functions what its backend runs: an OpenVINO ``CompiledModel`` or an
+    onnxruntime ``InferenceSession``; both are accepted as they are.
+    """
+    kind = type(model).__name__
+    if kind == "CompiledModel":
+        return lambda x: model(x)[0]
+    if kind == "InferenceSession":
+        name = model.get_inputs()[0].name
+        return lambda x: model.run(None, {name: x})[0]
     if hasattr(model, "graph"):
         import onnxruntime as ort
 

@@ -1,4 +1,8 @@
-"""ONNX exporter: FP32 ``model.onnx`` from PyTorch and INT8 ``model_int8.onnx`` (explicit Q/DQ) from NNCF PTQ.
+"""ONNX exporter: FP32 ``model.onnx`` from PyTorch and INT8 ``model_int8.onnx`` (explicit Q/DQ) from NNCF.
+
+INT8 follows ``quantize.method``: ``ptq`` quantizes the FP32 graph, ``accuracy_aware`` does so with layers reverted to
+FP32 under the val budget, ``qat`` exports the QAT-trained model attached with
+:func:`edgeslim.compress.quantize.attach_int8_plan` (its quantizers become Q/DQ pairs).
 
 The FP32 graph comes from ``torch.onnx.export(dynamo=True)`` (torch.export based; on this project's CPUs its
 graph runs about 30% faster in onnxruntime than the TorchScript exporter's), written as one self-contained file
@@ -164,11 +168,44 @@ class OnnxExporter(Exporter):
     def _int8(self, ctx: ExportContext, fp32: Any) -> ModelFile:
         import onnx
 
-        from ..compress.quantize import ptq_onnx
+        from ..compress.quantize import accuracy_aware_onnx, int8_plan, ptq_onnx
 
-        if not ctx.calibration:
-            raise ExportError("INT8 ONNX needs calibration batches; none were given")
-        quantized = ptq_onnx(fp32, ctx.calibration, ctx.quantize)
+        method = ctx.quantize.method
+        plan = int8_plan(ctx.model)
+        extra: dict[str, Any] = {}
+        if method == "qat":
+            from ..compress.qat import qat_to_onnx
+
+            if plan is None or plan.qat_model is None:
+                raise ExportError(
+                    "quantize.method is 'qat' but no QAT-trained model is attached to this model; train it with"
+                    " edgeslim.compress.qat.quantize_aware_train (the pipeline does) and attach it with"
+                    " edgeslim.compress.quantize.attach_int8_plan"
+                )
+            quantized = qat_to_onnx(plan.qat_model, ctx.example_input(), opset=ctx.opset,
+                                    dynamic_batch=ctx.dynamic_batch, input_name=ctx.input_name,
+                                    output_name=ctx.output_name)
+            extra = {"quantizer": "nncf.qat"}
+        else:
+            if not ctx.calibration:
+                raise ExportError("INT8 ONNX needs calibration batches; none were given")
+            if method == "accuracy_aware":
+                if plan is None or plan.validation is None:
+                    raise ExportError(
+                        "quantize.method is 'accuracy_aware' but no val split is attached to this model; attach one"
+                        " with edgeslim.compress.quantize.attach_int8_plan(model, Int8Plan(validation=(x, y),"
+                        " critical=[...])) (the pipeline does)"
+                    )
+                quantized, report = accuracy_aware_onnx(fp32, ctx.calibration, plan.validation, plan.critical,
+                                                        ctx.quantize)
+                extra = {**report}
+            else:
+                quantized = ptq_onnx(fp32, ctx.calibration, ctx.quantize)
+                extra = {"quantizer": "nncf.ptq"}
+            samples = min(ctx.quantize.calibration_size, sum(len(b) for b in ctx.calibration))
+            extra.update(calibration_samples=samples, preset=ctx.quantize.preset,
+                         fast_bias_correction=ctx.quantize.fast_bias_correction,
+                         ignored_scope=list(ctx.quantize.ignored_scope))
         qdq = count_qdq(quantized)
         if qdq == 0:
             raise ExportError(
@@ -183,9 +220,5 @@ class OnnxExporter(Exporter):
         path = ctx.path(INT8_FILE)
         atomic_write_bytes(path, _serialize(quantized))
         _smoke_run(path, ctx)
-        samples = min(ctx.quantize.calibration_size, sum(len(b) for b in ctx.calibration))
-        return ModelFile(
-            format="onnx", precision="int8", path=INT8_FILE,
-            extra={"quantizer": "nncf.ptq", "qdq_nodes": qdq, "calibration_samples": samples,
-                   "preset": ctx.quantize.preset, "opset": ctx.opset},
-        )
+        return ModelFile(format="onnx", precision="int8", path=INT8_FILE,
+                         extra={**extra, "qdq_nodes": qdq, "opset": ctx.opset})

@@ -1,4 +1,4 @@
-"""OpenVINO exporter: IR files ``openvino/model.xml`` (FP32), ``openvino_fp16/`` and ``openvino_int8/`` (NNCF PTQ).
+"""OpenVINO exporter: IR files ``openvino/model.xml`` (FP32), ``openvino_fp16/`` and ``openvino_int8/`` (NNCF).
 
 The model is converted from the FP32 ONNX file an earlier ``onnx`` exporter wrote (the same graph every other
 format starts from), or straight from PyTorch with an example input when no ONNX was exported. ``ov.save_model``
@@ -81,15 +81,44 @@ class OpenVINOExporter(Exporter):
         return files
 
     def _int8(self, ctx: ExportContext, model: Any, save: Any) -> list[ModelFile]:
-        from ..compress.quantize import ptq_openvino
+        import openvino as ov
 
-        if not ctx.calibration:
-            raise ExportError("INT8 OpenVINO needs calibration batches; none were given")
-        # nncf.quantize works on a copy: the FP32 model stays as it is.
-        quantized = ptq_openvino(model, ctx.calibration, ctx.quantize)
+        from ..compress.quantize import accuracy_aware_openvino, int8_plan, ptq_openvino
+
+        method = ctx.quantize.method
+        plan = int8_plan(ctx.model)
+        if method == "qat":
+            from ..compress.qat import qat_to_openvino
+
+            if plan is None or plan.qat_model is None:
+                raise ExportError(
+                    "quantize.method is 'qat' but no QAT-trained model is attached to this model; train it with"
+                    " edgeslim.compress.qat.quantize_aware_train (the pipeline does) and attach it with"
+                    " edgeslim.compress.quantize.attach_int8_plan"
+                )
+            quantized = qat_to_openvino(plan.qat_model, ctx.example_input(1))
+            _name_ports(quantized, ctx)
+            quantized.reshape({quantized.inputs[0]: ov.PartialShape(ctx.input_dims())})
+            extra: dict[str, Any] = {"quantizer": "nncf.qat"}
+        else:
+            if not ctx.calibration:
+                raise ExportError("INT8 OpenVINO needs calibration batches; none were given")
+            # nncf works on a copy: the FP32 model stays as it is.
+            if method == "accuracy_aware":
+                if plan is None or plan.validation is None:
+                    raise ExportError(
+                        "quantize.method is 'accuracy_aware' but no val split is attached to this model; attach one"
+                        " with edgeslim.compress.quantize.attach_int8_plan (the pipeline does)"
+                    )
+                quantized, extra = accuracy_aware_openvino(model, ctx.calibration, plan.validation, plan.critical,
+                                                           ctx.quantize)
+            else:
+                quantized = ptq_openvino(model, ctx.calibration, ctx.quantize)
+                extra = {"quantizer": "nncf.ptq"}
+            extra.update(calibration_samples=min(ctx.quantize.calibration_size, sum(len(b) for b in ctx.calibration)),
+                         preset=ctx.quantize.preset, fast_bias_correction=ctx.quantize.fast_bias_correction,
+                         ignored_scope=list(ctx.quantize.ignored_scope))
         fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
         if fq == 0:
             raise ExportError("NNCF returned an OpenVINO model without FakeQuantize nodes: nothing was quantized")
-        samples = min(ctx.quantize.calibration_size, sum(len(b) for b in ctx.calibration))
-        return save(quantized, "int8", quantizer="nncf.ptq", fake_quantize_nodes=fq, calibration_samples=samples,
-                    preset=ctx.quantize.preset)
+        return save(quantized, "int8", fake_quantize_nodes=fq, **extra)
