@@ -133,7 +133,10 @@ def compress(
 
     r = load_recipe(recipe)
     run_pipeline(r, out, resume=resume, progress=progress, console=console, stages=("compress",))
-    console.print(f"compressed model written to {out / 'compressed'}")
+    from .compress.distributed import is_main
+
+    if is_main():
+        console.print(f"compressed model written to {out / 'compressed'}")
 
 
 @app.command("export")

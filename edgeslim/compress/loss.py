@@ -459,4 +459,7 @@ class FprBudgetGamma:
         )
         self._loss.gamma = nxt
         if self.state_path is not None:
-            atomic_write_json(self.state_path, {"rule": self._rule, "trajectory": self.trajectory})
+            from .distributed import is_main
+
+            if is_main():  # every rank holds the same trajectory; one writer under torchrun
+                atomic_write_json(self.state_path, {"rule": self._rule, "trajectory": self.trajectory})
