@@ -238,7 +238,9 @@ class QuantizeSection(_Section):
     preset: Literal["performance", "mixed"] = "performance"
     ignored_scope: list[str] = Field(default_factory=list, description="node names (regex) left in FP32")
     fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (False: the full one)")
-    model_type: Literal["cnn", "transformer"] = Field(default="cnn", description="transformer: NNCF's transformer scheme")
+    model_type: Literal["cnn", "transformer"] = Field(
+        default="cnn", description="transformer: NNCF's transformer scheme"
+    )
     qat_epochs: int = Field(default=1, ge=0, description="qat: fine-tuning epochs with fake-quant")
     qat_lr: float | None = Field(default=None, gt=0, description="qat: learning rate (default: train.lr / 10)")
     max_drop: float = Field(default=0.01, ge=0, lt=1, description="accuracy_aware: max absolute val top-1 drop")
@@ -251,7 +253,8 @@ class QuantizeSection(_Section):
     def _method(cls, v: str) -> str:
         if v not in QUANTIZE_METHODS:
             raise ValueError(
-                f"unknown quantize method '{v}'.{did_you_mean(v, QUANTIZE_METHODS)} Valid: {', '.join(QUANTIZE_METHODS)}"
+                f"unknown quantize method '{v}'.{did_you_mean(v, QUANTIZE_METHODS)}"
+                f" Valid: {', '.join(QUANTIZE_METHODS)}"
             )
         return v
 

@@ -5,9 +5,9 @@
 ``T^2`` keeps the gradient scale of the soft term independent of ``T``). The task loss can be the class-dependent
 loss: its ``last_parts`` are kept and ``"kd"`` is added, so training logs show every term.
 
-The teacher needs the student's input, but the training loop calls ``loss(logits, targets)``; :meth:`wrap_student`
-puts a forward pre-hook on the student that hands each training batch to the loss, so no training loop has to know
-about distillation.
+The teacher needs the student's input, but the training loop calls ``loss(logits, targets)``;
+:meth:`wrap_student` puts a forward hook on the student that hands each training batch (and its output) to the loss,
+so no training loop has to know about distillation.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class DistillationLoss(nn.Module):
             p.requires_grad_(False)
         self.weight = float(weight)
         self.temperature = float(temperature)
-        self._inputs: torch.Tensor | None = None
+        self._inputs: tuple[torch.Tensor, Any] | None = None
         self.last_parts: dict[str, float] = {}
 
     # the class-dependent loss's knobs (gamma, rank_weight) are set by the training schedule on the loss it gets
@@ -83,26 +83,28 @@ class DistillationLoss(nn.Module):
         super().__setattr__(name, value)
 
     def wrap_student(self, student: nn.Module) -> Any:
-        """Register a forward pre-hook on ``student`` that records its training inputs; returns the hook handle.
+        """Register a forward hook on ``student`` that records each training batch and its output; returns the
+        hook handle.
 
-        Only training-mode forwards are recorded (evaluation passes do not need the teacher).
+        The loss then checks that the logits it gets are that output (not a stale or foreign batch). Only
+        training-mode forwards are recorded (evaluation passes do not need the teacher).
         """
 
-        def keep(module: nn.Module, args: tuple[Any, ...]) -> None:
+        def keep(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if module.training and args and isinstance(args[0], torch.Tensor):
-                self._inputs = args[0]
+                self._inputs = (args[0], output)
 
-        return student.register_forward_pre_hook(keep)
+        return student.register_forward_hook(keep)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = self.task(logits, targets)
         parts = dict(getattr(self.task, "last_parts", {}) or {})
-        x = self._inputs
-        if x is None or x.shape[0] != logits.shape[0]:
+        if self._inputs is None or self._inputs[1] is not logits:
             raise TrainingError(
-                "DistillationLoss has no input batch for the teacher: call wrap_student(model) on the model being"
-                " trained before training"
+                "DistillationLoss has no input batch for these logits: call wrap_student(model) on the model being"
+                " trained, and pass its training-mode output straight to the loss"
             )
+        x = self._inputs[0]
         with torch.no_grad():
             teacher_logits = self.teacher(x.to(next(self.teacher.parameters()).device))
         kd = kd_term(logits, teacher_logits.to(logits.device), self.temperature)

@@ -154,8 +154,11 @@ def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, *, per_tensor_
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-    kwargs: dict[str, Any] = {"subset_size": max(1, min(cfg.calibration_size, n_samples)), "preset": presets[cfg.preset],
-                              "fast_bias_correction": cfg.fast_bias_correction}
+    kwargs: dict[str, Any] = {
+        "subset_size": max(1, min(cfg.calibration_size, n_samples)),
+        "preset": presets[cfg.preset],
+        "fast_bias_correction": cfg.fast_bias_correction,
+    }
     if cfg.model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if cfg.ignored_scope:
@@ -180,7 +183,8 @@ def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: Quanti
               per_tensor_activations: bool, verbose: bool) -> Any:
     if cfg.method == "none":
         raise ConfigError(
-            "quantize.method is 'none'; set it to 'ptq', 'qat' or 'accuracy_aware' to produce INT8 models, or drop 'int8'"
+            "quantize.method is 'none'; set it to 'ptq', 'qat' or 'accuracy_aware' to produce INT8 models,"
+            " or drop 'int8'"
         )
     try:
         import nncf
