@@ -104,6 +104,15 @@ def find_artifacts(paths: tuple[Path, ...]) -> list[Path]:
     return found
 
 
+def _canonical_backend(name: str) -> str:
+    from ..runtime import BACKENDS  # importing the package registers every backend
+
+    try:
+        return BACKENDS.canonical(name)
+    except Exception:  # noqa: BLE001 - runtime.load reports the unknown name with a did-you-mean
+        return name
+
+
 def _open(path: Path, settings: ServerSettings, backend: str) -> tuple[Manifest, Any]:
     """Load an artifact through the runtime: its manifest and a :class:`~edgeslim.runtime.base.Backend`."""
     from .. import runtime
@@ -115,6 +124,7 @@ def _open(path: Path, settings: ServerSettings, backend: str) -> tuple[Manifest,
         device=settings.device,
         threads=settings.threads,
         verify=settings.verify,
+        **settings.backend_options.get(_canonical_backend(backend), {}),
     )
     return predictor.manifest, predictor.backend
 
@@ -147,8 +157,19 @@ class ServedModel:
 
     @property
     def platform(self) -> str:
-        return {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino", "tensorrt": "tensorrt_plan",
-                "torch": "pytorch_libtorch"}.get(self.backend.name, self.backend.name)
+        """What KServe v2 metadata reports as ``platform`` (Triton's platform, else its backend name)."""
+        return self.triton_platform or self.triton_backend
+
+    @property
+    def triton_platform(self) -> str:
+        """Triton's ``platform`` for the model file; empty where Triton names only a backend (OpenVINO)."""
+        return {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan",
+                "torch": "pytorch_libtorch"}.get(self.backend.name, "")
+
+    @property
+    def triton_backend(self) -> str:
+        """Triton's ``backend`` name for the model file (as in the ``config.pbtxt`` the triton exporter writes)."""
+        return {"torch": "pytorch"}.get(self.backend.name, self.backend.name)
 
     def metadata(self) -> dict[str, Any]:
         """KServe v2 model metadata (``-1`` marks a variable dimension)."""
@@ -173,8 +194,9 @@ class ServedModel:
 
         cfg: dict[str, Any] = {
             "name": self.name,
-            "platform": self.platform,
-            "backend": self.backend.name,
+            # As Triton reports it: OpenVINO models have an empty platform and are named by their backend alone.
+            "platform": self.triton_platform,
+            "backend": self.triton_backend,
             "version_policy": {"specific": {"versions": [int(self.version)]}},
             "max_batch_size": self.max_batch,
             "input": [t(s) for s in self.backend.inputs],

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Iterable, Literal
 
 from ..errors import ConfigError
 
@@ -26,6 +26,10 @@ class ServerSettings:
             ``manifest.json``). Every model is served under its manifest ``name``.
         backend: runtime backend for every model (``openvino``, ``onnxruntime``, ``tensorrt``, ``torch``).
         model_backends: per-model override, ``{model name: backend}``.
+        backend_options: backend-specific options per backend name, passed to :func:`edgeslim.runtime.load`,
+            e.g. ``{"onnxruntime": {"session_config": {"session.intra_op.allow_spinning": "0"}},
+            "openvino": {"hint": "THROUGHPUT", "streams": 2}}``. Build it from ``KEY=VALUE`` strings with
+            :func:`parse_backend_options`.
         precision: model precision to load (``fp32``/``fp16``/``int8``); None picks the most precise one.
         device: backend device string (``cpu``, ``cuda:0``, ``GPU``, ...).
         threads: intra-op threads per model (None: the backend's default).
@@ -52,6 +56,7 @@ class ServerSettings:
     models: tuple[Path, ...]
     backend: str = "onnxruntime"
     model_backends: dict[str, str] = field(default_factory=dict)
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     precision: str | None = None
     device: str = "cpu"
     threads: int | None = None
@@ -77,6 +82,14 @@ class ServerSettings:
         object.__setattr__(self, "models", tuple(Path(m) for m in models))
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
         object.__setattr__(self, "model_backends", dict(self.model_backends))
+        if not isinstance(self.backend_options, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in self.backend_options.items()
+        ):
+            raise ConfigError(
+                "ServerSettings.backend_options must map a backend name to a dict of its options, e.g."
+                " {'openvino': {'hint': 'THROUGHPUT'}}"
+            )
+        object.__setattr__(self, "backend_options", {k: dict(v) for k, v in self.backend_options.items()})
 
         def positive(name: str, value: object, *, zero_ok: bool = False, kind: type = int) -> None:
             ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
@@ -106,3 +119,50 @@ class ServerSettings:
             raise ConfigError("ServerSettings.token must be a string of at least 8 characters (or None for no auth)")
         if not self.backend:
             raise ConfigError(f"ServerSettings.backend is empty; use one of {_BACKENDS_HINT}")
+
+
+def _scalar(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_backend_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """Backend options from ``KEY=VALUE`` strings, as ``edgeslim serve --backend-option`` takes them.
+
+    Values become int, float or bool when they read as one, else stay strings. ``KEY:SUBKEY=VALUE`` sets one entry
+    of a dict-valued option (the sub-key may contain dots), e.g. ``session_config:session.intra_op.allow_spinning=0``
+    for onnxruntime or ``config:CPU_DENORMALS_OPTIMIZATION=YES`` for openvino; ``hint=THROUGHPUT``, ``streams=2``.
+
+    Raises:
+        ConfigError: an entry without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"backend option {pair!r} is not KEY=VALUE; e.g. hint=THROUGHPUT or"
+                " session_config:session.intra_op.allow_spinning=0"
+            )
+        outer, colon, inner = key.partition(":")
+        if colon:
+            if not outer or not inner:
+                raise ConfigError(f"backend option {pair!r}: write OPTION:ENTRY=VALUE with both names non-empty")
+            target = out.setdefault(outer, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"backend option '{outer}' is given both as a value and as {outer}:ENTRY=...")
+            # Entries of dict-valued options are library config strings: keep the text as written.
+            target[inner] = value
+        else:
+            if isinstance(out.get(key), dict):
+                raise ConfigError(f"backend option '{key}' is given both as a value and as {key}:ENTRY=...")
+            out[key] = _scalar(value)
+    return out
