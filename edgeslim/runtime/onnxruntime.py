@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+
 import numpy as np
 
 from ..errors import BackendError, ConfigError, require
@@ -86,6 +88,35 @@ def default_providers(device: str) -> list[Any]:
     )
 
 
+_UNSUPPORTED_OP = re.compile(
+    r"No Op registered for (\S+)|Could not find an implementation for (\S+?)\(|No conversion rule found for operations: (.+)"
+)
+_CORRUPT = ("INVALID_PROTOBUF", "Protobuf parsing failed", "can't be parsed", "ParseFromIstream")
+
+
+def explain_load_error(path: Any, library: str, exc: BaseException) -> str:
+    """One message for a model file a runtime refused: what is wrong with it and what to do.
+
+    Recognises an operator the runtime cannot run and an unreadable (truncated or corrupt) file; otherwise passes
+    the library's own message on. Used by the onnxruntime and openvino backends.
+    """
+    text = str(exc)
+    match = _UNSUPPORTED_OP.search(text)
+    if match:
+        op = next(g for g in match.groups() if g).strip().rstrip(",")
+        return (
+            f"{path} uses operator {op} that {library} cannot run. Re-export the model with an opset the runtime"
+            " supports (export.opset in the recipe, e.g. 17), replace the layer that produces it, or load the"
+            f" artifact with another backend. ({library}: {text.strip().splitlines()[-1][:300]})"
+        )
+    if any(marker in text for marker in _CORRUPT):
+        return (
+            f"{path} is not a readable model file (truncated or corrupt). Re-export it (edgeslim export), or, if it"
+            " belongs to an artifact, load the artifact with verify=True to check every file against its manifest"
+        )
+    return f"{library} could not load {path}: {text}"
+
+
 def _check_extra(extra: dict[str, Any], allowed: tuple[str, ...], backend: str) -> None:
     for key in extra:
         if key not in allowed:
@@ -106,7 +137,10 @@ class OnnxRuntimeBackend(Backend):
         extra = dict(self.options.extra)
         _check_extra(extra, _EXTRA_KEYS, self.name)
         if not self.path.is_file():
-            raise BackendError(f"ONNX model {self.path} does not exist")
+            raise BackendError(
+                f"ONNX model {self.path} does not exist; check the path, or re-export the artifact with"
+                " `edgeslim export ARTIFACT --to onnx`"
+            )
 
         providers = self._providers(ort, extra.get("providers"))
         so = ort.SessionOptions()
@@ -129,7 +163,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-            raise BackendError(f"onnxruntime could not load {self.path}: {exc}") from exc
+            raise BackendError(explain_load_error(self.path, "onnxruntime", exc)) from exc
         self.inputs = [TensorSpec(i.name, ort_dtype(i.type), _dims(i.shape)) for i in self._session.get_inputs()]
         self.outputs = [TensorSpec(o.name, ort_dtype(o.type), _dims(o.shape)) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]

@@ -82,9 +82,15 @@ class OpenVINOBackend(Backend):
                     f" Known: {', '.join(_EXTRA_KEYS)}"
                 )
         if not self.path.is_file():
-            raise BackendError(f"OpenVINO model {self.path} does not exist")
+            raise BackendError(
+                f"OpenVINO model {self.path} does not exist; check the path, or re-export the artifact with"
+                " `edgeslim export ARTIFACT --to openvino`"
+            )
         if self.path.suffix == ".xml" and not self.path.with_suffix(".bin").is_file():
-            raise BackendError(f"OpenVINO IR {self.path} has no weights file {self.path.with_suffix('.bin').name}")
+            raise BackendError(
+                f"OpenVINO IR {self.path} has no weights file {self.path.with_suffix('.bin').name} beside it; copy"
+                " the .bin with the .xml, or re-export with `edgeslim export ARTIFACT --to openvino`"
+            )
 
         core = ov.Core()
         self.device = ov_device(self.options.device, list(core.available_devices))
@@ -114,9 +120,14 @@ class OpenVINOBackend(Backend):
 
         try:
             model = core.read_model(str(self.path))
+        except Exception as exc:  # openvino raises RuntimeError subclasses with the frontend's message
+            from .onnxruntime import explain_load_error
+
+            raise BackendError(explain_load_error(self.path, "OpenVINO", exc)) from exc
+        try:
             self._compiled = core.compile_model(model, self.device, config)
             self._request = self._compiled.create_infer_request()
-        except Exception as exc:  # openvino raises RuntimeError subclasses with the plugin's message
+        except Exception as exc:
             raise BackendError(f"OpenVINO could not compile {self.path} for {self.device} with {config}: {exc}") from exc
         # One InferRequest is not re-entrant; the server may call infer from several threads.
         self._lock = threading.Lock()

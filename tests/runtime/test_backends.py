@@ -118,7 +118,7 @@ def test_onnxruntime_bad_graph_optimization_suggests(tiny_models):
 def test_onnxruntime_corrupt_model(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not a protobuf")
-    with pytest.raises(BackendError, match="could not load"):
+    with pytest.raises(BackendError, match=r"model\.onnx is not a readable model file \(truncated or corrupt\)"):
         BACKENDS.get("onnxruntime")(bad)
 
 
