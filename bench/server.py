@@ -95,13 +95,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifact: Path, threads: int, batching: bool, max_batch: int, delay_ms: float) -> tuple[subprocess.Popen, str]:
+def start_server(artifact: Path, threads: int, batching: bool, max_batch: int, delay_ms: float,
+                 options: dict | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     code = textwrap.dedent(f"""
         from edgeslim.server import ServerSettings, serve
         serve(ServerSettings(models=[{str(artifact)!r}], port={port}, threads={threads}, log_level="warning",
                              dynamic_batching={batching}, max_batch={max_batch}, batch_delay_ms={delay_ms},
-                             preferred_batch_sizes=({max_batch},), queue_size=256))
+                             preferred_batch_sizes=({max_batch},), queue_size=256,
+                             backend_options={{"onnxruntime": {options or {}!r}}}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     import tritonclient.http as httpclient
@@ -173,14 +175,20 @@ def main() -> None:
     ap.add_argument("--batch-delay-ms", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement window per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="onnxruntime option for the server, as edgeslim serve takes it (repeatable)")
     args = ap.parse_args()
+    from edgeslim.server.settings import parse_backend_options
+
+    options = parse_backend_options(args.backend_option)
 
     with tempfile.TemporaryDirectory() as tmp:
         artifact = args.artifact or build_artifact(args.model, Path(tmp) / "bench")
         ref = in_process(artifact, args.threads, args.max_batch, args.seconds)
         rows = []
         for batching in (False, True):
-            proc, url = start_server(artifact, args.threads, batching, args.max_batch, args.batch_delay_ms)
+            proc, url = start_server(artifact, args.threads, batching, args.max_batch, args.batch_delay_ms,
+                                      options)
             try:
                 for conc in args.concurrency:
                     rows.append((batching, conc, drive(url, ref["shape"], conc, args.seconds)))

@@ -29,7 +29,9 @@ class ServerSettings:
         backend_options: backend-specific options per backend name, passed to :func:`edgeslim.runtime.load`,
             e.g. ``{"onnxruntime": {"session_config": {"session.intra_op.allow_spinning": "0"}},
             "openvino": {"hint": "THROUGHPUT", "streams": 2}}``. Build it from ``KEY=VALUE`` strings with
-            :func:`parse_backend_options`.
+            :func:`parse_backend_options`. For onnxruntime the server turns thread spinning off unless these
+            options set ``session.intra_op.allow_spinning`` / ``session.inter_op.allow_spinning`` themselves
+            (spinning threads compete with the request path for the cores).
         precision: model precision to load (``fp32``/``fp16``/``int8``); None picks the most precise one.
         device: backend device string (``cpu``, ``cuda:0``, ``GPU``, ...).
         threads: intra-op threads per model (None: the backend's default).

@@ -91,6 +91,18 @@ def test_onnxruntime_options_reach_the_session(ov_artifact):
         assert cfg["platform"] == "onnxruntime_onnx" and cfg["backend"] == "onnxruntime"
 
 
+def test_onnxruntime_threads_do_not_spin_in_the_server_unless_asked(ov_artifact):
+    app = create_app(ServerSettings(models=[ov_artifact], threads=1))
+    with TestClient(app):
+        entry = app.state.repository.get("tinyov").backend._session.get_session_options().get_session_config_entry
+        assert entry("session.intra_op.allow_spinning") == "0" and entry("session.inter_op.allow_spinning") == "0"
+    spin = {"onnxruntime": {"session_config": {"session.intra_op.allow_spinning": "1"}}}
+    app = create_app(ServerSettings(models=[ov_artifact], threads=1, backend_options=spin))
+    with TestClient(app):
+        entry = app.state.repository.get("tinyov").backend._session.get_session_options().get_session_config_entry
+        assert entry("session.intra_op.allow_spinning") == "1" and entry("session.inter_op.allow_spinning") == "0"
+
+
 def test_an_unknown_backend_option_is_a_clear_error_at_start(ov_artifact):
     settings = ServerSettings(models=[ov_artifact], backend="openvino", backend_options={"openvino": {"hnt": "X"}})
     with pytest.raises(ConfigError, match=r"unknown option 'hnt'.*hint"):
