@@ -119,3 +119,94 @@ def test_failures_are_training_errors_that_say_why(onnx_model, capsys):
         ptq_onnx(model, _batches(8), QuantizeSection(method="none"))
     ptq_onnx(model, _batches(8), QuantizeSection(calibration_size=8))
     assert "Statistics collection" not in capsys.readouterr().out  # NNCF's progress bars are silenced
+
+
+# -- PTQ options that must reach NNCF, and accuracy-aware INT8 ---------------------------------------------------
+
+
+def _scales(model):
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer if "scale" in t.name}
+
+
+def test_calibration_size_and_bias_correction_change_what_nncf_computes(onnx_model):
+    model, _ = onnx_model
+    batches = _batches(64, 8, seed=3)
+    one = _scales(ptq_onnx(model, batches, QuantizeSection(calibration_size=1)))
+    many = _scales(ptq_onnx(model, batches, QuantizeSection(calibration_size=64)))
+    assert one.keys() == many.keys()
+    assert any(not np.allclose(one[k], many[k]) for k in one)  # ranges come from 1 vs 64 samples
+
+    def biases(q):
+        from onnx import numpy_helper
+
+        return np.concatenate([numpy_helper.to_array(t).ravel() for t in q.graph.initializer
+                               if t.name.endswith("bias") or "bias" in t.name])
+
+    fast = ptq_onnx(model, batches, QuantizeSection(calibration_size=16, fast_bias_correction=True))
+    full = ptq_onnx(model, batches, QuantizeSection(calibration_size=16, fast_bias_correction=False))
+    assert not np.allclose(biases(fast), biases(full))
+
+
+@pytest.fixture(scope="module")
+def trained_digits_onnx(tmp_path_factory):
+    """TinyNet fine-tuned 2 epochs on 16x16 digits (critical 8), its FP32 ONNX and the val/train arrays."""
+    import io
+    import sys
+    import warnings
+    from pathlib import Path
+
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _digits import CRITICAL, digits, recipe
+
+    from edgeslim.compress.train import compress
+
+    data = digits()
+    torch.manual_seed(0)
+    res = compress(TinyNet(10), data, recipe({"method": "none"}, epochs=2, final_epochs=2),
+                   run_dir=tmp_path_factory.mktemp("aa"), progress=False)
+    model = res.model.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), buf, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}})
+
+    def arrays(split):
+        xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in data.loader(split, batch_size=64)])
+        return np.concatenate(xs), np.concatenate(ys)
+
+    return onnx.load_from_string(buf.getvalue()), arrays("val"), arrays("train")[0], [CRITICAL]
+
+
+def test_accuracy_aware_reverts_harmful_layers_until_top1_and_critical_fn_hold(trained_digits_onnx):
+    from edgeslim.compress.quantize import _critical_fn, _predict, accuracy_aware_onnx
+
+    model, (xv, yv), xt, critical = trained_digits_onnx
+    # calibrating on inputs 40x too large gives activation ranges so wide that plain PTQ loses accuracy
+    bad = [xt[i : i + 16] * 40 for i in range(0, 64, 16)]
+    plain = _predict(ptq_onnx(model, bad, QuantizeSection(calibration_size=64)), xv).argmax(1)
+    fp32 = _predict(model, xv).argmax(1)
+    assert (plain == yv).mean() < (fp32 == yv).mean() - 0.02  # the situation accuracy control is for
+
+    cfg = QuantizeSection(method="accuracy_aware", calibration_size=64, max_drop=0.01, max_extra_critical_fn=0)
+    q, report = accuracy_aware_onnx(model, bad, (xv, yv), critical, cfg)
+    pred = _predict(q, xv).argmax(1)
+    assert report["reverted_to_fp32"], report  # layers were kept in FP32 ...
+    assert "critical FN" in report["why"] and report["split"] == "val"
+    assert report["within_budget"]  # ... until both budgets held on val
+    assert (pred == yv).mean() >= (fp32 == yv).mean() - 0.01 - 1e-9
+    assert _critical_fn(pred, yv, critical) <= _critical_fn(fp32, yv, critical)
+    assert report["int8"]["top1"] == pytest.approx((pred == yv).mean())
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 0  # still an INT8 model
+
+
+def test_accuracy_aware_needs_a_val_split(trained_digits_onnx):
+    from edgeslim.compress.quantize import accuracy_aware_onnx
+
+    model, _, xt, critical = trained_digits_onnx
+    with pytest.raises(TrainingError, match="val split"):
+        accuracy_aware_onnx(model, [xt[:8]], (np.zeros((0, 3, 16, 16), np.float32), np.zeros(0)), critical)
