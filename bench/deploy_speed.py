@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--deploy-size", type=int, default=224)
     ap.add_argument("--out", type=Path, default=None, help="artifacts and results (default: a temp dir)")
+    ap.add_argument("--resume", action="store_true", help="continue the trainings checkpointed under --out/run")
     args = ap.parse_args()
 
     import torch
@@ -77,7 +78,7 @@ def main() -> None:
     n_cls, size = len(data.classes), recipe.data.image_size
     calib = calibration_batches(data.loader("train", batch_size=32, shuffle=True, seed=1234),
                                 recipe.quantize.calibration_size)
-    calib_deploy = calibration_batches(data_deploy.loader("train", batch_size=16, shuffle=True, seed=1234), 100)
+    calib_deploy = calibration_batches(data_deploy.loader("train", batch_size=16, shuffle=True, seed=1234), 32)
     xs, ys = [], []
     for x, y in data.loader("test", batch_size=64):
         xs.append(x.numpy())
@@ -92,7 +93,8 @@ def main() -> None:
     dense_recipe.prune = type(recipe.prune)(method="none")
     dense_recipe.train.final_epochs = recipe.train.epochs
     say(f"dense fine-tune: {recipe.train.epochs} epochs at {size}x{size}")
-    dense = compress(w0, data, dense_recipe, run_dir=out / "run" / "dense", progress=False).model.eval()
+    dense = compress(w0, data, dense_recipe, run_dir=out / "run" / "dense", resume=args.resume,
+                     progress=False).model.eval()
     say("dense done")
 
     variants: dict[str, dict] = {}  # name -> {"model": fp32 torch model, "int8": None|"ptq"|"qat", "qat": model}

@@ -114,6 +114,7 @@ def test_qat_export_without_a_trained_model_says_how_to_get_one(pruned_and_qat, 
                         precisions=("fp32", "int8"), calibration=cal, quantize_cfg=r.quantize)
 
 
+@pytest.mark.slow
 def test_qat_resumes_to_the_uninterrupted_weights(tmp_path):
     data = digits()
     torch.manual_seed(0)
@@ -175,3 +176,30 @@ def test_distillation_needs_a_teacher():
         quantize_aware_train(TinyNet(10), data, r, run_dir="/nonexistent-not-used", calibration=[
             np.zeros((1, 3, 16, 16), np.float32)], progress=False)
     assert CRITICAL in data.critical
+
+
+@pytest.mark.slow
+def test_pipeline_chains_structured_pruning_into_qat_with_distillation(tmp_path):
+    from edgeslim.pipeline import run_pipeline
+    from edgeslim.recipe import parse_recipe
+
+    r = parse_recipe({
+        "seed": 0, "model": {"source": "tiny"}, "data": {"image_size": 16, "critical": [CRITICAL],
+                                                         "imbalance": {str(CRITICAL): 0.25}},
+        "loss": {"gamma": 2.0, "lambda": 1.0},
+        "train": {"epochs": 1, "final_epochs": 1, "optimizer": "adamw", "lr": 0.003, "threads": 1},
+        "prune": {"method": "structured", "ratio": 0.5},
+        "quantize": {"method": "qat", "calibration_size": 64, "qat_epochs": 1},
+        "distill": {"weight": 0.5}, "export": {"formats": ["onnx", "openvino"]},
+        "validate": {"int8_min_agreement": 0.85},
+    })
+    res = run_pipeline(r, tmp_path / "out", progress=False, stages=("compress", "export"))
+    m = res.manifests["compressed"]
+    assert {(f.format, f.precision) for f in m.models} >= {("onnx", "int8"), ("openvino", "int8")}
+    assert all(f.extra["quantizer"] == "nncf.qat" for f in m.models if f.precision == "int8")
+    assert m.validation["passed"], m.validation
+    # the narrower structure is what was quantized: the Q/DQ graph's last conv has the pruned width
+    proto = onnx.load(str(tmp_path / "out" / "compressed" / m.model("onnx", "int8").path))
+    widths = {t.dims[0] for t in proto.graph.initializer if len(t.dims) == 4}
+    assert max(widths) == 16  # 32 channels of TinyNet's widest conv, halved
+    assert res.metrics["compressed"]["params"] < res.metrics["dense"]["params"]

@@ -182,6 +182,7 @@ def trained_digits_onnx(tmp_path_factory):
     return onnx.load_from_string(buf.getvalue()), arrays("val"), arrays("train")[0], [CRITICAL]
 
 
+@pytest.mark.slow
 def test_accuracy_aware_reverts_harmful_layers_until_top1_and_critical_fn_hold(trained_digits_onnx):
     from edgeslim.compress.quantize import _critical_fn, _predict, accuracy_aware_onnx
 
@@ -204,9 +205,9 @@ def test_accuracy_aware_reverts_harmful_layers_until_top1_and_critical_fn_hold(t
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 0  # still an INT8 model
 
 
-def test_accuracy_aware_needs_a_val_split(trained_digits_onnx):
+def test_accuracy_aware_needs_a_val_split(onnx_model):
     from edgeslim.compress.quantize import accuracy_aware_onnx
 
-    model, _, xt, critical = trained_digits_onnx
+    model, _ = onnx_model
     with pytest.raises(TrainingError, match="val split"):
-        accuracy_aware_onnx(model, [xt[:8]], (np.zeros((0, 3, 16, 16), np.float32), np.zeros(0)), critical)
+        accuracy_aware_onnx(model, _batches(8), (np.zeros((0, 3, 16, 16), np.float32), np.zeros(0)), [8])
