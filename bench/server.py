@@ -2,7 +2,8 @@
 
 Measures latency p50/p99 and throughput at concurrency 1, 8 and 32, with and without dynamic batching, against
 ``edgeslim.runtime.load`` in the same process (batch-1 latency and Offline throughput at the max batch), in one run,
-and prints a Markdown table.
+and prints a Markdown table. Both servers stay up for the whole run and every server cell is measured right after an
+in-process window, for ``--rounds`` rounds, so the ratios compare neighbours in time on a shared machine.
 
     python bench/server.py                          # timm mobilenetv3_small_100 (random weights), 224x224
     python bench/server.py --artifact path/to/art   # an existing artifact
@@ -18,6 +19,7 @@ import argparse
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,26 +69,32 @@ def pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q)) if samples else float("nan")
 
 
-def in_process(artifact: Path, threads: int, max_batch: int, seconds: float) -> dict[str, float]:
-    from edgeslim import runtime
+class InProcess:
+    """The in-process runtime on the same artifact: batch-1 latency and Offline throughput at the max batch."""
 
-    with runtime.load(artifact, threads=threads) as pred:
-        shape = list(pred.backend.inputs[0].shape)
-        x1 = np.random.default_rng(0).standard_normal([1, *shape[1:]]).astype(np.float32)
-        xb = np.random.default_rng(1).standard_normal([max_batch, *shape[1:]]).astype(np.float32)
+    def __init__(self, artifact: Path, threads: int, max_batch: int, options: dict) -> None:
+        from edgeslim import runtime
+
+        self.pred = runtime.load(artifact, threads=threads, **options)
+        self.shape = list(self.pred.backend.inputs[0].shape)
+        self.x1 = np.random.default_rng(0).standard_normal([1, *self.shape[1:]]).astype(np.float32)
+        self.xb = np.random.default_rng(1).standard_normal([max_batch, *self.shape[1:]]).astype(np.float32)
         for _ in range(5):
-            pred.backend.infer({"input": x1})
-        lat, end = [], time.perf_counter() + seconds
+            self.pred.backend.infer({"input": self.x1})
+
+    def measure(self, seconds: float) -> dict[str, float]:
+        infer = self.pred.backend.infer
+        lat, end = [], time.perf_counter() + seconds / 2
         while time.perf_counter() < end:
             t = time.perf_counter()
-            pred.backend.infer({"input": x1})
+            infer({"input": self.x1})
             lat.append((time.perf_counter() - t) * 1e3)
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:  # Offline: the whole batch at once, back to back
-            pred.backend.infer({"input": xb})
-            n += max_batch
+        while time.perf_counter() - t0 < seconds / 2:  # Offline: the whole batch at once, back to back
+            infer({"input": self.xb})
+            n += len(self.xb)
         return {"p50": pct(lat, 50), "p99": pct(lat, 99), "offline": n / (time.perf_counter() - t0),
-                "single": len(lat) / sum(lat) * 1e3, "shape": shape}
+                "single": len(lat) / sum(lat) * 1e3}
 
 
 def free_port() -> int:
@@ -175,6 +183,7 @@ def main() -> None:
     ap.add_argument("--batch-delay-ms", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement window per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over every cell")
     ap.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                     help="onnxruntime option for the server, as edgeslim serve takes it (repeatable)")
     args = ap.parse_args()
@@ -184,34 +193,59 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         artifact = args.artifact or build_artifact(args.model, Path(tmp) / "bench")
-        ref = in_process(artifact, args.threads, args.max_batch, args.seconds)
-        rows = []
-        for batching in (False, True):
-            proc, url = start_server(artifact, args.threads, batching, args.max_batch, args.batch_delay_ms,
-                                      options)
-            try:
-                for conc in args.concurrency:
-                    rows.append((batching, conc, drive(url, ref["shape"], conc, args.seconds)))
-            finally:
+        # The in-process side gets the same onnxruntime session options the server loads the model with
+        # (by default: threads do not spin), so the comparison is of the serving path alone.
+        from edgeslim.server import ServerSettings
+        from edgeslim.server.repository import backend_options
+
+        same = backend_options(ServerSettings(models=[artifact], backend_options={"onnxruntime": options}),
+                               "onnxruntime")
+        ref = InProcess(artifact, args.threads, args.max_batch, same)
+        servers = {b: start_server(artifact, args.threads, b, args.max_batch, args.batch_delay_ms, options)
+                   for b in (False, True)}
+        # cells[(batching, conc)] -> list of (server result, in-process result measured just before it)
+        cells: dict[tuple[bool, int], list[tuple[dict, dict]]] = {}
+        try:
+            for _ in range(args.rounds):  # interleaved: drift on a shared machine hits both sides alike
+                for batching in (False, True):
+                    for conc in args.concurrency:
+                        here = ref.measure(args.seconds)
+                        there = drive(servers[batching][1], ref.shape, conc, args.seconds)
+                        cells.setdefault((batching, conc), []).append((there, here))
+        finally:
+            for proc, _ in servers.values():
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
+            ref.pred.close()
 
-    print(f"\nmodel: {args.artifact or args.model}, input {ref['shape']}, {os.cpu_count()} CPU cores, "
+    med = statistics.median
+    allref = [h for runs in cells.values() for _, h in runs]
+    print(f"\nmodel: {args.artifact or args.model}, input {ref.shape}, {os.cpu_count()} CPU cores, "
           f"{args.threads} intra-op threads, max batch {args.max_batch}, delay {args.batch_delay_ms} ms, "
-          f"{args.seconds:g} s per cell; clients share the CPU with the server\n")
-    print("| mode | concurrency | p50 ms | p99 ms | throughput img/s | vs in-process Offline |")
-    print("|---|---|---|---|---|---|")
-    print(f"| in-process, batch 1 | 1 | {ref['p50']:.2f} | {ref['p99']:.2f} | {ref['single']:.0f} | "
-          f"{ref['single'] / ref['offline']:.0%} |")
-    print(f"| in-process Offline, batch {args.max_batch} | - | - | - | {ref['offline']:.0f} | 100% |")
-    for batching, conc, r in rows:
+          f"{args.seconds:g} s per cell, {args.rounds} interleaved rounds (medians; ratios per adjacent pair);"
+          f" onnxruntime options (both sides) {same}; clients share the CPU with the server\n")
+    print("| mode | concurrency | p50 ms | p99 ms | throughput img/s | in-process p50 ms | p50 - in-process |"
+          " vs in-process Offline |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| in-process, batch 1 | 1 | {med(h['p50'] for h in allref):.2f} | {med(h['p99'] for h in allref):.2f} |"
+          f" {med(h['single'] for h in allref):.0f} | - | - | {med(h['single'] / h['offline'] for h in allref):.0%} |")
+    print(f"| in-process Offline, batch {args.max_batch} | - | - | - | {med(h['offline'] for h in allref):.0f} | - | - |"
+          " 100% |")
+    for (batching, conc), runs in cells.items():
         mode = "server, dynamic batching" if batching else "server, no batching"
-        err = f" ({r['errors']} errors)" if r["errors"] else ""
-        print(f"| {mode} | {conc} | {r['p50']:.2f} | {r['p99']:.2f} | {r['throughput']:.0f}{err} | "
-              f"{r['throughput'] / ref['offline']:.0%} |")
-    one = next((r for b, c, r in rows if not b and c == 1), None)
+        errs = sum(t["errors"] for t, _ in runs)
+        err = f" ({errs} errors)" if errs else ""
+        print(f"| {mode} | {conc} | {med(t['p50'] for t, _ in runs):.2f} | {med(t['p99'] for t, _ in runs):.2f} |"
+              f" {med(t['throughput'] for t, _ in runs):.0f}{err} | {med(h['p50'] for _, h in runs):.2f} |"
+              f" {med(t['p50'] - h['p50'] for t, h in runs):+.2f} ms |"
+              f" {med(t['throughput'] / h['offline'] for t, h in runs):.0%} |")
+    one = cells.get((False, 1))
     if one:
-        print(f"\np50 overhead at concurrency 1 (server, no batching - in-process): {one['p50'] - ref['p50']:+.2f} ms")
+        print(f"\np50 overhead at concurrency 1 (server, no batching - in-process, median of adjacent pairs): "
+              f"{med(t['p50'] - h['p50'] for t, h in one):+.2f} ms (target <= 2 ms)")
+    big = [med(t["throughput"] / h["offline"] for t, h in runs) for (b, c), runs in cells.items() if b and c >= 16]
+    if big:
+        print(f"batched throughput at concurrency >= 16: {min(big):.0%} of in-process Offline (target >= 90%)")
 
 
 if __name__ == "__main__":

@@ -352,7 +352,9 @@ def export_artifact(
         quantize_cfg: calibration size, preset, ignored scope.
         validate_cfg: tolerances.
         strict: raise when an exporter fails or validation finds a mismatch (nothing is written); otherwise write
-            what succeeded and record the failures in ``manifest.validation``.
+            what succeeded and record the failures in ``manifest.validation``. A target this machine cannot build
+            for (TensorRT without the package or a GPU) is never fatal: it is recorded in
+            ``manifest.validation["errors"]`` with ``"unavailable": True`` and the rest is written.
 
     Returns:
         The written manifest (with file hashes).
@@ -449,8 +451,11 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
         report["export_skipped"] = ctx.skipped
         m.validation = report
 
-        if strict and ctx.errors:
-            lines = [f"{e['exporter']}/{e['precision']}: {e['error']}" for e in ctx.errors]
+        # A target this machine cannot build for (no TensorRT, no GPU) is recorded, never fatal: the rest of the
+        # export completes and the artifact carries the script to build it on the device.
+        fatal = [e for e in ctx.errors if not e.get("unavailable")]
+        if strict and fatal:
+            lines = [f"{e['exporter']}/{e['precision']}: {e['error']}" for e in fatal]
             if report.get("problems"):
                 lines += [_problem_line(p) for p in report["problems"]]
             raise ExportError(
@@ -522,7 +527,8 @@ def export_existing(
     """Add formats to an existing artifact, re-exporting from its ``model.safetensors``.
 
     The model is rebuilt with ``edgeslim.compress.sources.build_model(manifest.arch, len(manifest.classes))``;
-    model files of other formats/precisions are carried over. ``out_dir`` defaults to ``artifact_dir`` (replaced
+    model files of other formats/precisions are carried over. Export, quantize and validate settings not given
+    are taken from the recipe recorded in the artifact's manifest (else the defaults). ``out_dir`` defaults to ``artifact_dir`` (replaced
     atomically).
 
     Raises:
@@ -544,6 +550,18 @@ def export_existing(
         raise ArtifactError(f"re-export needs edgeslim.compress.sources.build_model ({exc})") from exc
     from ..compress.structured import rebuild_model
 
+    # Tolerances, opset and quantisation settings default to those of the recipe the artifact was made with, so a
+    # re-export is judged as the original export was.
+    recorded = old.recipe or {}
+    try:
+        export_cfg = export_cfg or ExportSection(**recorded.get("export", {}))
+        quantize_cfg = quantize_cfg or QuantizeSection(**recorded.get("quantize", {}))
+        validate_cfg = validate_cfg or ValidateSection(**recorded.get("validate", {}))
+    except Exception as exc:  # pydantic ValidationError: a recipe from another edgeslim version
+        raise ArtifactError(
+            f"artifact {src} records a recipe whose export/quantize/validate sections this edgeslim cannot read"
+            f" ({exc}); pass export_cfg=, quantize_cfg= and validate_cfg= explicitly"
+        ) from exc
     model = rebuild_model(old.arch, len(old.classes), weights.extra.get("structure"))
     model.load_state_dict(load_file(str(src / weights.path)))
     manifest = old.model_copy(update={"models": [], "files": {}})

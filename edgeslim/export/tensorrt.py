@@ -345,7 +345,7 @@ class TensorRTExporter(Exporter):
             _builder(trt, trt.Logger(trt.Logger.ERROR))
         except EdgeslimError as exc:
             ctx.errors.append({"exporter": self.name, "precision": ",".join(j.precision for j in jobs),
-                               "error": f"{exc} (wrote {BUILD_SCRIPT} to build on the device)"})
+                               "error": f"{exc} (wrote {BUILD_SCRIPT} to build on the device)", "unavailable": True})
             return []
 
         files: list[ModelFile] = []
