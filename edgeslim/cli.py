@@ -65,7 +65,10 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
             kind = "error" if isinstance(exc, EdgeslimError) else f"internal error ({type(exc).__name__})"
             hint = "" if isinstance(exc, EdgeslimError) or _state["debug"] else " (run with --debug for the traceback)"
-            err_console.print(f"[red]{kind}: {exc}{hint}[/red]", soft_wrap=True, highlight=False, markup=True)
+            from rich.text import Text
+
+            # the message is plain text: "[tensorrt]" in a pip hint must not be read as rich markup
+            err_console.print(Text(f"{kind}: {exc}{hint}", style="red"), soft_wrap=True, highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -151,6 +154,11 @@ def export_cmd(
     from .pipeline import export_existing
 
     m = export_existing(artifact, out or artifact, formats=_csv(to), precisions=_csv(precision), console=console)
+    from rich.text import Text
+
+    for e in (m.validation or {}).get("errors", []):
+        err_console.print(Text(f"warning: {e.get('exporter')}/{e.get('precision')} not exported: {e.get('error')}",
+                               style="yellow"), soft_wrap=True)
     console.print(f"exported {', '.join(f'{x.format}/{x.precision}' for x in m.models)} to {out or artifact}")
 
 
@@ -225,11 +233,18 @@ def serve(
         None, "--token", envvar="EDGESLIM_TOKEN", help="Require 'Authorization: Bearer TOKEN' (all but health)."
     ),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body accepted."),
+    backend_option: List[str] = typer.Option(
+        [], "--backend-option", "-O",
+        help="Backend option KEY=VALUE (repeatable), e.g. -O hint=THROUGHPUT for openvino, or "
+        "-O session_config:session.intra_op.allow_spinning=1 for onnxruntime.",
+    ),
 ) -> None:
     """Serve artifacts over KServe v2 / Open Inference Protocol (tritonclient and perf_analyzer work)."""
     from .server import ServerSettings, serve as _serve
+    from .server.settings import parse_backend_options
 
     settings = ServerSettings(
+        backend_options={backend: parse_backend_options(backend_option)} if backend_option else {},
         models=tuple(models), backend=backend, precision=precision, device=device, threads=threads, host=host,
         port=port, max_batch=max_batch, dynamic_batching=not no_batching, batch_delay_ms=batch_delay_ms,
         queue_size=queue_size, request_timeout_s=timeout, token=token, max_body_bytes=int(max_body_mb * 2**20),

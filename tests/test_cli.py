@@ -112,3 +112,10 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path):
     # a second run into the same directory refuses to clobber checkpoints without --resume
     r2 = runner.invoke(app, ["pipeline", str(_write(tmp_path, TINY)), "--out", str(out)])
     assert r2.exit_code == 1 and "--resume" in r2.output
+
+
+def test_serve_bad_path_and_backend_option_errors_are_one_line(tmp_path):
+    text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path / "missing")]))
+    assert "missing" in text
+    text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path), "-O", "novalue"]))
+    assert "KEY=VALUE" in text or "novalue" in text
