@@ -51,7 +51,10 @@ def benchmark_app(xml: Path, hint: str, seconds: float, threads: int | None, sha
     # -ip f32: benchmark_app otherwise turns a 4-D input into u8 images with a conversion step, which is not the
     # graph edgeslim runs.
     cmd = ["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", hint, "-t", str(max(1, round(seconds))),
-           "-shape", f"[{','.join(map(str, shape))}]", "-ip", "f32"]
+           "-shape", f"[{','.join(map(str, shape))}]", "-ip", "f32",
+           # edgeslim's openvino backend runs FP32 IRs in f32; benchmark_app would pick bf16 on AMX/AVX512-BF16 CPUs
+           # (about 1.6x faster here), which is a different computation, not a measurement difference
+           "-infer_precision", "f32"]
     if threads:
         cmd += ["-nthreads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 120)
