@@ -33,15 +33,11 @@ class PipelineResult:
 
 
 def _calibration_batches(data, n: int, batch_size: int = 32):
-    """Up to ``n`` preprocessed training images as float32 NCHW numpy batches (seeded order)."""
-    batches, seen = [], 0
-    for x, _ in data.loader("train", batch_size=batch_size, shuffle=True, seed=1234):
-        take = min(len(x), n - seen)
-        batches.append(x[:take].numpy())
-        seen += take
-        if seen >= n:
-            break
-    return batches
+    """Up to ``n`` preprocessed training images (seeded order) as float32 NCHW numpy batches."""
+    from .compress.quantize import calibration_batches
+
+    return calibration_batches(data.loader("train", batch_size=batch_size, shuffle=True, seed=1234), n,
+                               batch_size=batch_size)
 
 
 def _split_arrays(data, split: str):
