@@ -257,20 +257,24 @@ class MaskSet:
                 self.masks[name] = flat.view_as(mask)
         else:
             alive_idx = {n: m.flatten().nonzero().squeeze(1) for n, m in self.masks.items()}
-            all_scores = torch.cat([scores[n].flatten()[alive_idx[n]] for n in self.masks])
-            k = int(round(rate * all_scores.numel()))
-            if k > 0:
-                doomed = torch.zeros(all_scores.numel(), dtype=torch.bool)
-                doomed[torch.argsort(all_scores, stable=True)[:k]] = True
-                start = 0
-                for n, mask in self.masks.items():
-                    idx = alive_idx[n]
-                    d = doomed[start : start + idx.numel()]
-                    start += idx.numel()
-                    flat = mask.flatten().clone()
-                    flat[idx[d]] = False
-                    self.masks[n] = flat.view_as(mask)
+            self._drop_lowest(scores, alive_idx, int(round(rate * sum(i.numel() for i in alive_idx.values()))))
         self.apply(model)
+
+    def _drop_lowest(self, scores: Mapping[str, torch.Tensor], alive_idx: Mapping[str, torch.Tensor], k: int) -> None:
+        """Prune the ``k`` lowest-scoring alive weights ranked across all masked layers (stable on ties)."""
+        if k <= 0:
+            return
+        all_scores = torch.cat([scores[n].flatten()[alive_idx[n]] for n in self.masks])
+        doomed = torch.zeros(all_scores.numel(), dtype=torch.bool)
+        doomed[torch.argsort(all_scores, stable=True)[:k]] = True
+        start = 0
+        for n, mask in self.masks.items():
+            idx = alive_idx[n]
+            d = doomed[start : start + idx.numel()]
+            start += idx.numel()
+            flat = mask.flatten().clone()
+            flat[idx[d]] = False
+            self.masks[n] = flat.view_as(mask)
 
     def _scores(
         self, model: nn.Module, score: str, reference_state: Mapping[str, torch.Tensor] | None
@@ -333,19 +337,7 @@ class MaskSet:
             total = sum(m.numel() for m in self.masks.values())
             alive_idx = {n: m.flatten().nonzero().squeeze(1) for n, m in self.masks.items()}
             n_alive = sum(i.numel() for i in alive_idx.values())
-            k = int(round(sparsity * total)) - (total - n_alive)
-            if k > 0:
-                all_scores = torch.cat([scores[n].flatten()[alive_idx[n]] for n in self.masks])
-                doomed = torch.zeros(all_scores.numel(), dtype=torch.bool)
-                doomed[torch.argsort(all_scores, stable=True)[:k]] = True
-                start = 0
-                for n, mask in self.masks.items():
-                    idx = alive_idx[n]
-                    d = doomed[start : start + idx.numel()]
-                    start += idx.numel()
-                    flat = mask.flatten().clone()
-                    flat[idx[d]] = False
-                    self.masks[n] = flat.view_as(mask)
+            self._drop_lowest(scores, alive_idx, int(round(sparsity * total)) - (total - n_alive))
         self.apply(model)
 
     # -- reporting ------------------------------------------------------------------------------------------
