@@ -283,6 +283,24 @@ def int8_plan(model: Any) -> Int8Plan | None:
         return None
 
 
+def attached_qat_model(model: Any) -> Any:
+    """The QAT-trained model attached to ``model`` (what the exporters quantize for ``quantize.method: qat``).
+
+    Raises:
+        ExportError: nothing attached; the message says how to attach one.
+    """
+    plan = int8_plan(model)
+    if plan is None or plan.qat_model is None:
+        from ..errors import ExportError
+
+        raise ExportError(
+            "quantize.method is 'qat' but no QAT-trained model is attached to this model; train it with"
+            " edgeslim.compress.qat.quantize_aware_train (the pipeline does) and attach it with"
+            " edgeslim.compress.quantize.attach_int8_plan"
+        )
+    return plan.qat_model
+
+
 # -- accuracy-aware INT8 --------------------------------------------------------------------------------------------
 
 #: metric penalty per critical FN over the budget; larger than any top-1 difference, so one extra FN always fails

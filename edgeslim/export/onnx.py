@@ -168,7 +168,7 @@ class OnnxExporter(Exporter):
     def _int8(self, ctx: ExportContext, fp32: Any) -> ModelFile:
         import onnx
 
-        from ..compress.quantize import accuracy_aware_onnx, int8_plan, ptq_onnx
+        from ..compress.quantize import accuracy_aware_onnx, attached_qat_model, int8_plan, ptq_onnx
 
         method = ctx.quantize.method
         plan = int8_plan(ctx.model)
@@ -176,13 +176,7 @@ class OnnxExporter(Exporter):
         if method == "qat":
             from ..compress.qat import qat_to_onnx
 
-            if plan is None or plan.qat_model is None:
-                raise ExportError(
-                    "quantize.method is 'qat' but no QAT-trained model is attached to this model; train it with"
-                    " edgeslim.compress.qat.quantize_aware_train (the pipeline does) and attach it with"
-                    " edgeslim.compress.quantize.attach_int8_plan"
-                )
-            quantized = qat_to_onnx(plan.qat_model, ctx.example_input(), opset=ctx.opset,
+            quantized = qat_to_onnx(attached_qat_model(ctx.model), ctx.example_input(), opset=ctx.opset,
                                     dynamic_batch=ctx.dynamic_batch, input_name=ctx.input_name,
                                     output_name=ctx.output_name)
             extra = {"quantizer": "nncf.qat"}

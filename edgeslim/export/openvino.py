@@ -83,20 +83,14 @@ class OpenVINOExporter(Exporter):
     def _int8(self, ctx: ExportContext, model: Any, save: Any) -> list[ModelFile]:
         import openvino as ov
 
-        from ..compress.quantize import accuracy_aware_openvino, int8_plan, ptq_openvino
+        from ..compress.quantize import accuracy_aware_openvino, attached_qat_model, int8_plan, ptq_openvino
 
         method = ctx.quantize.method
         plan = int8_plan(ctx.model)
         if method == "qat":
             from ..compress.qat import qat_to_openvino
 
-            if plan is None or plan.qat_model is None:
-                raise ExportError(
-                    "quantize.method is 'qat' but no QAT-trained model is attached to this model; train it with"
-                    " edgeslim.compress.qat.quantize_aware_train (the pipeline does) and attach it with"
-                    " edgeslim.compress.quantize.attach_int8_plan"
-                )
-            quantized = qat_to_openvino(plan.qat_model, ctx.example_input(1))
+            quantized = qat_to_openvino(attached_qat_model(ctx.model), ctx.example_input(1))
             _name_ports(quantized, ctx)
             quantized.reshape({quantized.inputs[0]: ov.PartialShape(ctx.input_dims())})
             extra: dict[str, Any] = {"quantizer": "nncf.qat"}
