@@ -301,6 +301,24 @@ def attached_qat_model(model: Any) -> Any:
     return plan.qat_model
 
 
+def attached_validation(model: Any) -> tuple[Any, list[int]]:
+    """The val split and critical classes attached to ``model`` for ``quantize.method: accuracy_aware``.
+
+    Raises:
+        ExportError: nothing attached; the message says how to attach it.
+    """
+    plan = int8_plan(model)
+    if plan is None or plan.validation is None:
+        from ..errors import ExportError
+
+        raise ExportError(
+            "quantize.method is 'accuracy_aware' but no val split is attached to this model; attach one"
+            " with edgeslim.compress.quantize.attach_int8_plan(model, Int8Plan(validation=(x, y),"
+            " critical=[...])) (the pipeline does)"
+        )
+    return plan.validation, list(plan.critical)
+
+
 # -- accuracy-aware INT8 --------------------------------------------------------------------------------------------
 
 #: metric penalty per critical FN over the budget; larger than any top-1 difference, so one extra FN always fails

@@ -168,10 +168,9 @@ class OnnxExporter(Exporter):
     def _int8(self, ctx: ExportContext, fp32: Any) -> ModelFile:
         import onnx
 
-        from ..compress.quantize import accuracy_aware_onnx, attached_qat_model, int8_plan, ptq_onnx
+        from ..compress.quantize import accuracy_aware_onnx, attached_qat_model, attached_validation, ptq_onnx
 
         method = ctx.quantize.method
-        plan = int8_plan(ctx.model)
         extra: dict[str, Any] = {}
         if method == "qat":
             from ..compress.qat import qat_to_onnx
@@ -184,14 +183,8 @@ class OnnxExporter(Exporter):
             if not ctx.calibration:
                 raise ExportError("INT8 ONNX needs calibration batches; none were given")
             if method == "accuracy_aware":
-                if plan is None or plan.validation is None:
-                    raise ExportError(
-                        "quantize.method is 'accuracy_aware' but no val split is attached to this model; attach one"
-                        " with edgeslim.compress.quantize.attach_int8_plan(model, Int8Plan(validation=(x, y),"
-                        " critical=[...])) (the pipeline does)"
-                    )
-                quantized, report = accuracy_aware_onnx(fp32, ctx.calibration, plan.validation, plan.critical,
-                                                        ctx.quantize)
+                validation, critical = attached_validation(ctx.model)
+                quantized, report = accuracy_aware_onnx(fp32, ctx.calibration, validation, critical, ctx.quantize)
                 extra = {**report}
             else:
                 quantized = ptq_onnx(fp32, ctx.calibration, ctx.quantize)

@@ -83,10 +83,9 @@ class OpenVINOExporter(Exporter):
     def _int8(self, ctx: ExportContext, model: Any, save: Any) -> list[ModelFile]:
         import openvino as ov
 
-        from ..compress.quantize import accuracy_aware_openvino, attached_qat_model, int8_plan, ptq_openvino
+        from ..compress.quantize import accuracy_aware_openvino, attached_qat_model, attached_validation, ptq_openvino
 
         method = ctx.quantize.method
-        plan = int8_plan(ctx.model)
         if method == "qat":
             from ..compress.qat import qat_to_openvino
 
@@ -99,13 +98,8 @@ class OpenVINOExporter(Exporter):
                 raise ExportError("INT8 OpenVINO needs calibration batches; none were given")
             # nncf works on a copy: the FP32 model stays as it is.
             if method == "accuracy_aware":
-                if plan is None or plan.validation is None:
-                    raise ExportError(
-                        "quantize.method is 'accuracy_aware' but no val split is attached to this model; attach one"
-                        " with edgeslim.compress.quantize.attach_int8_plan (the pipeline does)"
-                    )
-                quantized, extra = accuracy_aware_openvino(model, ctx.calibration, plan.validation, plan.critical,
-                                                           ctx.quantize)
+                validation, critical = attached_validation(ctx.model)
+                quantized, extra = accuracy_aware_openvino(model, ctx.calibration, validation, critical, ctx.quantize)
             else:
                 quantized = ptq_openvino(model, ctx.calibration, ctx.quantize)
                 extra = {"quantizer": "nncf.ptq"}
