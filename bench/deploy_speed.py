@@ -139,9 +139,10 @@ def main() -> None:
             files[(name, side)] = {(mf.format, mf.precision): out / "artifacts" / f"{name}-{side}" / mf.path
                                    for mf in m.models if mf.format != "torch"}
 
-    arms = [("dense FP32", "dense", "fp32"), ("PTQ INT8", "dense", "int8"), ("QAT INT8", "qat", "int8"),
-            ("structured 30% FP32", "s30", "fp32"), ("structured 30% + PTQ INT8", "s30", "int8"),
-            ("structured 50% FP32", "s50", "fp32"), ("structured 50% + PTQ INT8", "s50", "int8")]
+    arms = [("dense FP32", "dense", "fp32"), ("PTQ INT8", "dense", "int8"), ("QAT INT8", "qat", "int8")]
+    for ratio in _ratios(recipe):
+        arms += [(f"structured {ratio:.0%} FP32", _key(ratio), "fp32"),
+                 (f"structured {ratio:.0%} + PTQ INT8", _key(ratio), "int8")]
     if "recipe" in variants:
         arms.append((f"{recipe.name} (structured {recipe.prune.ratio:.0%} + QAT INT8 + KD)", "recipe", "int8"))
 
@@ -236,15 +237,15 @@ def _trained_arms(variants, dense, recipe, data, calib, out, say) -> None:
     say("QAT done")
 
     pruned = {}
-    for ratio in (0.3, 0.5):
+    for ratio in _ratios(recipe):
         r = recipe.model_copy(deep=True)
-        r.prune = type(recipe.prune)(method="structured", ratio=ratio, round_to=recipe.prune.round_to)
+        r.prune = _prune_section(recipe, ratio)
         r.train.epochs = 0  # the dense model above is the starting point: no second dense round
         r.train.final_epochs = recipe.train.final_epochs
         say(f"structured {ratio:.0%}: prune the dense model, fine-tune {r.train.final_epochs} epochs")
         res = compress(copy.deepcopy(dense), data, r, run_dir=out / "run" / f"s{int(ratio * 100)}", progress=False)
         pruned[ratio] = res
-        variants[f"s{int(ratio * 100)}"] = {"model": res.model.eval(), "int8": "ptq"}
+        variants[_key(ratio)] = {"model": res.model.eval(), "int8": "ptq"}
     say("structured done")
     if recipe.prune.method == "structured" and recipe.prune.ratio in pruned and recipe.quantize.method == "qat":
         base = pruned[recipe.prune.ratio]
@@ -267,15 +268,34 @@ def _untrained_arms(variants, dense, recipe, data, calib, say) -> None:
     variants["qat"] = {"model": dense, "int8": "qat", "qat": prepare_qat(dense, calib, recipe.quantize),
                        "trained": False}
     example = torch.zeros(example_shape(data))
-    for ratio in (0.3, 0.5):
+    for ratio in _ratios(recipe):
         m = copy.deepcopy(dense)
-        prune_channels(m, example, ratio=ratio, round_to=recipe.prune.round_to,
-                       ignored_layers=_ignored(m, prune_first_conv=False, exclude=()))
-        variants[f"s{int(ratio * 100)}"] = {"model": m.eval(), "int8": "ptq", "trained": False}
-    s50 = variants["s50"]["model"]
-    say("QAT graph of structured 50% (not fine-tuned)")
-    variants["recipe"] = {"model": s50, "int8": "qat", "qat": prepare_qat(s50, calib, recipe.quantize),
-                          "trained": False}
+        p = _prune_section(recipe, ratio)
+        prune_channels(m, example, ratio=ratio, round_to=p.round_to,
+                       ignored_layers=_ignored(m, prune_first_conv=False, exclude=p.exclude))
+        variants[_key(ratio)] = {"model": m.eval(), "int8": "ptq", "trained": False}
+    if recipe.prune.method == "structured" and recipe.quantize.method == "qat":
+        base = variants[_key(recipe.prune.ratio)]["model"]
+        say(f"QAT graph of structured {recipe.prune.ratio:.0%} (not fine-tuned)")
+        variants["recipe"] = {"model": base, "int8": "qat", "qat": prepare_qat(base, calib, recipe.quantize),
+                              "trained": False}
+
+
+def _ratios(recipe) -> list[float]:
+    """The structured arms: 30% and 50%, plus the recipe's own ratio."""
+    extra = [recipe.prune.ratio] if recipe.prune.method == "structured" else []
+    return sorted({0.3, 0.5, *extra})
+
+
+def _key(ratio: float) -> str:
+    return f"s{round(ratio * 100)}"
+
+
+def _prune_section(recipe, ratio: float):
+    """The recipe's own prune section at its ratio (its round_to and excluded layers); plain structured otherwise."""
+    if recipe.prune.method == "structured" and ratio == recipe.prune.ratio:
+        return recipe.prune.model_copy(deep=True)
+    return type(recipe.prune)(method="structured", ratio=ratio, round_to=recipe.prune.round_to)
 
 
 if __name__ == "__main__":
