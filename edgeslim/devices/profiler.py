@@ -296,118 +296,81 @@ def async_throughput(
     threads: int | None = None,
     backend_name: str = "",
     requests: int | None = None,
-    isolate: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Throughput in the backend's asynchronous mode (OpenVINO: ``hint=THROUGHPUT``, an ``AsyncInferQueue`` of
-    the plugin's optimal number of requests), as ``benchmark_app -hint throughput`` measures it.
+    """Throughput in the backend's asynchronous mode, measured as ``benchmark_app -api async`` measures it.
 
-    Loads its own instance of the model with the throughput options, keeps the queue full with chunks of
-    inputs until at least ``cfg.iterations`` inferences and ``cfg.seconds`` have passed, and reports items/s.
+    Loads its own instance of the model with the throughput options (OpenVINO: ``hint=THROUGHPUT``, the plugin's
+    optimal number of requests), runs one first inference, the warm-up (``cfg.warmup`` requests and
+    ``cfg.warmup_seconds``), then keeps every request busy until at least ``cfg.iterations`` inferences and
+    ``cfg.seconds`` have passed. Throughput = items / wall time of the window (including the wait for the last
+    requests); latency = per-request latency (OpenVINO's own ``InferRequest.latency``): benchmark_app's
+    definitions. Runs in this process: the loop uses no Python callback (see
+    :meth:`edgeslim.runtime.openvino.OpenVINOBackend.run_async_window`).
 
     Args:
-        cls: a backend class with ``infer_async_many(batches, jobs=)``.
+        cls: a backend class with ``run_async_window`` (preferred) or ``infer_async_many(batches, jobs=)``.
         path: the model file.
         batch: items per request.
-        cfg: window lengths (warm-up: two rounds of requests).
+        cfg: warm-up and window lengths.
         threads: intra-op threads.
         backend_name: registry name of ``cls``; key into :data:`THROUGHPUT_OPTIONS`.
         requests: requests in flight (default: the backend's optimal number).
-        isolate: measure in a fresh Python process, as benchmark_app does. OpenVINO 2026.4 can abort the process
-            ("Resource deadlock avoided" / "terminate called without an active exception") while it tears down a
-            THROUGHPUT-compiled model after async requests; in a child process that cannot take the caller down,
-            and a result printed before such an abort is kept (with a note).
+        options: further backend options over :data:`THROUGHPUT_OPTIONS` (e.g. ``{"streams": 2}``).
     """
-    name = backend_name or getattr(cls, "name", "")
-    if isolate and name:
-        return _async_throughput_child(name, path, batch=batch, cfg=cfg, threads=threads, requests=requests)
-    return _async_throughput_here(cls, path, batch=batch, cfg=cfg, threads=threads, backend_name=name,
-                                  requests=requests)
-
-
-def _async_throughput_child(name: str, path: str | os.PathLike, *, batch: int, cfg: ProfileConfig,
-                            threads: int | None, requests: int | None) -> dict[str, Any]:
-    import json
-    import subprocess
-
-    args = json.dumps({"name": name, "path": str(path), "batch": batch, "cfg": cfg.to_dict(), "threads": threads,
-                       "requests": requests})
-    code = "import sys; from edgeslim.devices.profiler import _async_throughput_main; _async_throughput_main(sys.argv[1])"
-    budget = 120 + 10 * (cfg.seconds + cfg.warmup_seconds)
-    try:
-        out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=budget)
-    except subprocess.TimeoutExpired as exc:
-        raise BackendError(f"{name} throughput measurement of {Path(path).name} did not finish in {budget:.0f} s") from exc
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise BackendError(
-            f"{name} throughput measurement of {Path(path).name} failed (exit {out.returncode}): {out.stderr.strip()[-800:]}"
-        )
-    result = json.loads(lines[-1])
-    if result.get("error"):
-        raise BackendError(result["error"])
-    result["isolated"] = True
-    if out.returncode != 0:
-        result["note"] = (
-            f"the measuring process exited with {out.returncode} after reporting (OpenVINO teardown); result kept"
-        )
-    return result
-
-
-def _async_throughput_main(args_json: str) -> None:
-    """Entry point of the child process of :func:`async_throughput` (prints one JSON line)."""
-    import json
-
-    a = json.loads(args_json)
-    try:
-        cfg = ProfileConfig(**{**a["cfg"], "batch_sizes": tuple(a["cfg"]["batch_sizes"])})
-        result = _async_throughput_here(backend_class(a["name"]), a["path"], batch=a["batch"], cfg=cfg,
-                                        threads=a["threads"], backend_name=a["name"], requests=a["requests"])
-    except EdgeslimError as exc:
-        result = {"error": str(exc)}
-    print(json.dumps(result), flush=True)
-
-
-def _async_throughput_here(
-    cls: type,
-    path: str | os.PathLike,
-    *,
-    batch: int,
-    cfg: ProfileConfig,
-    threads: int | None,
-    backend_name: str,
-    requests: int | None,
-) -> dict[str, Any]:
     from ..runtime.base import BackendOptions
 
-    extra = dict(THROUGHPUT_OPTIONS.get(backend_name, {}))
+    name = backend_name or getattr(cls, "name", "")
+    extra = {**THROUGHPUT_OPTIONS.get(name, {}), **(options or {})}
     t0 = time.perf_counter()
-    b = cls(path, BackendOptions(threads=threads, extra=extra))
+    b = cls(path, BackendOptions(threads=threads, extra=dict(extra)))
     load_s = time.perf_counter() - t0
     with b:
-        name, shape, dtype = _resolve_shape(b, batch, None)
-        x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
-        nreq = int(requests or getattr(b, "optimal_requests", 1) or 1)
-        # Chunks long enough that refilling the queue between chunks is a small part of the time.
-        chunk = [{name: x}] * max(8 * nreq, 32)
-        b.infer_async_many(chunk[: 2 * nreq], jobs=nreq)
-        done = 0
-        clock = time.perf_counter_ns
-        start = clock()
-        while True:
-            b.infer_async_many(chunk, jobs=nreq)
-            done += len(chunk)
-            wall = clock() - start
-            if done >= cfg.iterations and wall >= cfg.seconds * 1e9:
-                break
+        input_name, shape, dtype = _resolve_shape(b, batch, None)
+        feeds = {input_name: np.random.default_rng(0).standard_normal(shape).astype(dtype)}
+        if hasattr(b, "run_async_window"):
+            r = b.run_async_window(feeds, min_iterations=cfg.iterations, min_seconds=cfg.seconds,
+                                   warmup=cfg.warmup, warmup_seconds=cfg.warmup_seconds, jobs=requests)
+            nreq, done, wall = r["requests"], r["inferences"], r["seconds"]
+            extras = {
+                "latency_ms": latency_stats(np.asarray(r["latencies_ms"]) * 1e6),
+                "first_inference_ms": r["first_inference_ms"],
+                "warmup": r["warmup"],
+            }
+        else:
+            nreq, done, wall = _chunked_async_window(b, feeds, cfg, requests)
+            extras = {}
+        if hasattr(b, "compiled_properties"):
+            extras["properties"] = b.compiled_properties()
     return {
         "mode": "async",
         "options": extra,
         "requests": nreq,
         "inferences": done,
-        "seconds": wall / 1e9,
-        "items_per_s": batch * done / (wall / 1e9),
+        "seconds": wall,
+        "items_per_s": batch * done / wall,
         "load_s": load_s,
+        **extras,
     }
+
+
+def _chunked_async_window(b: Any, feeds: dict[str, np.ndarray], cfg: ProfileConfig,
+                          requests: int | None) -> tuple[int, int, float]:
+    """A backend with only ``infer_async_many``: chunks long enough that refilling the queue between chunks is a
+    small part of the time."""
+    nreq = int(requests or getattr(b, "optimal_requests", 1) or 1)
+    chunk = [feeds] * max(8 * nreq, 32)
+    if cfg.warmup > 0 or cfg.warmup_seconds > 0:
+        _timed_loop(lambda: b.infer_async_many(chunk[: max(cfg.warmup, nreq)], jobs=nreq), 1, cfg.warmup_seconds)
+    done = 0
+    clock = time.perf_counter_ns
+    start = clock()
+    while True:
+        b.infer_async_many(chunk, jobs=nreq)
+        done += len(chunk)
+        wall = clock() - start
+        if done >= cfg.iterations and wall >= cfg.seconds * 1e9:
+            return nreq, done, wall / 1e9
 
 
 def _per_inference(power: dict[str, Any] | None, *, items: int) -> dict[str, Any]:
@@ -652,7 +615,7 @@ def profile_artifact(
                     say(f"[{step}/{total}] {m.path} on {b} batch {batch}: failed ({exc})")
                     entries.append({**base, "status": "failed", "error": str(exc), "batch": batch, "conditions": conditions})
                     continue
-                if cfg.throughput and hasattr(cls, "infer_async_many"):
+                if cfg.throughput and (hasattr(cls, "run_async_window") or hasattr(cls, "infer_async_many")):
                     try:
                         result["throughput_mode"] = async_throughput(
                             cls, artifact_dir / m.path, batch=batch, cfg=cfg, threads=threads, backend_name=b

@@ -9,12 +9,13 @@
         plugin's choice). Default ``"f32"`` on CPU (and AUTO/MULTI/HETERO): on CPUs with AMX or AVX512-BF16 the
         plugin otherwise runs FP32 models in bfloat16, which moves logits by ~1e-3 and shifts probabilities that
         the manifest's critical-class thresholds were calibrated on. Pass ``"bf16"`` for speed.
-    requests: number of infer requests for :meth:`OpenVINOBackend.infer_async_many`
-        (default: the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``).
+    requests: number of infer requests for :meth:`OpenVINOBackend.infer_async_many` and
+        :meth:`OpenVINOBackend.run_async_window` (default: the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Iterable, Mapping
 
@@ -216,6 +217,111 @@ class OpenVINOBackend(Backend):
                 self._wait_async()
                 raise BackendError(f"OpenVINO async inference of {self.path.name} failed: {exc}") from exc
         return results  # type: ignore[return-value]
+
+    def run_async_window(
+        self,
+        feeds: Mapping[str, np.ndarray] | np.ndarray,
+        *,
+        min_iterations: int,
+        min_seconds: float,
+        warmup: int = 0,
+        warmup_seconds: float = 0.0,
+        jobs: int | None = None,
+    ) -> dict[str, Any]:
+        """Keep ``jobs`` infer requests busy on one input for a measured window: the throughput measurement.
+
+        This is the loop of ``benchmark_app -api async`` in its default inference-only mode
+        (``openvino/tools/benchmark/benchmark.py``), so both report the same figures: every request gets the input
+        once; one first inference runs apart; then (after an optional warm-up of ``warmup`` requests and
+        ``warmup_seconds``) the window starts whichever request is idle (``AsyncInferQueue.get_idle_request_id`` +
+        ``start_async``) until at least ``min_iterations`` requests and ``min_seconds`` have passed, rounded up to
+        a multiple of the number of requests, then waits for all of them. The window's wall time includes that
+        final wait; each request's latency is OpenVINO's own ``InferRequest.latency``.
+
+        ``AsyncInferQueue`` without a Python callback is safe here: its built-in callbacks never take the GIL,
+        unlike the user-callback path that aborted at exit (see :meth:`infer_async_many`).
+
+        Returns:
+            ``requests``, ``inferences`` (requests completed in the window), ``seconds`` (its wall time),
+            ``latencies_ms`` (per request), ``first_inference_ms`` and ``warmup`` (``iterations``, ``seconds``).
+
+        Raises:
+            InputError: ``feeds`` fail the checks of :meth:`infer`.
+            BackendError: the model is closed, or OpenVINO failed.
+        """
+        import time
+
+        ov = require("openvino", purpose="the openvino backend")
+        self._check_open()
+        feed = self._feed_by_port(self.check_feeds(feeds))
+        n = int(jobs or self._requested_jobs or self.optimal_requests)
+        if n < 1:
+            raise ConfigError(f"jobs must be >= 1, got {n}")
+        clock = time.perf_counter
+
+        def window(queue: Any, min_iters: int, seconds: float, latencies: list[float] | None) -> tuple[int, float]:
+            started, in_flight = 0, set()
+            start = clock()
+            while started < min_iters or clock() - start < seconds or started % n:
+                idle = queue.get_idle_request_id()
+                if idle in in_flight and latencies is not None:
+                    latencies.append(queue[idle].latency)
+                in_flight.add(idle)
+                queue.start_async()
+                started += 1
+            queue.wait_all()
+            wall = clock() - start
+            if latencies is not None:
+                latencies.extend(queue[i].latency for i in in_flight)
+            return started, wall
+
+        with self._async_lock:
+            self._check_open()
+            queue = ov.AsyncInferQueue(self._compiled, n)
+            try:
+                for i in range(len(queue)):
+                    for port, arr in feed.items():
+                        queue[i].set_input_tensor(port, ov.Tensor(arr))  # a copy per request, set once
+                first = queue.get_idle_request_id()
+                queue.start_async()
+                queue.wait_all()
+                first_ms = queue[first].latency
+                warm_iters, warm_s = 0, 0.0
+                if warmup > 0 or warmup_seconds > 0:
+                    warm_iters, warm_s = window(queue, warmup, warmup_seconds, None)
+                latencies: list[float] = []
+                done, wall = window(queue, max(1, min_iterations), min_seconds, latencies)
+            except Exception as exc:
+                raise BackendError(f"OpenVINO async inference of {self.path.name} failed: {exc}") from exc
+            finally:
+                # Every request idle before the queue (and later the compiled model) is released.
+                with contextlib.suppress(Exception):
+                    queue.wait_all()
+                del queue
+        return {
+            "requests": n,
+            "inferences": done,
+            "seconds": wall,
+            "latencies_ms": latencies,
+            "first_inference_ms": first_ms,
+            "warmup": {"iterations": warm_iters, "seconds": warm_s},
+        }
+
+    def compiled_properties(self) -> dict[str, str]:
+        """Every property of the compiled model as the string ``benchmark_app`` prints for it (its step 8).
+
+        Streams, threads, inference precision, pinning: the settings a measurement ran with, comparable key by key
+        with another tool's run of the same IR.
+        """
+        self._check_open()
+        keys = [k for k in self._compiled.get_property("SUPPORTED_PROPERTIES") if k != "SUPPORTED_PROPERTIES"]
+        out = {}
+        for key in keys:
+            try:
+                out[key] = str(self._compiled.get_property(key))
+            except Exception:  # noqa: BLE001 - a property a plugin lists but cannot report is left out
+                continue
+        return out
 
     def _wait_async(self) -> None:
         # Leave no request running: a request must be idle before it, or its compiled model, is released.

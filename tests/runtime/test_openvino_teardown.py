@@ -2,7 +2,9 @@
 
 With OpenVINO 2026.4, a THROUGHPUT-compiled model driven through ``AsyncInferQueue`` with a Python callback aborts
 the interpreter at exit ("terminate called ... Resource deadlock avoided") in about half of the runs on a
-MobileNetV3-sized model (TinyNet is too small to hit it). Each run is a fresh process, as a user's would be.
+MobileNetV3-sized model (TinyNet is too small to hit it). Each run is a fresh process, as a user's would be. The
+profiler's throughput window (``run_async_window``: AsyncInferQueue without a Python callback) runs in-process too,
+so it is exercised here the same way.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ SCRIPT = textwrap.dedent(
         for _ in range(10):
             outs = b.infer_async_many([x] * 32)
         assert all(np.allclose(o["logits"], ref, atol=1e-5) for o in outs)
+        # the profiler's throughput window (AsyncInferQueue without a Python callback), in the same process
+        r = b.run_async_window(x, min_iterations=32, min_seconds=0.2, warmup=4)
+        assert r["inferences"] >= 32 and len(r["latencies_ms"]) == r["inferences"]
     # a second model left open at exit: interpreter teardown releases it
     keep = OpenVINOBackend(sys.argv[1], BackendOptions(threads=2, extra={"hint": "THROUGHPUT"}))
     keep.infer_async_many([x] * 16)
+    keep.run_async_window(x, min_iterations=16, min_seconds=0)
     print("finished", flush=True)
     """
 )
