@@ -1,9 +1,14 @@
-"""Dynamic batching with Triton's semantics, on asyncio.
+"""Dynamic batching with Triton's semantics: a bounded FIFO per model, scheduled by one inference thread.
 
-Requests wait in a bounded FIFO per model. One worker takes the oldest request and, while the batch is below
-``max_batch`` and not at a preferred size, waits up to ``delay_s`` (measured from the oldest request's arrival) for
-more requests of the same per-item shape to join; then it concatenates their inputs along the batch axis, runs
-the model once in a dedicated thread, splits the outputs and hands each caller its own rows, in order.
+Requests wait in a bounded FIFO per model. The model's inference thread takes the oldest request and, while the
+batch is below ``max_batch`` and not at a preferred size, waits up to ``delay_s`` (measured from the oldest request's
+arrival) for more requests of the same per-item shape to join; then it concatenates their inputs along the batch
+axis, runs the model once, splits the outputs and hands each caller its own rows, in order.
+
+The scheduling runs in the inference thread itself rather than in an asyncio task that hands each batch to a thread
+pool: a request then costs one wake-up of that thread and one ``call_soon_threadsafe`` back into the event loop, no
+thread-pool hop and no extra event-loop round trips, which is most of the server's own latency for a small model.
+With batching off, or with ``delay_s`` 0, no timer runs at all: a request is executed as soon as the thread is free.
 
 A full queue raises :class:`ServerBusyError` at once (503 + Retry-After) instead of growing without bound; a
 caller that times out is dropped from the queue so its slot and compute are not wasted.
@@ -13,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,11 +62,22 @@ class _Pending:
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
+def _deliver(chosen: list[_Pending], results: list[Any], error: BaseException | None) -> None:
+    """In the event loop: resolve each caller's future (callers that timed out or left are skipped)."""
+    for i, p in enumerate(chosen):
+        if p.future.done():
+            continue
+        if error is not None:
+            p.future.set_exception(error)
+        else:
+            p.future.set_result(results[i])
+
+
 class DynamicBatcher:
-    """Queue + worker for one model.
+    """Queue + inference thread for one model.
 
     Args:
-        run: runs validated feeds (batch axis 0) and returns every output by name. Called in a worker thread.
+        run: runs validated feeds (batch axis 0) and returns every output by name. Called in the inference thread.
         max_batch: most items one execution may hold.
         delay_s: longest the oldest request waits for others (0: run whatever is queued now).
         preferred: batch sizes that run without waiting.
@@ -92,27 +108,30 @@ class DynamicBatcher:
         self._name = name
         self._queue: collections.deque[_Pending] = collections.deque()
         self._executing = 0
-        self._cond: asyncio.Condition | None = None
-        self._task: asyncio.Task | None = None
-        self._closing = False
         # One thread per model: backends need not be thread-safe and the batch is the unit of parallelism.
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future | None = None
+        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker in the running event loop."""
-        self._cond = asyncio.Condition()
-        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self._name}")
+        """Start the inference thread; results are delivered to the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._thread = threading.Thread(target=self._serve, name=f"infer-{self._name}", daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
         """Stop taking requests, run everything already queued (without waiting for the delay), then stop."""
-        self._closing = True
-        if self._cond is not None:
-            async with self._cond:
-                self._cond.notify_all()
-        if self._task is not None:
-            await self._task
-        self._pool.shutdown(wait=True)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._stopped is not None:
+            await self._stopped
+        if self._thread is not None:
+            self._thread.join()
 
     @property
     def pending(self) -> int:
@@ -127,7 +146,8 @@ class DynamicBatcher:
             ServerBusyError: the queue is full or the server is shutting down.
             RequestTimeoutError: no answer within ``timeout_s``.
         """
-        if self._closing or self._cond is None:
+        loop = self._loop
+        if self._closing or loop is None:
             raise ServerBusyError(f"model '{self._name}' is shutting down; retry on another instance", 5.0)
         if len(self._queue) >= self.queue_size:
             raise ServerBusyError(
@@ -136,30 +156,38 @@ class DynamicBatcher:
             )
         first = next(iter(feeds.values()))
         n = int(first.shape[0]) if first.ndim else 1
-        key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(feeds.items()))
-        item = _Pending(feeds, n, key, asyncio.get_running_loop().create_future())
-        async with self._cond:
+        key = tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(feeds.items())) if self.enabled else ()
+        item = _Pending(feeds, n, key, loop.create_future())
+        with self._cond:
             self._queue.append(item)
-            self._cond.notify_all()
+            self._cond.notify()
+        # A plain timer instead of asyncio.wait_for(shield(...)): no extra task or future layers per request.
+        timer = loop.call_later(timeout_s, self._expire, item, timeout_s)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
-        except asyncio.TimeoutError:
-            # Still queued: take it out so the model never runs it. Already running: its result is dropped.
+            return await item.future
+        finally:
+            timer.cancel()
+
+    def _expire(self, item: _Pending, timeout_s: float) -> None:
+        # Still queued: take it out so the model never runs it. Already running: its result is dropped.
+        with self._cond:
             try:
                 self._queue.remove(item)
             except ValueError:
                 pass
-            item.future.cancel()
-            raise RequestTimeoutError(
-                f"model '{self._name}' did not answer within {timeout_s:g} s (queue + compute); "
-                "retry, send smaller batches, or raise the server's request timeout"
-            ) from None
+        if not item.future.done():
+            item.future.set_exception(
+                RequestTimeoutError(
+                    f"model '{self._name}' did not answer within {timeout_s:g} s (queue + compute); "
+                    "retry, send smaller batches, or raise the server's request timeout"
+                )
+            )
 
-    # -- worker ------------------------------------------------------------------------------------------------
+    # -- inference thread --------------------------------------------------------------------------------------
     def _select(self) -> list[_Pending]:
         """The oldest request plus later ones of the same per-item shape that fit in ``max_batch``, in order."""
         head = self._queue[0]
-        if not self.enabled:
+        if not self.enabled or len(self._queue) == 1:
             return [head]
         chosen, total = [head], head.n
         for item in list(self._queue)[1:]:
@@ -170,72 +198,88 @@ class DynamicBatcher:
                 total += item.n
         return chosen
 
-    def _ready(self, chosen: list[_Pending]) -> bool:
+    def _wait_left(self, chosen: list[_Pending]) -> float:
+        """Seconds the batch may still wait for more requests; 0 when it should run now."""
+        if not self.enabled or self._closing or self.delay_s <= 0:
+            return 0.0
         total = sum(p.n for p in chosen)
-        if not self.enabled or self._closing or total >= self.max_batch or total in self.preferred:
-            return True
-        if self.preferred and total > self.preferred[-1]:
-            return True
-        return time.perf_counter_ns() - chosen[0].enqueued_ns >= self.delay_s * 1e9
+        if total >= self.max_batch or total in self.preferred or (self.preferred and total > self.preferred[-1]):
+            return 0.0
+        return self.delay_s - (time.perf_counter_ns() - chosen[0].enqueued_ns) / 1e9
 
-    async def _worker(self) -> None:
-        cond = self._cond
-        loop = asyncio.get_running_loop()
-        while True:
-            async with cond:
+    def _next_batch(self) -> list[_Pending] | None:
+        """Block until a batch is due and take it off the queue; None once closing with an empty queue."""
+        with self._cond:
+            while True:
                 while not self._queue and not self._closing:
-                    await cond.wait()
-                if not self._queue and self._closing:
-                    return
-                while True:
-                    chosen = self._select()
-                    if self._ready(chosen):
-                        break
-                    left = self.delay_s - (time.perf_counter_ns() - chosen[0].enqueued_ns) / 1e9
-                    try:
-                        await asyncio.wait_for(cond.wait(), max(left, 0.0))
-                    except asyncio.TimeoutError:
-                        pass
-                    if not self._queue:
-                        break
+                    self._cond.wait()
                 if not self._queue:
-                    continue
+                    return None
                 chosen = self._select()
+                left = self._wait_left(chosen)
+                if left <= 0:
+                    break
+                self._cond.wait(left)  # a new request or close() wakes us early; then look again
+            if len(chosen) == 1:
+                self._queue.popleft()
+            else:
                 for p in chosen:
                     self._queue.remove(p)
-            chosen = [p for p in chosen if not p.future.done()]
-            if not chosen:
-                continue
             self._executing = len(chosen)
-            start_ns = time.perf_counter_ns()
-            try:
-                outputs, rec = await loop.run_in_executor(self._pool, self._execute, [p.feeds for p in chosen])
-            except BaseException as exc:  # the model failed: every caller in the batch gets the error
-                for p in chosen:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                self._executing = 0
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            self._executing = 0
-            rec.requests = len(chosen)
-            for p, out in zip(chosen, outputs):
-                if not p.future.done():
-                    p.future.set_result(
-                        (
-                            out,
-                            Timing(
-                                queue_ns=start_ns - p.enqueued_ns,
-                                compute_input_ns=rec.compute_input_ns,
-                                compute_infer_ns=rec.compute_infer_ns,
-                                compute_output_ns=rec.compute_output_ns,
-                                batch_size=rec.batch_size,
-                            ),
-                        )
+            return chosen
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                chosen = self._next_batch()
+                if chosen is None:
+                    return
+                # Callers that timed out or went away are skipped (reading done() from here is a benign race:
+                # at worst a batch computes a result nobody collects).
+                chosen = [p for p in chosen if not p.future.done()]
+                if not chosen:
+                    self._executing = 0
+                    continue
+                start_ns = time.perf_counter_ns()
+                try:
+                    outputs, rec = self._execute([p.feeds for p in chosen])
+                except Exception as exc:  # the model failed: every caller in the batch gets the error
+                    self._executing = 0
+                    self._call_soon(_deliver, chosen, [], exc)
+                    continue
+                rec.requests = len(chosen)
+                results = [
+                    (
+                        out,
+                        Timing(
+                            queue_ns=start_ns - p.enqueued_ns,
+                            compute_input_ns=rec.compute_input_ns,
+                            compute_infer_ns=rec.compute_infer_ns,
+                            compute_output_ns=rec.compute_output_ns,
+                            batch_size=rec.batch_size,
+                        ),
                     )
-            if self._on_batch is not None:
-                self._on_batch(rec)
+                    for p, out in zip(chosen, outputs)
+                ]
+                self._executing = 0
+                self._call_soon(self._finish, chosen, results, rec)
+        finally:
+            self._call_soon(self._mark_stopped)
+
+    def _mark_stopped(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _finish(self, chosen: list[_Pending], results: list[Any], rec: BatchRecord) -> None:
+        _deliver(chosen, results, None)
+        if self._on_batch is not None:
+            self._on_batch(rec)
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+        except RuntimeError:  # the loop is closed (process exit): nobody is waiting any more
+            pass
 
     def _execute(self, feeds_list: list[Feeds]) -> tuple[list[dict[str, np.ndarray]], BatchRecord]:
         t0 = time.perf_counter_ns()
