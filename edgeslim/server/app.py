@@ -4,15 +4,16 @@ The app loads its models in the lifespan (so ``/v2/health/ready`` turns 200 only
 shutdown, lets the batchers finish every queued request before the backends are released. uvicorn itself stops
 accepting connections on SIGINT/SIGTERM and waits up to ``graceful_timeout_s`` for in-flight requests.
 
-A small ASGI guard in front of every route enforces the bearer token (except on ``/v2/health/*``) and the body
-size limit before any handler reads the body; every error is ``{"error": "..."}`` with a 4xx for bad input.
+A small ASGI guard (:mod:`~edgeslim.server.guard`) in front of every route enforces the bearer token (except on
+``/v2/health/*``) and the body size limit before any handler reads the body; every error is ``{"error": "..."}`` with
+a 4xx for bad input. ``POST .../infer`` takes a pure ASGI fast path (:class:`~edgeslim.server.infer.InferEndpoint`)
+ahead of FastAPI's middleware and router, with the same guard, checks, statistics and errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -24,7 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import ConfigError, EdgeslimError
 from . import classify, health, infer, metrics, models
-from .errors import BodyTooLargeError, ServerBusyError, UnauthorizedError, http_status
+from .errors import error_response, json_error
+from .guard import OPEN_PREFIXES, Guard, GuardMiddleware
+from .infer import InferEndpoint
 from .metrics import PowerReader, auto_power_reader, build_registry
 from .repository import ModelRepository, find_artifacts
 from .schemas import InferRequestBody
@@ -32,90 +35,43 @@ from .settings import ServerSettings
 
 log = logging.getLogger("edgeslim.server")
 
-_OPEN_PREFIXES = ("/v2/health/",)
 
+class _ServerApp(FastAPI):
+    """FastAPI with a pure ASGI fast path for ``POST .../infer`` (see :class:`~edgeslim.server.infer.InferEndpoint`).
 
-def _error_body(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    Every other request, and an inference request whose path the fast path does not recognise, goes through
+    FastAPI's middleware, routing and exception handlers as usual.
+    """
 
-
-class _Guard:
-    """ASGI middleware: bearer token and body-size limit, checked before a handler runs or reads the body."""
-
-    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-        self.max_body_bytes = max_body_bytes
+    fast_infer: InferEndpoint | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        if self.token is not None and not scope["path"].startswith(_OPEN_PREFIXES):
-            auth = headers.get(b"authorization", b"")
-            scheme, _, given = auth.partition(b" ")
-            # compare_digest: the time taken must not reveal how much of the token matched.
-            if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), self.token):
-                why = "missing" if not auth else "wrong"
-                resp = _error_body(
-                    401,
-                    f"{why} bearer token: send the header 'Authorization: Bearer <token>' set when the server started",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                return await resp(scope, receive, send)
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                return await _error_body(400, f"Content-Length {length[:40]!r} is not an integer")(scope, receive, send)
-            if n > self.max_body_bytes:
-                resp = _error_body(
-                    413, f"request body of {n} bytes exceeds the server limit of {self.max_body_bytes} bytes"
-                )
-                return await resp(scope, receive, send)
-        limit = self.max_body_bytes
-        seen = 0
-
-        async def limited_receive() -> dict:
-            # Chunked bodies have no Content-Length: count as they stream in and stop at the limit.
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLargeError(f"request body exceeds the server limit of {limit} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
+        fast = self.fast_infer
+        if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            route = fast.match(scope)
+            if route is not None:
+                scope["app"] = self
+                return await fast(scope, receive, send, *route)
+        await super().__call__(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EdgeslimError)
     async def edgeslim_error(request: Request, exc: EdgeslimError) -> JSONResponse:
-        status = http_status(exc)
-        headers = {}
-        if isinstance(exc, ServerBusyError):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-        if isinstance(exc, UnauthorizedError):
-            headers["WWW-Authenticate"] = "Bearer"
-        if status >= 500 and status not in (503, 504):
-            log.error("internal error on %s: %s", request.url.path, exc, exc_info=exc)
-        return _error_body(status, str(exc), headers)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_body(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+        return json_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
-        return _error_body(400, "invalid request: " + "; ".join(parts))
+        return json_error(400, "invalid request: " + "; ".join(parts))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return _error_body(500, f"internal server error ({type(exc).__name__}); see the server log")
+        return error_response(exc, request.url.path)
 
 
 def _openapi(app: FastAPI) -> Any:
@@ -131,7 +87,7 @@ def _openapi(app: FastAPI) -> Any:
             if app.state.settings.token:
                 schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
                 for path, ops in schema["paths"].items():
-                    if not path.startswith(_OPEN_PREFIXES):
+                    if not path.startswith(OPEN_PREFIXES):
                         for op in ops.values():
                             op["security"] = [{"bearer": []}]
             app.openapi_schema = schema
@@ -169,7 +125,7 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
         finally:
             await repository.close()
 
-    app = FastAPI(
+    app = _ServerApp(
         title="edgeslim inference server",
         version=__version__,
         description="KServe v2 / Open Inference Protocol (binary tensors, classification, model configuration, "
@@ -187,7 +143,9 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
     for module in (health, models, infer, classify, metrics):
         app.include_router(module.router)
     _install_error_handlers(app)
-    app.add_middleware(_Guard, token=settings.token, max_body_bytes=settings.max_body_bytes)
+    guard = Guard(token=settings.token, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(GuardMiddleware, guard=guard)
+    app.fast_infer = InferEndpoint(repository, settings, guard)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

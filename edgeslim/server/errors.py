@@ -6,6 +6,9 @@ Every error reaches the client as a non-200 status with body ``{"error": "..."}`
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 from ..errors import (
     ArtifactError,
     BackendError,
@@ -14,6 +17,11 @@ from ..errors import (
     InputError,
     UnknownNameError,
 )
+
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
+
+log = logging.getLogger("edgeslim.server")
 
 
 class ModelNotFoundError(UnknownNameError):
@@ -63,3 +71,30 @@ def http_status(exc: BaseException) -> int:
         if isinstance(exc, cls):
             return status
     return 500
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> "JSONResponse":
+    """The ``{"error": message}`` answer with ``status``."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def error_response(exc: BaseException, path: str) -> "JSONResponse":
+    """The JSON answer for an exception raised while handling a request on ``path``.
+
+    Edgeslim errors get their status from :func:`http_status` (plus ``Retry-After`` on 503s for a full queue and
+    ``WWW-Authenticate`` on 401s); anything else is a bug: a 500 that points at the server log, where it is logged.
+    """
+    if not isinstance(exc, EdgeslimError):
+        log.error("unhandled error on %s", path, exc_info=exc)
+        return json_error(500, f"internal server error ({type(exc).__name__}); see the server log")
+    status = http_status(exc)
+    headers = {}
+    if isinstance(exc, ServerBusyError):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if isinstance(exc, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500 and status not in (503, 504):
+        log.error("internal error on %s: %s", path, exc, exc_info=exc)
+    return json_error(status, str(exc), headers)

@@ -1,16 +1,27 @@
-"""``POST /v2/models/{m}[/versions/{v}]/infer``: JSON tensors and the binary tensor extension."""
+"""``POST /v2/models/{m}[/versions/{v}]/infer``: JSON tensors and the binary tensor extension.
+
+The hot path of the server. :class:`InferEndpoint` answers these requests as a plain ASGI app that the server app
+calls before FastAPI's middleware stack and router: one pass over the headers for the token and the body limit
+(:class:`~edgeslim.server.guard.Guard`), the body read straight from ``receive``, the v2 header parsed by
+:mod:`~edgeslim.server.protocol` (``json`` + explicit checks, no pydantic model), tensors as ``np.frombuffer`` views
+of the body, and the answer sent as two ASGI messages. For a small model FastAPI's routing, dependency solving and
+middleware layers cost more than parsing and encoding together. The FastAPI routes below stay for the OpenAPI
+document and run the same :func:`infer_body`, so both paths answer identically.
+"""
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import EdgeslimError, InputError
 from ..registry import did_you_mean
-from .errors import ModelNotReadyError
+from .errors import ModelNotReadyError, error_response
+from .guard import Guard
 from .protocol import classify_tensor, decode_body, encode_infer_response, parse_infer_request
 from .schemas import ERRORS, InferResponseBody
 
@@ -54,24 +65,41 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(tags=["inference"])
 
 
-async def _infer(request: Request, model_name: str, version: str | None) -> Response:
-    start = time.perf_counter_ns()
-    settings = request.app.state.settings
-    model = request.app.state.repository.get(model_name, version)
+async def infer_body(
+    model: Any,
+    settings: Any,
+    read_body: Callable[[], Awaitable[bytes]],
+    content_encoding: str | None,
+    header_len: str | None,
+    start_ns: int,
+) -> tuple[bytes, int | None]:
+    """Run one inference request on ``model`` and record it in the model's statistics.
+
+    Args:
+        read_body: returns the raw request body (called once the model is known to be ready).
+        content_encoding: the ``Content-Encoding`` header, if any.
+        header_len: the ``Inference-Header-Content-Length`` header, if any.
+        start_ns: ``time.perf_counter_ns()`` when the request arrived (the statistics' request duration).
+
+    Returns:
+        ``(body, header_length)`` as :func:`~edgeslim.server.protocol.encode_infer_response` gives them.
+
+    Raises:
+        EdgeslimError: bad input (4xx), a full queue or shutdown (503), a timeout (504), a model failure (500).
+    """
     try:
         if not model.ready:
             raise ModelNotReadyError(f"model '{model.name}' is not ready (loading or shutting down)")
-        raw = await request.body()
-        body = decode_body(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
-        header_len = request.headers.get("inference-header-content-length")
+        raw = await read_body()
+        body = decode_body(raw, content_encoding, settings.max_body_bytes)
         if len(body) > _THREAD_PARSE_BYTES and header_len is None:
             req = await run_in_threadpool(parse_infer_request, body, header_len)
         else:
             req = parse_infer_request(body, header_len)
         feeds = model.check_inputs(req.inputs)
 
-        names = [o.name for o in model.backend.outputs]
-        wanted = req.outputs if req.outputs is not None else None
+        names = model.output_names
+        wanted = req.outputs
         if wanted is not None:
             for o in wanted:
                 if o.name not in names:
@@ -83,10 +111,10 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
             timeout = min(timeout, req.timeout_us / 1e6)
         out, timing = await model.batcher.submit(feeds, timeout_s=timeout)
 
-        results = []
         if wanted is None:
             results = [(n, out[n], req.binary_default) for n in names]
         else:
+            results = []
             for o in wanted:
                 arr = out[o.name]
                 if o.classification:
@@ -94,9 +122,90 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
                 results.append((o.name, arr, o.binary))
         payload, header_length = encode_infer_response(model.name, model.version, req.id, results)
     except EdgeslimError:
-        model.stats.record_failure(time.perf_counter_ns() - start)
+        model.stats.record_failure(time.perf_counter_ns() - start_ns)
         raise
-    model.stats.record_success(time.perf_counter_ns() - start, timing, model.items(feeds))
+    model.stats.record_success(time.perf_counter_ns() - start_ns, timing, model.items(feeds))
+    return payload, header_length
+
+
+#: The inference paths, as FastAPI's ``{model_name}`` / ``{version}`` parameters match them (no '/' inside).
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+class _Disconnected(Exception):
+    """The client closed the connection before its request body arrived."""
+
+_BINARY = [(b"content-type", b"application/octet-stream")]
+
+
+class InferEndpoint:
+    """The ASGI fast path for ``POST /v2/models/{m}[/versions/{v}]/infer`` (see the module docstring).
+
+    Same checks, statistics and answers as the FastAPI route, errors included: every failure is
+    ``{"error": ...}`` with the status :func:`~edgeslim.server.errors.http_status` gives it.
+    """
+
+    def __init__(self, repository: Any, settings: Any, guard: Guard) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.guard = guard
+
+    def match(self, scope: dict) -> tuple[str, str | None] | None:
+        """``(model, version)`` if ``scope`` is an inference request this endpoint answers, else None."""
+        path = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        m = INFER_PATH.fullmatch(path)
+        return None if m is None else (m.group(1), m.group(2))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any, model_name: str, version: str | None) -> None:
+        start = time.perf_counter_ns()
+        rejected = self.guard.reject(scope)
+        if rejected is not None:
+            return await rejected(scope, receive, send)
+        encoding = header_len = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_len = value.decode("latin-1")
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1")
+
+        async def read_body() -> bytes:
+            body = await self.guard.read_body(receive)
+            if body is None:
+                raise _Disconnected
+            return body
+
+        try:
+            model = self.repository.get(model_name, version)
+            payload, header_length = await infer_body(model, self.settings, read_body, encoding, header_len, start)
+        except _Disconnected:  # the client went away while sending: nobody to answer
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer, as FastAPI's handlers do
+            return await error_response(exc, scope["path"])(scope, receive, send)
+        if header_length is None:
+            headers = [*_JSON, (b"content-length", str(len(payload)).encode())]
+        else:
+            headers = [*_BINARY, (b"inference-header-content-length", str(header_length).encode()),
+                       (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+async def _infer(request: Request, model_name: str, version: str | None) -> Response:
+    start = time.perf_counter_ns()
+    model = request.app.state.repository.get(model_name, version)
+    payload, header_length = await infer_body(
+        model,
+        request.app.state.settings,
+        request.body,
+        request.headers.get("content-encoding"),
+        request.headers.get("inference-header-content-length"),
+        start,
+    )
     if header_length is None:
         return Response(payload, media_type="application/json")
     return Response(

@@ -369,3 +369,60 @@ def test_power_gauges_from_a_windowed_reader(artifact):
         text = c.get("/metrics").text
     assert 'edgeslim_power_watts{rail="fake-rail"} 2.5' in text
     assert reader.windows == 2
+
+
+# -- the inference fast path answers exactly like the FastAPI route ---------------------------------------------------
+def _fast_path_cases():
+    x = batch(2, seed=5)
+    body, headers = binary_body(x, outputs=[{"name": "logits", "parameters": {"binary_data": True}}], id="b1")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    return [
+        ("binary", "/v2/models/tiny/infer", body, {**headers, **auth}),
+        ("json", "/v2/models/tiny/versions/1/infer", json.dumps(infer_json(x, id="j")).encode(), auth),
+        ("gzip", "/v2/models/tiny/infer", gzip.compress(body), {**headers, **auth, "Content-Encoding": "gzip"}),
+        ("classification", "/v2/models/tiny/infer",
+         json.dumps(infer_json(x, outputs=[{"name": "logits", "parameters": {"classification": 2}}])).encode(), auth),
+        ("no token", "/v2/models/tiny/infer", body, headers),
+        ("wrong token", "/v2/models/tiny/infer", body, {**headers, "Authorization": "Bearer nope-nope"}),
+        ("unknown model", "/v2/models/tinyy/infer", body, {**headers, **auth}),
+        ("unknown version", "/v2/models/tiny/versions/7/infer", body, {**headers, **auth}),
+        ("truncated", "/v2/models/tiny/infer", body[:-4], {**headers, **auth}),
+        ("too large", "/v2/models/tiny/infer", b" " * 300_000, auth),
+        ("bad output", "/v2/models/tiny/infer", json.dumps(infer_json(x, outputs=[{"name": "x"}])).encode(), auth),
+    ]
+
+
+def test_fast_path_and_fastapi_route_give_the_same_answers(artifact):
+    settings = ServerSettings(models=[artifact], threads=1, batch_delay_ms=0.0, max_body_bytes=200_000, token=TOKEN)
+    fast, routed = create_app(settings), create_app(settings)
+    assert fast.fast_infer is not None and fast.fast_infer.match({"path": "/v2/models/tiny/versions/1/infer"})
+    assert fast.fast_infer.match({"path": "/v2/models/../x/infer"}) is None  # '/' never inside a name
+    routed.fast_infer = None  # every request through FastAPI's middleware, router and exception handlers
+    calls = []
+    original = type(fast.fast_infer).__call__
+
+    async def counting(self, *args):
+        calls.append(args[3])
+        return await original(self, *args)
+
+    type(fast.fast_infer).__call__ = counting
+    try:
+        with TestClient(fast) as a, TestClient(routed) as b:
+            for name, path, body, headers in _fast_path_cases():
+                ra, rb = a.post(path, content=body, headers=headers), b.post(path, content=body, headers=headers)
+                assert ra.status_code == rb.status_code, (name, ra.text, rb.text)
+                assert ra.content == rb.content, name
+                for h in ("content-type", "inference-header-content-length", "www-authenticate", "content-length"):
+                    assert ra.headers.get(h) == rb.headers.get(h), (name, h)
+                if ra.status_code != 200:
+                    assert set(ra.json()) == {"error"}, name
+            sa = a.get("/v2/models/tiny/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+            sb = b.get("/v2/models/tiny/stats", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    finally:
+        type(fast.fast_infer).__call__ = original
+    assert len(calls) == len(_fast_path_cases())  # every inference request took the fast path on `fast`
+    for key in ("inference_count", "execution_count"):
+        assert sa["model_stats"][0][key] == sb["model_stats"][0][key]
+    ia, ib = sa["model_stats"][0]["inference_stats"], sb["model_stats"][0]["inference_stats"]
+    for key in ("success", "fail"):
+        assert ia[key]["count"] == ib[key]["count"] > 0
