@@ -161,6 +161,9 @@ class ServedModel:
         # Batching needs a dynamic leading axis on every input; otherwise each request runs alone.
         self.batchable = all(i.shape and i.shape[0] == -1 for i in backend.inputs)
         self.max_batch = settings.max_batch if self.batchable else 0
+        self.output_names = [o.name for o in backend.outputs]
+        # Per input: the spec, its numpy dtype and its v2 datatype, resolved once instead of on every request.
+        self._specs = {s.name: (s, np.dtype(s.dtype), v2_datatype(s.dtype)) for s in backend.inputs}
         self.batcher = DynamicBatcher(
             backend.infer,
             max_batch=max(self.max_batch, 1),
@@ -241,20 +244,18 @@ class ServedModel:
         Raises:
             InputError: with a message naming the input and what it should be.
         """
-        specs = {s.name: s for s in self.backend.inputs}
-        unknown = sorted(set(inputs) - set(specs))
-        missing = sorted(set(specs) - set(inputs))
-        if unknown or missing:
+        specs = self._specs
+        if inputs.keys() != specs.keys():
+            unknown = sorted(set(inputs) - set(specs))
+            missing = sorted(set(specs) - set(inputs))
             hint = did_you_mean(unknown[0], list(specs)) if unknown else ""
             raise InputError(
                 f"model '{self.name}' expects inputs {sorted(specs)}; unknown {unknown}, missing {missing}.{hint}"
             )
         batch = None
         for name, arr in inputs.items():
-            spec = specs[name]
-            want = v2_datatype(spec.dtype)
-            got = v2_datatype(arr.dtype)
-            if got != want:
+            spec, dtype, want = specs[name]
+            if arr.dtype != dtype and (got := v2_datatype(arr.dtype)) != want:
                 raise InputError(f"input '{name}' has datatype {got}; model '{self.name}' expects {want}")
             if arr.ndim != len(spec.shape) or any(d != -1 and d != a for d, a in zip(spec.shape, arr.shape)):
                 raise InputError(
