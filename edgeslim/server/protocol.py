@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -37,6 +38,11 @@ _V2_TO_NP: dict[str, Any] = {
     "BYTES": np.object_,
 }
 _NP_TO_V2 = {np.dtype(v).name: k for k, v in _V2_TO_NP.items() if k != "BYTES"}
+# Resolved once: np.dtype(...) and dtype.name cost microseconds, and the request path asks for them per tensor.
+_V2_DTYPES = {k: np.dtype(v) for k, v in _V2_TO_NP.items()}
+_V2_OF_DTYPE = {np.dtype(v): k for k, v in _V2_TO_NP.items()}
+_LITTLE_ENDIAN = {k: dt.newbyteorder("<") for k, dt in _V2_DTYPES.items() if k != "BYTES"}
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 #: Largest rank / dimension a request may declare, so a hostile shape cannot make us allocate absurdly.
 MAX_RANK = 8
@@ -44,6 +50,10 @@ MAX_RANK = 8
 
 def v2_datatype(dtype: str | np.dtype) -> str:
     """The v2 datatype name (``"FP32"``) of a numpy dtype (``"float32"``)."""
+    if isinstance(dtype, np.dtype):
+        known = _V2_OF_DTYPE.get(dtype)
+        if known is not None:
+            return known
     dt = np.dtype(dtype)
     if dt.kind in ("O", "S", "U"):
         return "BYTES"
@@ -56,7 +66,7 @@ def v2_datatype(dtype: str | np.dtype) -> str:
 def numpy_dtype(datatype: str) -> np.dtype:
     """The numpy dtype of a v2 datatype name; :class:`InputError` for an unknown name."""
     try:
-        return np.dtype(_V2_TO_NP[datatype])
+        return _V2_DTYPES[datatype]
     except (KeyError, TypeError):
         raise InputError(
             f"unknown datatype {datatype!r}; use one of {', '.join(_V2_TO_NP)}"
@@ -101,6 +111,8 @@ def tensor_bytes(arr: np.ndarray) -> bytes:
     """Raw little-endian row-major bytes of a tensor (BYTES tensors length-prefixed)."""
     if arr.dtype == object:
         return serialize_bytes_tensor(arr)
+    if arr.dtype.byteorder in "<|" or (arr.dtype.byteorder == "=" and sys.byteorder == "little"):
+        return arr.tobytes()  # already little-endian; tobytes() is row-major whatever the strides
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
@@ -160,7 +172,8 @@ def _is_int(x: Any) -> bool:
 
 def _shape(t: Mapping[str, Any], where: str) -> tuple[int, ...]:
     shape = t.get("shape")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+    # JSON integers are exactly int (type() is not bool), so the check needs no isinstance per dimension.
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise InputError(f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
     if len(shape) > MAX_RANK:
         raise InputError(f"{where}: rank {len(shape)} exceeds the limit of {MAX_RANK}")
@@ -292,7 +305,8 @@ def parse_infer_request(body: bytes, header_length: str | int | None) -> InferRe
                         f"{where}: binary_data_size is {size} bytes but shape {list(shape)} of "
                         f"{t['datatype']} needs {expected}"
                     )
-                arr = np.frombuffer(chunk, dtype=dt.newbyteorder("<")).astype(dt, copy=False).reshape(shape)
+                # A view of the body, no copy (astype is a no-op on little-endian hosts).
+                arr = np.frombuffer(chunk, dtype=_LITTLE_ENDIAN[t["datatype"]]).astype(dt, copy=False).reshape(shape)
         elif "data" in t:
             arr = _json_array(t["data"], dt, shape, name)
         else:
@@ -382,7 +396,7 @@ def encode_infer_response(
     if request_id is not None:
         head["id"] = request_id
     head["outputs"] = entries
-    header = json.dumps(head, separators=(",", ":")).encode("utf-8")
+    header = _ENCODER.encode(head).encode("utf-8")
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
