@@ -221,3 +221,49 @@ def test_model_error_reaches_every_caller_of_the_batch_and_the_worker_survives()
     res, ok = run(main())
     assert all(isinstance(r, RuntimeError) for r in res)
     assert ok[0]["y"].shape == (1, 3)
+
+
+def test_zero_delay_runs_at_once_and_batches_whatever_queued_meanwhile():
+    model = Model()
+    model.gate.clear()
+
+    async def main():
+        b = DynamicBatcher(model, max_batch=8, delay_s=0.0, queue_size=100)
+        b.start()
+        first = asyncio.ensure_future(b.submit(feeds(1, 0), timeout_s=10))
+        await asyncio.sleep(0.05)  # executing (blocked in the model): the next three queue up behind it
+        rest = [asyncio.ensure_future(b.submit(feeds(1, s), timeout_s=10)) for s in (1, 2, 3)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        t = time.perf_counter()
+        await asyncio.gather(first, *rest)
+        took = time.perf_counter() - t
+        await b.close()
+        return took
+
+    assert run(main()) < 1.0
+    assert model.batches == [1, 3]  # no timer: the queued three run together as soon as the model is free
+
+
+def test_a_cancelled_caller_is_never_run():
+    model = Model()
+    model.gate.clear()
+
+    async def main():
+        b = DynamicBatcher(model, max_batch=1, delay_s=0.0, queue_size=10, enabled=False)
+        b.start()
+        blocker = asyncio.ensure_future(b.submit(feeds(1, 0), timeout_s=10))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(b.submit(feeds(1, 1), timeout_s=10))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # e.g. the handler's task was cancelled
+        await asyncio.sleep(0.01)
+        model.gate.set()
+        await blocker
+        ok = await b.submit(feeds(2, 2), timeout_s=10)
+        await b.close()
+        return ok
+
+    ok, _ = run(main())
+    assert ok["y"].shape == (2, 3)
+    assert model.batches == [1, 2]  # the cancelled request's compute was skipped
