@@ -232,18 +232,14 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
 
 
 def _check_quantize_request(model, data, recipe: Recipe) -> None:
-    """Refuse, before any training, a QAT request NNCF cannot serve and distillation outside QAT."""
-    if recipe.distill.weight > 0 and recipe.quantize.method != "qat":
-        raise ConfigError(
-            f"distill.weight = {recipe.distill.weight} but quantize.method is '{recipe.quantize.method}': distillation"
-            " from the dense model runs in the QAT fine-tuning; set quantize.method: qat or distill.weight: 0"
-        )
+    """Refuse, before any training, distillation without a teacher and a QAT request NNCF cannot serve."""
+    from .compress.pruning import check_distillation
+
+    check_distillation(recipe)  # compress() checks it too; here it also comes before the slower QAT probe
     if recipe.quantize.method == "qat":
         from .compress.pruning import example_shape
         from .compress.qat import check_qat_traceable
 
-        if recipe.distill.weight > 0 and recipe.train.epochs == 0:
-            raise ConfigError("distillation needs the dense model as teacher: set train.epochs > 0 (the dense round)")
         check_qat_traceable(model, example_shape(data), recipe.quantize)
 
 

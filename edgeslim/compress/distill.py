@@ -7,7 +7,13 @@ loss: its ``last_parts`` are kept and ``"kd"`` is added, so training logs show e
 
 The teacher needs the student's input, but the training loop calls ``loss(logits, targets)``;
 :meth:`wrap_student` puts a forward hook on the student that hands each training batch (and its output) to the loss,
-so no training loop has to know about distillation.
+so no training loop has to know about distillation. Under torchrun the hook sits on the plain module inside DDP, so
+each rank's teacher (never DDP-wrapped) sees that rank's batch.
+
+Training code does not build it by hand: :meth:`~edgeslim.compress.pruning.PruneContext.make_loss` wraps the task
+loss whenever the context has a teacher and ``distill.weight > 0``, and
+:meth:`~edgeslim.compress.pruning.PruneContext.train` hooks the trained model, so every pruning method and QAT get
+the same term.
 """
 
 from __future__ import annotations

@@ -18,7 +18,15 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ConfigError
-from .pruning import PRUNERS, MaskSet, PruneContext, PruneResult, train_dense_then_pruned
+from .pruning import (
+    PRUNERS,
+    MaskSet,
+    PruneContext,
+    PruneResult,
+    dense_round_teacher,
+    teacher_check,
+    train_dense_then_pruned,
+)
 
 
 def cubic_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, end: int) -> float:
@@ -41,6 +49,7 @@ def pruning_steps(start: int, end: int, frequency: int) -> list[int]:
 
 
 @PRUNERS.register("gradual", aliases=("gmp",))
+@teacher_check(dense_round_teacher)
 def gradual(ctx: PruneContext) -> PruneResult:
     """Dense round, then fine-tuning during which the masks follow the cubic schedule to ``prune.sparsity``.
 

@@ -24,7 +24,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .pruning import PRUNERS, MaskSet, PruneContext, PruneResult, train_dense_then_pruned
+from .pruning import (
+    PRUNERS,
+    MaskSet,
+    PruneContext,
+    PruneResult,
+    dense_round_teacher,
+    teacher_check,
+    train_dense_then_pruned,
+)
 
 
 def _check_nm(n: int, m: int) -> None:
@@ -116,6 +124,7 @@ def apply_nm(masks: MaskSet, model: nn.Module, n: int = 2, m: int = 4) -> tuple[
 
 
 @PRUNERS.register("nm", aliases=("semi_structured",))
+@teacher_check(dense_round_teacher)
 def nm(ctx: PruneContext) -> PruneResult:
     """Dense round, then ``prune.n``:``prune.m`` masks by magnitude kept through masked fine-tuning.
 

@@ -12,10 +12,19 @@ from typing import Any
 
 from torch import nn
 
-from .pruning import PRUNERS, MaskSet, PruneContext, PruneResult, train_dense_then_pruned
+from .pruning import (
+    PRUNERS,
+    MaskSet,
+    PruneContext,
+    PruneResult,
+    dense_round_teacher,
+    teacher_check,
+    train_dense_then_pruned,
+)
 
 
 @PRUNERS.register("one_shot", aliases=("oneshot",))
+@teacher_check(dense_round_teacher)
 def one_shot(ctx: PruneContext) -> PruneResult:
     """Magnitude pruning to ``prune.sparsity`` (``prune.scope``) after the dense round, then masked fine-tuning."""
     p = ctx.recipe.prune

@@ -446,6 +446,9 @@ class PruneContext:
         run_dir: the method's own checkpoint directory (created; everything resumable lives here).
         resume: continue from the checkpoints in ``run_dir`` instead of starting over.
         progress: show progress bars.
+        teacher: the distillation teacher, ``None`` until there is one. A method sets it to its dense model once
+            the dense round has trained it (that model is rebuilt from the dense round's checkpoint on resume, so
+            the teacher is too); every later :meth:`train` then distils from it when ``recipe.distill.weight > 0``.
     """
 
     model: nn.Module
@@ -454,12 +457,31 @@ class PruneContext:
     run_dir: Path
     resume: bool = False
     progress: bool = True
+    teacher: nn.Module | None = None
+
+    @property
+    def distilling(self) -> bool:
+        """True when the losses :meth:`make_loss` builds carry the KD term (a teacher and ``distill.weight > 0``)."""
+        return self.teacher is not None and self.recipe.distill.weight > 0
 
     def make_loss(self, gamma: float | None = None) -> nn.Module:
-        """The recipe's loss for this data; ``gamma`` overrides ``recipe.loss.gamma``."""
+        """The recipe's loss for this data; ``gamma`` overrides ``recipe.loss.gamma``.
+
+        The one place every training's loss is built: the task loss (class-dependent or cross-entropy) and, when
+        :attr:`distilling`, the KD term towards :attr:`teacher` around it
+        (:class:`~edgeslim.compress.distill.DistillationLoss`). Such a loss needs the batch the student sees:
+        :meth:`train` hooks the trained model for it; a caller training with it directly calls
+        ``loss.wrap_student(model)`` itself.
+        """
         from .loss import build_loss
 
-        return build_loss(self.recipe.loss, self.data.class_counts, self.data.critical, gamma=gamma)
+        loss = build_loss(self.recipe.loss, self.data.class_counts, self.data.critical, gamma=gamma)
+        if not self.distilling:
+            return loss  # no teacher forward at all
+        from .distill import DistillationLoss
+
+        d = self.recipe.distill
+        return DistillationLoss(loss, self.teacher, weight=d.weight, temperature=d.temperature)
 
     def make_masks(self, model: nn.Module) -> MaskSet:
         """All-ones masks for ``model`` honouring ``recipe.prune`` (first conv, classifier, exclude)."""
@@ -482,31 +504,40 @@ class PruneContext:
     ) -> "TrainResult":
         """Fine-tune ``model`` with the recipe's loss and train section, checkpointing under ``run_dir/tag``.
 
-        With ``resume``, a finished training is not repeated and an interrupted one continues.
+        With ``resume``, a finished training is not repeated and an interrupted one continues. When
+        :attr:`distilling`, the loss carries the KD term and :attr:`teacher` (frozen, eval mode, no grad, never
+        wrapped in DDP) runs on every training batch ``model`` sees.
         """
+        from .distill import DistillationLoss
         from .train import fine_tune
 
         loss = self.make_loss(gamma)
         start_hook = self._epoch_start_hook(loss, tag, gamma)  # also sets self._budget_hook for this training
         end_hook = self._chain(self._budget_hook, on_epoch_end)
-        return fine_tune(
-            model,
-            self.data,
-            loss,
-            self.recipe.train,
-            on_epoch_start=start_hook,
-            masks=masks,
-            run_dir=self.run_dir,
-            tag=tag,
-            resume=self.resume,
-            seed=self.recipe.seed,
-            progress=self.progress,
-            batch_size=self.recipe.data.batch_size,
-            select=select,
-            epochs=epochs,
-            on_epoch_end=end_hook,
-            on_step_end=on_step_end,
-        )
+        # on the plain module: under torchrun DDP calls it, so the hook sees this rank's batch
+        handle = loss.wrap_student(model) if isinstance(loss, DistillationLoss) else None
+        try:
+            return fine_tune(
+                model,
+                self.data,
+                loss,
+                self.recipe.train,
+                on_epoch_start=start_hook,
+                masks=masks,
+                run_dir=self.run_dir,
+                tag=tag,
+                resume=self.resume,
+                seed=self.recipe.seed,
+                progress=self.progress,
+                batch_size=self.recipe.data.batch_size,
+                select=select,
+                epochs=epochs,
+                on_epoch_end=end_hook,
+                on_step_end=on_step_end,
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
 
     # -- per-epoch loss schedule: ranking warm-up and the FPR-budget critical weight --------------------------------
     _budget_hook = None
@@ -532,6 +563,10 @@ class PruneContext:
         - FPR budget (``loss.fpr_budget``): the critical weight adapts after every boosted epoch; see
           :class:`~edgeslim.compress.loss.FprBudgetGamma`.
         """
+        from .distill import DistillationLoss
+
+        if isinstance(loss, DistillationLoss):
+            loss = loss.task  # the schedule drives the task loss's knobs; the FPR budget binds to it, not to KD
         section = self.recipe.loss
         rank = getattr(loss, "rank_weight", None)
         warmup = section.rank_warmup_epochs if rank else 0
@@ -584,6 +619,72 @@ Pruner = Callable[[PruneContext], PruneResult]
 PRUNERS: Registry[Pruner] = Registry("pruning method")
 
 
+def teacher_check(no_teacher: Callable[["Recipe"], str | None]) -> Callable[[Pruner], Pruner]:
+    """Declare, on a pruning method, when a recipe leaves distillation without a teacher.
+
+    ``no_teacher(recipe)`` returns why no training of the run (the method's own fine-tuning, or QAT after it)
+    would have a teacher, or ``None`` when one will. :func:`check_distillation` turns that into a ConfigError before
+    anything is trained or written. Put it under ``@PRUNERS.register(...)``.
+    """
+
+    def mark(fn: Pruner) -> Pruner:
+        fn.no_teacher = no_teacher  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def check_distillation(recipe: "Recipe") -> None:
+    """Refuse, before any training, ``distill.weight > 0`` in a recipe where no training would have a teacher.
+
+    The teacher is the dense model after the dense round; the method declares (:func:`teacher_check`) when it has
+    none. A method that declares nothing is not checked.
+
+    Raises:
+        ConfigError: names the reason and the fix.
+        UnknownNameError: the pruning method is not registered.
+    """
+    d = recipe.distill
+    if not d.weight > 0:
+        return
+    no_teacher = getattr(PRUNERS.get(recipe.prune.method), "no_teacher", None)
+    why = no_teacher(recipe) if no_teacher is not None else None
+    if why:
+        raise ConfigError(
+            f"distill.weight = {d.weight} but {why} (or set distill.weight: 0 to train without distillation)"
+        )
+
+
+def _final_epochs(recipe: "Recipe") -> int:
+    t = recipe.train
+    return t.final_epochs if t.final_epochs is not None else t.epochs
+
+
+def dense_round_teacher(recipe: "Recipe") -> str | None:
+    """:func:`teacher_check` of the methods built on :func:`train_dense_then_pruned`: the dense round trains the
+    teacher, so it needs ``train.epochs > 0``."""
+    if recipe.train.epochs == 0:
+        return ("train.epochs = 0 skips the dense round that trains the teacher (W0 has an untrained head); set"
+                " train.epochs > 0")
+    return None
+
+
+def _lottery_teacher(recipe: "Recipe") -> str | None:
+    if recipe.prune.rounds == 0:
+        return _dense_only_teacher(recipe, f"prune.rounds = 0 with method '{recipe.prune.method}'")
+    return dense_round_teacher(recipe)
+
+
+def _dense_only_teacher(recipe: "Recipe", what: str) -> str | None:
+    if recipe.quantize.method != "qat":
+        return (f"{what} trains only the dense model, which is the teacher itself, and quantize.method is"
+                f" '{recipe.quantize.method}': only QAT after it can distil from it; set quantize.method: qat")
+    if _final_epochs(recipe) == 0:
+        return (f"{what} trains the dense model for 0 epochs, so the QAT teacher would be untrained; set"
+                " train.epochs > 0")
+    return None
+
+
 def _round_summary(r: int, gamma: float, epochs: int, masks: MaskSet, res: "TrainResult") -> dict[str, Any]:
     vm = res.val_metrics
     return {
@@ -601,6 +702,7 @@ def _round_summary(r: int, gamma: float, epochs: int, masks: MaskSet, res: "Trai
 
 
 @PRUNERS.register("lottery_ticket", aliases=("lth", "imp"))
+@teacher_check(_lottery_teacher)
 def lottery_ticket(ctx: PruneContext) -> PruneResult:
     """Iterative magnitude pruning with rewinding (the loop of ``docs/class-dependent-loss.md``).
 
@@ -610,7 +712,7 @@ def lottery_ticket(ctx: PruneContext) -> PruneResult:
     last training keeps the checkpoint chosen by ``train.select`` on the validation split; earlier ones keep their
     last epoch (the weights the next round scores). With ``prune.rounds = 0`` there is one, dense, training with
     gamma. Every training checkpoints each epoch under ``run_dir/round<r>``; with ``resume`` finished rounds are
-    not repeated.
+    not repeated. Rounds 2 and later distil from the round-1 (dense) model when ``distill.weight > 0``.
     """
     p, t, lossc = ctx.recipe.prune, ctx.recipe.train, ctx.recipe.loss
     model = ctx.model
@@ -658,6 +760,7 @@ def lottery_ticket(ctx: PruneContext) -> PruneResult:
         rounds.append(_round_summary(r, gamma, epochs, masks, res))
         if r == 1:
             dense_model = copy.deepcopy(model)
+            ctx.teacher = dense_model  # of every later round (used only when distill.weight > 0)
         if final:
             break
         masks.prune(model, p.rate, scope=p.scope, score=p.score, reference_state=w0)
@@ -675,8 +778,13 @@ def lottery_ticket(ctx: PruneContext) -> PruneResult:
 
 
 @PRUNERS.register("none", aliases=("dense",))
+@teacher_check(lambda recipe: _dense_only_teacher(recipe, "prune.method 'none'"))
 def no_pruning(ctx: PruneContext) -> PruneResult:
-    """Dense fine-tuning with the recipe's loss (gamma throughout) and checkpoint selection; no weight is pruned."""
+    """Dense fine-tuning with the recipe's loss (gamma throughout) and checkpoint selection; no weight is pruned.
+
+    The trained model is the dense reference; distillation (``distill.weight > 0``) has no teacher here and applies
+    only to QAT after it.
+    """
     t = ctx.recipe.train
     epochs = t.final_epochs if t.final_epochs is not None else t.epochs
     gamma = ctx.recipe.loss.gamma
@@ -722,7 +830,8 @@ def train_dense_then_pruned(
     facts for the report. Round 2 (``tag="pruned"``) fine-tunes it for ``train.final_epochs`` (default
     ``train.epochs``) with gamma and keeps the checkpoint chosen by ``train.select``; ``on_step_end(masks)`` may
     give a per-step hook for it (gradual pruning). Pruning is deterministic given the round-1 weights, so a resumed
-    run rebuilds the same masks / structure and continues round 2 from its checkpoint.
+    run rebuilds the same masks / structure and continues round 2 from its checkpoint. The dense model is round 2's
+    distillation teacher (``distill.weight > 0``); its methods declare :func:`dense_round_teacher`.
     """
     t, lossc = ctx.recipe.train, ctx.recipe.loss
     model = ctx.model
@@ -745,7 +854,8 @@ def train_dense_then_pruned(
             h["round"] = r
         history.extend(res.history)
         rounds.append(_round_summary(r, gamma, t.epochs, ctx.make_masks(model), res))
-        dense_model = copy.deepcopy(model)
+        dense_model = copy.deepcopy(model)  # before prune(): channel pruning shrinks ``model`` in place
+        ctx.teacher = dense_model  # of the pruned round (used only when distill.weight > 0)
     model, masks, info = prune(model, masks)
     sync_masks(masks, model)  # under torchrun: rank 0's masks on every rank
     r += 1

@@ -204,8 +204,8 @@ def quantize_aware_train(
     if masks is not None:
         # the wrapped model keeps the original module names, so the masks carry over by name
         qmasks = MaskSet({k: v.clone() for k, v in masks.state_dict().items()})
-    ctx = _QatContext(model=qmodel, data=data, recipe=r, run_dir=Path(run_dir), resume=resume, progress=progress)
-    ctx.teacher = teacher if d.weight > 0 else None
+    ctx = PruneContext(model=qmodel, data=data, recipe=r, run_dir=Path(run_dir), resume=resume, progress=progress,
+                       teacher=teacher if d.weight > 0 else None)
     res = ctx.train(qmodel, tag="qat", masks=qmasks, gamma=recipe.loss.gamma, epochs=qcfg.qat_epochs,
                     select=recipe.train.select)
     for h in res.history:
@@ -215,26 +215,6 @@ def quantize_aware_train(
             "distill": d.model_dump() if d.weight > 0 else None, "best_epoch": res.best_epoch}
     return QatResult(model=qmodel, fp32_model=float_weights(qmodel, model), history=res.history,
                      best_epoch=res.best_epoch, val_metrics=res.val_metrics, info=info)
-
-
-class _QatContext(PruneContext):
-    """A PruneContext whose loss gets the distillation term when a teacher is set."""
-
-    teacher: nn.Module | None = None
-    _hook: Any = None
-
-    def make_loss(self, gamma: float | None = None) -> nn.Module:
-        loss = super().make_loss(gamma)
-        if self.teacher is None:
-            return loss
-        from .distill import DistillationLoss
-
-        d = self.recipe.distill
-        kd = DistillationLoss(loss, self.teacher, weight=d.weight, temperature=d.temperature)
-        if self._hook is not None:
-            self._hook.remove()
-        self._hook = kd.wrap_student(self.model)  # the teacher sees the batch the student is trained on
-        return kd
 
 
 # -- export -----------------------------------------------------------------------------------------------------

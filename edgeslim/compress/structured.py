@@ -34,8 +34,10 @@ from .pruning import (
     PruneResult,
     _classifier_name,
     count_params_macs,
+    dense_round_teacher,
     example_shape,
     prunable_layers,
+    teacher_check,
     train_dense_then_pruned,
 )
 
@@ -323,6 +325,7 @@ def channel_table(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
 
 
 @PRUNERS.register("structured", aliases=("channel",))
+@teacher_check(dense_round_teacher)
 def structured(ctx: PruneContext) -> PruneResult:
     """Dense round, Torch-Pruning channel pruning to ``prune.ratio``, then fine-tuning of the smaller model.
 

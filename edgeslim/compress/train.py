@@ -32,6 +32,7 @@ from .pruning import (
     MaskSet,
     PruneContext,
     PruneResult,
+    check_distillation,
     count_params_macs,
     example_shape,
     load_checkpoint,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 SELECTS = ("last", "critical_recall", "critical_auc", "accuracy")
+# loss terms logged per epoch when the loss reports them in ``last_parts`` (class-dependent: wce, rank; KD: kd)
+_PARTS = ("wce", "rank", "kd")
 CHECKPOINT_VERSION = 1
 
 
@@ -54,8 +57,8 @@ class TrainResult:
 
     Attributes:
         model: the trained model, holding the selected epoch's weights.
-        history: one record per epoch: ``tag, round, epoch, loss, wce, rank, val_accuracy, val_critical_recall,
-            val_critical_auc, val_critical_fn, seconds``.
+        history: one record per epoch: ``tag, round, epoch, loss, wce, rank, kd, val_accuracy, val_critical_recall,
+            val_critical_auc, val_critical_fn, seconds`` (a loss term is ``None`` when the loss has none).
         best_epoch: the selected epoch (1-based; 0 when no epoch ran).
         val_metrics: the selected model's metrics on the validation split, computed fresh (``None`` without one).
     """
@@ -222,7 +225,7 @@ def fine_tune(
         model: trained in place; on return it holds the selected epoch's weights.
         data: a DataBundle: ``loader(split, *, batch_size, shuffle, seed)``, ``labels(split)``, ``classes``,
             ``critical``.
-        loss_fn: ``loss_fn(logits, targets)``; its ``last_parts`` (``wce``, ``rank``) are logged when present.
+        loss_fn: ``loss_fn(logits, targets)``; its ``last_parts`` (``wce``, ``rank``, ``kd``) are logged when present.
         cfg: optimizer, lr, momentum, weight decay, epochs, select, device and threads.
         masks: pruning masks kept applied throughout (pruned weights stay exactly zero).
         run_dir: where ``<tag>/last.pt`` is written after every epoch (no checkpoints when ``None``).
@@ -348,9 +351,9 @@ def fine_tune(
                 else:
                     loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=_epoch_seed(seed, epoch))
                 bar.update(task, description=f"{tag} epoch {epoch}/{n_epochs}", total=len(loader), completed=0)
-                sums = {"loss": 0.0, "wce": 0.0, "rank": 0.0}
+                sums = {"loss": 0.0, **dict.fromkeys(_PARTS, 0.0)}
                 seen = 0
-                parts_seen = False
+                parts_seen = dict.fromkeys(_PARTS, False)
                 for x, y in loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     optimizer.zero_grad(set_to_none=True)
@@ -372,18 +375,20 @@ def fine_tune(
                     n = int(y.shape[0])
                     seen += n
                     sums["loss"] += float(loss.detach()) * n
-                    parts = getattr(loss_fn, "last_parts", None)
-                    if parts:
-                        parts_seen = True
-                        sums["wce"] += parts.get("wce", 0.0) * n
-                        sums["rank"] += parts.get("rank", 0.0) * n
+                    parts = getattr(loss_fn, "last_parts", None) or {}
+                    for k in _PARTS:
+                        if k in parts:
+                            parts_seen[k] = True
+                            sums[k] += parts[k] * n
                     bar.advance(task)
                 if world > 1:
-                    totals = dist.all_reduce_sum(
-                        torch.tensor([sums["loss"], sums["wce"], sums["rank"], float(seen), float(parts_seen)])
-                    )
-                    sums = {"loss": float(totals[0]), "wce": float(totals[1]), "rank": float(totals[2])}
-                    seen, parts_seen = int(totals[3]), bool(totals[4])
+                    keys = ["loss", *_PARTS]
+                    totals = dist.all_reduce_sum(torch.tensor(
+                        [sums[k] for k in keys] + [float(seen)] + [float(parts_seen[k]) for k in _PARTS]
+                    ))
+                    sums = {k: float(totals[i]) for i, k in enumerate(keys)}
+                    seen = int(totals[len(keys)])
+                    parts_seen = {k: bool(totals[len(keys) + 1 + i]) for i, k in enumerate(_PARTS)}
                     _broadcast_buffers(model)
                     if masks is not None:
                         dist.sync_masks(masks, model)  # a per-step schedule (gradual) may have changed them
@@ -395,8 +400,7 @@ def fine_tune(
                     "round": None,
                     "epoch": epoch,
                     "loss": sums["loss"] / seen,
-                    "wce": sums["wce"] / seen if parts_seen else None,
-                    "rank": sums["rank"] / seen if parts_seen else None,
+                    **{k: sums[k] / seen if parts_seen[k] else None for k in _PARTS},
                     "val_accuracy": vm.accuracy if vm else None,
                     "val_critical_recall": vm.critical_recall() if vm else None,
                     "val_critical_auc": vm.critical_auc() if vm else None,
@@ -514,6 +518,8 @@ def _compress_digest(recipe: "Recipe") -> str:
     d = recipe.to_dict()
     # only what changes the trained weights; export/profile edits must not block a resume
     keep = {k: d[k] for k in ("version", "seed", "model", "data", "loss", "train", "prune")}
+    if recipe.distill.weight > 0:  # distillation trains the rounds after the dense one; off, old digests stay valid
+        keep["distill"] = d["distill"]
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
@@ -534,6 +540,10 @@ def compress(
     sections; checkpoints go to ``run_dir/compress`` (removed first unless ``resume``). With ``resume=True`` an
     interrupted run continues: finished rounds are not repeated and the current one resumes from its last epoch.
 
+    With ``distill.weight > 0`` every training after the dense round (the pruned fine-tuning, the later lottery
+    rounds) adds the KD term towards the dense model (:class:`~edgeslim.compress.distill.DistillationLoss`); a
+    resumed run rebuilds that teacher from the dense round's checkpoint.
+
     Under ``torchrun`` (see :mod:`edgeslim.compress.distributed`) the process group is joined from the environment,
     training runs data-parallel with ``recipe.data.batch_size`` as the global batch, pruning masks are rank 0's on
     every rank, metrics are those of the whole split, and only rank 0 writes to ``run_dir``. ``data`` must be the
@@ -542,10 +552,12 @@ def compress(
 
     Raises:
         UnknownNameError: the pruning method is not registered.
+        ConfigError: ``distill.weight > 0`` but no training would have a teacher (checked before anything runs).
         TrainingError: ``resume`` was asked for a ``run_dir`` holding a run of a different recipe.
     """
     t0 = time.perf_counter()
     pruner = PRUNERS.get(recipe.prune.method)
+    check_distillation(recipe)  # before anything is written: a refused recipe leaves no run to "resume"
     n_classes = len(data.classes)
     if n_classes < 2:
         raise DataError(f"the data has {n_classes} class(es); classification needs at least 2")
@@ -562,8 +574,8 @@ def compress(
         old = json.loads(marker.read_text()).get("digest")
         if old != digest:
             raise TrainingError(
-                f"{work} holds a run of a different recipe (its model/data/loss/train/prune differ); resume with the"
-                " same recipe, pick another run_dir, or pass resume=False to start over"
+                f"{work} holds a run of a different recipe (its model/data/loss/train/prune/distill differ); resume"
+                " with the same recipe, pick another run_dir, or pass resume=False to start over"
             )
     dist.barrier()  # every rank has read the old marker before rank 0 replaces it
     with dist.main_writes() as writer:

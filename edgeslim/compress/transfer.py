@@ -25,6 +25,7 @@ from .pruning import (
     load_checkpoint,
     prunable_layers,
     save_checkpoint,
+    teacher_check,
 )
 
 
@@ -76,12 +77,23 @@ def freeze_backbone(model: nn.Module) -> list[str]:
     return trainable
 
 
+def _no_teacher(recipe: Any) -> str:
+    # The source is the only other model, and it is no teacher: its head is normally new for this task (untrained
+    # logits: distilling towards them would fight the fine-tuning) and it is sparse, not the dense model.
+    return ("prune.method 'sparse_transfer' has no dense model of this task to distil from (the source is sparse"
+            " and its head is normally new for the task, with untrained logits), neither for the transfer nor for"
+            " QAT after it;"
+            " distillation needs a method with a dense round (one_shot, gradual, nm, structured, lottery_ticket)")
+
+
 @PRUNERS.register("sparse_transfer", aliases=("transfer",))
+@teacher_check(_no_teacher)
 def sparse_transfer(ctx: PruneContext) -> PruneResult:
     """Fine-tune a sparse source on the task with its zero pattern as the mask (``full`` or ``linear_probe``).
 
     One training of ``train.final_epochs`` (default ``train.epochs``) with gamma and ``train.select``. There is no
-    dense reference (``dense_model`` is ``None``).
+    dense reference (``dense_model`` is ``None``), so there is no distillation teacher either: ``distill.weight >
+    0`` is refused before training (:func:`~.pruning.check_distillation`).
 
     Raises:
         ConfigError: the source has no zeros (checked before training).
