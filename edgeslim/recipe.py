@@ -262,7 +262,14 @@ class QuantizeSection(_Section):
 class DistillSection(_Section):
     """Knowledge distillation from the dense model: ``loss = task + weight * T^2 * KL(teacher_T || student_T)``.
 
-    The teacher is the dense fine-tuned model (round 1 / the source fine-tuned); ``weight = 0`` turns it off.
+    ``task`` is the recipe's loss (class-dependent or cross-entropy). The teacher is the dense model as the dense
+    round left it (round 1 of ``lottery_ticket``; the ``dense`` round of ``one_shot``, ``gradual``, ``nm`` and
+    ``structured``), frozen in eval mode, run on the student's batch. It applies to every training after that
+    round: the pruned fine-tuning (``train.final_epochs``), the later lottery rounds and QAT. With method ``none``
+    (or ``lottery_ticket`` with ``rounds: 0``) the only training is the teacher's own, so only QAT distils.
+    Refused before training when no training would have a teacher: ``train.epochs: 0`` (no dense round),
+    ``sparse_transfer`` (the sparse source with a new head is no teacher of the task), or ``none`` without QAT.
+    ``weight = 0`` turns it off (no teacher forward pass at all).
     """
 
     weight: float = Field(default=0.0, ge=0, description="weight of the KD term (0: off)")
