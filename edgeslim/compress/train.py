@@ -11,6 +11,8 @@ dense reference and the final model on the held-out test split.
 
 from __future__ import annotations
 
+import copy
+
 import logging
 import random
 import shutil
@@ -531,6 +533,7 @@ def compress(
     run_dir: Path | str,
     resume: bool = False,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> CompressResult:
     """Fine-tune and prune ``model`` per ``recipe`` and evaluate it on the held-out test split.
 
@@ -542,7 +545,9 @@ def compress(
 
     With ``distill.weight > 0`` every training after the dense round (the pruned fine-tuning, the later lottery
     rounds) adds the KD term towards the dense model (:class:`~edgeslim.compress.distill.DistillationLoss`); a
-    resumed run rebuilds that teacher from the dense round's checkpoint.
+    resumed run rebuilds that teacher from the dense round's checkpoint. ``teacher`` gives the teacher for a model
+    whose dense fine-tune happened elsewhere (``train.epochs: 0`` on an already fine-tuned ``model``): it is
+    copied, frozen, and distilled from from the first training on; a dense round, if any, replaces it.
 
     Under ``torchrun`` (see :mod:`edgeslim.compress.distributed`) the process group is joined from the environment,
     training runs data-parallel with ``recipe.data.batch_size`` as the global batch, pruning masks are rank 0's on
@@ -557,7 +562,8 @@ def compress(
     """
     t0 = time.perf_counter()
     pruner = PRUNERS.get(recipe.prune.method)
-    check_distillation(recipe)  # before anything is written: a refused recipe leaves no run to "resume"
+    if teacher is None:
+        check_distillation(recipe)  # before anything is written: a refused recipe leaves no run to "resume"
     n_classes = len(data.classes)
     if n_classes < 2:
         raise DataError(f"the data has {n_classes} class(es); classification needs at least 2")
@@ -586,6 +592,8 @@ def compress(
             atomic_write_json(marker, {"digest": digest, "recipe": recipe.to_dict()})
 
     ctx = PruneContext(model=model, data=data, recipe=recipe, run_dir=work, resume=resume, progress=progress)
+    if teacher is not None:
+        ctx.teacher = copy.deepcopy(teacher).eval()
     res = pruner(ctx)
     if not isinstance(res, PruneResult):
         raise TrainingError(

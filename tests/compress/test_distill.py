@@ -3,6 +3,8 @@ every pruning method distilling from its dense round (TinyNet on real digits at 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,6 +235,27 @@ def test_a_resumed_distilled_run_rebuilds_the_teacher_and_ends_identical(kd_pair
     sa, sb = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [h["kd"] for h in resumed.history] == [h["kd"] for h in whole.history]
+
+
+def test_a_teacher_from_elsewhere_lets_a_recipe_without_dense_round_distil(kd_pair, data, tmp_path):
+    """``compress(..., teacher=dense)``: a model fine-tuned elsewhere is pruned with ``train.epochs: 0`` and its
+    pruned fine-tune distils from the given teacher (refused without one), which is left untouched."""
+    _, _, runs = kd_pair
+    dense = runs[0.0][0].dense_model
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    r = recipe(METHODS["one_shot"], epochs=0, final_epochs=2)
+    r.distill.weight = KD_WEIGHT
+    with pytest.raises(ConfigError, match="train.epochs = 0 skips the dense round"):
+        compress(copy.deepcopy(dense), data, r, run_dir=tmp_path / "refused", progress=False)
+    runs_ = {}
+    for w in (0.0, KD_WEIGHT):
+        r.distill.weight = w
+        torch.manual_seed(0)
+        runs_[w] = compress(copy.deepcopy(dense), data, r, run_dir=tmp_path / str(w), progress=False, teacher=dense)
+    assert all(h["kd"] > 0 for h in runs_[KD_WEIGHT].history)
+    assert all(h["kd"] is None for h in runs_[0.0].history)
+    assert _kl_to_teacher(data, runs_[KD_WEIGHT].model, dense) < _kl_to_teacher(data, runs_[0.0].model, dense)
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
 
 
 @pytest.mark.parametrize("method", PRUNERS.names())
