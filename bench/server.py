@@ -1,21 +1,34 @@
 """Server overhead benchmark: KServe v2 binary requests against the in-process runtime, on the same model.
 
-Measures latency p50/p99 and throughput at concurrency 1, 8 and 32, with and without dynamic batching, against
-``edgeslim.runtime.load`` in the same process (batch-1 latency and Offline throughput at the max batch), in one run,
-and prints a Markdown table. Both servers stay up for the whole run and every server cell is measured right after an
-in-process window, for ``--rounds`` rounds, so the ratios compare neighbours in time on a shared machine.
+Measures latency p50/p99 and throughput at concurrency 1, 8 and 32, with and without dynamic batching, against the
+in-process runtime (``edgeslim.runtime.load``: batch-1 latency, and Offline throughput at the max batch) loaded with
+the same backend, options and number of inference threads as the server. Every server cell is measured right after
+an in-process window, for ``--rounds`` rounds, so the ratios compare neighbours in time on a shared machine.
 
-    python bench/server.py                          # timm mobilenetv3_small_100 (random weights), 224x224
+Two CPU configurations (``--configs``), because on a small machine the load generator competes with the server:
+
+* ``shared``: server, clients and the in-process reference on every core (what one box serving its own clients
+  sees; the clients' CPU time is taken from the server).
+* ``pinned``: the server and the in-process reference on ``--server-cpus``, with as many inference threads as those
+  cores; the load generator on ``--client-cpus`` (``os.sched_setaffinity``). The server overhead on the cores the
+  model gets, with the load generator out of the way, as with clients on other machines.
+
+Two clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent request)
+and ``light`` (one asyncio process, N keep-alive connections sending a pre-encoded binary request; its first answer
+on every connection is checked against the in-process output). The c=1 latency figures come from tritonclient;
+throughput at c>1 from the light client, whose own CPU cost per request is reported beside the server's.
+
+    python bench/server.py                          # timm mobilenetv3_small_100 (random weights), 224x224, ORT
+    python bench/server.py --backend openvino       # the same model as an OpenVINO IR
     python bench/server.py --artifact path/to/art   # an existing artifact
     python bench/server.py --model tinynet          # the 16x16 test model (measures pure protocol overhead)
-
-Clients (tritonclient.http, one per thread) run on the same machine as the server, so on a small CPU they compete
-with it for cores; the table says how many cores there were.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -30,8 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+MODEL = "bench"
+
 
 def build_artifact(model_name: str, directory: Path) -> Path:
+    """A random-weight timm model (or TinyNet) as ONNX plus an OpenVINO IR converted from it."""
     import torch
 
     from edgeslim.artifact import Manifest, ModelFile, Preprocessing, TensorInfo, write_artifact
@@ -47,19 +63,23 @@ def build_artifact(model_name: str, directory: Path) -> Path:
         model, size, classes = timm.create_model(model_name, pretrained=False, num_classes=10), 224, 10
     model.eval()
     manifest = Manifest(
-        name="bench",
+        name=MODEL,
         arch=model_name,
         classes=[f"c{i}" for i in range(classes)],
         input=TensorInfo(name="input", shape=[-1, 3, size, size]),
         outputs=[TensorInfo(name="logits", shape=[-1, classes])],
         preprocessing=Preprocessing(resize=size, crop=size),
-        models=[ModelFile(format="onnx", precision="fp32", path="model.onnx")],
+        models=[ModelFile(format="onnx", precision="fp32", path="model.onnx"),
+                ModelFile(format="openvino", precision="fp32", path="model.xml")],
     )
 
     def writer(tmp: Path) -> None:
+        import openvino as ov
+
         torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(tmp / "model.onnx"), input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           dynamo=False)
+        ov.save_model(ov.convert_model(str(tmp / "model.onnx")), str(tmp / "model.xml"), compress_to_fp16=False)
 
     write_artifact(directory, manifest, writer)
     return directory
@@ -69,195 +89,404 @@ def pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q)) if samples else float("nan")
 
 
-class InProcess:
-    """The in-process runtime on the same artifact: batch-1 latency and Offline throughput at the max batch."""
+def sample_input(shape: list[int], seed: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal([1, *shape[1:]]).astype(np.float32)
 
-    def __init__(self, artifact: Path, threads: int, max_batch: int, options: dict) -> None:
-        from edgeslim import runtime
 
-        self.pred = runtime.load(artifact, threads=threads, **options)
-        self.shape = list(self.pred.backend.inputs[0].shape)
-        self.x1 = np.random.default_rng(0).standard_normal([1, *self.shape[1:]]).astype(np.float32)
-        self.xb = np.random.default_rng(1).standard_normal([max_batch, *self.shape[1:]]).astype(np.float32)
-        for _ in range(5):
-            self.pred.backend.infer({"input": self.x1})
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def measure(self, seconds: float) -> dict[str, float]:
-        infer = self.pred.backend.infer
+
+# -- the in-process reference, in its own process so it can be pinned like the server ------------------------------
+def inprocess_worker(spec: dict) -> None:
+    """``--inprocess-worker``: load the model like the server does, then answer ``measure SECONDS`` lines."""
+    if spec["cpus"]:
+        os.sched_setaffinity(0, spec["cpus"])  # before the runtime creates its threads: they inherit it
+    from edgeslim import runtime
+
+    pred = runtime.load(spec["artifact"], backend=spec["backend"], threads=spec["threads"], **spec["options"])
+    shape = list(pred.backend.inputs[0].shape)
+    infer = pred.backend.infer
+    x1 = sample_input(shape)
+    xb = np.random.default_rng(1).standard_normal([spec["max_batch"], *shape[1:]]).astype(np.float32)
+    for _ in range(5):
+        infer({"input": x1})
+        infer({"input": xb})
+    print(json.dumps({"shape": shape, "logits": infer({"input": x1})["logits"].tolist()}), flush=True)
+    for line in sys.stdin:
+        seconds = float(line.split()[1])
         lat, end = [], time.perf_counter() + seconds / 2
         while time.perf_counter() < end:
             t = time.perf_counter()
-            infer({"input": self.x1})
+            infer({"input": x1})
             lat.append((time.perf_counter() - t) * 1e3)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 2:  # Offline: the whole batch at once, back to back
-            infer({"input": self.xb})
-            n += len(self.xb)
-        return {"p50": pct(lat, 50), "p99": pct(lat, 99), "offline": n / (time.perf_counter() - t0),
-                "single": len(lat) / sum(lat) * 1e3}
+            infer({"input": xb})
+            n += len(xb)
+        print(json.dumps({"p50": pct(lat, 50), "p99": pct(lat, 99), "offline": n / (time.perf_counter() - t0),
+                          "single": len(lat) / sum(lat) * 1e3}), flush=True)
+    pred.close()
 
 
+class InProcess:
+    def __init__(self, spec: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--inprocess-worker", json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = json.loads(self.proc.stdout.readline())
+        self.shape, self.logits = ready["shape"], np.asarray(ready["logits"], np.float32)
+
+    def measure(self, seconds: float) -> dict[str, float]:
+        self.proc.stdin.write(f"measure {seconds}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+# -- the server -----------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(artifact: Path, threads: int, batching: bool, max_batch: int, delay_ms: float,
-                 options: dict | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    code = textwrap.dedent(f"""
-        from edgeslim.server import ServerSettings, serve
-        serve(ServerSettings(models=[{str(artifact)!r}], port={port}, threads={threads}, log_level="warning",
-                             dynamic_batching={batching}, max_batch={max_batch}, batch_delay_ms={delay_ms},
-                             preferred_batch_sizes=({max_batch},), queue_size=256,
-                             backend_options={{"onnxruntime": {options or {}!r}}}))
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+class Server:
+    def __init__(self, artifact: Path, *, backend: str, threads: int, batching: bool, max_batch: int,
+                 delay_ms: float, preferred: tuple[int, ...], options: dict, cpus: list[int] | None) -> None:
+        import tritonclient.http as httpclient
+
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        code = textwrap.dedent(f"""
+            import os
+            if {cpus!r}:
+                os.sched_setaffinity(0, {cpus!r})  # before the runtime creates its threads: they inherit it
+            from edgeslim.server import ServerSettings, serve
+            serve(ServerSettings(models=[{str(artifact)!r}], port={self.port}, backend={backend!r}, threads={threads},
+                                 log_level="warning", dynamic_batching={batching}, max_batch={max_batch},
+                                 batch_delay_ms={delay_ms}, preferred_batch_sizes={tuple(preferred)!r}, queue_size=256,
+                                 backend_options={{{backend!r}: {options!r}}}))
+        """)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server failed to start: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpclient.InferenceServerClient(self.url).is_server_ready():
+                    return
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.2)
+        self.proc.kill()
+        raise SystemExit("server did not become ready in 180 s")
+
+    def stats(self) -> dict[str, float]:
+        import tritonclient.http as httpclient
+
+        st = httpclient.InferenceServerClient(self.url).get_inference_statistics(MODEL)["model_stats"][0]
+        inf = st["inference_stats"]
+        return {"count": inf["success"]["count"], "ns": inf["success"]["ns"], "compute_ns": inf["compute_infer"]["ns"],
+                "items": st["inference_count"], "execs": st["execution_count"], "cpu": proc_cpu_s(self.proc.pid)}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+# -- clients --------------------------------------------------------------------------------------------------------
+def tritonclient_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
+                      expect: np.ndarray) -> tuple[list[float], int]:
+    """The standard client: one tritonclient.http client per thread, binary tensors both ways."""
     import tritonclient.http as httpclient
 
-    url = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server failed to start: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpclient.InferenceServerClient(url).is_server_ready():
-                return proc, url
-        except Exception:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not become ready in 120 s")
-
-
-def drive(url: str, shape: list[int], concurrency: int, seconds: float) -> dict[str, float]:
-    import tritonclient.http as httpclient
-
-    x = np.random.default_rng(2).standard_normal([1, *shape[1:]]).astype(np.float32)
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
     start = threading.Barrier(concurrency + 1)
-    stop_at = [0.0]
+    stop_at = [time.perf_counter() + 3600]
 
     def worker() -> None:
         c = httpclient.InferenceServerClient(url, connection_timeout=30, network_timeout=60)
-        inp = httpclient.InferInput("input", [1, *shape[1:]], "FP32")
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=True)
         out = [httpclient.InferRequestedOutput("logits", binary_data=True)]
-        for _ in range(3):
-            c.infer("bench", [inp], outputs=out)  # warm the connection
-        mine = []
+        got = c.infer(MODEL, [inp], outputs=out).as_numpy("logits")
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)  # measure right answers only
+        c.infer(MODEL, [inp], outputs=out)
+        mine, bad = [], 0
         start.wait()
         while time.perf_counter() < stop_at[0]:
             t = time.perf_counter()
             try:
-                c.infer("bench", [inp], outputs=out)
+                c.infer(MODEL, [inp], outputs=out)
                 mine.append((time.perf_counter() - t) * 1e3)
-            except Exception:
-                errors[0] += 1
+            except Exception:  # noqa: BLE001 - counted and reported
+                bad += 1
         with lock:
             lat.extend(mine)
+            errors[0] += bad
         c.close()
-
-    def server_side() -> tuple[int, int, int]:
-        st = httpclient.InferenceServerClient(url).get_inference_statistics("bench")["model_stats"][0]
-        inf = st["inference_stats"]
-        return inf["success"]["count"], inf["success"]["ns"], inf["compute_infer"]["ns"]
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
-    stop_at[0] = time.perf_counter() + 3600
-    before = server_side()
     start.wait()
-    t0 = time.perf_counter()
-    stop_at[0] = t0 + seconds
+    stop_at[0] = time.perf_counter() + seconds
     for t in threads:
         t.join()
+    return lat, errors[0]
+
+
+def _binary_request(port: int, x: np.ndarray) -> bytes:
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    head = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(header)}\r\n"
+            f"Content-Length: {len(header) + len(raw)}\r\n\r\n").encode()
+    return head + header + raw
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            k, _, v = line.partition(b":")
+            headers[k.strip().lower()] = v.strip()
+    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return status, headers, body
+
+
+def light_load(port: int, x: np.ndarray, concurrency: int, seconds: float,
+               expect: np.ndarray) -> tuple[list[float], int]:
+    """A light load generator: one asyncio loop, ``concurrency`` keep-alive connections, a pre-encoded request."""
+    request = _binary_request(port, x)
+
+    async def main() -> tuple[list[float], int]:
+        lat: list[float] = []
+        errors = 0
+        ready = asyncio.Event()
+        opened = [0]
+        stop_at = [time.perf_counter() + 3600]
+
+        async def connection() -> None:
+            nonlocal errors
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for i in range(2):
+                writer.write(request)
+                status, headers, body = await _read_response(reader)
+                if status != 200:
+                    raise SystemExit(f"light client: HTTP {status}: {body[:300]!r}")
+                if i == 0:  # measure right answers only
+                    n = int(headers[b"inference-header-content-length"])
+                    got = np.frombuffer(body[n:], "<f4").reshape(expect.shape)
+                    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+            opened[0] += 1
+            if opened[0] == concurrency:
+                stop_at[0] = time.perf_counter() + seconds
+                ready.set()
+            await ready.wait()
+            while time.perf_counter() < stop_at[0]:
+                t = time.perf_counter()
+                writer.write(request)
+                status, _, _ = await _read_response(reader)
+                if status == 200:
+                    lat.append((time.perf_counter() - t) * 1e3)
+                else:
+                    errors += 1
+            writer.close()
+
+        await asyncio.gather(*(connection() for _ in range(concurrency)))
+        return lat, errors
+
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def drive(server: Server, client: str, x: np.ndarray, concurrency: int, seconds: float,
+          expect: np.ndarray) -> dict[str, float]:
+    before, cpu0 = server.stats(), time.process_time()
+    t0 = time.perf_counter()
+    if client == "tritonclient":
+        lat, errors = tritonclient_load(server.url, x, concurrency, seconds, expect)
+    else:
+        lat, errors = light_load(server.port, x, concurrency, seconds, expect)
     took = time.perf_counter() - t0
-    after = server_side()
-    count = max(after[0] - before[0], 1)
-    # The server's own view (Triton statistics): mean time from the request's arrival in the handler to its answer,
-    # and the model-execution part of it. What the client sees beyond that is HTTP, the client library and the OS.
-    return {"p50": pct(lat, 50), "p99": pct(lat, 99), "throughput": len(lat) / took, "errors": errors[0],
-            "server_ms": (after[1] - before[1]) / count / 1e6, "compute_ms": (after[2] - before[2]) / count / 1e6}
+    client_cpu = time.process_time() - cpu0
+    after = server.stats()
+    d = {k: after[k] - before[k] for k in after}
+    count = max(d["count"], 1)
+    # Throughput over the measured window only: the requests that started in it, over its length.
+    window = max(seconds, 1e-9)
+    return {
+        "p50": pct(lat, 50), "p99": pct(lat, 99), "throughput": len(lat) / window, "errors": errors,
+        # The server's own view (Triton statistics): mean time from the request's arrival to its answer, and the
+        # model-execution part of it. What the client sees beyond that is HTTP, the client library and the OS.
+        "server_ms": d["ns"] / count / 1e6, "compute_ms": d["compute_ns"] / count / 1e6,
+        "mean_batch": d["items"] / max(d["execs"], 1),
+        "server_cpu_ms": d["cpu"] / count * 1e3,
+        # Client CPU over the whole call (warm-up included): an upper bound per request.
+        "client_cpu_ms": client_cpu / max(len(lat), 1) * 1e3, "wall": took,
+    }
+
+
+# -- the run --------------------------------------------------------------------------------------------------------
+def cpu_sets(args: argparse.Namespace) -> dict[str, dict]:
+    every = sorted(os.sched_getaffinity(0))
+    configs = {}
+    for name in args.configs:
+        if name == "shared":
+            configs[name] = {"server": None, "client": None, "threads": args.threads or len(every),
+                             "describe": f"server, in-process reference and clients share CPUs {every}"}
+        else:
+            server = args.server_cpus or every[:-1] or every
+            client = args.client_cpus or every[-1:]
+            if set(server) & set(client):
+                raise SystemExit(f"--server-cpus {server} and --client-cpus {client} overlap; pinned needs them apart")
+            configs[name] = {"server": server, "client": client, "threads": args.threads or len(server),
+                             "describe": f"server and in-process reference on CPUs {server}, load generator on CPUs "
+                                         f"{client}"}
+    return configs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", type=Path, help="an existing artifact (default: build one from --model)")
     ap.add_argument("--model", default="mobilenetv3_small_100", help="timm model name (random weights) or 'tinynet'")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads, both sides")
-    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--backend", default="onnxruntime", help="runtime backend, both sides (onnxruntime, openvino)")
+    ap.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="backend option, both sides, as edgeslim serve takes it (repeatable)")
+    ap.add_argument("--threads", type=int, help="inference threads, both sides (default: the cores each config gives "
+                                                "the server)")
+    ap.add_argument("--max-batch", type=int, default=8, help="server max batch = in-process Offline batch")
     ap.add_argument("--batch-delay-ms", type=float, default=2.0)
+    ap.add_argument("--preferred", type=int, nargs="*", help="preferred batch sizes (default: the max batch)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement window per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--client", nargs="+", default=["tritonclient", "light"], choices=["tritonclient", "light"])
+    ap.add_argument("--tritonclient-concurrency", type=int, nargs="*", default=[1, 32],
+                    help="concurrencies also driven by tritonclient (the light client drives every one)")
+    ap.add_argument("--configs", nargs="+", default=["shared", "pinned"], choices=["shared", "pinned"])
+    ap.add_argument("--server-cpus", type=int, nargs="+", help="pinned: the server's CPUs (default: all but the last)")
+    ap.add_argument("--client-cpus", type=int, nargs="+", help="pinned: the load generator's CPUs (default: the last)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over every cell")
-    ap.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="onnxruntime option for the server, as edgeslim serve takes it (repeatable)")
+    ap.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.inprocess_worker:
+        return inprocess_worker(json.loads(args.inprocess_worker))
+
+    from edgeslim.server import ServerSettings
+    from edgeslim.server.repository import backend_options
     from edgeslim.server.settings import parse_backend_options
 
     options = parse_backend_options(args.backend_option)
-
+    preferred = tuple(args.preferred) if args.preferred is not None else (args.max_batch,)
+    configs = cpu_sets(args)
+    cells: list[tuple[str, bool, int]] = []  # (client, batching, concurrency), in measuring order
+    for batching in (False, True):
+        for conc in args.concurrency:
+            for client in args.client:
+                if client == "light" or conc in args.tritonclient_concurrency:
+                    cells.append((client, batching, conc))
+    # results[(config, batching, client, conc)] -> list of (server result, in-process result measured just before)
+    results: dict[tuple, list[tuple[dict, dict]]] = {}
+    refs: dict[str, list[dict]] = {}
+    every = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = args.artifact or build_artifact(args.model, Path(tmp) / "bench")
-        # The in-process side gets the same onnxruntime session options the server loads the model with
-        # (by default: threads do not spin), so the comparison is of the serving path alone.
-        from edgeslim.server import ServerSettings
-        from edgeslim.server.repository import backend_options
-
-        same = backend_options(ServerSettings(models=[artifact], backend_options={"onnxruntime": options}),
-                               "onnxruntime")
-        ref = InProcess(artifact, args.threads, args.max_batch, same)
-        servers = {b: start_server(artifact, args.threads, b, args.max_batch, args.batch_delay_ms, options)
-                   for b in (False, True)}
-        # cells[(batching, conc)] -> list of (server result, in-process result measured just before it)
-        cells: dict[tuple[bool, int], list[tuple[dict, dict]]] = {}
-        try:
-            for _ in range(args.rounds):  # interleaved: drift on a shared machine hits both sides alike
-                for batching in (False, True):
-                    for conc in args.concurrency:
+        artifact = args.artifact or build_artifact(args.model, Path(tmp) / MODEL)
+        # Both sides load the model with the options the server would use (for onnxruntime: threads that sleep
+        # instead of spinning), so the comparison is of the serving path alone.
+        same = backend_options(ServerSettings(models=[artifact], backend_options={args.backend: options}),
+                               args.backend)
+        for name, cfg in configs.items():
+            ref = InProcess({"artifact": str(artifact), "backend": args.backend, "threads": cfg["threads"],
+                             "options": same, "max_batch": args.max_batch, "cpus": cfg["server"]})
+            servers = {b: Server(artifact, backend=args.backend, threads=cfg["threads"], batching=b,
+                                 max_batch=args.max_batch, delay_ms=args.batch_delay_ms, preferred=preferred,
+                                 options=options, cpus=cfg["server"]) for b in (False, True)}
+            x = sample_input(ref.shape)
+            try:
+                if cfg["client"]:
+                    os.sched_setaffinity(0, cfg["client"])  # this process is the load generator
+                for r in range(args.rounds):  # interleaved: drift on a shared machine hits both sides alike
+                    for client, batching, conc in cells:
                         here = ref.measure(args.seconds)
-                        there = drive(servers[batching][1], ref.shape, conc, args.seconds)
-                        cells.setdefault((batching, conc), []).append((there, here))
-        finally:
-            for proc, _ in servers.values():
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
-            ref.pred.close()
+                        refs.setdefault(name, []).append(here)
+                        there = drive(servers[batching], client, x, conc, args.seconds, ref.logits)
+                        results.setdefault((name, batching, client, conc), []).append((there, here))
+                        print(f"[{name} round {r + 1}] {'batching' if batching else 'no batching'} {client} c={conc}:"
+                              f" p50 {there['p50']:.2f} ms, {there['throughput']:.0f} img/s, mean batch"
+                              f" {there['mean_batch']:.1f}; in-process p50 {here['p50']:.2f} ms,"
+                              f" Offline {here['offline']:.0f} img/s", file=sys.stderr, flush=True)
+            finally:
+                os.sched_setaffinity(0, every)
+                for s in servers.values():
+                    s.stop()
+                ref.close()
+    report(args, configs, preferred, same, ref.shape, results, refs)
 
+
+def report(args, configs, preferred, same, shape, results, refs) -> None:
     med = statistics.median
-    allref = [h for runs in cells.values() for _, h in runs]
-    print(f"\nmodel: {args.artifact or args.model}, input {ref.shape}, {os.cpu_count()} CPU cores, "
-          f"{args.threads} intra-op threads, max batch {args.max_batch}, delay {args.batch_delay_ms} ms, "
-          f"{args.seconds:g} s per cell, {args.rounds} interleaved rounds (medians; ratios per adjacent pair);"
-          f" onnxruntime options (both sides) {same}; clients share the CPU with the server\n")
-    print("| mode | concurrency | p50 ms | p99 ms | throughput img/s | in-process p50 ms | p50 - in-process |"
-          " vs in-process Offline | server-side mean ms (compute) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| in-process, batch 1 | 1 | {med(h['p50'] for h in allref):.2f} | {med(h['p99'] for h in allref):.2f} |"
-          f" {med(h['single'] for h in allref):.0f} | - | - | {med(h['single'] / h['offline'] for h in allref):.0%} | - |")
-    print(f"| in-process Offline, batch {args.max_batch} | - | - | - | {med(h['offline'] for h in allref):.0f} | - | - |"
-          " 100% | - |")
-    for (batching, conc), runs in cells.items():
-        mode = "server, dynamic batching" if batching else "server, no batching"
-        errs = sum(t["errors"] for t, _ in runs)
-        err = f" ({errs} errors)" if errs else ""
-        print(f"| {mode} | {conc} | {med(t['p50'] for t, _ in runs):.2f} | {med(t['p99'] for t, _ in runs):.2f} |"
-              f" {med(t['throughput'] for t, _ in runs):.0f}{err} | {med(h['p50'] for _, h in runs):.2f} |"
-              f" {med(t['p50'] - h['p50'] for t, h in runs):+.2f} ms |"
-              f" {med(t['throughput'] / h['offline'] for t, h in runs):.0%} |"
-              f" {med(t['server_ms'] for t, _ in runs):.2f} ({med(t['compute_ms'] for t, _ in runs):.2f}) |")
-    one = cells.get((False, 1))
-    if one:
-        print(f"\np50 overhead at concurrency 1 (server, no batching - in-process, median of adjacent pairs): "
-              f"{med(t['p50'] - h['p50'] for t, h in one):+.2f} ms (target <= 2 ms)")
-    big = [med(t["throughput"] / h["offline"] for t, h in runs) for (b, c), runs in cells.items() if b and c >= 16]
-    if big:
-        print(f"batched throughput at concurrency >= 16: {min(big):.0%} of in-process Offline (target >= 90%)")
+    print(f"\nmodel: {args.artifact or args.model}, input {shape}, backend {args.backend} {same or ''},"
+          f" {os.cpu_count()} CPU cores; server max batch {args.max_batch}, preferred {list(preferred)}, max delay"
+          f" {args.batch_delay_ms} ms (batching rows); {args.seconds:g} s per cell, {args.rounds} interleaved rounds"
+          " (medians; ratios per adjacent pair). Configurations:")
+    for name, cfg in configs.items():
+        print(f"- {name}: {cfg['describe']}; {cfg['threads']} inference thread(s) on both sides")
+    print("\n| config | server | client | conc. | p50 ms | p99 ms | img/s | in-process p50 ms | p50 - in-process |"
+          " vs in-process Offline | mean batch | server mean ms (compute) | server CPU ms/req | client CPU ms/req |")
+    print("|" + "---|" * 14)
+    for name in configs:
+        allref = refs[name]
+        print(f"| {name} | in-process, batch 1 | - | 1 | {med(h['p50'] for h in allref):.2f} |"
+              f" {med(h['p99'] for h in allref):.2f} | {med(h['single'] for h in allref):.0f} | - | - |"
+              f" {med(h['single'] / h['offline'] for h in allref):.0%} | 1 | - | - | - |")
+        print(f"| {name} | in-process Offline, batch {args.max_batch} | - | - | - | - |"
+              f" {med(h['offline'] for h in allref):.0f} | - | - | 100% | {args.max_batch} | - | - | - |")
+        for (cfg, batching, client, conc), runs in results.items():
+            if cfg != name:
+                continue
+            mode = "dynamic batching" if batching else "no batching"
+            errs = sum(t["errors"] for t, _ in runs)
+            err = f" ({errs} errors)" if errs else ""
+            print(f"| {name} | {mode} | {client} | {conc} | {med(t['p50'] for t, _ in runs):.2f} |"
+                  f" {med(t['p99'] for t, _ in runs):.2f} | {med(t['throughput'] for t, _ in runs):.0f}{err} |"
+                  f" {med(h['p50'] for _, h in runs):.2f} | {med(t['p50'] - h['p50'] for t, h in runs):+.2f} ms |"
+                  f" {med(t['throughput'] / h['offline'] for t, h in runs):.0%} |"
+                  f" {med(t['mean_batch'] for t, _ in runs):.1f} |"
+                  f" {med(t['server_ms'] for t, _ in runs):.2f} ({med(t['compute_ms'] for t, _ in runs):.2f}) |"
+                  f" {med(t['server_cpu_ms'] for t, _ in runs):.2f} | {med(t['client_cpu_ms'] for t, _ in runs):.2f} |")
+    print()
+    for name in configs:
+        for client in args.client:
+            one = results.get((name, False, client, 1))
+            if one:
+                print(f"{name}, {client}: p50 overhead at concurrency 1, no batching (server - in-process, median of"
+                      f" adjacent pairs): {med(t['p50'] - h['p50'] for t, h in one):+.2f} ms (target <= 2 ms)")
+        big = [(c, cl, med(t["throughput"] / h["offline"] for t, h in runs))
+               for (cfg, b, cl, c), runs in results.items() if cfg == name and b and c >= 16]
+        for conc, client, share in big:
+            print(f"{name}, {client}: dynamic batching at concurrency {conc}: {share:.0%} of in-process Offline"
+                  " (target >= 90%)")
 
 
 if __name__ == "__main__":
