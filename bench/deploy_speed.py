@@ -114,7 +114,7 @@ def main() -> None:
     if args.latency_only:
         _untrained_arms(variants, dense, recipe, data, calib, say)
     else:
-        _trained_arms(variants, dense, recipe, data, calib, out, say)
+        _trained_arms(variants, dense, recipe, data, calib, out, say, args.resume)
     say("training done")
 
     # -- export at the training size (accuracy) and at the deployment size (latency) --------------------------------
@@ -224,7 +224,7 @@ def main() -> None:
     print(f"results in {out}")
 
 
-def _trained_arms(variants, dense, recipe, data, calib, out, say) -> None:
+def _trained_arms(variants, dense, recipe, data, calib, out, say, resume: bool) -> None:
     """QAT of the dense model, structured 30% / 50% fine-tuned, and the recipe (structured + QAT + KD)."""
     import copy
 
@@ -234,7 +234,8 @@ def _trained_arms(variants, dense, recipe, data, calib, out, say) -> None:
     plain_qat = recipe.model_copy(deep=True)
     plain_qat.distill.weight = 0.0
     say(f"QAT of the dense model: {recipe.quantize.qat_epochs} epoch(s)")
-    q = quantize_aware_train(dense, data, plain_qat, run_dir=out / "run" / "qat", calibration=calib, progress=False)
+    q = quantize_aware_train(dense, data, plain_qat, run_dir=out / "run" / "qat", calibration=calib, resume=resume,
+                             progress=False)
     variants["qat"] = {"model": q.fp32_model, "int8": "qat", "qat": q.model}
     say("QAT done")
 
@@ -245,8 +246,9 @@ def _trained_arms(variants, dense, recipe, data, calib, out, say) -> None:
         r.train.epochs = 0  # the dense model above is the starting point: no second dense round
         r.train.final_epochs = recipe.train.final_epochs
         say(f"structured {ratio:.0%}: prune the dense model, fine-tune {r.train.final_epochs} epochs")
-        res = compress(copy.deepcopy(dense), data, r, run_dir=out / "run" / _key(ratio), progress=False,
-                       teacher=dense)  # as in the pipeline: the pruned fine-tune distils from the dense model
+        # as in the pipeline, the pruned fine-tune distils from the dense model
+        res = compress(copy.deepcopy(dense), data, r, run_dir=out / "run" / _key(ratio), resume=resume,
+                       progress=False, teacher=dense)
         pruned[ratio] = res
         variants[_key(ratio)] = {"model": res.model.eval(), "int8": "ptq"}
     say("structured done")
@@ -255,7 +257,7 @@ def _trained_arms(variants, dense, recipe, data, calib, out, say) -> None:
         say(f"recipe {recipe.name}: QAT of structured {recipe.prune.ratio:.0%} with distillation")
         qr = quantize_aware_train(base.model, data, recipe, run_dir=out / "run" / "recipe", calibration=calib,
                                   masks=base.masks, teacher=dense if recipe.distill.weight > 0 else None,
-                                  progress=False)
+                                  resume=resume, progress=False)
         variants["recipe"] = {"model": qr.fp32_model, "int8": "qat", "qat": qr.model}
 
 
