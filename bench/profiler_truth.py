@@ -343,8 +343,9 @@ def _rounds(args, ref_name, ours, reference, settings_diff) -> list[dict]:
             e, r = got["edgeslim"], got[ref_name]
             own = f" (OpenVINO clock {e['runtime_median_ms']:.3f})" if "runtime_median_ms" in e else ""
             print(f"round {i + 1}/{args.rounds} {mode:10s} ({' then '.join(rnd['order'])}, load {load:.2f}): "
-                  f"median {e['median_ms']:.3f}{own} vs {r['median_ms']:.3f} ms, "
-                  f"{e['items_per_s']:.1f} vs {r['items_per_s']:.1f} items/s"
+                  f"median {e['median_ms']:.3f}{own} vs {r['median_ms']:.3f} ms (ratio "
+                  f"{e['median_ms'] / r['median_ms']:.3f}), {e['items_per_s']:.1f} vs {r['items_per_s']:.1f} items/s"
+                  f" (ratio {e['items_per_s'] / r['items_per_s']:.3f})"
                   + (f"  SETTINGS DIFFER: {got['settings_diff']}" if got["settings_diff"] else ""), flush=True)
         rounds.append(rnd)
     return rounds
