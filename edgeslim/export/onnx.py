@@ -174,11 +174,16 @@ class OnnxExporter(Exporter):
         extra: dict[str, Any] = {}
         if method == "qat":
             from ..compress.qat import qat_to_onnx
+            from .qdq import fold_qdq_weights
 
             quantized = qat_to_onnx(attached_qat_model(ctx.model), ctx.example_input(), opset=ctx.opset,
                                     dynamic_batch=ctx.dynamic_batch, input_name=ctx.input_name,
                                     output_name=ctx.output_name)
-            extra = {"quantizer": "nncf.qat"}
+            # INT8 weight initializers and BN folded into the convs: the form onnxruntime's INT8 kernels and
+            # TensorRT build from (the raw export runs every conv in float between Q/DQ pairs)
+            quantized, folded = fold_qdq_weights(quantized)
+            extra = {"quantizer": "nncf.qat", "folded_weight_quantizers": folded["weights"],
+                     "folded_batchnorms": folded["batchnorms"]}
         else:
             if not ctx.calibration:
                 raise ExportError("INT8 ONNX needs calibration batches; none were given")

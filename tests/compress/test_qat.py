@@ -79,8 +79,20 @@ def test_qat_exports_qdq_onnx_for_onnxruntime_and_int8_openvino(pruned_and_qat, 
     assert onnx_int8.extra["quantizer"] == ov_int8.extra["quantizer"] == "nncf.qat"
     proto = onnx.load(str(tmp_path / "art" / onnx_int8.path))
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("QuantizeLinear") > 0 and ops.count("QuantizeLinear") == ops.count("DequantizeLinear")
+    # one Q/DQ pair per activation quantizer; weights only have their DequantizeLinear (INT8 initializers)
+    assert ops.count("QuantizeLinear") > 0
+    assert ops.count("DequantizeLinear") == ops.count("QuantizeLinear") + onnx_int8.extra["folded_weight_quantizers"]
     assert "FakeQuantize" not in ops  # only standard ops: the form onnxruntime and TensorRT accept
+    # weights are INT8 initializers behind DequantizeLinear (no run-time QuantizeLinear of a float weight) and the
+    # BatchNorms are folded into the convs: what onnxruntime's QLinearConv fusion and TensorRT need
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert "BatchNormalization" not in ops
+    assert onnx_int8.extra["folded_batchnorms"] == 4 and onnx_int8.extra["folded_weight_quantizers"] == 5
+    for n in proto.graph.node:
+        if n.op_type in ("Conv", "Gemm"):
+            dq = next(d for d in proto.graph.node if n.input[1] in d.output)
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+        assert not (n.op_type == "QuantizeLinear" and n.input[0] in inits)
 
     # the INT8 ONNX runs in onnxruntime CPU and computes what the trained fake-quant model computes
     sess = ort.InferenceSession(str(tmp_path / "art" / onnx_int8.path), providers=["CPUExecutionProvider"])
