@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 import pytest
 
@@ -108,3 +109,36 @@ def test_atomic_json_and_directory(tmp_path):
         assert not (tmp_path / "d").exists()
     assert (tmp_path / "d" / "f").read_text() == "1"
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_atomic_directory_swaps_an_existing_one_and_sweeps_what_a_killed_writer_left(tmp_path):
+    import subprocess
+
+    with atomic_directory(tmp_path / "d") as d:
+        (d / "f").write_text("old")
+    # a writer SIGKILLed mid-write leaves its temp dir (and, between its two renames, the moved-aside old one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    for leftover in (f".d.{pid}.abc123.partial", f".d.old-{pid}", f".d.{os.getpid()}.live.partial"):
+        (tmp_path / leftover).mkdir()
+    (tmp_path / ".dx.1.partial").mkdir()  # another artifact's name: not ours to touch
+    seen = []
+    with atomic_directory(tmp_path / "d") as d:
+        (d / "f").write_text("new")
+        seen = sorted(os.listdir(tmp_path))
+    assert (tmp_path / "d" / "f").read_text() == "new"
+    assert f".d.{pid}.abc123.partial" not in seen and f".d.old-{pid}" not in seen  # the dead writer's, swept
+    left = sorted(n for n in os.listdir(tmp_path) if n.startswith("."))
+    assert left == [f".d.{os.getpid()}.live.partial", ".dx.1.partial"]  # a live writer's and another name's stay
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="renameat2(RENAME_EXCHANGE) is Linux-only (elsewhere: 2 renames)")
+def test_the_old_directory_is_exchanged_in_one_step_on_linux(tmp_path):
+    from edgeslim import _io
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("b")
+    assert _io._exchange(tmp_path / "a", tmp_path / "b")  # the final path never stops existing
+    assert (tmp_path / "a" / "f").read_text() == "b" and (tmp_path / "b" / "f").read_text() == "a"
