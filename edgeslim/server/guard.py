@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, Awaitable, Callable
 
+import numpy as np
 from starlette.responses import JSONResponse
 
 from .errors import BodyTooLargeError, json_error
@@ -18,6 +19,8 @@ from .errors import BodyTooLargeError, json_error
 OPEN_PREFIXES = ("/v2/health/",)
 
 Receive = Callable[[], Awaitable[dict]]
+
+_ALIGN = 64  # bytes: a cache line, and what AVX-512 loads like
 
 
 class Guard:
@@ -82,8 +85,15 @@ class Guard:
 
         return limited_receive
 
-    async def read_body(self, receive: Receive) -> bytes | None:
-        """The whole request body within the limit, joined once; None if the client went away."""
+    async def read_body(self, receive: Receive, *, align_at: int | None = None) -> bytes | memoryview | None:
+        """The whole request body within the limit, joined once; None if the client went away.
+
+        Args:
+            align_at: when the body arrives in several chunks (and must be copied to be joined anyway), copy it
+                into a buffer where this byte offset is 64-byte aligned: the binary tensors that start there become
+                aligned numpy views (unaligned float arrays take numpy's slower buffered loops). The result is then
+                a memoryview.
+        """
         chunks: list[bytes] = []
         seen = 0
         while True:
@@ -100,7 +110,16 @@ class Guard:
                 break
         if len(chunks) == 1:
             return chunks[0]
-        return b"".join(chunks)
+        if align_at is None or not 0 <= align_at <= seen:
+            return b"".join(chunks)
+        buf = np.empty(seen + _ALIGN, dtype=np.uint8)
+        start = -(buf.ctypes.data + align_at) % _ALIGN
+        view = memoryview(buf)[start : start + seen]
+        pos = 0
+        for chunk in chunks:
+            view[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        return view
 
 
 class GuardMiddleware:

@@ -68,7 +68,7 @@ router = APIRouter(tags=["inference"])
 async def infer_body(
     model: Any,
     settings: Any,
-    read_body: Callable[[], Awaitable[bytes]],
+    read_body: Callable[[], Awaitable[bytes | memoryview]],
     content_encoding: str | None,
     header_len: str | None,
     start_ns: int,
@@ -173,8 +173,13 @@ class InferEndpoint:
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1")
 
-        async def read_body() -> bytes:
-            body = await self.guard.read_body(receive)
+        try:  # binary tensors start right after the JSON header: have them land aligned
+            align_at = int(header_len) if header_len is not None else None
+        except ValueError:
+            align_at = None  # parse_infer_request reports the bad header
+
+        async def read_body() -> bytes | memoryview:
+            body = await self.guard.read_body(receive, align_at=align_at)
             if body is None:
                 raise _Disconnected
             return body

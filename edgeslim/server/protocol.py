@@ -116,7 +116,7 @@ def tensor_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
-def decode_body(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
+def decode_body(body: bytes | memoryview, content_encoding: str | None, max_bytes: int) -> bytes | memoryview:
     """Undo ``Content-Encoding: gzip|deflate`` without ever holding more than ``max_bytes`` decompressed.
 
     A small compressed body can expand to gigabytes (a decompression bomb); decompression stops at the limit.
@@ -216,7 +216,7 @@ def _json_array(data: Any, dt: np.dtype, shape: tuple[int, ...], name: str) -> n
     return arr.reshape(shape)
 
 
-def parse_infer_request(body: bytes, header_length: str | int | None) -> InferRequest:
+def parse_infer_request(body: bytes | memoryview, header_length: str | int | None) -> InferRequest:
     """Parse a v2 inference request, JSON or JSON header + binary tensors.
 
     Args:
@@ -237,8 +237,9 @@ def parse_infer_request(body: bytes, header_length: str | int | None) -> InferRe
             raise InputError(
                 f"Inference-Header-Content-Length is {json_len} but the body has {len(body)} bytes"
             )
+    head = body[:json_len]
     try:
-        header = json.loads(body[:json_len])
+        header = json.loads(head if isinstance(head, bytes) else bytes(head))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         hint = "" if header_length is not None else " (binary tensors need the Inference-Header-Content-Length header)"
         raise InputError(f"the request header is not valid JSON: {exc}{hint}") from None

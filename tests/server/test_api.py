@@ -426,3 +426,35 @@ def test_fast_path_and_fastapi_route_give_the_same_answers(artifact):
     ia, ib = sa["model_stats"][0]["inference_stats"], sb["model_stats"][0]["inference_stats"]
     for key in ("success", "fail"):
         assert ia[key]["count"] == ib[key]["count"] > 0
+
+
+def test_binary_body_in_chunks_lands_aligned_and_answers_right(client, reference):
+    import asyncio
+
+    from edgeslim.server.guard import Guard
+    from edgeslim.server.protocol import parse_infer_request
+
+    x = batch(3, seed=8)
+    body, headers = binary_body(x, parameters={"binary_data_output": True})
+    n = int(headers["Inference-Header-Content-Length"])
+    chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)]
+
+    async def read() -> memoryview:
+        it = iter(chunks)
+
+        async def receive():
+            c = next(it)
+            return {"type": "http.request", "body": c, "more_body": c is not chunks[-1]}
+
+        return await Guard(token=None, max_body_bytes=1 << 20).read_body(receive, align_at=n)
+
+    joined = asyncio.run(read())
+    arr = parse_infer_request(joined, n).inputs["input"]
+    assert arr.ctypes.data % 64 == 0 and arr.flags.aligned
+    np.testing.assert_array_equal(arr, x)
+    # The same over HTTP, streamed in chunks (no Content-Length).
+    r = client.post("/v2/models/tiny/infer", content=iter(chunks), headers=headers)
+    assert r.status_code == 200, r.text
+    h = int(r.headers["Inference-Header-Content-Length"])
+    np.testing.assert_allclose(np.frombuffer(r.content[h:], "<f4").reshape(3, 4), reference.infer(x), rtol=1e-5,
+                               atol=1e-5)
