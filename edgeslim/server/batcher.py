@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import RequestTimeoutError, ServerBusyError
+
+log = logging.getLogger("edgeslim.server")
 
 Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], dict[str, np.ndarray]]
@@ -84,6 +88,7 @@ class DynamicBatcher:
         queue_size: most requests waiting; more raise :class:`ServerBusyError`.
         enabled: False runs every request alone (no batching), still through the bounded queue.
         on_batch: called in the event loop after every execution.
+        cpus: CPUs the inference thread is pinned to (Linux); None: wherever the process may run.
     """
 
     def __init__(
@@ -97,8 +102,10 @@ class DynamicBatcher:
         enabled: bool = True,
         on_batch: Callable[[BatchRecord], None] | None = None,
         name: str = "model",
+        cpus: tuple[int, ...] | None = None,
     ) -> None:
         self._run = run
+        self._cpus = cpus
         self.max_batch = max_batch
         self.delay_s = delay_s
         self.preferred = tuple(sorted(p for p in preferred if p <= max_batch))
@@ -230,6 +237,11 @@ class DynamicBatcher:
 
     def _serve(self) -> None:
         try:
+            if self._cpus:
+                try:
+                    os.sched_setaffinity(0, self._cpus)  # 0 = this thread (Linux affinity is per thread)
+                except OSError as exc:  # the repository already pinned its loading thread there; should not happen
+                    log.warning("inference thread of '%s' not pinned to CPUs %s: %s", self._name, self._cpus, exc)
             while True:
                 chosen = self._next_batch()
                 if chosen is None:

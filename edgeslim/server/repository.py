@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -173,6 +175,7 @@ class ServedModel:
             enabled=settings.dynamic_batching and self.batchable,
             on_batch=self.stats.record_batch,
             name=self.name,
+            cpus=settings.inference_cpus,
         )
 
     @property
@@ -288,6 +291,25 @@ class ServedModel:
         return int(first.shape[0]) if self.batchable and first.ndim else 1
 
 
+@contextlib.contextmanager
+def pinned(cpus: tuple[int, ...] | None) -> Iterator[None]:
+    """Run the block with the calling thread pinned to ``cpus`` (Linux), then restore its affinity."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot pin inference to CPUs {list(cpus)} ({exc}); this process may use {sorted(before)}"
+        ) from exc
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 class ModelRepository:
     """Every served model by name."""
 
@@ -297,6 +319,10 @@ class ModelRepository:
 
     def load(self) -> None:
         """Load every artifact named by the settings (called once, in the app's lifespan)."""
+        with pinned(self.settings.inference_cpus):  # runtime threads created while loading inherit the CPUs
+            self._load()
+
+    def _load(self) -> None:
         for path in find_artifacts(self.settings.models):
             from ..artifact import load_manifest
 

@@ -35,6 +35,9 @@ class ServerSettings:
         precision: model precision to load (``fp32``/``fp16``/``int8``); None picks the most precise one.
         device: backend device string (``cpu``, ``cuda:0``, ``GPU``, ...).
         threads: intra-op threads per model (None: the backend's default).
+        inference_cpus: CPU indices the models' inference runs on (Linux): each model's inference thread and the
+            runtime threads created while loading are pinned there, while the HTTP event loop keeps the process's
+            other CPUs, e.g. the little cores of a big.LITTLE board, or cores left free of inference. None: no pinning.
         host: bind address. The default only accepts connections from this machine.
         port: TCP port.
         max_batch: largest batch (in items, summed over requests) one execution may run; also the largest batch
@@ -62,6 +65,7 @@ class ServerSettings:
     precision: str | None = None
     device: str = "cpu"
     threads: int | None = None
+    inference_cpus: tuple[int, ...] | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 8
@@ -110,6 +114,16 @@ class ServerSettings:
         positive("graceful_timeout_s", self.graceful_timeout_s, zero_ok=True, kind=float)
         if self.threads is not None:
             positive("threads", self.threads)
+        if self.inference_cpus is not None:
+            cpus = tuple(sorted(set(self.inference_cpus)))
+            count = os.cpu_count() or 1
+            if not cpus or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < count for c in cpus):
+                raise ConfigError(
+                    f"ServerSettings.inference_cpus must be CPU indices in 0..{count - 1}, got {self.inference_cpus!r}"
+                )
+            if not hasattr(os, "sched_setaffinity"):
+                raise ConfigError("ServerSettings.inference_cpus needs Linux (os.sched_setaffinity); leave it None here")
+            object.__setattr__(self, "inference_cpus", cpus)
         for size in self.preferred_batch_sizes:
             if not isinstance(size, int) or not 1 <= size <= self.max_batch:
                 raise ConfigError(

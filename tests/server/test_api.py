@@ -458,3 +458,21 @@ def test_binary_body_in_chunks_lands_aligned_and_answers_right(client, reference
     h = int(r.headers["Inference-Header-Content-Length"])
     np.testing.assert_allclose(np.frombuffer(r.content[h:], "<f4").reshape(3, 4), reference.infer(x), rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_inference_cpus_pin_the_inference_thread_only(artifact):
+    import os
+
+    cpu = max(os.sched_getaffinity(0))
+    loop_cpus = os.sched_getaffinity(0)
+    app = create_app(ServerSettings(models=[artifact], threads=1, inference_cpus=(cpu,)))
+    with TestClient(app) as c:
+        assert c.post("/v2/models/tiny/infer", json=infer_json(batch(1))).status_code == 200
+        thread = app.state.repository.models["tiny"].batcher._thread
+        assert os.sched_getaffinity(thread.native_id) == {cpu}
+        assert os.sched_getaffinity(0) == loop_cpus  # nothing else is pinned
+    with pytest.raises(ConfigError, match="inference_cpus"):
+        ServerSettings(models=["x"], inference_cpus=(os.cpu_count(),))
+    with pytest.raises(ConfigError, match="inference_cpus"):
+        ServerSettings(models=["x"], inference_cpus=())
