@@ -5,13 +5,17 @@ in-process runtime (``edgeslim.runtime.load``: batch-1 latency, and Offline thro
 the same backend, options and number of inference threads as the server. Every server cell is measured right after
 an in-process window, for ``--rounds`` rounds, so the ratios compare neighbours in time on a shared machine.
 
-Two CPU configurations (``--configs``), because on a small machine the load generator competes with the server:
+Three CPU configurations (``--configs``), because on a small machine the load generator competes with the server:
 
 * ``shared``: server, clients and the in-process reference on every core (what one box serving its own clients
   sees; the clients' CPU time is taken from the server).
-* ``pinned``: the server and the in-process reference on ``--server-cpus``, with as many inference threads as those
-  cores; the load generator on ``--client-cpus`` (``os.sched_setaffinity``). The server overhead on the cores the
-  model gets, with the load generator out of the way, as with clients on other machines.
+* ``pinned``: the whole server process and the in-process reference on ``--server-cpus``, with as many inference
+  threads as those cores; the load generator on ``--client-cpus`` (``os.sched_setaffinity``). Everything the server
+  does (HTTP, parsing, batching, inference) on the cores the in-process reference has for inference alone, with the
+  load generator out of the way, as with clients on other machines.
+* ``split``: the server's inference (``ServerSettings.inference_cpus``) and the in-process reference on
+  ``--server-cpus``; the server's HTTP event loop and the load generator on ``--client-cpus``. Whether the server
+  keeps the model as busy as the in-process loop does when its request handling has a core of its own.
 
 Two clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent request)
 and ``light`` (one asyncio process, N keep-alive connections sending a pre-encoded binary request; its first answer
@@ -157,7 +161,8 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, artifact: Path, *, backend: str, threads: int, batching: bool, max_batch: int,
-                 delay_ms: float, preferred: tuple[int, ...], options: dict, cpus: list[int] | None) -> None:
+                 delay_ms: float, preferred: tuple[int, ...], options: dict, cpus: list[int] | None,
+                 inference_cpus: list[int] | None = None) -> None:
         import tritonclient.http as httpclient
 
         self.port = free_port()
@@ -170,7 +175,8 @@ class Server:
             serve(ServerSettings(models=[{str(artifact)!r}], port={self.port}, backend={backend!r}, threads={threads},
                                  log_level="warning", dynamic_batching={batching}, max_batch={max_batch},
                                  batch_delay_ms={delay_ms}, preferred_batch_sizes={tuple(preferred)!r}, queue_size=256,
-                                 backend_options={{{backend!r}: {options!r}}}))
+                                 backend_options={{{backend!r}: {options!r}}},
+                                 inference_cpus={tuple(inference_cpus) if inference_cpus else None!r}))
         """)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 180
@@ -360,10 +366,16 @@ def cpu_sets(args: argparse.Namespace) -> dict[str, dict]:
             server = args.server_cpus or every[:-1] or every
             client = args.client_cpus or every[-1:]
             if set(server) & set(client):
-                raise SystemExit(f"--server-cpus {server} and --client-cpus {client} overlap; pinned needs them apart")
-            configs[name] = {"server": server, "client": client, "threads": args.threads or len(server),
-                             "describe": f"server and in-process reference on CPUs {server}, load generator on CPUs "
-                                         f"{client}"}
+                raise SystemExit(f"--server-cpus {server} and --client-cpus {client} overlap; {name} needs them apart")
+            cfg = {"server": server, "client": client, "threads": args.threads or len(server)}
+            if name == "pinned":
+                cfg["describe"] = (f"server process and in-process reference on CPUs {server}, load generator on CPUs"
+                                   f" {client}")
+            else:  # split: inference on the server CPUs, the server's event loop beside the load generator
+                cfg.update(process=client, inference=server,
+                           describe=f"server inference and in-process reference on CPUs {server}; server HTTP event"
+                                    f" loop and load generator on CPUs {client}")
+            configs[name] = cfg
     return configs
 
 
@@ -384,9 +396,10 @@ def main() -> None:
     ap.add_argument("--client", nargs="+", default=["tritonclient", "light"], choices=["tritonclient", "light"])
     ap.add_argument("--tritonclient-concurrency", type=int, nargs="*", default=[1, 32],
                     help="concurrencies also driven by tritonclient (the light client drives every one)")
-    ap.add_argument("--configs", nargs="+", default=["shared", "pinned"], choices=["shared", "pinned"])
-    ap.add_argument("--server-cpus", type=int, nargs="+", help="pinned: the server's CPUs (default: all but the last)")
-    ap.add_argument("--client-cpus", type=int, nargs="+", help="pinned: the load generator's CPUs (default: the last)")
+    ap.add_argument("--configs", nargs="+", default=["shared", "pinned", "split"],
+                    choices=["shared", "pinned", "split"])
+    ap.add_argument("--server-cpus", type=int, nargs="+", help="pinned/split: the inference CPUs (default: all but the last)")
+    ap.add_argument("--client-cpus", type=int, nargs="+", help="pinned/split: the load generator's CPUs (default: the last)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over every cell")
     ap.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -421,7 +434,8 @@ def main() -> None:
                              "options": same, "max_batch": args.max_batch, "cpus": cfg["server"]})
             servers = {b: Server(artifact, backend=args.backend, threads=cfg["threads"], batching=b,
                                  max_batch=args.max_batch, delay_ms=args.batch_delay_ms, preferred=preferred,
-                                 options=options, cpus=cfg["server"]) for b in (False, True)}
+                                 options=options, cpus=cfg.get("process", cfg["server"]),
+                                 inference_cpus=cfg.get("inference")) for b in (False, True)}
             x = sample_input(ref.shape)
             try:
                 if cfg["client"]:
