@@ -103,6 +103,35 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_s() -> float:
+    """CPU seconds every core of the machine spent busy (Linux /proc/stat; steal excluded)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How many cores the rest of the machine kept busy during a window: machine busy time minus our processes'.
+
+    On a shared machine this is what makes a cell unfair: pinning keeps our processes apart, not other people's.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.cores = float("nan")
+
+    def _ours(self) -> float:
+        return sum(proc_cpu_s(p) for p in self.pids)
+
+    def __enter__(self) -> "OtherLoad":
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), machine_busy_s(), self._ours()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        other = (machine_busy_s() - self.busy0) - (self._ours() - self.ours0)
+        self.cores = max(other, 0.0) / wall
+
+
 # -- the in-process reference, in its own process so it can be pinned like the server ------------------------------
 def inprocess_worker(spec: dict) -> None:
     """``--inprocess-worker``: load the model like the server does, then answer ``measure SECONDS`` lines."""
@@ -398,8 +427,10 @@ def main() -> None:
                     help="concurrencies also driven by tritonclient (the light client drives every one)")
     ap.add_argument("--configs", nargs="+", default=["shared", "pinned", "split"],
                     choices=["shared", "pinned", "split"])
-    ap.add_argument("--server-cpus", type=int, nargs="+", help="pinned/split: the inference CPUs (default: all but the last)")
-    ap.add_argument("--client-cpus", type=int, nargs="+", help="pinned/split: the load generator's CPUs (default: the last)")
+    ap.add_argument("--server-cpus", type=int, nargs="+",
+                    help="pinned/split: the inference CPUs (default: all but the last)")
+    ap.add_argument("--client-cpus", type=int, nargs="+",
+                    help="pinned/split: the load generator's CPUs (default: the last)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over every cell")
     ap.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -442,14 +473,20 @@ def main() -> None:
                     os.sched_setaffinity(0, cfg["client"])  # this process is the load generator
                 for r in range(args.rounds):  # interleaved: drift on a shared machine hits both sides alike
                     for client, batching, conc in cells:
-                        here = ref.measure(args.seconds)
+                        pids = [os.getpid(), ref.proc.pid, *(srv.proc.pid for srv in servers.values())]
+                        with OtherLoad(pids) as load:
+                            here = ref.measure(args.seconds)
+                        here["other"] = load.cores
                         refs.setdefault(name, []).append(here)
-                        there = drive(servers[batching], client, x, conc, args.seconds, ref.logits)
+                        with OtherLoad(pids) as load:
+                            there = drive(servers[batching], client, x, conc, args.seconds, ref.logits)
+                        there["other"] = load.cores
                         results.setdefault((name, batching, client, conc), []).append((there, here))
                         print(f"[{name} round {r + 1}] {'batching' if batching else 'no batching'} {client} c={conc}:"
                               f" p50 {there['p50']:.2f} ms, {there['throughput']:.0f} img/s, mean batch"
                               f" {there['mean_batch']:.1f}; in-process p50 {here['p50']:.2f} ms,"
-                              f" Offline {here['offline']:.0f} img/s", file=sys.stderr, flush=True)
+                              f" Offline {here['offline']:.0f} img/s; other load {there['other']:.2f} /"
+                              f" {here['other']:.2f} cores", file=sys.stderr, flush=True)
             finally:
                 os.sched_setaffinity(0, every)
                 for s in servers.values():
@@ -467,15 +504,17 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
     for name, cfg in configs.items():
         print(f"- {name}: {cfg['describe']}; {cfg['threads']} inference thread(s) on both sides")
     print("\n| config | server | client | conc. | p50 ms | p99 ms | img/s | in-process p50 ms | p50 - in-process |"
-          " vs in-process Offline | mean batch | server mean ms (compute) | server CPU ms/req | client CPU ms/req |")
-    print("|" + "---|" * 14)
+          " vs in-process Offline | mean batch | server mean ms (compute) | server CPU ms/req | client CPU ms/req |"
+          " other load, cores |")
+    print("|" + "---|" * 15)
     for name in configs:
         allref = refs[name]
         print(f"| {name} | in-process, batch 1 | - | 1 | {med(h['p50'] for h in allref):.2f} |"
               f" {med(h['p99'] for h in allref):.2f} | {med(h['single'] for h in allref):.0f} | - | - |"
-              f" {med(h['single'] / h['offline'] for h in allref):.0%} | 1 | - | - | - |")
+              f" {med(h['single'] / h['offline'] for h in allref):.0%} | 1 | - | - | - |"
+              f" {med(h['other'] for h in allref):.2f} |")
         print(f"| {name} | in-process Offline, batch {args.max_batch} | - | - | - | - |"
-              f" {med(h['offline'] for h in allref):.0f} | - | - | 100% | {args.max_batch} | - | - | - |")
+              f" {med(h['offline'] for h in allref):.0f} | - | - | 100% | {args.max_batch} | - | - | - | (above) |")
         for (cfg, batching, client, conc), runs in results.items():
             if cfg != name:
                 continue
@@ -488,8 +527,12 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
                   f" {med(t['throughput'] / h['offline'] for t, h in runs):.0%} |"
                   f" {med(t['mean_batch'] for t, _ in runs):.1f} |"
                   f" {med(t['server_ms'] for t, _ in runs):.2f} ({med(t['compute_ms'] for t, _ in runs):.2f}) |"
-                  f" {med(t['server_cpu_ms'] for t, _ in runs):.2f} | {med(t['client_cpu_ms'] for t, _ in runs):.2f} |")
-    print()
+                  f" {med(t['server_cpu_ms'] for t, _ in runs):.2f} | {med(t['client_cpu_ms'] for t, _ in runs):.2f} |"
+                  f" {med(t['other'] for t, _ in runs):.2f} |")
+    other = [t["other"] for runs in results.values() for t, _ in runs] + [h["other"] for r in refs.values() for h in r]
+    print(f"\nother load: other processes kept a median {statistics.median(other):.2f} of {os.cpu_count()} cores busy"
+          f" during the windows (max {max(other):.2f})" + (": not a quiet machine, read the ratios with care"
+                                                           if statistics.median(other) > 0.1 else ""))
     for name in configs:
         for client in args.client:
             one = results.get((name, False, client, 1))
