@@ -132,12 +132,11 @@ async def infer_body(
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 _JSON = [(b"content-type", b"application/json")]
+_BINARY = [(b"content-type", b"application/octet-stream")]
 
 
 class _Disconnected(Exception):
     """The client closed the connection before its request body arrived."""
-
-_BINARY = [(b"content-type", b"application/octet-stream")]
 
 
 class InferEndpoint:
