@@ -94,6 +94,10 @@ def main() -> None:
         xs.append(x.numpy())
         ys.append(y.numpy())
     test_x, test_y = np.concatenate(xs), np.concatenate(ys)
+    vx, vy = zip(*[(x.numpy(), y.numpy()) for x, y in data.loader("val", batch_size=64)])
+    val_x, val_y = np.concatenate(vx), np.concatenate(vy)
+    decision = recipe.decision if (recipe.decision.target_fnr is not None or
+                                   recipe.decision.target_fpr is not None) else None
     say = lambda msg: print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)  # noqa: E731
 
     # -- training ---------------------------------------------------------------------------------------------------
@@ -149,6 +153,7 @@ def main() -> None:
         arms.append((f"{recipe.name} (structured {recipe.prune.ratio:.0%} + QAT INT8 + KD)", "recipe", "int8"))
 
     from edgeslim.compress.metrics import evaluate
+    from edgeslim.compress.thresholds import calibrate_thresholds
     from edgeslim.runtime import BACKENDS
     from edgeslim.runtime.base import BackendOptions
 
@@ -161,12 +166,23 @@ def main() -> None:
                              "critical_fn": None, "critical_fpr": None})
                 continue
             with BACKENDS.get(rt)(files[(var, size)][(fmt, prec)], BackendOptions(threads=args.threads)) as b:
-                logits = np.concatenate([b.infer({"input": test_x[i : i + 64]})["logits"]
-                                         for i in range(0, len(test_x), 64)])
+                logits, val_logits = (np.concatenate([b.infer({"input": xx[i : i + 64]})["logits"]
+                                                      for i in range(0, len(xx), 64)]) for xx in (test_x, val_x))
             met = evaluate(logits, test_y, data.classes, data.critical)
-            rows.append({"arm": label, "variant": var, "precision": prec, "runtime": rt, "top1": met.accuracy,
-                         "critical_fn": met.critical_fn(),
-                         "critical_fpr": [met.critical_stats[c]["fpr"] for c in data.critical]})
+            row = {"arm": label, "variant": var, "precision": prec, "runtime": rt, "top1": met.accuracy,
+                   "critical_fn": met.critical_fn(),
+                   "critical_fpr": [met.critical_stats[c]["fpr"] for c in data.critical]}
+            if decision is not None:
+                # the deployed decision: each arm's own critical thresholds, calibrated on val (by the exported
+                # file in this runtime) to the recipe's target, as the pipeline stores them in the manifest
+                z = val_logits - val_logits.max(axis=1, keepdims=True)
+                thr = calibrate_thresholds(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), val_y, data.critical,
+                                           target_fnr=decision.target_fnr, target_fpr=decision.target_fpr)
+                dm = evaluate(logits, test_y, data.classes, data.critical, thresholds=thr)
+                row.update(thresholds={data.classes[c]: t for c, t in thr.items()}, deployed={
+                    "top1": dm.accuracy, "critical_fn": dm.critical_fn(),
+                    "critical_fpr": [dm.critical_stats[c]["fpr"] for c in data.critical]})
+            rows.append(row)
     say("accuracy done; timing")
 
     # -- latency at the deployment size, interleaved --------------------------------------------------------------
@@ -196,24 +212,41 @@ def main() -> None:
     say("timing done")
 
     dense_rows = {r["runtime"]: r for r in rows if r["variant"] == "dense" and r["precision"] == "fp32"}
+    # judged at the deployed decision (the recipe's calibrated thresholds) when the recipe has one, else argmax
+    judged = (lambda r: r["deployed"]) if decision is not None else (lambda r: r)  # noqa: E731
     for r in rows:
         d = dense_rows[r["runtime"]]
         if r["top1"] is None:
             r["top1_drop_points"] = r["meets_target"] = None
             continue
-        r["top1_drop_points"] = 100 * (d["top1"] - r["top1"])
+        r["top1_drop_points"] = 100 * (judged(d)["top1"] - judged(r)["top1"])
         r["meets_target"] = bool(r["speedup"] >= 3.5 and r["top1_drop_points"] <= 1.0
-                                 and r["critical_fn"] <= d["critical_fn"])
+                                 and judged(r)["critical_fn"] <= judged(d)["critical_fn"])
+    target = ("recipe's decision: " + (f"target FPR {decision.target_fpr}" if decision.target_fpr is not None else
+                                       f"target FNR {decision.target_fnr}") + " on val") if decision else None
     lines = [f"EfficientNet-Lite0, digits (critical {[data.classes[c] for c in data.critical]}), {args.threads} threads,"
              f" batch 1. Accuracy: test split ({len(test_y)} images) at {size}x{size}, by the exported file in that"
              f" runtime. Latency: median of {args.iters} runs at {args.deploy_size}x{args.deploy_size}, interleaved;"
              " speed-up = dense FP32 median / arm median in the same runtime. Target: >= 3.5x (OpenVINO), <= 1 point"
-             " top-1 drop, critical FN <= dense.", "",
-             "| arm | runtime | top-1 | crit FN | crit FPR | latency ms | speed-up | meets target |",
-             "|---|---|---|---|---|---|---|---|"]
+             " top-1 drop, critical FN <= dense"
+             + (f", judged at the deployed decision ({target}: each arm's critical threshold calibrated on the val"
+                " split by its own exported file; the argmax columns are for reference)." if decision else
+                " (argmax)."), ""]
+    head = "| arm | runtime | top-1 | crit FN | crit FPR |"
+    rule = "|---|---|---|---|---|"
+    if decision:
+        head += " deployed top-1 | deployed crit FN | deployed crit FPR |"
+        rule += "---|---|---|"
+    lines += [head + " latency ms | speed-up | meets target |", rule + "---|---|---|"]
+
+    def _acc(m) -> str:
+        return f"{m['top1']:.4f} | {m['critical_fn']} | {'/'.join(f'{v:.3f}' for v in m['critical_fpr'])}"
+
     for r in rows:
-        acc = ("n/a (not fine-tuned) | n/a | n/a" if r["top1"] is None else
-               f"{r['top1']:.4f} | {r['critical_fn']} | {'/'.join(f'{v:.3f}' for v in r['critical_fpr'])}")
+        na = "n/a (not fine-tuned) | n/a | n/a"
+        acc = na if r["top1"] is None else _acc(r)
+        if decision:
+            acc += " | " + (na if r["top1"] is None else _acc(r["deployed"]))
         meets = "n/a" if r["meets_target"] is None else ("yes" if r["meets_target"] else "no")
         lines.append(f"| {r['arm']} | {r['runtime']} | {acc} | {r['latency_ms']:.2f} | {r['speedup']:.2f}x | {meets} |")
     table = "\n".join(lines)
