@@ -8,7 +8,7 @@ One run, batch 1, OpenVINO and ONNX Runtime. Arms (all from one dense fine-tune,
 - ``structured 30% / 50% / <recipe's ratio> + PTQ``: Torch-Pruning channel pruning of the dense model, fine-tuned
   ``final_epochs`` (distilling from the dense model when the recipe has ``distill.weight > 0``, as the pipeline
   does), then PTQ.
-- ``lite0-fast-int8`` (the built-in recipe): structured 60%, fine-tuned, then QAT with distillation from the dense
+- ``lite0-fast-int8`` (the built-in recipe): structured 60% (stem included), fine-tuned, then QAT with distillation from the dense
   model. The recipe's own dense round is the ``dense FP32`` arm's training (same loss, epochs and seed; the recipe
   uses ``gamma_schedule: constant`` so it is identical), so the bench reuses it instead of training it again.
 
@@ -138,10 +138,13 @@ def main() -> None:
             attach_int8_plan(v["model"], Int8Plan(qat_model=v["qat"]))
         sides = [(size, calib, (test_x, test_y))] if v.get("trained", True) else []
         for side, cal, val in sides + [(args.deploy_size, calib_deploy, None)]:
-            say(f"export {name} at {side}x{side}")
-            m = export_artifact(v["model"], out / "artifacts" / f"{name}-{side}", manifest(f"{name}-{side}", side),
-                                formats=["onnx", "openvino"], precisions=("fp32", "int8"), calibration=cal,
-                                validation=val, quantize_cfg=qcfg, validate_cfg=lenient, strict=True)
+            art = out / "artifacts" / f"{name}-{side}"
+            m = _finished_artifact(art) if args.resume else None
+            if m is None:
+                say(f"export {name} at {side}x{side}")
+                m = export_artifact(v["model"], art, manifest(f"{name}-{side}", side), formats=["onnx", "openvino"],
+                                    precisions=("fp32", "int8"), calibration=cal, validation=val,
+                                    quantize_cfg=qcfg, validate_cfg=lenient, strict=True)
             files[(name, side)] = {(mf.format, mf.precision): out / "artifacts" / f"{name}-{side}" / mf.path
                                    for mf in m.models if mf.format != "torch"}
 
@@ -154,6 +157,7 @@ def main() -> None:
 
     from edgeslim.compress.metrics import evaluate
     from edgeslim.compress.thresholds import calibrate_thresholds
+    from edgeslim.errors import DataError
     from edgeslim.runtime import BACKENDS
     from edgeslim.runtime.base import BackendOptions
 
@@ -174,10 +178,16 @@ def main() -> None:
                    "critical_fpr": [met.critical_stats[c]["fpr"] for c in data.critical]}
             if decision is not None:
                 # the deployed decision: each arm's own critical thresholds, calibrated on val (by the exported
-                # file in this runtime) to the recipe's target, as the pipeline stores them in the manifest
+                # file in this runtime) to the recipe's target, as the pipeline stores them in the manifest; an
+                # arm whose argmax already exceeds a target FPR keeps argmax (a threshold only adds predictions)
                 z = val_logits - val_logits.max(axis=1, keepdims=True)
-                thr = calibrate_thresholds(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), val_y, data.critical,
-                                           target_fnr=decision.target_fnr, target_fpr=decision.target_fpr)
+                try:
+                    thr = calibrate_thresholds(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), val_y,
+                                               data.critical, target_fnr=decision.target_fnr,
+                                               target_fpr=decision.target_fpr)
+                except DataError as exc:
+                    say(f"{label} ({rt}): argmax kept: {exc}")
+                    thr = {}
                 dm = evaluate(logits, test_y, data.classes, data.critical, thresholds=thr)
                 row.update(thresholds={data.classes[c]: t for c, t in thr.items()}, deployed={
                     "top1": dm.accuracy, "critical_fn": dm.critical_fn(),
@@ -310,13 +320,27 @@ def _untrained_arms(variants, dense, recipe, data, calib, say) -> None:
         m = copy.deepcopy(dense)
         p = _prune_section(recipe, ratio)
         prune_channels(m, example, ratio=ratio, round_to=p.round_to,
-                       ignored_layers=_ignored(m, prune_first_conv=False, exclude=p.exclude))
+                       ignored_layers=_ignored(m, prune_first_conv=p.prune_first_conv, exclude=p.exclude))
         variants[_key(ratio)] = {"model": m.eval(), "int8": "ptq", "trained": False}
     if recipe.prune.method == "structured" and recipe.quantize.method == "qat":
         base = variants[_key(recipe.prune.ratio)]["model"]
         say(f"QAT graph of structured {recipe.prune.ratio:.0%} (not fine-tuned)")
         variants["recipe"] = {"model": base, "int8": "qat", "qat": prepare_qat(base, calib, recipe.quantize),
                               "trained": False}
+
+
+def _finished_artifact(path: Path):
+    """The manifest of an artifact a previous run of ``--resume`` finished (every file verified), else ``None``.
+
+    Only the trainings' results are reused this way: delete ``--out/artifacts`` after changing the exporters.
+    """
+    from edgeslim.artifact import load_manifest
+    from edgeslim.errors import EdgeslimError
+
+    try:
+        return load_manifest(path)
+    except (EdgeslimError, OSError):
+        return None
 
 
 def _ratios(recipe) -> list[float]:
