@@ -88,6 +88,15 @@ class Backend(abc.ABC):
         """
         return self._infer(self.check_feeds(feeds))
 
+    def last_latency_ms(self) -> float | None:
+        """The last :meth:`infer` call's compute time on the runtime's own clock, or ``None`` without one.
+
+        OpenVINO times each request itself (``InferRequest.latency``, what ``benchmark_app`` reports); the
+        profiler reports it beside the wall time of the call, which adds edgeslim's input check and copies and the
+        Python/C++ crossing.
+        """
+        return None
+
     def check_feeds(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """The validation :meth:`infer` performs, exposed for callers that batch before running."""
         if isinstance(feeds, np.ndarray):

@@ -155,6 +155,10 @@ class OpenVINOBackend(Backend):
         if self._compiled is None:
             raise BackendError(f"{self!r} is closed")
 
+    def last_latency_ms(self) -> float | None:
+        """OpenVINO's own latency of the last synchronous :meth:`infer` (``InferRequest.latency``, ms)."""
+        return float(self._request.latency) if self._compiled is not None else None
+
     def _feed_by_port(self, feeds: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
         return {i: feeds[spec.name] for i, spec in enumerate(self.inputs)}
 

@@ -218,3 +218,19 @@ def test_openvino_throughput_mode_runs_async_requests(tiny_artifact):
     off = profile_artifact(tiny_artifact, backends=("openvino",), progress=False,
                            cfg=ProfileConfig(warmup=1, iterations=5, seconds=0, throughput=False))
     assert "throughput_mode" not in off[0]
+
+
+def test_openvino_calls_are_also_timed_on_openvinos_own_clock(tiny_artifact):
+    """benchmark_app reports OpenVINO's request latency; the profiler keeps that clock for every call too, and it
+    can only be shorter than the wall time of the same call (which adds edgeslim's input check and copies)."""
+    from edgeslim.runtime.base import BackendOptions
+
+    cfg = ProfileConfig(warmup=2, iterations=30, seconds=0.0)
+    with backend_class("openvino")(tiny_artifact / "model.xml", BackendOptions(threads=1)) as b:
+        r = profile_backend(b, batch=1, cfg=cfg)
+        assert b.last_latency_ms() > 0
+    own, wall = r["runtime_latency_ms"], r["latency_ms"]
+    assert 0 < own["min"] <= own["median"] <= own["max"]
+    assert own["median"] <= wall["median"] and own["min"] <= wall["min"]
+    with backend_class("onnxruntime")(tiny_artifact / "model.onnx", BackendOptions(threads=1)) as b:
+        assert "runtime_latency_ms" not in profile_backend(b, batch=1, cfg=cfg)  # no clock of its own: wall only
