@@ -214,6 +214,22 @@ def recipes(name: Optional[str] = typer.Argument(None, help="Print this built-in
         console.print(load_recipe(name, check_names=False).to_yaml(), highlight=False, markup=False)
 
 
+def _cpu_list(value: Optional[str]) -> Optional[tuple]:
+    """``"0,2-3"`` -> ``(0, 2, 3)``; a clear error for anything else."""
+    from .errors import ConfigError
+
+    if not value:
+        return None
+    cpus = []
+    try:
+        for part in _csv(value):
+            lo, _, hi = part.partition("-")
+            cpus += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise ConfigError(f"--inference-cpus {value!r}: give CPU indices like 0,1 or 2-3") from None
+    return tuple(cpus)
+
+
 @app.command()
 @_handled
 def serve(
@@ -238,6 +254,10 @@ def serve(
         help="Backend option KEY=VALUE (repeatable), e.g. -O hint=THROUGHPUT for openvino, or "
         "-O session_config:session.intra_op.allow_spinning=1 for onnxruntime.",
     ),
+    inference_cpus: Optional[str] = typer.Option(
+        None, "--inference-cpus",
+        help="Pin inference to these CPUs (Linux), e.g. 2,3; the HTTP event loop keeps the others.",
+    ),
 ) -> None:
     """Serve artifacts over KServe v2 / Open Inference Protocol (tritonclient and perf_analyzer work)."""
     from .server import ServerSettings, serve as _serve
@@ -248,6 +268,7 @@ def serve(
         models=tuple(models), backend=backend, precision=precision, device=device, threads=threads, host=host,
         port=port, max_batch=max_batch, dynamic_batching=not no_batching, batch_delay_ms=batch_delay_ms,
         queue_size=queue_size, request_timeout_s=timeout, token=token, max_body_bytes=int(max_body_mb * 2**20),
+        inference_cpus=_cpu_list(inference_cpus),
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         err_console.print(f"[yellow]warning: serving on {host} without --token: anyone who reaches it can use it[/yellow]")

@@ -119,3 +119,13 @@ def test_serve_bad_path_and_backend_option_errors_are_one_line(tmp_path):
     assert "missing" in text
     text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path), "-O", "novalue"]))
     assert "KEY=VALUE" in text or "novalue" in text
+    text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path), "--inference-cpus", "0,x"]))
+    assert "--inference-cpus '0,x': give CPU indices like 0,1 or 2-3" in text
+    text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path), "--inference-cpus", "0-999"]))
+    assert "inference_cpus must be CPU indices" in text  # parsed, then refused by the settings with the valid range
+
+
+def test_inference_cpu_lists_parse_ranges():
+    from edgeslim.cli import _cpu_list
+
+    assert _cpu_list("0,2-3") == (0, 2, 3) and _cpu_list(None) is None
