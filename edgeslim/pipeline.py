@@ -274,15 +274,24 @@ def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float
 
     from .compress.metrics import predict_logits
     from .compress.thresholds import calibrate_thresholds, manifest_thresholds
+    from .errors import DataError
 
     out = {}
     for key, (m, _, _) in variants.items():
         logits, labels = predict_logits(m, data.loader("val", batch_size=64))
         z = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        thr = calibrate_thresholds(
-            probs, labels, data.critical, target_fnr=recipe.decision.target_fnr, target_fpr=recipe.decision.target_fpr
-        )
+        try:
+            thr = calibrate_thresholds(
+                probs, labels, data.critical, target_fnr=recipe.decision.target_fnr,
+                target_fpr=recipe.decision.target_fpr,
+            )
+        except DataError as exc:
+            # argmax already exceeds the target FPR: a threshold can only add critical predictions, so this model
+            # is deployed at argmax, and the run's trained results are not thrown away over its decision rule
+            say(f"[yellow]warning: {key}: no critical threshold, argmax kept: {exc}[/yellow]")
+            out[key] = {}
+            continue
         out[key] = manifest_thresholds(thr)
         say(f"{key}: critical thresholds " + ", ".join(f"{data.classes[c]} >= {t:.4f}" for c, t in thr.items()))
     return out

@@ -150,3 +150,28 @@ def test_class_dependent_bench_quick_run_writes_consistent_tables(tmp_path, monk
     before = (tmp_path / "results.json").read_text()
     assert bench.main(argv) == 0
     assert json.loads((tmp_path / "results.json").read_text())["results"] == json.loads(before)["results"]
+
+
+def test_pipeline_keeps_argmax_for_a_model_already_above_the_target_fpr():
+    """A model whose argmax already flags more than target_fpr of the val non-critical images cannot be tightened
+    by a threshold (it only adds critical predictions): the pipeline warns and deploys it at argmax instead of
+    failing after the training; a model below the target still gets its threshold."""
+    import torch
+
+    from edgeslim.pipeline import _calibrate
+    from edgeslim.recipe import parse_recipe
+    from edgeslim.testing import TinyNet
+
+    from _digits import CRITICAL, digits
+
+    data = digits()
+    torch.manual_seed(0)
+    calm, eager = TinyNet(10).eval(), TinyNet(10).eval()
+    with torch.no_grad():
+        calm.classifier.bias[CRITICAL] = -50.0  # never the argmax: every FPR target is reachable
+        eager.classifier.bias[CRITICAL] = 50.0  # always the argmax: FPR 1 on val
+    said = []
+    out = _calibrate({"calm": (calm, None, None), "eager": (eager, None, None)}, data,
+                     parse_recipe({"decision": {"target_fpr": 0.02}}), said.append)
+    assert out["eager"] == {} and set(out["calm"]) == {str(CRITICAL)}
+    assert any("eager: no critical threshold, argmax kept" in s and "below its argmax FPR" in s for s in said)
