@@ -178,45 +178,67 @@ def run_loadgen(
                 run(idx)
             expected_qps = 5 * len(idx) / (time.perf_counter() - t0)
 
-    settings = lg.TestSettings()
-    settings.scenario = getattr(lg.TestScenario, SCENARIOS[cfg.scenario])
-    settings.mode = lg.TestMode.PerformanceOnly
-    settings.min_duration_ms = int(cfg.min_duration_s * 1000)
-    settings.min_query_count = int(cfg.min_query_count)
-    if cfg.max_duration_s is not None:
-        settings.max_duration_ms = int(cfg.max_duration_s * 1000)
-    if cfg.scenario == "single-stream":
-        settings.single_stream_expected_latency_ns = max(1, int(expected_latency_ms * 1e6))
-    else:
-        settings.offline_expected_qps = float(expected_qps)
+    def run_once(expected_qps: float) -> tuple[dict[str, Any], Any]:
+        settings = lg.TestSettings()
+        settings.scenario = getattr(lg.TestScenario, SCENARIOS[cfg.scenario])
+        settings.mode = lg.TestMode.PerformanceOnly
+        settings.min_duration_ms = int(cfg.min_duration_s * 1000)
+        settings.min_query_count = int(cfg.min_query_count)
+        if cfg.max_duration_s is not None:
+            settings.max_duration_ms = int(cfg.max_duration_s * 1000)
+        if cfg.scenario == "single-stream":
+            settings.single_stream_expected_latency_ns = max(1, int(expected_latency_ms * 1e6))
+        else:
+            settings.offline_expected_qps = float(expected_qps)
 
-    sut = lg.ConstructSUT(issue_queries, lambda: None)
-    qsl = lg.ConstructQSL(n, min(n, cfg.performance_sample_count), lambda idx: None, lambda idx: None)
-    tmp = None
-    if outdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="edgeslim-loadgen-")
-        outdir = tmp.name
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    log_out = lg.LogOutputSettings()
-    log_out.outdir = str(outdir)
-    log_out.copy_summary_to_stdout = False
-    log_settings = lg.LogSettings()
-    log_settings.log_output = log_out
-    try:
-        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
-    finally:
-        lg.DestroyQSL(qsl)
-        lg.DestroySUT(sut)
-    try:
-        if errors:
-            raise BackendError(f"the backend failed during the LoadGen run: {errors[0]}") from errors[0]
-        summary_path = Path(outdir) / "mlperf_log_summary.txt"
-        if not summary_path.is_file():
-            raise BackendError(f"LoadGen wrote no summary in {outdir}")
-        summary = parse_summary(summary_path.read_text())
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        sut = lg.ConstructSUT(issue_queries, lambda: None)
+        qsl = lg.ConstructQSL(n, min(n, cfg.performance_sample_count), lambda idx: None, lambda idx: None)
+        tmp = None
+        out = outdir
+        if out is None:
+            tmp = tempfile.TemporaryDirectory(prefix="edgeslim-loadgen-")
+            out = tmp.name
+        Path(out).mkdir(parents=True, exist_ok=True)
+        log_out = lg.LogOutputSettings()
+        log_out.outdir = str(out)
+        log_out.copy_summary_to_stdout = False
+        log_settings = lg.LogSettings()
+        log_settings.log_output = log_out
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+        finally:
+            lg.DestroyQSL(qsl)
+            lg.DestroySUT(sut)
+        try:
+            if errors:
+                raise BackendError(f"the backend failed during the LoadGen run: {errors[0]}") from errors[0]
+            summary_path = Path(out) / "mlperf_log_summary.txt"
+            if not summary_path.is_file():
+                raise BackendError(f"LoadGen wrote no summary in {out}")
+            summary = parse_summary(summary_path.read_text())
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        return summary, settings
+
+    summary, settings = run_once(expected_qps)
+    runs = 1
+    while summary.get("result") != "VALID" and summary.get("min_duration_satisfied") is False and runs < 3:
+        # LoadGen generates its queries up front from the expected latency / QPS; when edgeslim's probe
+        # under-estimated the speed (a model still warming up), they run out before min_duration (INVALID). Size
+        # the run again from what LoadGen just measured, as one does by hand with MLPerf: at most twice, and only
+        # for an estimate edgeslim made itself
+        if cfg.scenario == "offline" and cfg.expected_qps is None and \
+                (summary.get("samples_per_second") or 0) > expected_qps:
+            expected_qps = 1.5 * summary["samples_per_second"]
+        elif cfg.scenario == "single-stream" and cfg.expected_latency_ms is None and \
+                0 < (summary.get("mean_latency_ms") or 0) < expected_latency_ms:
+            expected_latency_ms = summary["mean_latency_ms"] / 1.5
+        else:
+            break
+        summary, settings = run_once(expected_qps)
+        runs += 1
+    retried = runs > 1
     result = {
         **summary,
         "scenario": cfg.scenario,
@@ -226,6 +248,8 @@ def run_loadgen(
             **asdict(cfg),
             "expected_latency_ms_used": expected_latency_ms,
             "expected_qps_used": expected_qps,
+            "resized_after_invalid_run": retried,
+            "runs": runs,
             "mode": "PerformanceOnly",
             "qsl_rng_seed": settings.qsl_rng_seed,
             "sample_index_rng_seed": settings.sample_index_rng_seed,
@@ -235,7 +259,7 @@ def run_loadgen(
         "loadgen_version": _version(),
         "backend": {"name": getattr(backend, "name", ""), "version": backend.version()},
     }
-    if outdir is not None and tmp is None:
+    if outdir is not None:  # a directory the caller gave keeps the logs (a temporary one is removed)
         result["log_dir"] = str(outdir)
     return result
 

@@ -67,6 +67,36 @@ def test_single_stream_valid_with_p90_and_settings(ort, tmp_path):
     assert (tmp_path / "mlperf_log_detail.txt").is_file() and r["log_dir"] == str(tmp_path)
 
 
+class ColdStart:
+    """The real backend, slow for its first calls (a cold model: caches, lazy kernels): LoadGen's throughput probe
+    then under-estimates it."""
+
+    def __init__(self, backend, slow_calls: int) -> None:
+        self._b, self.left = backend, slow_calls
+        self.inputs, self.outputs, self.name = backend.inputs, backend.outputs, backend.name
+
+    def version(self):
+        return self._b.version()
+
+    def check_feeds(self, feeds):
+        return self._b.check_feeds(feeds)
+
+    def infer(self, feeds):
+        if self.left > 0:
+            self.left -= 1
+            time.sleep(0.05)
+        return self._b.infer(feeds)
+
+
+def test_offline_is_resized_when_the_probe_underestimated_the_throughput(ort):
+    # slow through edgeslim's throughput probe (1 + 20 latency calls, 5 batches), fast from the first LoadGen query
+    r = run_loadgen(ColdStart(ort, slow_calls=26),
+                    cfg=LoadGenConfig(scenario="offline", min_duration_s=0.3, min_query_count=1))
+    assert r["valid"], r  # the first run was INVALID (too few samples to fill 0.3 s); the resized one is VALID
+    assert r["settings"]["resized_after_invalid_run"] is True and r["settings"]["runs"] in (2, 3)
+    assert r["settings"]["expected_qps_used"] > 200  # sized from the measured rate, not the cold probe's
+
+
 def test_offline_reports_samples_per_second(ort):
     r = run_loadgen(ort, cfg=LoadGenConfig(scenario="offline", min_duration_s=0.3, min_query_count=1))
     assert r["valid"] and r["samples_per_second"] > 100
