@@ -64,12 +64,14 @@ def fold_qdq_weights(model: Any) -> tuple[Any, dict[str, int]]:
             if n.op_type == "Identity" and n.input[0] in consts and n.output[0] not in consts:
                 consts[n.output[0]] = consts[n.input[0]]
                 changed = True
-    uses: dict[str, int] = {}
+    consumers: dict[str, list[Any]] = {}
     for n in g.node:
         for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    for o in g.output:
-        uses[o.name] = uses.get(o.name, 0) + 1
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+
+    def used_once(name: str) -> bool:
+        return name not in graph_outputs and len(consumers.get(name, ())) == 1
 
     new_inits: list[Any] = []
     drop: set[int] = set()
@@ -84,16 +86,11 @@ def fold_qdq_weights(model: Any) -> tuple[Any, dict[str, int]]:
         new_inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    consumers: dict[str, list[Any]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-
     for dq in list(g.node):
         if dq.op_type != "DequantizeLinear" or len(dq.input) < 2:
             continue
         q = producer.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in consts or uses.get(q.output[0]) != 1:
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] not in consts or not used_once(q.output[0]):
             continue
         w = consts[q.input[0]].astype(np.float32)
         s_q = consts.get(q.input[1])
@@ -121,11 +118,12 @@ def fold_qdq_weights(model: Any) -> tuple[Any, dict[str, int]]:
         conv = consumers.get(dq.output[0], [])
         bn = None
         if (len(conv) == 1 and conv[0].op_type == "Conv" and list(conv[0].input[1:2]) == [dq.output[0]]
-                and uses.get(dq.output[0]) == 1 and not np.any(zp_b) and zp_q.dtype == np.int8
+                and used_once(dq.output[0]) and not np.any(zp_b) and zp_q.dtype == np.int8
                 and (s_q.ndim == 0 or axis == 0)):
             conv = conv[0]
             nxt = consumers.get(conv.output[0], [])
-            if len(nxt) == 1 and nxt[0].op_type == "BatchNormalization" and uses.get(conv.output[0]) == 1 \
+            const_bias = len(conv.input) < 3 or not conv.input[2] or conv.input[2] in consts
+            if used_once(conv.output[0]) and nxt[0].op_type == "BatchNormalization" and const_bias \
                     and len(nxt[0].output) == 1 and all(i in consts for i in nxt[0].input[1:5]):
                 bn = nxt[0]
         if bn is not None:
@@ -140,8 +138,6 @@ def fold_qdq_weights(model: Any) -> tuple[Any, dict[str, int]]:
             q_new = (qi * sign.reshape([-1] + [1] * (w.ndim - 1))).astype(np.int8)
             s_new = (np.broadcast_to(s_q.astype(np.float64), (cout,)) * np.abs(k)).astype(np.float32)
             bias = consts[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
-            if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in consts:
-                continue
             b_new = ((bias - mean) * k + beta).astype(np.float32)
             base = q.input[0]
             dq.input[0] = fresh(f"{base}_int8", q_new)

@@ -77,3 +77,16 @@ def test_a_sign_flip_that_would_overflow_keeps_the_batchnorm():
     assert "BatchNormalization" in [n.op_type for n in folded.graph.node]
     x = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(_run(folded, x), _run(raw, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_conv_bias_computed_at_run_time_keeps_the_batchnorm_and_still_gets_an_int8_weight():
+    w = np.random.default_rng(4).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    raw = _graph(w, np.array([1.0, -0.5, 2.0, 0.7]), bias=True)
+    conv = next(n for n in raw.graph.node if n.op_type == "Conv")
+    raw.graph.node.insert(0, helper.make_node("Abs", ["b"], ["b_runtime"]))  # not a constant the fold can read
+    conv.input[2] = "b_runtime"
+    folded, counts = fold_qdq_weights(copy.deepcopy(raw))
+    assert counts == {"weights": 1, "batchnorms": 0}
+    assert "BatchNormalization" in [n.op_type for n in folded.graph.node]
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x), _run(raw, x), rtol=1e-5, atol=1e-5)
