@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 import time
@@ -63,7 +62,6 @@ def main() -> None:
     from edgeslim._io import atomic_write_json, atomic_write_text
     from edgeslim.artifact import Manifest, TensorInfo
     from edgeslim.compress.data import load_data_from_recipe
-    from edgeslim.compress.qat import quantize_aware_train
     from edgeslim.compress.quantize import Int8Plan, attach_int8_plan, calibration_batches
     from edgeslim.compress.sources import load_pretrained, replace_head
     from edgeslim.compress.train import compress
@@ -158,6 +156,7 @@ def main() -> None:
     from edgeslim.compress.metrics import evaluate
     from edgeslim.compress.thresholds import calibrate_thresholds
     from edgeslim.errors import DataError
+    from edgeslim.runtime.predictor import softmax
     from edgeslim.runtime import BACKENDS
     from edgeslim.runtime.base import BackendOptions
 
@@ -180,11 +179,9 @@ def main() -> None:
                 # the deployed decision: each arm's own critical thresholds, calibrated on val (by the exported
                 # file in this runtime) to the recipe's target, as the pipeline stores them in the manifest; an
                 # arm whose argmax already exceeds a target FPR keeps argmax (a threshold only adds predictions)
-                z = val_logits - val_logits.max(axis=1, keepdims=True)
                 try:
-                    thr = calibrate_thresholds(np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), val_y,
-                                               data.critical, target_fnr=decision.target_fnr,
-                                               target_fpr=decision.target_fpr)
+                    thr = calibrate_thresholds(softmax(val_logits), val_y, data.critical,
+                                               target_fnr=decision.target_fnr, target_fpr=decision.target_fpr)
                 except DataError as exc:
                     say(f"{label} ({rt}): argmax kept: {exc}")
                     thr = {}

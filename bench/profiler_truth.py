@@ -127,8 +127,6 @@ def _worker(job: dict[str, Any]) -> dict[str, Any]:
                           dynamo=False, opset_version=17)
         return {"path": str(onnx), "shape": shape}
 
-    import numpy as np
-
     from edgeslim.devices.profiler import ProfileConfig, async_throughput, profile_backend
     from edgeslim.runtime.base import BackendOptions
 

@@ -270,17 +270,15 @@ def _torch_device(recipe: Recipe):
 
 def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float]]:
     """Per-model critical-class thresholds calibrated on the val split to the recipe's target FNR / FPR."""
-    import numpy as np
-
     from .compress.metrics import predict_logits
     from .compress.thresholds import calibrate_thresholds, manifest_thresholds
     from .errors import DataError
+    from .runtime.predictor import softmax
 
     out = {}
     for key, (m, _, _) in variants.items():
         logits, labels = predict_logits(m, data.loader("val", batch_size=64))
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        probs = softmax(logits)
         try:
             thr = calibrate_thresholds(
                 probs, labels, data.critical, target_fnr=recipe.decision.target_fnr,
