@@ -228,11 +228,13 @@ def fn_vector(logits: np.ndarray, y: np.ndarray, c: int, thresholds=None) -> lis
     return [int(p != c) for p in pred[y == c]]
 
 
-def run_fold(x, y, classes, c, pre, args, seed: int, fold: int, train_idx, test_idx) -> dict[str, Any]:
+def train_fold(x, y, classes, c, pre, args, seed: int, fold: int, train_idx, test_idx) -> dict[str, np.ndarray]:
+    """Train every arm on one fold; return the flat array record the fold cache stores (``np.savez``):
+    ``"{arm}|{tag}|val"`` / ``"|test"`` logits, ``"{arm}|{tag}|sparsity"`` (and ``"|gamma_end"``), the val and
+    test labels and the test indices. Scoring reads only this, so a change to the scoring (a new arm that
+    re-thresholds a trained one, a new decision rule) re-scores a finished study without training again."""
     import torch
 
-    from edgeslim.compress.thresholds import calibrate_thresholds
-    from edgeslim.errors import DataError
     from edgeslim.testing import TinyNet
 
     data, te = fold_bundle(
@@ -242,35 +244,57 @@ def run_fold(x, y, classes, c, pre, args, seed: int, fold: int, train_idx, test_
     torch.manual_seed(seed * 1000 + fold)
     w0 = TinyNet(num_classes=len(classes), width=args.width)  # W0: the same start for every arm
     arms = [a for a in ARMS_TRAINED if a != "b+budget" or args.fpr_budget > 0]
-    scored: dict[str, dict] = {}
+    rec: dict[str, np.ndarray] = {
+        "yv": data.labels("val"), "yt": data.labels("test"), "test_idx": te, "tags": np.array([], dtype=str),
+    }
     with tempfile.TemporaryDirectory(prefix="cdbench-") as tmp:
         for arm in arms:
-            scored[arm] = train_arm(arm, w0, data, args, Path(tmp) / arm.replace("+", "_"), seed)
-    yv, yt = data.labels("val"), data.labels("test")
-    out: dict[str, Any] = {"seed": seed, "fold": fold, "test_idx": te.tolist(), "rounds": []}
-    for tag in scored["a"]:
-        row: dict[str, Any] = {"tag": tag, "sparsity": scored["a"][tag]["sparsity"], "arms": {}, "fallback": {}}
+            scored = train_arm(arm, w0, data, args, Path(tmp) / arm.replace("+", "_"), seed)
+            rec["tags"] = np.array(list(scored))
+            for tag, s in scored.items():
+                for k, v in s.items():
+                    rec[f"{arm}|{tag}|{k}"] = np.asarray(v)
+    return rec
+
+
+def score_fold(rec, classes, c, args, seed: int, fold: int) -> dict[str, Any]:
+    """Score one fold's cached logits: every trained arm at argmax, and the re-thresholded arms.
+
+    * ``c`` / ``c+budget``: arm ``a``'s model with its critical threshold calibrated on val to the val FPR of
+      ``b`` / ``b+budget`` (the reviewer's control: the same FPR bought by a threshold alone);
+    * ``b+thr`` / ``c+thr``: ``b`` and ``a`` deployed the way edgeslim deploys (``decision.target_fpr``): the
+      threshold calibrated on val to the FPR budget (``--fpr-budget``), so both sit at the same target FPR.
+    """
+    from edgeslim.compress.thresholds import calibrate_thresholds
+
+    yv, yt = rec["yv"], rec["yt"]
+    arms = [a for a in ARMS_TRAINED if f"{a}|{rec['tags'][0]}|test" in rec]
+    out: dict[str, Any] = {"seed": seed, "fold": fold, "test_idx": rec["test_idx"].tolist(), "rounds": []}
+
+    def logits(arm, tag, split):
+        return rec[f"{arm}|{tag}|{split}"]
+
+    def calibrated(arm, tag, target_fpr):
+        return calibrate_thresholds(_softmax(logits(arm, tag, "val").astype(np.float64)), yv, [c], target_fpr=target_fpr)
+
+    for tag in rec["tags"].tolist():
+        row: dict[str, Any] = {"tag": tag, "sparsity": float(rec[f"a|{tag}|sparsity"]), "arms": {}}
         for arm in arms:
-            s = scored[arm][tag]
-            row["arms"][arm] = score(s["test"], yt, classes, c) | {"fn_vec": fn_vector(s["test"], yt, c)}
-            if "gamma_end" in s:
-                row["arms"][arm]["gamma_end"] = s["gamma_end"]
-        for matched in [a for a in ("b", "b+budget") if a in arms]:
-            name = "c" if matched == "b" else "c+budget"
-            target = score(scored[matched][tag]["val"], yv, classes, c)
-            target_fpr = target["fp"] / target["neg"]
-            try:
-                thr = calibrate_thresholds(
-                    _softmax(scored["a"][tag]["val"].astype(np.float64)), yv, [c], target_fpr=target_fpr
-                )
-                row["fallback"][name] = False
-            except DataError:
-                # b's val FPR is below a's argmax FPR: a threshold only adds critical calls, so (c) stays at argmax
-                thr = None
-                row["fallback"][name] = True
-            lt = scored["a"][tag]["test"]
+            lt = logits(arm, tag, "test")
+            row["arms"][arm] = score(lt, yt, classes, c) | {"fn_vec": fn_vector(lt, yt, c)}
+            if f"{arm}|{tag}|gamma_end" in rec:
+                row["arms"][arm]["gamma_end"] = float(rec[f"{arm}|{tag}|gamma_end"])
+        derived = [(m, "a", "c" if m == "b" else "c+budget", None) for m in ("b", "b+budget") if m in arms]
+        if args.fpr_budget > 0:
+            derived += [(None, "b", "b+thr", args.fpr_budget), (None, "a", "c+thr", args.fpr_budget)]
+        for matched, base, name, target in derived:
+            if target is None:
+                val = score(logits(matched, tag, "val"), yv, classes, c)
+                target = val["fp"] / val["neg"]
+            thr = calibrated(base, tag, target)
+            lt = logits(base, tag, "test")
             row["arms"][name] = score(lt, yt, classes, c, thr) | {"fn_vec": fn_vector(lt, yt, c, thr)}
-            row["arms"][name]["threshold"] = None if thr is None else thr[c]
+            row["arms"][name]["threshold"] = thr[c]
         out["rounds"].append(row)
     return out
 
@@ -315,10 +339,11 @@ def aggregate(folds: list[dict], n_boot: int) -> list[dict]:
                 "accuracy": tot["correct"] / tot["n"], "auc": mean("auc"), "fnr@1": mean("fnr@1"),
                 "fnr@5": mean("fnr@5"),
                 "gamma_end": mean("gamma_end") if "gamma_end" in recs[0] else None,
-                "fallbacks": sum(bool(r["fallback"].get(arm)) for r in rows) if arm.startswith("c") else None,
             }
             vecs[arm] = np.concatenate([np.asarray(rec["fn_vec"], dtype=np.int64) for rec in recs])
-        pairs = [("b", "a"), ("b", "c"), ("b+budget", "a"), ("b+budget", "c+budget")]
+        pairs = [
+            ("b", "a"), ("b", "c"), ("b+budget", "a"), ("b+budget", "c+budget"), ("b+thr", "a"), ("b+thr", "c+thr"),
+        ]
         ci, red = _bootstrap(vecs, pairs, n_boot)
         for arm in arms:
             entry["arms"][arm]["fn_ci"] = ci[arm]
@@ -349,8 +374,6 @@ def markdown(variant: str, table: list[dict], meta: dict) -> str:
             extra = ""
             if s.get("gamma_end") is not None:
                 extra = f" (gamma end {s['gamma_end']:.2f})"
-            if s.get("fallbacks"):
-                extra = f" ({s['fallbacks']} folds at argmax)"
             lines.append(
                 f"| {e['sparsity'] * 100:.2f}% | {arm}{extra} | {s['fn']}/{s['pos']} [{ci[0]:.0f}, {ci[1]:.0f}] |"
                 f" {_f(s['fnr'])} | {_f(s['fpr'], '.4f')} | {_f(s['auc'], '.4f')} | {_f(s['accuracy'], '.4f')} |"
@@ -393,6 +416,15 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- main
+
+
+def _save_npz(path: Path, rec: dict[str, np.ndarray]) -> None:
+    """Write a fold's arrays atomically (a killed run leaves no half-written cache entry)."""
+    from edgeslim._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **rec)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _variants(args) -> list[tuple[str, str, bool]]:
@@ -475,17 +507,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             skf = StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=seed)
             for fold, (tr, te) in enumerate(skf.split(np.zeros(len(y)), y)):
-                path = args.out / "folds" / f"{key}-s{seed}-f{fold}.json"
+                path = args.out / "folds" / f"{key}-s{seed}-f{fold}.npz"
                 if path.is_file():
-                    folds.append(json.loads(path.read_text()))
+                    with np.load(path) as z:
+                        folds.append(score_fold(dict(z), classes, c, args, seed, fold))
                     continue
                 if args.report_only:
                     continue
                 t0 = time.perf_counter()
-                rec = run_fold(x, y, classes, c, pre, args, seed, fold, tr, te)
-                atomic_write_json(path, rec)
-                folds.append(rec)
-                last = rec["rounds"][-1]["arms"]
+                rec = train_fold(x, y, classes, c, pre, args, seed, fold, tr, te)
+                _save_npz(path, rec)
+                folds.append(score_fold(rec, classes, c, args, seed, fold))
+                last = folds[-1]["rounds"][-1]["arms"]
                 print(
                     f"[{name}] seed {seed} fold {fold}: {time.perf_counter() - t0:.0f}s; last round FN "
                     + ", ".join(f"{a} {s['fn']}" for a, s in last.items()), flush=True,

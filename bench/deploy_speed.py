@@ -178,7 +178,7 @@ def main() -> None:
             if decision is not None:
                 # the deployed decision: each arm's own critical thresholds, calibrated on val (by the exported
                 # file in this runtime) to the recipe's target, as the pipeline stores them in the manifest; an
-                # arm whose argmax already exceeds a target FPR keeps argmax (a threshold only adds predictions)
+                # arm whose saturated scores no threshold can separate keeps argmax, as the pipeline does
                 try:
                     thr = calibrate_thresholds(softmax(val_logits), val_y, data.critical,
                                                target_fnr=decision.target_fnr, target_fpr=decision.target_fpr)

@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ._io import atomic_directory, atomic_write_json, sha256_file
+from .decision import DecisionRule
 from .errors import ArtifactError, IntegrityError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decision_rule (format 1 thresholds only added calls to the argmax)
 MANIFEST = "manifest.json"
 
 
@@ -71,6 +72,7 @@ class Manifest(BaseModel):
     classes: list[str]
     critical: list[int] = Field(default_factory=list)
     thresholds: dict[str, float] = Field(default_factory=dict)  # class index (str) -> probability threshold
+    decision_rule: DecisionRule = "threshold"  # how thresholds decide: edgeslim.decision
     input: TensorInfo
     outputs: list[TensorInfo]
     preprocessing: Preprocessing
@@ -80,6 +82,15 @@ class Manifest(BaseModel):
     sparsity: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format1_rule(cls, data: Any) -> Any:
+        # format 1 manifests have no decision_rule: their thresholds were calibrated to add calls to the argmax
+        version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else None
+        if isinstance(version, int) and version < 2 and "decision_rule" not in data:
+            data = {**data, "decision_rule": "argmax_or_threshold"}
+        return data
 
     def model(self, format: str, precision: str | None = None) -> ModelFile:
         """The model file of a format (and precision: the most precise one when omitted)."""

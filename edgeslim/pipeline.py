@@ -285,8 +285,8 @@ def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float
                 target_fpr=recipe.decision.target_fpr,
             )
         except DataError as exc:
-            # argmax already exceeds the target FPR: a threshold can only add critical predictions, so this model
-            # is deployed at argmax, and the run's trained results are not thrown away over its decision rule
+            # no threshold reaches the target (saturated scores): deployed at argmax, and the run's trained
+            # results are not thrown away over its decision rule
             say(f"[yellow]warning: {key}: no critical threshold, argmax kept: {exc}[/yellow]")
             out[key] = {}
             continue

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from ..decision import predict as _decide
 from ..errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,24 +108,16 @@ def _check_thresholds(thresholds: Mapping[Any, float] | None, k: int) -> dict[in
     return out
 
 
-def predict(probs: np.ndarray, thresholds: Mapping[int, float] | None = None) -> np.ndarray:
-    """Class predictions: argmax, overridden by per-class probability thresholds.
+def predict(
+    probs: np.ndarray, thresholds: Mapping[int, float] | None = None, rule: str = "threshold"
+) -> np.ndarray:
+    """Class predictions: argmax, or the thresholded decision rule :mod:`edgeslim.decision` defines.
 
-    A sample whose probability for a thresholded class ``c`` reaches ``thresholds[c]`` is predicted as ``c``. When
-    several thresholded classes fire for one sample, the one with the highest probability wins (ties: the lowest
-    index). Samples where none fires keep the argmax.
+    With ``rule="threshold"`` a thresholded class ``c`` is predicted iff ``p_c >= thresholds[c]`` (the most
+    probable fired one wins; when none fires, the argmax over the classes without a threshold). With
+    ``"argmax_or_threshold"`` (format 1 artifacts) a threshold can only add calls to the argmax.
     """
-    pred = probs.argmax(axis=1)
-    if thresholds:
-        cls = np.array(sorted(thresholds), dtype=np.int64)
-        t = np.array([thresholds[c] for c in cls])
-        p = probs[:, cls]
-        fired = p >= t
-        # highest fired probability; argmax picks the first (lowest index) on ties
-        best = np.where(fired, p, -np.inf).argmax(axis=1)
-        any_fired = fired.any(axis=1)
-        pred = np.where(any_fired, cls[best], pred)
-    return pred
+    return _decide(probs, thresholds, rule)
 
 
 def evaluate(
@@ -134,6 +127,7 @@ def evaluate(
     critical: Sequence[int],
     *,
     thresholds: Mapping[int, float] | None = None,
+    rule: str = "threshold",
     from_logits: bool = True,
 ) -> ClassificationMetrics:
     """Compute accuracy, per-class counts and rates, critical-class AUC and the confusion matrix.
@@ -143,7 +137,8 @@ def evaluate(
         labels: ``(n,)`` true class indices.
         classes: the K class names.
         critical: critical class indices.
-        thresholds: class index -> probability threshold; see :func:`predict` for the precedence rule.
+        thresholds: class index -> probability threshold, applied under ``rule`` (see :func:`predict`).
+        rule: the decision rule the thresholds were calibrated for (``Manifest.decision_rule``).
         from_logits: ``True`` when the scores are logits (softmax is applied), ``False`` for probabilities.
 
     Raises:
@@ -181,7 +176,7 @@ def evaluate(
         if (scores < 0).any() or not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
             raise DataError("probabilities must be non-negative and sum to 1 per row; pass from_logits=True for logits")
         probs = scores
-    pred = predict(probs, thr)
+    pred = predict(probs, thr, rule)
 
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y, pred), 1)

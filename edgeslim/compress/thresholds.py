@@ -1,11 +1,12 @@
 """Decision thresholds for critical classes, calibrated on the validation split, and FNR at a matched FPR.
 
-A threshold ``t`` for critical class ``c`` changes the decision the way :func:`edgeslim.compress.metrics.predict`
-and the runtime (``edgeslim.runtime.predictor.decide``) apply it: a sample is called ``c`` when it is the argmax
-**or** its probability of ``c`` reaches ``t``. A threshold can therefore only add critical predictions to argmax
-(trading false positives for fewer false negatives); it cannot remove argmax ones. :func:`calibrate_thresholds`
-calibrates against exactly that rule, so the rates it targets are the rates the deployed model shows on the same
-data. Store the result in ``Manifest.thresholds`` with :func:`manifest_thresholds`.
+A threshold ``t`` for critical class ``c`` decides under :mod:`edgeslim.decision`'s ``"threshold"`` rule, the one
+metrics, the runtime and the server apply: a sample is called ``c`` iff ``p_c >= t``. So a threshold moves the
+operating point both ways: below the argmax it trades false positives for fewer false negatives, above it removes
+the least confident argmax calls of a model that is too eager on ``c``. :func:`calibrate_thresholds` calibrates
+against exactly that rule, so the rates it targets are the rates the deployed model shows on the same data. Store
+the result in ``Manifest.thresholds`` with :func:`manifest_thresholds` (and ``Manifest.decision_rule`` at its
+default, ``"threshold"``).
 
 :func:`fnr_at_fpr` is the ranking view used by the class-dependent benchmark: the one-vs-rest FNR at the lowest
 score threshold whose FPR stays within a target, independent of argmax.
@@ -61,7 +62,8 @@ def calibrate_thresholds(
     """Per-critical-class probability thresholds calibrated on the validation split.
 
     Give exactly one target. Each critical class ``c`` is calibrated one-vs-rest under the deployed rule
-    "called ``c`` when argmax is ``c`` or ``p_c >= t``":
+    "called ``c`` iff ``p_c >= t``" (:mod:`edgeslim.decision`), so any target is reachable, below or above the
+    argmax's own rate:
 
     * ``target_fnr``: the **highest** threshold whose val FNR is ``<= target_fnr`` (the fewest extra false
       positives that reach the target). With ``m = floor(target_fnr * positives)`` misses allowed, ``t`` lies
@@ -88,8 +90,8 @@ def calibrate_thresholds(
     Raises:
         ConfigError: not exactly one target, a target outside ``[0, 1]``, a bad class index.
         DataError: bad arrays; a critical class without positives (``target_fnr``) or negatives (``target_fpr``)
-            on the val split; or a ``target_fpr`` below the argmax FPR, which no threshold can reach because a
-            threshold only adds critical predictions.
+            on the val split; or a ``target_fpr`` that saturated scores (``p_c == 1`` on more negatives than
+            the target allows) put out of reach.
     """
     if (target_fnr is None) == (target_fpr is None):
         raise ConfigError("calibrate_thresholds needs exactly one of target_fnr=... or target_fpr=...")
@@ -97,28 +99,23 @@ def calibrate_thresholds(
                          target_fnr if target_fnr is not None else target_fpr)  # type: ignore[arg-type]
     p, y = _check_probs_labels(probs_val, labels_val)
     k = p.shape[1]
-    argmax = p.argmax(axis=1)
     out: dict[int, float] = {}
     for c in critical:
         if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < k:
             raise ConfigError(f"critical class {c!r} is not a class index in [0, {k})")
         c = int(c)
         pos, neg = y == c, y != c
-        # Effective score under the deployed rule: argmax-c samples are called c whatever the threshold.
-        eff = np.where(argmax == c, np.inf, p[:, c])
-        finite = np.sort(np.unique(eff[np.isfinite(eff)]))
+        eff = p[:, c]  # the deployed rule is one-vs-rest on p_c
+        finite = np.unique(eff)  # sorted
         if target_fnr is not None:
             n_pos = int(pos.sum())
             if n_pos == 0:
                 raise DataError(f"class {c} has no samples on the val split: its FNR cannot be calibrated")
             m = int(math.floor(target * n_pos + 1e-9))
             if m >= n_pos:
-                out[c] = 1.0  # every miss is allowed: argmax behaviour (only saturated p_c == 1 fire)
+                out[c] = 1.0  # every miss is allowed (only saturated p_c == 1 fire)
                 continue
             kth = float(np.sort(eff[pos])[m])  # the (m+1)-th lowest positive score must still be called c
-            if math.isinf(kth):
-                out[c] = 1.0  # argmax alone reaches the target
-                continue
             below = finite[finite < kth]
             out[c] = _between(float(below[-1]), kth) if below.size else kth
         else:
@@ -130,12 +127,11 @@ def calibrate_thresholds(
                 out[c] = 0.0  # every negative may be called c
                 continue
             kth = float(np.sort(eff[neg])[::-1][m])  # the (m+1)-th highest negative score must not be called c
-            if math.isinf(kth):
-                fpr_argmax = float((neg & (argmax == c)).sum()) / n_neg
+            if kth >= 1.0:
                 raise DataError(
-                    f"class {c}: target_fpr {target} is below its argmax FPR {fpr_argmax:.4f} on the val split;"
-                    " a threshold only adds critical predictions, so raise target_fpr or retrain"
-                    " (e.g. a lower loss.gamma or loss.fpr_budget)"
+                    f"class {c}: more than {m} val negatives score p={kth:g} (saturated), so no threshold in [0, 1]"
+                    f" reaches target_fpr {target}; the model is overconfident on this class: retrain it (e.g. a"
+                    " lower loss.gamma or loss.fpr_budget) or raise target_fpr"
                 )
             above = finite[finite > kth]
             out[c] = _between(kth, float(above[0])) if above.size else min(1.0, float(np.nextafter(kth, math.inf)))

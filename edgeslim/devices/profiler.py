@@ -713,7 +713,10 @@ def _accuracy(backend: Any, data: tuple[np.ndarray, np.ndarray], manifest: Any) 
     if z.ndim != 2 or z.shape[1] != len(manifest.classes):
         raise DataError(f"model output has shape {list(z.shape)}; expected (N, {len(manifest.classes)}) logits")
     # deployed decisions: the manifest's critical-class thresholds apply, as in the runtime and the server
-    metrics = evaluate(z, y, manifest.classes, manifest.critical, thresholds=manifest.thresholds or None)
+    metrics = evaluate(
+        z, y, manifest.classes, manifest.critical, thresholds=manifest.thresholds or None,
+        rule=manifest.decision_rule,
+    )
     d = metrics.to_dict()
     d["samples"] = int(len(y))
     return d

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from ..artifact import Manifest, ModelFile, load_manifest
+from ..decision import fired_classes
+from ..decision import predict as _decide
 from ..errors import ArtifactError, ConfigError, InputError
 from ..preprocess import ImageLike, preprocess
 from .base import BACKENDS, Backend, BackendOptions
@@ -63,22 +65,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def decide(
-    probs: np.ndarray, critical: Sequence[int], thresholds: dict[str, float]
+    probs: np.ndarray, critical: Sequence[int], thresholds: dict[str, float], rule: str = "threshold"
 ) -> tuple[int, list[int]]:
     """The decision rule for one probability vector: ``(label, fired critical classes)``.
 
-    A critical class with a threshold fires when its probability reaches the threshold; one without fires when it
-    is the argmax. The most probable fired critical class is predicted over the argmax, so a lowered threshold
-    trades false positives for fewer false negatives on that class.
+    ``rule`` is the artifact's ``Manifest.decision_rule`` (see :mod:`edgeslim.decision`). Under ``"threshold"``
+    a thresholded critical class is called iff its probability reaches the threshold, so a low threshold trades
+    false positives for fewer false negatives and a high one the reverse; a critical class without a threshold
+    fires when it is the decision.
     """
-    top = int(np.argmax(probs))
-    fired = []
-    for c in critical:
-        thr = thresholds.get(str(c))
-        if (thr is not None and probs[c] >= thr) or (thr is None and c == top):
-            fired.append(int(c))
-    fired.sort(key=lambda c: -float(probs[c]))
-    return (fired[0] if fired else top), fired
+    label = int(_decide(probs[None, :], thresholds, rule)[0])
+    return label, fired_classes(probs, label, critical, thresholds)
 
 
 class Predictor:
@@ -205,7 +202,7 @@ class Predictor:
 
     def _prediction(self, probs: np.ndarray, top_k: int) -> Prediction:
         classes = self.manifest.classes
-        label, fired = decide(probs, self.manifest.critical, self.manifest.thresholds)
+        label, fired = decide(probs, self.manifest.critical, self.manifest.thresholds, self.manifest.decision_rule)
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
         return Prediction(
             label=label,

@@ -55,7 +55,7 @@ def describe(probs: np.ndarray, manifest: Any, top_k: int) -> list[dict[str, Any
     label = lambda i: classes[i] if i < len(classes) else str(i)  # noqa: E731
     results = []
     for row in probs:
-        chosen, fired = decide(row, manifest.critical, manifest.thresholds)
+        chosen, fired = decide(row, manifest.critical, manifest.thresholds, manifest.decision_rule)
         order = np.argsort(-row, kind="stable")[: min(top_k, row.shape[0])]
         critical = []
         for i in manifest.critical:

@@ -93,7 +93,7 @@ class CriticalClass(BaseModel):
     threshold: float | None = Field(
         description="decision threshold from the artifact's manifest; null: the class fires when it is the argmax"
     )
-    fired: bool = Field(description="probability >= threshold (or argmax when there is no threshold)")
+    fired: bool = Field(description="probability >= threshold (or the decision, when the class has no threshold)")
 
 
 class ImageResult(BaseModel):

@@ -76,11 +76,27 @@ def test_calibration_respects_argmax_in_ten_classes():
     thr2 = calibrate_thresholds(probs, y, [8], target_fpr=base_fpr + 0.05)
     fnr2, fpr2 = _rates(probs, y, 8, thr2)
     assert base_fpr <= fpr2 <= base_fpr + 0.05 and fnr2 < base_fnr
-    # below argmax's FPR no threshold can go (thresholds only add critical predictions): a clear error
-    if base_fpr > 0:
-        with pytest.raises(DataError, match="below its argmax FPR"):
-            calibrate_thresholds(probs, y, [8], target_fpr=base_fpr / 3)
+    # below argmax's FPR too: the threshold rises above the least confident argmax-8 calls and removes them, and
+    # the deployed rate is the calibrated one (an over-eager critical class can still ship at its FPR target)
+    assert base_fpr > 0
+    thr3 = calibrate_thresholds(probs, y, [8], target_fpr=base_fpr / 3)
+    fnr3, fpr3 = _rates(probs, y, 8, thr3)
+    assert fpr3 <= base_fpr / 3 and fnr3 > base_fnr
+    m3 = evaluate(probs, y, [str(i) for i in range(10)], [8], thresholds=thr3, from_logits=False)
+    assert m3.critical_stats[8]["fpr"] == pytest.approx(fpr3)
     assert manifest_thresholds(thr) == {"8": thr[8]}
+
+
+def test_an_over_eager_class_is_calibrated_down_and_its_removed_calls_go_to_the_runner_up():
+    # class 1 is the argmax of every row; two negatives beat one positive, so no argmax-adding rule reaches FPR 0
+    probs = np.array([[0.2, 0.5, 0.3], [0.35, 0.4, 0.25], [0.1, 0.8, 0.1], [0.3, 0.45, 0.25]])
+    y = np.array([2, 0, 1, 1])
+    thr = calibrate_thresholds(probs, y, [1], target_fpr=0.0)
+    assert 0.5 < thr[1] <= 0.8  # just above the highest negative score .5
+    # the rows that lost their critical call get the best remaining class: 2 and 0, both correct here
+    assert predict(probs, thr).tolist() == [2, 0, 1, 0]
+    # format 1 artifacts keep their rule: a threshold only adds calls to the argmax
+    assert predict(probs, thr, "argmax_or_threshold").tolist() == [1, 1, 1, 1]
 
 
 def test_fnr_at_fpr_is_the_empirical_roc_point():
@@ -152,26 +168,34 @@ def test_class_dependent_bench_quick_run_writes_consistent_tables(tmp_path, monk
     assert json.loads((tmp_path / "results.json").read_text())["results"] == json.loads(before)["results"]
 
 
-def test_pipeline_keeps_argmax_for_a_model_already_above_the_target_fpr():
-    """A model whose argmax already flags more than target_fpr of the val non-critical images cannot be tightened
-    by a threshold (it only adds critical predictions): the pipeline warns and deploys it at argmax instead of
-    failing after the training; a model below the target still gets its threshold."""
+def test_pipeline_tightens_an_eager_model_and_keeps_argmax_only_when_scores_saturate():
+    """A model whose argmax flags more than target_fpr of the val non-critical images gets a threshold above its
+    argmax calls, and deploys at the target; one whose critical scores saturate at 1.0 cannot be separated by any
+    threshold: the pipeline warns and deploys it at argmax instead of failing after the training."""
     import torch
 
+    from edgeslim.compress.metrics import predict_logits
     from edgeslim.pipeline import _calibrate
     from edgeslim.recipe import parse_recipe
+    from edgeslim.runtime.predictor import softmax
     from edgeslim.testing import TinyNet
 
     from _digits import CRITICAL, digits
 
     data = digits()
     torch.manual_seed(0)
-    calm, eager = TinyNet(10).eval(), TinyNet(10).eval()
+    calm, keen, eager = TinyNet(10).eval(), TinyNet(10).eval(), TinyNet(10).eval()
     with torch.no_grad():
-        calm.classifier.bias[CRITICAL] = -50.0  # never the argmax: every FPR target is reachable
-        eager.classifier.bias[CRITICAL] = 50.0  # always the argmax: FPR 1 on val
+        calm.classifier.bias[CRITICAL] = -50.0  # never the argmax
+        keen.classifier.bias[CRITICAL] = 0.5  # the argmax of many non-critical images
+        eager.classifier.bias[CRITICAL] = 50.0  # p = 1.0 for every image
     said = []
-    out = _calibrate({"calm": (calm, None, None), "eager": (eager, None, None)}, data,
+    out = _calibrate({"calm": (calm, None, None), "keen": (keen, None, None), "eager": (eager, None, None)}, data,
                      parse_recipe({"decision": {"target_fpr": 0.02}}), said.append)
-    assert out["eager"] == {} and set(out["calm"]) == {str(CRITICAL)}
-    assert any("eager: no critical threshold, argmax kept" in s and "below its argmax FPR" in s for s in said)
+    assert out["eager"] == {} and set(out["calm"]) == set(out["keen"]) == {str(CRITICAL)}
+    assert any("eager: no critical threshold, argmax kept" in s and "saturated" in s for s in said)
+    z, y = predict_logits(keen, data.loader("val", batch_size=256))
+    probs = softmax(z)
+    neg = y != CRITICAL
+    assert (probs[neg].argmax(1) == CRITICAL).mean() > 0.02  # argmax alone misses the target ...
+    assert (predict(probs, {CRITICAL: out["keen"][str(CRITICAL)]})[neg] == CRITICAL).mean() <= 0.02  # ... this not
