@@ -72,6 +72,7 @@ async def infer_body(
     content_encoding: str | None,
     header_len: str | None,
     start_ns: int,
+    alone: Callable[[], bool] = lambda: False,
 ) -> tuple[bytes, int | None]:
     """Run one inference request on ``model`` and record it in the model's statistics.
 
@@ -80,6 +81,8 @@ async def infer_body(
         content_encoding: the ``Content-Encoding`` header, if any.
         header_len: the ``Inference-Header-Content-Length`` header, if any.
         start_ns: ``time.perf_counter_ns()`` when the request arrived (the statistics' request duration).
+        alone: tells, when the request is ready to run, whether it is the only one in the server (then the
+            batcher may run it inline, see :mod:`edgeslim.server.batcher`).
 
     Returns:
         ``(body, header_length)`` as :func:`~edgeslim.server.protocol.encode_infer_response` gives them.
@@ -109,7 +112,7 @@ async def infer_body(
         timeout = settings.request_timeout_s
         if req.timeout_us:
             timeout = min(timeout, req.timeout_us / 1e6)
-        out, timing = await model.batcher.submit(feeds, timeout_s=timeout)
+        out, timing = await model.batcher.submit(feeds, timeout_s=timeout, inline=alone())
 
         if wanted is None:
             results = [(n, out[n], req.binary_default) for n in names]
@@ -150,6 +153,10 @@ class InferEndpoint:
         self.repository = repository
         self.settings = settings
         self.guard = guard
+        self.in_flight = 0  # inference requests between arrival and answer (all on the event loop: no lock)
+
+    def _alone(self) -> bool:
+        return self.in_flight == 1
 
     def match(self, scope: dict) -> tuple[str, str | None] | None:
         """``(model, version)`` if ``scope`` is an inference request this endpoint answers, else None."""
@@ -183,13 +190,18 @@ class InferEndpoint:
                 raise _Disconnected
             return body
 
+        self.in_flight += 1
         try:
             model = self.repository.get(model_name, version)
-            payload, header_length = await infer_body(model, self.settings, read_body, encoding, header_len, start)
+            payload, header_length = await infer_body(
+                model, self.settings, read_body, encoding, header_len, start, self._alone
+            )
         except _Disconnected:  # the client went away while sending: nobody to answer
             return
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON answer, as FastAPI's handlers do
             return await error_response(exc, scope["path"])(scope, receive, send)
+        finally:
+            self.in_flight -= 1
         if header_length is None:
             headers = [*_JSON, (b"content-length", str(len(payload)).encode())]
         else:

@@ -176,6 +176,8 @@ class ServedModel:
             on_batch=self.stats.record_batch,
             name=self.name,
             cpus=settings.inference_cpus,
+            # CUDA/TensorRT state belongs to the thread that set it up: GPU backends always run in their thread
+            inline=settings.inline_when_idle and backend.name != "tensorrt" and backend.options.device == "cpu",
         )
 
     @property

@@ -56,6 +56,10 @@ class ServerSettings:
         graceful_timeout_s: on shutdown, how long to wait for in-flight requests before closing connections.
         verify: check every artifact file against the sha256 in its manifest at load time.
         log_level: uvicorn log level.
+        inline_when_idle: a request that finds the server otherwise empty (no other request in flight, nothing
+            queued or executing) runs at once in the event loop's thread, skipping the hand-off to the inference
+            thread and back (:mod:`edgeslim.server.batcher`). CPU backends without a batching delay
+            (``dynamic_batching`` off or ``batch_delay_ms`` 0) only; off when ``inference_cpus`` pins inference.
     """
 
     models: tuple[Path, ...]
@@ -80,6 +84,7 @@ class ServerSettings:
     graceful_timeout_s: float = 30.0
     verify: bool = True
     log_level: str = "info"
+    inline_when_idle: bool = True
 
     def __post_init__(self) -> None:
         models = (self.models,) if isinstance(self.models, (str, os.PathLike)) else tuple(self.models)

@@ -267,3 +267,69 @@ def test_a_cancelled_caller_is_never_run():
     ok, _ = run(main())
     assert ok["y"].shape == (2, 3)
     assert model.batches == [1, 2]  # the cancelled request's compute was skipped
+
+
+class ThreadRecorder(Model):
+    """Model that also records which thread ran each execution."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(delay_s)
+        self.threads: list[str] = []
+
+    def __call__(self, feeds):
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(feeds)
+
+
+def test_an_idle_batcher_runs_a_lone_request_in_the_callers_thread():
+    model = ThreadRecorder()
+    batches = []
+
+    async def main():
+        b = DynamicBatcher(model, max_batch=8, delay_s=0.0, enabled=False, inline=True, on_batch=batches.append)
+        b.start()
+        x = feeds(2, 0)
+        out, timing = await b.submit(x, timeout_s=5, inline=True)  # alone and idle: runs here
+        np.testing.assert_array_equal(out["y"], x["x"] * 2 + 1)
+        assert timing.queue_ns == 0 and timing.batch_size == 2 and b.pending == 0
+        await b.submit(feeds(1, 1), timeout_s=5)  # the caller does not say it is alone: the inference thread
+        # several callers at once: the first may go inline, the rest queue (never two executions at a time)
+        outs = await asyncio.gather(*(b.submit(feeds(1, s), timeout_s=5, inline=True) for s in range(2, 6)))
+        for s, (o, _) in zip(range(2, 6), outs):
+            np.testing.assert_array_equal(o["y"], feeds(1, s)["x"] * 2 + 1)
+        await b.close()
+
+    run(main())
+    assert model.threads[0] == "MainThread" and model.threads[1] == "infer-model"
+    assert len(model.threads) == 6 and len(batches) == 6  # every execution is reported to the statistics
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"enabled": True, "delay_s": 0.01},  # a batching delay promises to wait for partners
+    {"enabled": False, "delay_s": 0.0, "cpus": (0,)},  # pinned inference stays on its CPUs
+])
+def test_no_inline_run_with_a_batching_delay_or_pinned_inference(kwargs):
+    model = ThreadRecorder()
+
+    async def main():
+        b = DynamicBatcher(model, max_batch=8, queue_size=10, inline=True, **kwargs)
+        b.start()
+        await b.submit(feeds(1, 0), timeout_s=5, inline=True)
+        await b.close()
+
+    run(main())
+    assert model.threads == ["infer-model"]
+
+
+def test_an_inline_run_past_the_timeout_answers_504_like_a_queued_one():
+    model = Model(delay_s=0.3)
+
+    async def main():
+        b = DynamicBatcher(model, max_batch=8, delay_s=0.0, enabled=False, inline=True)
+        b.start()
+        with pytest.raises(RequestTimeoutError, match="did not answer within 0.1 s"):
+            await b.submit(feeds(1, 0), timeout_s=0.1, inline=True)
+        assert b.pending == 0
+        await b.close()
+
+    run(main())

@@ -198,3 +198,28 @@ def test_graceful_shutdown_finishes_in_flight_requests_and_never_imports_torch(a
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://{s.url}/v2/health/live", timeout=2)
     assert json  # keep import used by helpers
+
+
+def test_without_batching_idle_inline_and_queued_requests_all_answer_correctly(artifact, tmp_path, reference):
+    """dynamic_batching off: a lone request runs inline on the event loop, overlapping ones queue; both paths
+    give every caller its own answer and every execution reaches the statistics."""
+    inputs = {i: batch(1 + i % 2, seed=300 + i) for i in range(40)}
+    with live_server(tmp_path, [artifact], dynamic_batching=False) as s:
+        c = httpclient.InferenceServerClient(s.url)
+        for i in range(4):  # one at a time: the idle server runs them inline
+            np.testing.assert_allclose(c.infer("tiny", [infer_input(inputs[i])]).as_numpy("logits"),
+                                       reference.infer(inputs[i]), rtol=1e-5, atol=1e-5)
+
+        def one(i):
+            cl = httpclient.InferenceServerClient(s.url)
+            try:
+                return i, cl.infer("tiny", [infer_input(inputs[i])]).as_numpy("logits")
+            finally:
+                cl.close()
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            for i, got in pool.map(one, range(4, 40)):
+                np.testing.assert_allclose(got, reference.infer(inputs[i]), rtol=1e-5, atol=1e-5)
+        stats = c.get_inference_statistics("tiny")["model_stats"][0]
+    assert stats["inference_stats"]["success"]["count"] == 40 and stats["execution_count"] == 40
+    assert stats["inference_count"] == sum(x.shape[0] for x in inputs.values())
