@@ -7,7 +7,9 @@ Arms, trained with the same W0, rounds, sparsity, seeds and batch order (edgesli
 * ``b``        class-dependent loss (effective-number weights, gamma 1 in round 1 then 5, lambda 5);
 * ``b+budget`` the same with the FPR-budget critical weight (``--fpr-budget``; off with ``--fpr-budget 0``);
 * ``c``        arm ``a``'s models with the critical threshold calibrated on the val split to ``b``'s val FPR
-  (``edgeslim.compress.thresholds.calibrate_thresholds``); ``c+budget`` likewise matched to ``b+budget``.
+  (``edgeslim.compress.thresholds.calibrate_thresholds``); ``c+budget`` likewise matched to ``b+budget``;
+* ``b+thr`` / ``c+thr``  ``b`` and ``a`` deployed as ``edgeslim pipeline`` deploys with ``decision.target_fpr``:
+  the critical threshold calibrated on val to the FPR budget, so both sit at the same target FPR.
 
 Evaluation: repeated stratified k-fold cross-validation (default 5 folds x 3 seeds) so every critical sample is
 scored once per seed; in each fold the training part is split into train/val and the critical class keeps only
@@ -20,8 +22,9 @@ matched FPR 1% / 5%, and per-fold wins/ties/losses of ``b`` against ``a`` and ``
     python bench/class_dependent.py --prune-all            # also prune the first conv and the classifier
     python bench/class_dependent.py --quick                # smoke run: 2 folds x 1 seed, 2 rounds, 2 epochs
 
-Each fold's result is written to ``<out>/folds/`` as soon as it is done and reused by a later run with the same
-settings, so an interrupted study continues where it stopped. The report is ``<out>/results.md`` (tables),
+Each fold's logits are written to ``<out>/folds/`` as soon as the fold is trained and reused by a later run with the
+same settings and the same training code (edgeslim's compress sources are part of the key), so an interrupted study
+continues where it stopped and a change to the scoring re-scores without training again. The report is ``<out>/results.md`` (tables),
 ``<out>/critical_fnr.png`` and ``<out>/results.json``.
 """
 
@@ -418,6 +421,18 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- main
 
 
+def training_code_fingerprint() -> str:
+    """sha256 of the edgeslim sources a fold's training runs through: part of the fold cache key, so cached logits
+    are never mixed with folds trained by different code (a study resumed after a change trains again)."""
+    import edgeslim
+
+    root = Path(edgeslim.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted([*root.glob("compress/*.py"), root / "testing.py", root / "recipe.py", root / "errors.py"]):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _save_npz(path: Path, rec: dict[str, np.ndarray]) -> None:
     """Write a fold's arrays atomically (a killed run leaves no half-written cache entry)."""
     from edgeslim._io import atomic_write_bytes
@@ -480,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # small model: one thread is fastest and leaves the other core free
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "variant", "bootstrap", "report_only")}
+    code = training_code_fingerprint()
     results: dict[str, list[dict]] = {}
     report = [
         "## Class-dependent compression benchmark", "",
@@ -491,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; b+budget: critical FPR budget {args.fpr_budget}" if args.fpr_budget > 0 else "") + ".",
         "FN/FNR/FPR/accuracy are pooled over all test folds (each critical sample scored once per seed); AUC and"
         " FNR@FPR are means over folds; FN CI and reduction CI: paired bootstrap over (seed, critical sample);"
-        " c = arm a with its critical threshold calibrated on val to b's val FPR.", "",
+        " c = arm a with its critical threshold calibrated on val to b's val FPR (c+budget: to b+budget's);"
+        " b+thr / c+thr = b / a deployed with the critical threshold calibrated on val to the FPR budget"
+        " (edgeslim's decision rule: called 8 iff p(8) >= t).", "",
     ]
     t_start = time.perf_counter()
     for name, spec, binary in _variants(args):
@@ -502,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         if binary:
             y = (y == c).astype(np.int64)
             classes, c = ["rest", args.critical], 1
-        key = hashlib.sha256(json.dumps([settings, spec, binary], sort_keys=True).encode()).hexdigest()[:12]
+        key = hashlib.sha256(json.dumps([settings, spec, binary, code], sort_keys=True).encode()).hexdigest()[:12]
         folds = []
         for seed in range(args.seeds):
             skf = StratifiedKFold(n_splits=args.folds, shuffle=True, random_state=seed)
