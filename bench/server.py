@@ -150,17 +150,26 @@ def inprocess_worker(spec: dict) -> None:
     print(json.dumps({"shape": shape, "logits": infer({"input": x1})["logits"].tolist()}), flush=True)
     for line in sys.stdin:
         seconds = float(line.split()[1])
-        lat, end = [], time.perf_counter() + seconds / 2
+        lat, end = [], time.perf_counter() + seconds * 0.4
         while time.perf_counter() < end:
             t = time.perf_counter()
             infer({"input": x1})
             lat.append((time.perf_counter() - t) * 1e3)
+        # Diagnostic: the same calls with the model idle between them for --paced-gap-ms, as it is between two
+        # requests of a concurrency-1 client (the server is then reading, parsing and answering): caches and the
+        # runtime's worker threads go cold, and the model itself runs slower than back to back.
+        paced, end = [], time.perf_counter() + seconds * 0.2
+        while time.perf_counter() < end:
+            time.sleep(spec["paced_gap_s"])
+            t = time.perf_counter()
+            infer({"input": x1})
+            paced.append((time.perf_counter() - t) * 1e3)
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 2:  # Offline: the whole batch at once, back to back
+        while time.perf_counter() - t0 < seconds * 0.4:  # Offline: the whole batch at once, back to back
             infer({"input": xb})
             n += len(xb)
         print(json.dumps({"p50": pct(lat, 50), "p99": pct(lat, 99), "offline": n / (time.perf_counter() - t0),
-                          "single": len(lat) / sum(lat) * 1e3}), flush=True)
+                          "single": len(lat) / sum(lat) * 1e3, "paced_p50": pct(paced, 50)}), flush=True)
     pred.close()
 
 
@@ -432,6 +441,9 @@ def main() -> None:
     ap.add_argument("--client-cpus", type=int, nargs="+",
                     help="pinned/split: the load generator's CPUs (default: the last)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds over every cell")
+    ap.add_argument("--paced-gap-ms", type=float, default=1.5,
+                    help="idle time between the in-process reference's paced calls (a diagnostic row: about the"
+                         " server's time outside the model per concurrency-1 request)")
     ap.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inprocess_worker:
@@ -462,7 +474,8 @@ def main() -> None:
                                args.backend)
         for name, cfg in configs.items():
             ref = InProcess({"artifact": str(artifact), "backend": args.backend, "threads": cfg["threads"],
-                             "options": same, "max_batch": args.max_batch, "cpus": cfg["server"]})
+                             "options": same, "max_batch": args.max_batch, "cpus": cfg["server"],
+                             "paced_gap_s": args.paced_gap_ms / 1e3})
             servers = {b: Server(artifact, backend=args.backend, threads=cfg["threads"], batching=b,
                                  max_batch=args.max_batch, delay_ms=args.batch_delay_ms, preferred=preferred,
                                  options=options, cpus=cfg.get("process", cfg["server"]),
@@ -513,6 +526,8 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
               f" {med(h['p99'] for h in allref):.2f} | {med(h['single'] for h in allref):.0f} | - | - |"
               f" {med(h['single'] / h['offline'] for h in allref):.0%} | 1 | - | - | - |"
               f" {med(h['other'] for h in allref):.2f} |")
+        print(f"| {name} | in-process, batch 1, idle {args.paced_gap_ms:g} ms between calls (diagnostic) | - | 1 |"
+              f" {med(h['paced_p50'] for h in allref):.2f} | - | - | - | - | - | 1 | - | - | - | (above) |")
         print(f"| {name} | in-process Offline, batch {args.max_batch} | - | - | - | - |"
               f" {med(h['offline'] for h in allref):.0f} | - | - | 100% | {args.max_batch} | - | - | - | (above) |")
         for (cfg, batching, client, conc), runs in results.items():
@@ -539,6 +554,10 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
             if one:
                 print(f"{name}, {client}: p50 overhead at concurrency 1, no batching (server - in-process, median of"
                       f" adjacent pairs): {med(t['p50'] - h['p50'] for t, h in one):+.2f} ms (target <= 2 ms)")
+        cold = [h["paced_p50"] - h["p50"] for h in refs[name]]
+        print(f"{name}: of that, the model itself runs {med(cold):+.2f} ms slower in-process when idle"
+              f" {args.paced_gap_ms:g} ms between calls than back to back (paced - back-to-back p50, median of"
+              " rounds): a concurrency-1 client leaves it that idle")
         big = [(c, cl, med(t["throughput"] / h["offline"] for t, h in runs))
                for (cfg, b, cl, c), runs in results.items() if cfg == name and b and c >= 16]
         for conc, client, share in big:
