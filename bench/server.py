@@ -555,9 +555,10 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
                 print(f"{name}, {client}: p50 overhead at concurrency 1, no batching (server - in-process, median of"
                       f" adjacent pairs): {med(t['p50'] - h['p50'] for t, h in one):+.2f} ms (target <= 2 ms)")
         cold = [h["paced_p50"] - h["p50"] for h in refs[name]]
-        print(f"{name}: of that, the model itself runs {med(cold):+.2f} ms slower in-process when idle"
-              f" {args.paced_gap_ms:g} ms between calls than back to back (paced - back-to-back p50, median of"
-              " rounds): a concurrency-1 client leaves it that idle")
+        if any((name, False, client, 1) in results for client in args.client):
+            print(f"{name}: of that, the model itself runs {med(cold):+.2f} ms slower in-process when idle"
+                  f" {args.paced_gap_ms:g} ms between calls than back to back (paced - back-to-back p50, median of"
+                  " rounds): a concurrency-1 client leaves it that idle")
         big = [(c, cl, med(t["throughput"] / h["offline"] for t, h in runs))
                for (cfg, b, cl, c), runs in results.items() if cfg == name and b and c >= 16]
         for conc, client, share in big:
