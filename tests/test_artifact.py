@@ -95,6 +95,16 @@ def test_missing_dir_manifest_and_newer_format(tmp_path):
         load_manifest(tmp_path / "art")
 
 
+def test_format_1_manifest_keeps_the_rule_its_thresholds_were_calibrated_for(tmp_path):
+    _write(tmp_path)
+    assert load_manifest(tmp_path / "art").decision_rule == "threshold"  # what edgeslim writes now
+    data = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    data["format_version"] = 1
+    del data["decision_rule"]
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(tmp_path / "art").decision_rule == "argmax_or_threshold"
+
+
 def test_model_lookup_error_lists_what_exists():
     m = _manifest()
     with pytest.raises(ArtifactError, match=r"no openvino model \(it has: onnx/fp32\)"):

@@ -148,6 +148,9 @@ def test_decide_rule():
     assert decide(p, [1], {"1": 0.3}) == (1, [1])  # reaches its threshold: predicted over the argmax
     assert decide(p, [1], {"1": 0.31}) == (0, [])
     assert decide(p, [1, 2], {"1": 0.2, "2": 0.1}) == (1, [1, 2])  # most probable fired class wins
+    # one-vs-rest: the argmax class below its threshold is not called; the best class without a threshold is
+    assert decide(p, [0], {"0": 0.6}) == (1, [])
+    assert decide(p, [0], {"0": 0.6}, "argmax_or_threshold") == (0, [])  # format 1: the argmax always stands
 
 
 def test_threshold_makes_a_critical_class_fire(make_artifact, artifact, images):
