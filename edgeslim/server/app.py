@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import ConfigError, EdgeslimError
-from . import classify, health, infer, metrics, models
+from . import classify, health, infer, metrics, models, sharedmem
 from .errors import error_response, json_error
 from .guard import OPEN_PREFIXES, Guard, GuardMiddleware
 from .infer import InferEndpoint
@@ -124,6 +124,8 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
             yield
         finally:
             await repository.close()
+            if app.state.shared_memory is not None:
+                app.state.shared_memory.unregister()
 
     app = _ServerApp(
         title="edgeslim inference server",
@@ -140,12 +142,13 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
         raise ConfigError(f"power_reader must be 'auto', None or a callable, got {power_reader!r}")
     app.state.metrics_registry = build_registry(repository, power_reader)
     app.state.startup_error = None
-    for module in (health, models, infer, classify, metrics):
+    app.state.shared_memory = sharedmem.SharedMemoryRegistry() if settings.shared_memory else None
+    for module in (health, models, infer, classify, metrics, sharedmem):
         app.include_router(module.router)
     _install_error_handlers(app)
     guard = Guard(token=settings.token, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(GuardMiddleware, guard=guard)
-    app.fast_infer = InferEndpoint(repository, settings, guard)
+    app.fast_infer = InferEndpoint(repository, settings, guard, app.state.shared_memory)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -22,7 +22,13 @@ from ..errors import EdgeslimError, InputError
 from ..registry import did_you_mean
 from .errors import ModelNotReadyError, error_response
 from .guard import Guard
-from .protocol import classify_tensor, decode_body, encode_infer_response, parse_infer_request
+from .protocol import (
+    classify_tensor,
+    decode_body,
+    encode_infer_response,
+    parse_infer_request,
+    write_shared_memory,
+)
 from .schemas import ERRORS, InferResponseBody
 
 # JSON bodies above this are parsed in a worker thread so one big request cannot stall the event loop.
@@ -73,6 +79,7 @@ async def infer_body(
     header_len: str | None,
     start_ns: int,
     alone: Callable[[], bool] = lambda: False,
+    shm: Any = None,
 ) -> tuple[bytes, int | None]:
     """Run one inference request on ``model`` and record it in the model's statistics.
 
@@ -83,6 +90,7 @@ async def infer_body(
         start_ns: ``time.perf_counter_ns()`` when the request arrived (the statistics' request duration).
         alone: tells, when the request is ready to run, whether it is the only one in the server (then the
             batcher may run it inline, see :mod:`edgeslim.server.batcher`).
+        shm: the server's :class:`~edgeslim.server.sharedmem.SharedMemoryRegistry`, None when shared memory is off.
 
     Returns:
         ``(body, header_length)`` as :func:`~edgeslim.server.protocol.encode_infer_response` gives them.
@@ -95,10 +103,11 @@ async def infer_body(
             raise ModelNotReadyError(f"model '{model.name}' is not ready (loading or shutting down)")
         raw = await read_body()
         body = decode_body(raw, content_encoding, settings.max_body_bytes)
+        view = None if shm is None else shm.view
         if len(body) > _THREAD_PARSE_BYTES and header_len is None:
-            req = await run_in_threadpool(parse_infer_request, body, header_len)
+            req = await run_in_threadpool(parse_infer_request, body, header_len, view)
         else:
-            req = parse_infer_request(body, header_len)
+            req = parse_infer_request(body, header_len, view)
         feeds = model.check_inputs(req.inputs)
 
         names = model.output_names
@@ -122,7 +131,12 @@ async def infer_body(
                 arr = out[o.name]
                 if o.classification:
                     arr = classify_tensor(arr, o.classification, model.manifest.classes)
-                results.append((o.name, arr, o.binary))
+                if o.shm is not None:
+                    dest, echo = o.shm
+                    write_shared_memory(arr, dest, o.name)
+                    results.append((o.name, arr, echo))
+                else:
+                    results.append((o.name, arr, o.binary))
         payload, header_length = encode_infer_response(model.name, model.version, req.id, results)
     except EdgeslimError:
         model.stats.record_failure(time.perf_counter_ns() - start_ns)
@@ -149,10 +163,11 @@ class InferEndpoint:
     ``{"error": ...}`` with the status :func:`~edgeslim.server.errors.http_status` gives it.
     """
 
-    def __init__(self, repository: Any, settings: Any, guard: Guard) -> None:
+    def __init__(self, repository: Any, settings: Any, guard: Guard, shared_memory: Any = None) -> None:
         self.repository = repository
         self.settings = settings
         self.guard = guard
+        self.shared_memory = shared_memory
         self.in_flight = 0  # inference requests between arrival and answer (all on the event loop: no lock)
 
     def _alone(self) -> bool:
@@ -194,7 +209,7 @@ class InferEndpoint:
         try:
             model = self.repository.get(model_name, version)
             payload, header_length = await infer_body(
-                model, self.settings, read_body, encoding, header_len, start, self._alone
+                model, self.settings, read_body, encoding, header_len, start, self._alone, self.shared_memory
             )
         except _Disconnected:  # the client went away while sending: nobody to answer
             return
@@ -221,6 +236,7 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
         request.headers.get("content-encoding"),
         request.headers.get("inference-header-content-length"),
         start,
+        shm=request.app.state.shared_memory,
     )
     if header_length is None:
         return Response(payload, media_type="application/json")

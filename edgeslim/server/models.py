@@ -21,8 +21,9 @@ def _model(request: Request, name: str, version: str | None = None) -> Any:
 
 
 @router.get("/v2", summary="Server metadata", response_model=ServerMetadata)
-async def server_metadata() -> dict[str, Any]:
-    return {"name": "edgeslim", "version": __version__, "extensions": EXTENSIONS}
+async def server_metadata(request: Request) -> dict[str, Any]:
+    shm = ["system_shared_memory"] if request.app.state.shared_memory is not None else []
+    return {"name": "edgeslim", "version": __version__, "extensions": EXTENSIONS + shm}
 
 
 @router.get("/v2/models/stats", summary="Statistics of every model", response_model=Stats)

@@ -147,11 +147,37 @@ def decode_body(body: bytes | memoryview, content_encoding: str | None, max_byte
 # -- requests ---------------------------------------------------------------------------------------------------
 @dataclass
 class RequestedOutput:
-    """One entry of the request's ``outputs``: which output, binary or JSON, and top-k classification."""
+    """One entry of the request's ``outputs``: which output, binary or JSON, top-k classification, and the
+    shared-memory destination (``memoryview``, with the parameters to echo) when the output goes there."""
 
     name: str
     binary: bool
     classification: int = 0
+    shm: tuple[memoryview, dict[str, Any]] | None = None
+
+
+#: ``shm(region, offset, byte_size, where) -> memoryview``: resolves shared-memory parameters
+#: (:meth:`edgeslim.server.sharedmem.SharedMemoryRegistry.view`); None where shared memory is off.
+ShmResolver = Any
+_SHM_OFF = (
+    "shared memory is disabled on this server; start it with `edgeslim serve --shared-memory`, or send the data"
+)
+
+
+def _shm_view(params: dict[str, Any], shm: ShmResolver, where: str) -> tuple[memoryview, dict[str, Any]]:
+    if shm is None:
+        raise InputError(f"{where}: {_SHM_OFF}")
+    if any(k.startswith("shared_memory") and k not in _SHM_KEYS for k in params):
+        raise InputError(f"{where}: unknown shared-memory parameter; use {', '.join(_SHM_KEYS)}")
+    if "shared_memory_byte_size" not in params:
+        raise InputError(f"{where}: shared_memory_region needs shared_memory_byte_size")
+    echo = {k: params[k] for k in _SHM_KEYS if k in params}
+    view = shm(params["shared_memory_region"], params.get("shared_memory_offset", 0),
+               params["shared_memory_byte_size"], where)
+    return view, echo
+
+
+_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 @dataclass
@@ -216,12 +242,15 @@ def _json_array(data: Any, dt: np.dtype, shape: tuple[int, ...], name: str) -> n
     return arr.reshape(shape)
 
 
-def parse_infer_request(body: bytes | memoryview, header_length: str | int | None) -> InferRequest:
-    """Parse a v2 inference request, JSON or JSON header + binary tensors.
+def parse_infer_request(
+    body: bytes | memoryview, header_length: str | int | None, shm: ShmResolver = None
+) -> InferRequest:
+    """Parse a v2 inference request, JSON or JSON header + binary tensors, or tensors in shared memory.
 
     Args:
         body: the whole (decompressed) request body.
         header_length: the ``Inference-Header-Content-Length`` header (None: the body is all JSON).
+        shm: resolves ``shared_memory_region`` parameters to views of the registered regions; None refuses them.
 
     Raises:
         InputError: invalid JSON, missing fields, unknown datatypes, byte counts that do not add up, etc.
@@ -281,10 +310,25 @@ def parse_infer_request(body: bytes | memoryview, header_length: str | int | Non
         tparams = t.get("parameters") or {}
         if not isinstance(tparams, dict):
             raise InputError(f"{where}: 'parameters' must be a JSON object")
-        if any(k.startswith("shared_memory") for k in tparams):
-            raise InputError(f"{where}: shared-memory tensors are not supported by this server; send the data")
         size = tparams.get("binary_data_size")
-        if size is not None:
+        if any(k.startswith("shared_memory") for k in tparams):
+            if size is not None or "data" in t:
+                raise InputError(f"{where} has both shared-memory parameters and data; send one")
+            if "shared_memory_region" not in tparams:
+                raise InputError(f"{where}: shared-memory parameters without shared_memory_region")
+            view, _ = _shm_view(tparams, shm, where)
+            count = math.prod(shape)
+            if dt == object:
+                arr = deserialize_bytes_tensor(view, count, name).reshape(shape)
+            else:
+                if len(view) != count * dt.itemsize:
+                    raise InputError(
+                        f"{where}: shared_memory_byte_size is {len(view)} bytes but shape {list(shape)} of "
+                        f"{t['datatype']} needs {count * dt.itemsize}"
+                    )
+                # A view of the shared memory, no copy.
+                arr = np.frombuffer(view, dtype=_LITTLE_ENDIAN[t["datatype"]]).astype(dt, copy=False).reshape(shape)
+        elif size is not None:
             if "data" in t:
                 raise InputError(f"{where} has both 'data' and parameters.binary_data_size; send one")
             if not (_is_int(size) and size >= 0):
@@ -331,15 +375,18 @@ def parse_infer_request(body: bytes | memoryview, header_length: str | int | Non
             op = o.get("parameters") or {}
             if not isinstance(op, dict):
                 raise InputError(f"output '{o['name']}': 'parameters' must be a JSON object")
+            dest = None
             if any(k.startswith("shared_memory") for k in op):
-                raise InputError(f"output '{o['name']}': shared-memory outputs are not supported by this server")
+                if "shared_memory_region" not in op:
+                    raise InputError(f"output '{o['name']}': shared-memory parameters without shared_memory_region")
+                dest = _shm_view(op, shm, f"output '{o['name']}'")
             b = op.get("binary_data", binary_default)
             k = op.get("classification", 0)
             if not isinstance(b, bool):
                 raise InputError(f"output '{o['name']}': binary_data must be true or false")
             if not (_is_int(k) and k >= 0):
                 raise InputError(f"output '{o['name']}': classification must be a non-negative integer, got {k!r}")
-            requested.append(RequestedOutput(o["name"], b, k))
+            requested.append(RequestedOutput(o["name"], b, k, dest))
     return InferRequest(req_id, inputs, requested, binary_default, timeout, params)
 
 
@@ -374,9 +421,10 @@ def encode_infer_response(
     model_name: str,
     model_version: str,
     request_id: str | None,
-    outputs: Sequence[tuple[str, np.ndarray, bool]],
+    outputs: Sequence[tuple[str, np.ndarray, bool | dict[str, Any]]],
 ) -> tuple[bytes, int | None]:
-    """Encode outputs ``(name, array, binary)`` as a v2 response.
+    """Encode outputs ``(name, array, binary)`` as a v2 response. ``binary`` may instead be the shared-memory
+    parameters of an output already written there: the entry then carries them and no data.
 
     Returns:
         ``(body, header_length)``: ``header_length`` is the JSON header's length when any output is binary (the
@@ -386,7 +434,9 @@ def encode_infer_response(
     blobs = []
     for name, arr, binary in outputs:
         entry: dict[str, Any] = {"name": name, "datatype": v2_datatype(arr.dtype), "shape": list(arr.shape)}
-        if binary:
+        if isinstance(binary, dict):  # already written to shared memory: echo where
+            entry["parameters"] = binary
+        elif binary:
             raw = tensor_bytes(arr)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
@@ -401,3 +451,19 @@ def encode_infer_response(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def write_shared_memory(arr: np.ndarray, view: memoryview, name: str) -> int:
+    """Write an output tensor into its shared-memory destination (little-endian, BYTES serialized); its size.
+
+    Raises:
+        InputError: the destination is smaller than the tensor.
+    """
+    raw = tensor_bytes(arr)
+    if len(raw) > len(view):
+        raise InputError(
+            f"output '{name}' needs {len(raw)} bytes but its shared_memory_byte_size is {len(view)}; register a"
+            " larger region"
+        )
+    view[: len(raw)] = raw
+    return len(raw)

@@ -56,6 +56,9 @@ class ServerSettings:
         graceful_timeout_s: on shutdown, how long to wait for in-flight requests before closing connections.
         verify: check every artifact file against the sha256 in its manifest at load time.
         log_level: uvicorn log level.
+        shared_memory: enable the system shared-memory extension (:mod:`edgeslim.server.sharedmem`): clients on
+            this machine pass tensors through /dev/shm instead of the body. Off by default: a registered region
+            lets clients make the server read and write that segment with its own permissions.
         inline_when_idle: a request that finds the server otherwise empty (no other request in flight, nothing
             queued or executing) runs at once in the event loop's thread, skipping the hand-off to the inference
             thread and back (:mod:`edgeslim.server.batcher`). CPU backends without a batching delay
@@ -84,6 +87,7 @@ class ServerSettings:
     graceful_timeout_s: float = 30.0
     verify: bool = True
     log_level: str = "info"
+    shared_memory: bool = False
     inline_when_idle: bool = True
 
     def __post_init__(self) -> None:
