@@ -17,7 +17,9 @@ Three CPU configurations (``--configs``), because on a small machine the load ge
   ``--server-cpus``; the server's HTTP event loop and the load generator on ``--client-cpus``. Whether the server
   keeps the model as busy as the in-process loop does when its request handling has a core of its own.
 
-Two clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent request)
+Three clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent request),
+``tritonclient-shm`` (the same with input and output in system shared memory, as an application on the device can
+send them; the server runs with ``shared_memory=True``)
 and ``light`` (one asyncio process, N keep-alive connections sending a pre-encoded binary request; its first answer
 on every connection is checked against the in-process output). The c=1 latency figures come from tritonclient;
 throughput at c>1 from the light client, whose own CPU cost per request is reported beside the server's.
@@ -214,7 +216,8 @@ class Server:
                                  log_level="warning", dynamic_batching={batching}, max_batch={max_batch},
                                  batch_delay_ms={delay_ms}, preferred_batch_sizes={tuple(preferred)!r}, queue_size=256,
                                  backend_options={{{backend!r}: {options!r}}},
-                                 inference_cpus={tuple(inference_cpus) if inference_cpus else None!r}))
+                                 inference_cpus={tuple(inference_cpus) if inference_cpus else None!r},
+                                 shared_memory=True))
         """)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 180
@@ -245,9 +248,14 @@ class Server:
 
 # -- clients --------------------------------------------------------------------------------------------------------
 def tritonclient_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
-                      expect: np.ndarray) -> tuple[list[float], int]:
-    """The standard client: one tritonclient.http client per thread, binary tensors both ways."""
+                      expect: np.ndarray, shared_memory: bool = False) -> tuple[list[float], int]:
+    """The standard client: one tritonclient.http client per thread, binary tensors both ways; or, with
+    ``shared_memory``, input and output through the system shared-memory extension (each thread its own regions,
+    and every request writes the image into its region and reads the logits back, as an application would)."""
+    import uuid
+
     import tritonclient.http as httpclient
+    import tritonclient.utils.shared_memory as shm
 
     lat: list[float] = []
     errors = [0]
@@ -258,24 +266,50 @@ def tritonclient_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
     def worker() -> None:
         c = httpclient.InferenceServerClient(url, connection_timeout=30, network_timeout=60)
         inp = httpclient.InferInput("input", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x, binary_data=True)
         out = [httpclient.InferRequestedOutput("logits", binary_data=True)]
-        got = c.infer(MODEL, [inp], outputs=out).as_numpy("logits")
-        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)  # measure right answers only
-        c.infer(MODEL, [inp], outputs=out)
-        mine, bad = [], 0
-        start.wait()
-        while time.perf_counter() < stop_at[0]:
-            t = time.perf_counter()
-            try:
+        handles = []
+        if shared_memory:
+            tag = uuid.uuid4().hex[:10]
+            h_in = shm.create_shared_memory_region(f"in-{tag}", f"/edgeslim-bench-in-{tag}", x.nbytes)
+            h_out = shm.create_shared_memory_region(f"out-{tag}", f"/edgeslim-bench-out-{tag}", expect.nbytes)
+            handles = [h_in, h_out]
+            c.register_system_shared_memory(f"in-{tag}", f"/edgeslim-bench-in-{tag}", x.nbytes)
+            c.register_system_shared_memory(f"out-{tag}", f"/edgeslim-bench-out-{tag}", expect.nbytes)
+            inp.set_shared_memory(f"in-{tag}", x.nbytes)
+            out[0].set_shared_memory(f"out-{tag}", expect.nbytes)
+
+            def call() -> np.ndarray:
+                shm.set_shared_memory_region(h_in, [x])
                 c.infer(MODEL, [inp], outputs=out)
-                mine.append((time.perf_counter() - t) * 1e3)
-            except Exception:  # noqa: BLE001 - counted and reported
-                bad += 1
-        with lock:
-            lat.extend(mine)
-            errors[0] += bad
-        c.close()
+                return shm.get_contents_as_numpy(h_out, np.float32, list(expect.shape))
+        else:
+            inp.set_data_from_numpy(x, binary_data=True)
+
+            def call() -> np.ndarray:
+                return c.infer(MODEL, [inp], outputs=out).as_numpy("logits")
+
+        try:
+            np.testing.assert_allclose(call(), expect, rtol=1e-4, atol=1e-4)  # measure right answers only
+            call()
+            mine, bad = [], 0
+            start.wait()
+            while time.perf_counter() < stop_at[0]:
+                t = time.perf_counter()
+                try:
+                    call()
+                    mine.append((time.perf_counter() - t) * 1e3)
+                except Exception:  # noqa: BLE001 - counted and reported
+                    bad += 1
+            with lock:
+                lat.extend(mine)
+                errors[0] += bad
+        finally:
+            if handles:
+                c.unregister_system_shared_memory(f"in-{tag}")
+                c.unregister_system_shared_memory(f"out-{tag}")
+                for h in handles:
+                    shm.destroy_shared_memory_region(h)
+            c.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -369,8 +403,8 @@ def drive(server: Server, client: str, x: np.ndarray, concurrency: int, seconds:
           expect: np.ndarray) -> dict[str, float]:
     before, cpu0 = server.stats(), time.process_time()
     t0 = time.perf_counter()
-    if client == "tritonclient":
-        lat, errors = tritonclient_load(server.url, x, concurrency, seconds, expect)
+    if client in ("tritonclient", "tritonclient-shm"):
+        lat, errors = tritonclient_load(server.url, x, concurrency, seconds, expect, client == "tritonclient-shm")
     else:
         lat, errors = light_load(server.port, x, concurrency, seconds, expect)
     took = time.perf_counter() - t0
@@ -431,7 +465,9 @@ def main() -> None:
     ap.add_argument("--preferred", type=int, nargs="*", help="preferred batch sizes (default: the max batch)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement window per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--client", nargs="+", default=["tritonclient", "light"], choices=["tritonclient", "light"])
+    ap.add_argument("--client", nargs="+", default=["tritonclient", "tritonclient-shm", "light"],
+                    choices=["tritonclient", "tritonclient-shm", "light"],
+                    help="tritonclient-shm: tritonclient with input and output in system shared memory")
     ap.add_argument("--tritonclient-concurrency", type=int, nargs="*", default=[1, 32],
                     help="concurrencies also driven by tritonclient (the light client drives every one)")
     ap.add_argument("--configs", nargs="+", default=["shared", "pinned", "split"],
