@@ -17,11 +17,12 @@ Three CPU configurations (``--configs``), because on a small machine the load ge
   ``--server-cpus``; the server's HTTP event loop and the load generator on ``--client-cpus``. Whether the server
   keeps the model as busy as the in-process loop does when its request handling has a core of its own.
 
-Three clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent request),
+Four clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent request),
 ``tritonclient-shm`` (the same with input and output in system shared memory, as an application on the device can
 send them; the server runs with ``shared_memory=True``)
-and ``light`` (one asyncio process, N keep-alive connections sending a pre-encoded binary request; its first answer
-on every connection is checked against the in-process output). The c=1 latency figures come from tritonclient;
+``light`` (one asyncio process, N keep-alive connections sending a pre-encoded binary request; its first answer
+on every connection is checked against the in-process output) and ``light-shm`` (the same with the image copied into
+a shared-memory region before every request, and only the JSON header on the socket). The c=1 latency figures come from tritonclient;
 throughput at c>1 from the light client, whose own CPU cost per request is reported beside the server's.
 
     python bench/server.py                          # timm mobilenetv3_small_100 (random weights), 224x224, ORT
@@ -332,6 +333,17 @@ def _binary_request(port: int, x: np.ndarray) -> bytes:
     return head + header + raw
 
 
+def _shm_request(port: int, x: np.ndarray, region: str) -> bytes:
+    """An infer request whose input is in shared-memory region ``region``: only a JSON header on the socket."""
+    header = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                     "parameters": {"shared_memory_region": region,
+                                                    "shared_memory_byte_size": x.nbytes}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    head = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(header)}\r\n\r\n").encode()
+    return head + header
+
+
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
@@ -346,8 +358,28 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes,
 
 
 def light_load(port: int, x: np.ndarray, concurrency: int, seconds: float,
-               expect: np.ndarray) -> tuple[list[float], int]:
-    """A light load generator: one asyncio loop, ``concurrency`` keep-alive connections, a pre-encoded request."""
+               expect: np.ndarray, shared_memory: bool = False) -> tuple[list[float], int]:
+    """A light load generator: one asyncio loop, ``concurrency`` keep-alive connections, a pre-encoded request.
+
+    With ``shared_memory`` each connection has its own input region and writes the image into it before every
+    request (a numpy copy into the mapping, as an application would); the logits come back in the body."""
+    import mmap
+    import uuid
+
+    import tritonclient.http as httpclient
+
+    regions = []
+    if shared_memory:
+        admin = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(concurrency):
+            tag = uuid.uuid4().hex[:10]
+            key = f"/edgeslim-bench-light-{tag}"
+            fd = os.open(f"/dev/shm{key}", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            os.ftruncate(fd, x.nbytes)
+            mm = mmap.mmap(fd, x.nbytes)
+            os.close(fd)
+            admin.register_system_shared_memory(f"light-{tag}", key, x.nbytes)
+            regions.append((f"light-{tag}", key, mm))
     request = _binary_request(port, x)
 
     async def main() -> tuple[list[float], int]:
@@ -357,11 +389,22 @@ def light_load(port: int, x: np.ndarray, concurrency: int, seconds: float,
         opened = [0]
         stop_at = [time.perf_counter() + 3600]
 
-        async def connection() -> None:
+        async def connection(i_conn: int) -> None:
             nonlocal errors
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if shared_memory:
+                region, _, mm = regions[i_conn]
+                dest = np.frombuffer(mm, np.float32).reshape(x.shape)
+                req = _shm_request(port, x, region)
+
+                def send() -> None:
+                    np.copyto(dest, x)  # this request's image into the shared memory
+                    writer.write(req)
+            else:
+                def send() -> None:
+                    writer.write(request)
             for i in range(2):
-                writer.write(request)
+                send()
                 status, headers, body = await _read_response(reader)
                 if status != 200:
                     raise SystemExit(f"light client: HTTP {status}: {body[:300]!r}")
@@ -376,7 +419,7 @@ def light_load(port: int, x: np.ndarray, concurrency: int, seconds: float,
             await ready.wait()
             while time.perf_counter() < stop_at[0]:
                 t = time.perf_counter()
-                writer.write(request)
+                send()
                 status, _, _ = await _read_response(reader)
                 if status == 200:
                     lat.append((time.perf_counter() - t) * 1e3)
@@ -384,7 +427,7 @@ def light_load(port: int, x: np.ndarray, concurrency: int, seconds: float,
                     errors += 1
             writer.close()
 
-        await asyncio.gather(*(connection() for _ in range(concurrency)))
+        await asyncio.gather(*(connection(i) for i in range(concurrency)))
         return lat, errors
 
     try:
@@ -397,6 +440,10 @@ def light_load(port: int, x: np.ndarray, concurrency: int, seconds: float,
         return loop.run_until_complete(main())
     finally:
         loop.close()
+        for name, key, mm in regions:
+            os.unlink(f"/dev/shm{key}")
+            admin.unregister_system_shared_memory(name)
+            mm.close()
 
 
 def drive(server: Server, client: str, x: np.ndarray, concurrency: int, seconds: float,
@@ -406,7 +453,7 @@ def drive(server: Server, client: str, x: np.ndarray, concurrency: int, seconds:
     if client in ("tritonclient", "tritonclient-shm"):
         lat, errors = tritonclient_load(server.url, x, concurrency, seconds, expect, client == "tritonclient-shm")
     else:
-        lat, errors = light_load(server.port, x, concurrency, seconds, expect)
+        lat, errors = light_load(server.port, x, concurrency, seconds, expect, client == "light-shm")
     took = time.perf_counter() - t0
     client_cpu = time.process_time() - cpu0
     after = server.stats()
@@ -465,9 +512,9 @@ def main() -> None:
     ap.add_argument("--preferred", type=int, nargs="*", help="preferred batch sizes (default: the max batch)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement window per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--client", nargs="+", default=["tritonclient", "tritonclient-shm", "light"],
-                    choices=["tritonclient", "tritonclient-shm", "light"],
-                    help="tritonclient-shm: tritonclient with input and output in system shared memory")
+    ap.add_argument("--client", nargs="+", default=["tritonclient", "tritonclient-shm", "light", "light-shm"],
+                    choices=["tritonclient", "tritonclient-shm", "light", "light-shm"],
+                    help="*-shm: input (and for tritonclient output) in system shared memory")
     ap.add_argument("--tritonclient-concurrency", type=int, nargs="*", default=[1, 32],
                     help="concurrencies also driven by tritonclient (the light client drives every one)")
     ap.add_argument("--configs", nargs="+", default=["shared", "pinned", "split"],
@@ -496,7 +543,7 @@ def main() -> None:
     for batching in (False, True):
         for conc in args.concurrency:
             for client in args.client:
-                if client == "light" or conc in args.tritonclient_concurrency:
+                if client.startswith("light") or conc in args.tritonclient_concurrency:
                     cells.append((client, batching, conc))
     # results[(config, batching, client, conc)] -> list of (server result, in-process result measured just before)
     results: dict[tuple, list[tuple[dict, dict]]] = {}
