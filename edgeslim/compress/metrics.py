@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ..decision import predict as _decide
+from ..decision import predict  # the one decision rule; callers also import it from here
 from ..errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,18 +108,6 @@ def _check_thresholds(thresholds: Mapping[Any, float] | None, k: int) -> dict[in
     return out
 
 
-def predict(
-    probs: np.ndarray, thresholds: Mapping[int, float] | None = None, rule: str = "threshold"
-) -> np.ndarray:
-    """Class predictions: argmax, or the thresholded decision rule :mod:`edgeslim.decision` defines.
-
-    With ``rule="threshold"`` a thresholded class ``c`` is predicted iff ``p_c >= thresholds[c]`` (the most
-    probable fired one wins; when none fires, the argmax over the classes without a threshold). With
-    ``"argmax_or_threshold"`` (format 1 artifacts) a threshold can only add calls to the argmax.
-    """
-    return _decide(probs, thresholds, rule)
-
-
 def evaluate(
     logits_or_probs: np.ndarray,
     labels: np.ndarray,
@@ -137,7 +125,7 @@ def evaluate(
         labels: ``(n,)`` true class indices.
         classes: the K class names.
         critical: critical class indices.
-        thresholds: class index -> probability threshold, applied under ``rule`` (see :func:`predict`).
+        thresholds: class index -> probability threshold, applied under ``rule`` (:func:`edgeslim.decision.predict`).
         rule: the decision rule the thresholds were calibrated for (``Manifest.decision_rule``).
         from_logits: ``True`` when the scores are logits (softmax is applied), ``False`` for probabilities.
 

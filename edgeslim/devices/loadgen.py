@@ -178,7 +178,7 @@ def run_loadgen(
                 run(idx)
             expected_qps = 5 * len(idx) / (time.perf_counter() - t0)
 
-    def run_once(expected_qps: float) -> tuple[dict[str, Any], Any]:
+    def run_once(expected_qps: float, expected_latency_ms: float) -> tuple[dict[str, Any], Any]:
         settings = lg.TestSettings()
         settings.scenario = getattr(lg.TestScenario, SCENARIOS[cfg.scenario])
         settings.mode = lg.TestMode.PerformanceOnly
@@ -221,7 +221,7 @@ def run_loadgen(
                 tmp.cleanup()
         return summary, settings
 
-    summary, settings = run_once(expected_qps)
+    summary, settings = run_once(expected_qps, expected_latency_ms)
     runs = 1
     while summary.get("result") != "VALID" and summary.get("min_duration_satisfied") is False and runs < 3:
         # LoadGen generates its queries up front from the expected latency / QPS; when edgeslim's probe
@@ -236,7 +236,7 @@ def run_loadgen(
             expected_latency_ms = summary["mean_latency_ms"] / 1.5
         else:
             break
-        summary, settings = run_once(expected_qps)
+        summary, settings = run_once(expected_qps, expected_latency_ms)
         runs += 1
     retried = runs > 1
     result = {

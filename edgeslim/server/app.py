@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import ConfigError, EdgeslimError
 from . import classify, health, infer, metrics, models, sharedmem
-from .errors import error_response, json_error
+from .errors import error_response, json_error, validation_message
 from .guard import OPEN_PREFIXES, Guard, GuardMiddleware
 from .infer import InferEndpoint
 from .metrics import PowerReader, auto_power_reader, build_registry
@@ -66,8 +66,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
-        return json_error(400, "invalid request: " + "; ".join(parts))
+        return json_error(400, "invalid request: " + validation_message(exc.errors()))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

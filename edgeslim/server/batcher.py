@@ -62,6 +62,12 @@ class BatchRecord:
     compute_infer_ns: int
     compute_output_ns: int
 
+    def timing(self, queue_ns: int) -> Timing:
+        """One request's :class:`Timing` in this execution, after ``queue_ns`` in the queue."""
+        return Timing(queue_ns=queue_ns, compute_input_ns=self.compute_input_ns,
+                      compute_infer_ns=self.compute_infer_ns, compute_output_ns=self.compute_output_ns,
+                      batch_size=self.batch_size)
+
 
 @dataclass(eq=False)
 class _Pending:
@@ -213,14 +219,8 @@ class DynamicBatcher:
         if self._on_batch is not None:
             self._on_batch(rec)
         if time.perf_counter() - start > timeout_s:  # answered as a queued request would have been
-            raise RequestTimeoutError(
-                f"model '{self._name}' did not answer within {timeout_s:g} s (compute); "
-                "retry, send smaller batches, or raise the server's request timeout"
-            )
-        return outputs[0], Timing(
-            queue_ns=0, compute_input_ns=rec.compute_input_ns, compute_infer_ns=rec.compute_infer_ns,
-            compute_output_ns=rec.compute_output_ns, batch_size=rec.batch_size,
-        )
+            raise self._timeout(timeout_s, "compute")
+        return outputs[0], rec.timing(queue_ns=0)
 
     def _expire(self, item: _Pending, timeout_s: float) -> None:
         # Still queued: take it out so the model never runs it. Already running: its result is dropped.
@@ -230,12 +230,13 @@ class DynamicBatcher:
             except ValueError:
                 pass
         if not item.future.done():
-            item.future.set_exception(
-                RequestTimeoutError(
-                    f"model '{self._name}' did not answer within {timeout_s:g} s (queue + compute); "
-                    "retry, send smaller batches, or raise the server's request timeout"
-                )
-            )
+            item.future.set_exception(self._timeout(timeout_s, "queue + compute"))
+
+    def _timeout(self, timeout_s: float, spent_on: str) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"model '{self._name}' did not answer within {timeout_s:g} s ({spent_on}); "
+            "retry, send smaller batches, or raise the server's request timeout"
+        )
 
     # -- inference thread --------------------------------------------------------------------------------------
     def _select(self) -> list[_Pending]:
@@ -307,19 +308,7 @@ class DynamicBatcher:
                     self._call_soon(_deliver, chosen, [], exc)
                     continue
                 rec.requests = len(chosen)
-                results = [
-                    (
-                        out,
-                        Timing(
-                            queue_ns=start_ns - p.enqueued_ns,
-                            compute_input_ns=rec.compute_input_ns,
-                            compute_infer_ns=rec.compute_infer_ns,
-                            compute_output_ns=rec.compute_output_ns,
-                            batch_size=rec.batch_size,
-                        ),
-                    )
-                    for p, out in zip(chosen, outputs)
-                ]
+                results = [(out, rec.timing(start_ns - p.enqueued_ns)) for p, out in zip(chosen, outputs)]
                 self._executing = 0
                 self._call_soon(self._finish, chosen, results, rec)
         finally:

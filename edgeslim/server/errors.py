@@ -73,6 +73,11 @@ def http_status(exc: BaseException) -> int:
     return 500
 
 
+def validation_message(errors: list[dict]) -> str:
+    """Pydantic's validation errors as one line: ``field.path: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+
+
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> "JSONResponse":
     """The ``{"error": message}`` answer with ``status``."""
     from starlette.responses import JSONResponse

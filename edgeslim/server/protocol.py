@@ -159,12 +159,17 @@ class RequestedOutput:
 #: ``shm(region, offset, byte_size, where) -> memoryview``: resolves shared-memory parameters
 #: (:meth:`edgeslim.server.sharedmem.SharedMemoryRegistry.view`); None where shared memory is off.
 ShmResolver = Any
+_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _SHM_OFF = (
     "shared memory is disabled on this server; start it with `edgeslim serve --shared-memory`, or send the data"
 )
 
 
 def _shm_view(params: dict[str, Any], shm: ShmResolver, where: str) -> tuple[memoryview, dict[str, Any]]:
+    """The shared-memory destination or source a tensor's ``shared_memory_*`` parameters name, and the parameters
+    to echo in the response."""
+    if "shared_memory_region" not in params:
+        raise InputError(f"{where}: shared-memory parameters without shared_memory_region")
     if shm is None:
         raise InputError(f"{where}: {_SHM_OFF}")
     if any(k.startswith("shared_memory") and k not in _SHM_KEYS for k in params):
@@ -176,8 +181,6 @@ def _shm_view(params: dict[str, Any], shm: ShmResolver, where: str) -> tuple[mem
                params["shared_memory_byte_size"], where)
     return view, echo
 
-
-_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 @dataclass
@@ -240,6 +243,22 @@ def _json_array(data: Any, dt: np.dtype, shape: tuple[int, ...], name: str) -> n
     if arr.size != count:
         raise InputError(f"{where}: 'data' has {arr.size} elements but shape {list(shape)} needs {count}")
     return arr.reshape(shape)
+
+
+def _raw_tensor(buf: bytes | memoryview, datatype: str, dt: np.dtype, shape: tuple[int, ...], name: str,
+                where: str, size_field: str) -> np.ndarray:
+    """A tensor over raw little-endian bytes (a view, no copy; BYTES elements deserialized), which must be exactly
+    the size ``shape`` of ``datatype`` needs; ``size_field`` names the request field that gave the size."""
+    count = math.prod(shape)
+    if dt == object:
+        return deserialize_bytes_tensor(buf, count, name).reshape(shape)
+    expected = count * dt.itemsize
+    if len(buf) != expected:
+        raise InputError(
+            f"{where}: {size_field} is {len(buf)} bytes but shape {list(shape)} of {datatype} needs {expected}"
+        )
+    # astype is a no-op on little-endian hosts
+    return np.frombuffer(buf, dtype=_LITTLE_ENDIAN[datatype]).astype(dt, copy=False).reshape(shape)
 
 
 def parse_infer_request(
@@ -314,20 +333,8 @@ def parse_infer_request(
         if any(k.startswith("shared_memory") for k in tparams):
             if size is not None or "data" in t:
                 raise InputError(f"{where} has both shared-memory parameters and data; send one")
-            if "shared_memory_region" not in tparams:
-                raise InputError(f"{where}: shared-memory parameters without shared_memory_region")
             view, _ = _shm_view(tparams, shm, where)
-            count = math.prod(shape)
-            if dt == object:
-                arr = deserialize_bytes_tensor(view, count, name).reshape(shape)
-            else:
-                if len(view) != count * dt.itemsize:
-                    raise InputError(
-                        f"{where}: shared_memory_byte_size is {len(view)} bytes but shape {list(shape)} of "
-                        f"{t['datatype']} needs {count * dt.itemsize}"
-                    )
-                # A view of the shared memory, no copy.
-                arr = np.frombuffer(view, dtype=_LITTLE_ENDIAN[t["datatype"]]).astype(dt, copy=False).reshape(shape)
+            arr = _raw_tensor(view, t["datatype"], dt, shape, name, where, "shared_memory_byte_size")
         elif size is not None:
             if "data" in t:
                 raise InputError(f"{where} has both 'data' and parameters.binary_data_size; send one")
@@ -340,18 +347,7 @@ def parse_infer_request(
                 )
             chunk = binary[pos : pos + size]
             pos += size
-            count = math.prod(shape)
-            if dt == object:
-                arr = deserialize_bytes_tensor(chunk, count, name).reshape(shape)
-            else:
-                expected = count * dt.itemsize
-                if size != expected:
-                    raise InputError(
-                        f"{where}: binary_data_size is {size} bytes but shape {list(shape)} of "
-                        f"{t['datatype']} needs {expected}"
-                    )
-                # A view of the body, no copy (astype is a no-op on little-endian hosts).
-                arr = np.frombuffer(chunk, dtype=_LITTLE_ENDIAN[t["datatype"]]).astype(dt, copy=False).reshape(shape)
+            arr = _raw_tensor(chunk, t["datatype"], dt, shape, name, where, "binary_data_size")
         elif "data" in t:
             arr = _json_array(t["data"], dt, shape, name)
         else:
@@ -377,8 +373,6 @@ def parse_infer_request(
                 raise InputError(f"output '{o['name']}': 'parameters' must be a JSON object")
             dest = None
             if any(k.startswith("shared_memory") for k in op):
-                if "shared_memory_region" not in op:
-                    raise InputError(f"output '{o['name']}': shared-memory parameters without shared_memory_region")
                 dest = _shm_view(op, shm, f"output '{o['name']}'")
             b = op.get("binary_data", binary_default)
             k = op.get("classification", 0)

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError, UnknownNameError
 from ..registry import did_you_mean
+from .errors import validation_message
 from .schemas import ERRORS
 
 #: Region names: what clients send in a URL and in ``shared_memory_region``.
@@ -223,8 +224,7 @@ async def register(request: Request, name: str) -> dict[str, Any]:
     try:
         body = RegisterBody.model_validate_json(await request.body())
     except ValidationError as exc:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
-        raise InputError("invalid register request: " + "; ".join(parts)) from None
+        raise InputError("invalid register request: " + validation_message(exc.errors())) from None
     reg.register(name, body.key, body.offset, body.byte_size)
     return {}
 
