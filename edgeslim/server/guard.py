@@ -23,6 +23,17 @@ Receive = Callable[[], Awaitable[dict]]
 _ALIGN = 64  # bytes: a cache line, and what AVX-512 loads like
 
 
+def aligned_buffer(size: int, align_at: int) -> memoryview:
+    """A writable buffer of ``size`` bytes in which byte offset ``align_at`` is 64-byte aligned.
+
+    Binary tensors that start there become aligned numpy views (unaligned float arrays take numpy's slower
+    buffered loops, and some runtimes copy them). Pages are not touched until written.
+    """
+    buf = np.empty(size + _ALIGN, dtype=np.uint8)
+    start = -(buf.ctypes.data + align_at) % _ALIGN
+    return memoryview(buf)[start : start + size]
+
+
 class Guard:
     """Token and body-size checks for one server.
 
@@ -112,9 +123,7 @@ class Guard:
             return chunks[0]
         if align_at is None or not 0 <= align_at <= seen:
             return b"".join(chunks)
-        buf = np.empty(seen + _ALIGN, dtype=np.uint8)
-        start = -(buf.ctypes.data + align_at) % _ALIGN
-        view = memoryview(buf)[start : start + seen]
+        view = aligned_buffer(seen, align_at)
         pos = 0
         for chunk in chunks:
             view[pos : pos + len(chunk)] = chunk

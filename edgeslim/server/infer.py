@@ -22,6 +22,7 @@ from ..errors import EdgeslimError, InputError
 from ..registry import did_you_mean
 from .errors import ModelNotReadyError, error_response
 from .guard import Guard
+from .http_protocol import BODY_EXTENSION, BodyBuffer
 from .protocol import (
     classify_tensor,
     decode_body,
@@ -173,6 +174,29 @@ class InferEndpoint:
     def _alone(self) -> bool:
         return self.in_flight == 1
 
+    def body_buffer(self, scope: dict) -> BodyBuffer | None:
+        """A buffer to receive the body of ``scope`` into, if this endpoint will answer it and may read it.
+
+        Called by :class:`~edgeslim.server.http_protocol.InferHttpProtocol` once the request headers are in: only
+        an inference request that passes the guard (token, ``Content-Length`` within the limit) gets one, so
+        nothing is buffered for a request that is about to be refused.
+        """
+        if self.match(scope) is None or self.guard.reject(scope) is not None:
+            return None
+        length = align_at = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"inference-header-content-length":
+                align_at = value
+        if length is None:  # chunked: uvicorn's own path, counted against the limit as it streams
+            return None
+        try:
+            align = int(align_at) if align_at is not None else None
+        except ValueError:
+            align = None  # parse_infer_request reports the bad header
+        return BodyBuffer(int(length), align)
+
     def match(self, scope: dict) -> tuple[str, str | None] | None:
         """``(model, version)`` if ``scope`` is an inference request this endpoint answers, else None."""
         path = scope["path"]
@@ -199,8 +223,13 @@ class InferEndpoint:
         except ValueError:
             align_at = None  # parse_infer_request reports the bad header
 
+        buffer = scope.get("extensions", {}).get(BODY_EXTENSION)  # InferHttpProtocol's, under uvicorn
+
         async def read_body() -> bytes | memoryview:
-            body = await self.guard.read_body(receive, align_at=align_at)
+            if buffer is not None:
+                body = await buffer.wait()
+            else:
+                body = await self.guard.read_body(receive, align_at=align_at)
             if body is None:
                 raise _Disconnected
             return body
