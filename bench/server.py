@@ -17,13 +17,14 @@ Three CPU configurations (``--configs``), because on a small machine the load ge
   ``--server-cpus``; the server's HTTP event loop and the load generator on ``--client-cpus``. Whether the server
   keeps the model as busy as the in-process loop does when its request handling has a core of its own.
 
-Four clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent request),
-``tritonclient-shm`` (the same with input and output in system shared memory, as an application on the device can
-send them; the server runs with ``shared_memory=True``)
-``light`` (one asyncio process, N keep-alive connections sending a pre-encoded binary request; its first answer
-on every connection is checked against the in-process output) and ``light-shm`` (the same with the image copied into
-a shared-memory region before every request, and only the JSON header on the socket). The c=1 latency figures come from tritonclient;
-throughput at c>1 from the light client, whose own CPU cost per request is reported beside the server's.
+Five clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent
+request), ``tritonclient-shm`` (the same with input and output in system shared memory, as an application on the
+device can send them; the server runs with ``shared_memory=True``), ``perf_analyzer`` (Triton's C++ load generator,
+binary tensors over HTTP; ``bench/get_perf_analyzer.sh`` fetches it; not in the default set), ``light`` (one asyncio
+process, N keep-alive connections sending a pre-encoded binary request; its first answer on every connection is
+checked against the in-process output) and ``light-shm`` (the same with the image copied into a shared-memory region
+before every request, and only the JSON header on the socket). Each client's own CPU time per request is reported
+beside the server's: on a small machine it comes out of the server's cores.
 
     python bench/server.py                          # timm mobilenetv3_small_100 (random weights), 224x224, ORT
     python bench/server.py --backend openvino       # the same model as an OpenVINO IR
@@ -123,7 +124,10 @@ class OtherLoad:
         self.cores = float("nan")
 
     def _ours(self) -> float:
-        return sum(proc_cpu_s(p) for p in self.pids)
+        import resource
+
+        done = resource.getrusage(resource.RUSAGE_CHILDREN)  # child load generators (perf_analyzer) that finished
+        return sum(proc_cpu_s(p) for p in self.pids) + done.ru_utime + done.ru_stime
 
     def __enter__(self) -> "OtherLoad":
         self.t0, self.busy0, self.ours0 = time.perf_counter(), machine_busy_s(), self._ours()
@@ -446,30 +450,78 @@ def light_load(port: int, x: np.ndarray, concurrency: int, seconds: float,
             mm.close()
 
 
+def perf_analyzer_path() -> str | None:
+    """Triton's perf_analyzer: $EDGESLIM_PERF_ANALYZER, bench/get_perf_analyzer.sh's copy, or on PATH."""
+    import shutil
+
+    for candidate in (os.environ.get("EDGESLIM_PERF_ANALYZER"),
+                      str(Path(__file__).resolve().parents[1] / ".cache/perf_analyzer/perf_analyzer"),
+                      shutil.which("perf_analyzer")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def perf_analyzer_load(url: str, x: np.ndarray, concurrency: int, seconds: float) -> dict[str, float]:
+    """Triton's C++ load generator at ``concurrency`` (binary tensors over HTTP, one request in flight per worker,
+    sending the benchmark image): its p50 / p99 client latency and throughput over three windows of a third of
+    ``seconds`` each (its stability check needs three). Answers are checked by the other clients of the run
+    (perf_analyzer's own validation compares bytes exactly, and batched execution may change the last bits)."""
+    exe = perf_analyzer_path()
+    if exe is None:
+        raise SystemExit("perf_analyzer not found: run bench/get_perf_analyzer.sh (or set EDGESLIM_PERF_ANALYZER)")
+    with tempfile.TemporaryDirectory() as tmp:
+        data, out = Path(tmp) / "input.json", Path(tmp) / "out.csv"
+        data.write_text(json.dumps({"data": [{"input": {"content": x[0].ravel().tolist(),
+                                                        "shape": list(x.shape[1:])}}]}))
+        cmd = [exe, "-m", MODEL, "-u", url, "-i", "http", "--input-data", str(data), "--concurrency-range",
+               str(concurrency), "-p", str(max(int(seconds * 1000 / 3), 200)), "--stability-percentage", "999",
+               "--max-trials", "3", "--percentile", "50", "-f", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120 + 3 * seconds)
+        if proc.returncode != 0 or not out.exists():
+            raise SystemExit(f"perf_analyzer failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-1500:]}")
+        import csv
+
+        row = next(csv.DictReader(out.open()))
+    return {"p50": int(row["p50 latency"]) / 1e3, "p99": int(row["p99 latency"]) / 1e3,
+            "throughput": float(row["Inferences/Second"]), "errors": 0}
+
+
 def drive(server: Server, client: str, x: np.ndarray, concurrency: int, seconds: float,
           expect: np.ndarray) -> dict[str, float]:
+    import resource
+
     before, cpu0 = server.stats(), time.process_time()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    if client in ("tritonclient", "tritonclient-shm"):
-        lat, errors = tritonclient_load(server.url, x, concurrency, seconds, expect, client == "tritonclient-shm")
+    # Throughput over the measured window only: the requests that started in it, over its length.
+    window = max(seconds, 1e-9)
+    if client == "perf_analyzer":
+        res = perf_analyzer_load(server.url, x, concurrency, seconds)
+        lat_n = res["throughput"] * window
     else:
-        lat, errors = light_load(server.port, x, concurrency, seconds, expect, client == "light-shm")
+        if client in ("tritonclient", "tritonclient-shm"):
+            lat, errors = tritonclient_load(server.url, x, concurrency, seconds, expect, client == "tritonclient-shm")
+        else:
+            lat, errors = light_load(server.port, x, concurrency, seconds, expect, client == "light-shm")
+        res = {"p50": pct(lat, 50), "p99": pct(lat, 99), "throughput": len(lat) / window, "errors": errors}
+        lat_n = len(lat)
     took = time.perf_counter() - t0
-    client_cpu = time.process_time() - cpu0
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (time.process_time() - cpu0 + children1.ru_utime - children0.ru_utime
+                  + children1.ru_stime - children0.ru_stime)
     after = server.stats()
     d = {k: after[k] - before[k] for k in after}
     count = max(d["count"], 1)
-    # Throughput over the measured window only: the requests that started in it, over its length.
-    window = max(seconds, 1e-9)
     return {
-        "p50": pct(lat, 50), "p99": pct(lat, 99), "throughput": len(lat) / window, "errors": errors,
+        **res,
         # The server's own view (Triton statistics): mean time from the request's arrival to its answer, and the
         # model-execution part of it. What the client sees beyond that is HTTP, the client library and the OS.
         "server_ms": d["ns"] / count / 1e6, "compute_ms": d["compute_ns"] / count / 1e6,
         "mean_batch": d["items"] / max(d["execs"], 1),
         "server_cpu_ms": d["cpu"] / count * 1e3,
         # Client CPU over the whole call (warm-up included): an upper bound per request.
-        "client_cpu_ms": client_cpu / max(len(lat), 1) * 1e3, "wall": took,
+        "client_cpu_ms": client_cpu / max(lat_n, 1) * 1e3, "wall": took,
     }
 
 
@@ -513,10 +565,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement window per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--client", nargs="+", default=["tritonclient", "tritonclient-shm", "light", "light-shm"],
-                    choices=["tritonclient", "tritonclient-shm", "light", "light-shm"],
-                    help="*-shm: input (and for tritonclient output) in system shared memory")
+                    choices=["tritonclient", "tritonclient-shm", "light", "light-shm", "perf_analyzer"],
+                    help="*-shm: input (and for tritonclient output) in system shared memory; perf_analyzer: Triton's"
+                         " C++ load generator (bench/get_perf_analyzer.sh)")
     ap.add_argument("--tritonclient-concurrency", type=int, nargs="*", default=[1, 32],
-                    help="concurrencies also driven by tritonclient (the light client drives every one)")
+                    help="concurrencies also driven by tritonclient (the other clients drive every one)")
     ap.add_argument("--configs", nargs="+", default=["shared", "pinned", "split"],
                     choices=["shared", "pinned", "split"])
     ap.add_argument("--server-cpus", type=int, nargs="+",
@@ -543,7 +596,7 @@ def main() -> None:
     for batching in (False, True):
         for conc in args.concurrency:
             for client in args.client:
-                if client.startswith("light") or conc in args.tritonclient_concurrency:
+                if not client.startswith("tritonclient") or conc in args.tritonclient_concurrency:
                     cells.append((client, batching, conc))
     # results[(config, batching, client, conc)] -> list of (server result, in-process result measured just before)
     results: dict[tuple, list[tuple[dict, dict]]] = {}
