@@ -12,8 +12,10 @@ ahead of FastAPI's middleware and router, with the same guard, checks, statistic
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import time
 import logging
 from typing import Any, AsyncIterator
 
@@ -37,6 +39,36 @@ from .settings import ServerSettings
 log = logging.getLogger("edgeslim.server")
 
 
+class BusyPoller:
+    """Keeps the event loop polling its sockets for ``seconds`` after the last HTTP request ends
+    (``ServerSettings.busy_poll_us``): each round yields to the loop, which then polls with a zero timeout, so a
+    request that arrives meanwhile is read by a CPU that never went idle. Stops as soon as a request is in flight
+    (its end starts the window again) or the window is over."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.active = 0
+        self._deadline = 0.0
+        self._task: asyncio.Task | None = None
+
+    def enter(self) -> None:
+        self.active += 1
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._deadline = time.perf_counter() + self.seconds
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        try:
+            while not self.active and time.perf_counter() < self._deadline:
+                await asyncio.sleep(0)
+        finally:
+            self._task = None
+
+
 class _ServerApp(FastAPI):
     """FastAPI with a pure ASGI fast path for ``POST .../infer`` (see :class:`~edgeslim.server.infer.InferEndpoint`).
 
@@ -45,8 +77,19 @@ class _ServerApp(FastAPI):
     """
 
     fast_infer: InferEndpoint | None = None
+    poller: BusyPoller | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        poller = self.poller
+        if poller is None or scope["type"] != "http":
+            return await self._dispatch(scope, receive, send)
+        poller.enter()
+        try:
+            await self._dispatch(scope, receive, send)
+        finally:
+            poller.leave()
+
+    async def _dispatch(self, scope: dict, receive: Any, send: Any) -> None:
         fast = self.fast_infer
         if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
             route = fast.match(scope)
@@ -149,6 +192,7 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
     guard = Guard(token=settings.token, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(GuardMiddleware, guard=guard)
     app.fast_infer = InferEndpoint(repository, settings, guard, app.state.shared_memory)
+    app.poller = BusyPoller(settings.busy_poll_us / 1e6) if settings.busy_poll_us else None
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

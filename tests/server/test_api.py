@@ -319,6 +319,8 @@ def test_settings_validation_names_the_field():
         ServerSettings(models=["x"], token="short")
     with pytest.raises(ConfigError, match="empty"):
         ServerSettings(models=[])
+    with pytest.raises(ConfigError, match="busy_poll_us"):
+        ServerSettings(models=["x"], busy_poll_us=-1)
     assert TOKEN not in repr(ServerSettings(models=["x"], token=TOKEN))  # never logged
 
 
