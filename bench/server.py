@@ -207,7 +207,7 @@ def free_port() -> int:
 class Server:
     def __init__(self, artifact: Path, *, backend: str, threads: int, batching: bool, max_batch: int,
                  delay_ms: float, preferred: tuple[int, ...], options: dict, cpus: list[int] | None,
-                 inference_cpus: list[int] | None = None) -> None:
+                 inference_cpus: list[int] | None = None, busy_poll_us: int = 0) -> None:
         import tritonclient.http as httpclient
 
         self.port = free_port()
@@ -222,7 +222,7 @@ class Server:
                                  batch_delay_ms={delay_ms}, preferred_batch_sizes={tuple(preferred)!r}, queue_size=256,
                                  backend_options={{{backend!r}: {options!r}}},
                                  inference_cpus={tuple(inference_cpus) if inference_cpus else None!r},
-                                 shared_memory=True))
+                                 shared_memory=True, busy_poll_us={busy_poll_us}))
         """)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 180
@@ -580,6 +580,8 @@ def main() -> None:
     ap.add_argument("--paced-gap-ms", type=float, default=1.5,
                     help="idle time between the in-process reference's paced calls (a diagnostic row: about the"
                          " server's time outside the model per concurrency-1 request)")
+    ap.add_argument("--busy-poll-us", type=int, default=0,
+                    help="also measure a no-batching server with this busy_poll_us (its rows are labelled)")
     ap.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inprocess_worker:
@@ -592,13 +594,15 @@ def main() -> None:
     options = parse_backend_options(args.backend_option)
     preferred = tuple(args.preferred) if args.preferred is not None else (args.max_batch,)
     configs = cpu_sets(args)
-    cells: list[tuple[str, bool, int]] = []  # (client, batching, concurrency), in measuring order
-    for batching in (False, True):
+    # server modes: "none" (no batching), "batching" (dynamic batching), "poll" (no batching + --busy-poll-us)
+    modes = ("none", "batching") + (("poll",) if args.busy_poll_us else ())
+    cells: list[tuple[str, str, int]] = []  # (client, mode, concurrency), in measuring order
+    for batching in modes:
         for conc in args.concurrency:
             for client in args.client:
                 if not client.startswith("tritonclient") or conc in args.tritonclient_concurrency:
                     cells.append((client, batching, conc))
-    # results[(config, batching, client, conc)] -> list of (server result, in-process result measured just before)
+    # results[(config, mode, client, conc)] -> list of (server result, in-process result measured just before)
     results: dict[tuple, list[tuple[dict, dict]]] = {}
     refs: dict[str, list[dict]] = {}
     every = sorted(os.sched_getaffinity(0))
@@ -612,10 +616,11 @@ def main() -> None:
             ref = InProcess({"artifact": str(artifact), "backend": args.backend, "threads": cfg["threads"],
                              "options": same, "max_batch": args.max_batch, "cpus": cfg["server"],
                              "paced_gap_s": args.paced_gap_ms / 1e3})
-            servers = {b: Server(artifact, backend=args.backend, threads=cfg["threads"], batching=b,
+            servers = {m: Server(artifact, backend=args.backend, threads=cfg["threads"], batching=m == "batching",
                                  max_batch=args.max_batch, delay_ms=args.batch_delay_ms, preferred=preferred,
                                  options=options, cpus=cfg.get("process", cfg["server"]),
-                                 inference_cpus=cfg.get("inference")) for b in (False, True)}
+                                 inference_cpus=cfg.get("inference"),
+                                 busy_poll_us=args.busy_poll_us if m == "poll" else 0) for m in modes}
             x = sample_input(ref.shape)
             try:
                 if cfg["client"]:
@@ -631,7 +636,7 @@ def main() -> None:
                             there = drive(servers[batching], client, x, conc, args.seconds, ref.logits)
                         there["other"] = load.cores
                         results.setdefault((name, batching, client, conc), []).append((there, here))
-                        print(f"[{name} round {r + 1}] {'batching' if batching else 'no batching'} {client} c={conc}:"
+                        print(f"[{name} round {r + 1}] {mode_label(batching, args)} {client} c={conc}:"
                               f" p50 {there['p50']:.2f} ms, {there['throughput']:.0f} img/s, mean batch"
                               f" {there['mean_batch']:.1f}; in-process p50 {here['p50']:.2f} ms,"
                               f" Offline {here['offline']:.0f} img/s; other load {there['other']:.2f} /"
@@ -642,6 +647,11 @@ def main() -> None:
                     s.stop()
                 ref.close()
     report(args, configs, preferred, same, ref.shape, results, refs)
+
+
+def mode_label(mode: str, args: argparse.Namespace) -> str:
+    return {"none": "no batching", "batching": "dynamic batching",
+            "poll": f"no batching, busy poll {args.busy_poll_us} us"}[mode]
 
 
 def report(args, configs, preferred, same, shape, results, refs) -> None:
@@ -669,7 +679,7 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
         for (cfg, batching, client, conc), runs in results.items():
             if cfg != name:
                 continue
-            mode = "dynamic batching" if batching else "no batching"
+            mode = mode_label(batching, args)
             errs = sum(t["errors"] for t, _ in runs)
             err = f" ({errs} errors)" if errs else ""
             print(f"| {name} | {mode} | {client} | {conc} | {med(t['p50'] for t, _ in runs):.2f} |"
@@ -685,18 +695,20 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
           f" during the windows (max {max(other):.2f})" + (": not a quiet machine, read the ratios with care"
                                                            if statistics.median(other) > 0.1 else ""))
     for name in configs:
-        for client in args.client:
-            one = results.get((name, False, client, 1))
-            if one:
-                print(f"{name}, {client}: p50 overhead at concurrency 1, no batching (server - in-process, median of"
-                      f" adjacent pairs): {med(t['p50'] - h['p50'] for t, h in one):+.2f} ms (target <= 2 ms)")
+        for mode in ("none", "poll"):
+            for client in args.client:
+                one = results.get((name, mode, client, 1))
+                if one:
+                    print(f"{name}, {client}: p50 overhead at concurrency 1, {mode_label(mode, args)} (server -"
+                          f" in-process, median of adjacent pairs): {med(t['p50'] - h['p50'] for t, h in one):+.2f} ms"
+                          " (target <= 2 ms)")
         cold = [h["paced_p50"] - h["p50"] for h in refs[name]]
-        if any((name, False, client, 1) in results for client in args.client):
+        if any((name, "none", client, 1) in results for client in args.client):
             print(f"{name}: of that, the model itself runs {med(cold):+.2f} ms slower in-process when idle"
                   f" {args.paced_gap_ms:g} ms between calls than back to back (paced - back-to-back p50, median of"
                   " rounds): a concurrency-1 client leaves it that idle")
         big = [(c, cl, med(t["throughput"] / h["offline"] for t, h in runs))
-               for (cfg, b, cl, c), runs in results.items() if cfg == name and b and c >= 16]
+               for (cfg, m, cl, c), runs in results.items() if cfg == name and m == "batching" and c >= 16]
         for conc, client, share in big:
             print(f"{name}, {client}: dynamic batching at concurrency {conc}: {share:.0%} of in-process Offline"
                   " (target >= 90%)")
