@@ -107,6 +107,12 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def steal_s() -> float:
+    """CPU seconds the hypervisor gave this VM's vCPUs to someone else (Linux /proc/stat "steal"; 0 on bare metal)."""
+    fields = Path("/proc/stat").read_text().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
 def machine_busy_s() -> float:
     """CPU seconds every core of the machine spent busy (Linux /proc/stat; steal excluded)."""
     user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in Path("/proc/stat").read_text().split()[1:8])
@@ -130,13 +136,14 @@ class OtherLoad:
         return sum(proc_cpu_s(p) for p in self.pids) + done.ru_utime + done.ru_stime
 
     def __enter__(self) -> "OtherLoad":
-        self.t0, self.busy0, self.ours0 = time.perf_counter(), machine_busy_s(), self._ours()
+        self.t0, self.busy0, self.ours0, self.steal0 = time.perf_counter(), machine_busy_s(), self._ours(), steal_s()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.t0
         other = (machine_busy_s() - self.busy0) - (self._ours() - self.ours0)
         self.cores = max(other, 0.0) / wall
+        self.steal = (steal_s() - self.steal0) / wall
 
 
 # -- the in-process reference, in its own process so it can be pinned like the server ------------------------------
@@ -630,17 +637,18 @@ def main() -> None:
                         pids = [os.getpid(), ref.proc.pid, *(srv.proc.pid for srv in servers.values())]
                         with OtherLoad(pids) as load:
                             here = ref.measure(args.seconds)
-                        here["other"] = load.cores
+                        here["other"], here["steal"] = load.cores, load.steal
                         refs.setdefault(name, []).append(here)
                         with OtherLoad(pids) as load:
                             there = drive(servers[batching], client, x, conc, args.seconds, ref.logits)
-                        there["other"] = load.cores
+                        there["other"], there["steal"] = load.cores, load.steal
                         results.setdefault((name, batching, client, conc), []).append((there, here))
                         print(f"[{name} round {r + 1}] {mode_label(batching, args)} {client} c={conc}:"
                               f" p50 {there['p50']:.2f} ms, {there['throughput']:.0f} img/s, mean batch"
                               f" {there['mean_batch']:.1f}; in-process p50 {here['p50']:.2f} ms,"
                               f" Offline {here['offline']:.0f} img/s; other load {there['other']:.2f} /"
-                              f" {here['other']:.2f} cores", file=sys.stderr, flush=True)
+                              f" {here['other']:.2f} cores, host steal {there['steal']:.2f} / {here['steal']:.2f}",
+                              file=sys.stderr, flush=True)
             finally:
                 os.sched_setaffinity(0, every)
                 for s in servers.values():
@@ -664,14 +672,14 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
         print(f"- {name}: {cfg['describe']}; {cfg['threads']} inference thread(s) on both sides")
     print("\n| config | server | client | conc. | p50 ms | p99 ms | img/s | in-process p50 ms | p50 - in-process |"
           " vs in-process Offline | mean batch | server mean ms (compute) | server CPU ms/req | client CPU ms/req |"
-          " other load, cores |")
+          " other load / host steal, cores |")
     print("|" + "---|" * 15)
     for name in configs:
         allref = refs[name]
         print(f"| {name} | in-process, batch 1 | - | 1 | {med(h['p50'] for h in allref):.2f} |"
               f" {med(h['p99'] for h in allref):.2f} | {med(h['single'] for h in allref):.0f} | - | - |"
               f" {med(h['single'] / h['offline'] for h in allref):.0%} | 1 | - | - | - |"
-              f" {med(h['other'] for h in allref):.2f} |")
+              f" {med(h['other'] for h in allref):.2f} / {med(h['steal'] for h in allref):.2f} |")
         print(f"| {name} | in-process, batch 1, idle {args.paced_gap_ms:g} ms between calls (diagnostic) | - | 1 |"
               f" {med(h['paced_p50'] for h in allref):.2f} | - | - | - | - | - | 1 | - | - | - | (above) |")
         print(f"| {name} | in-process Offline, batch {args.max_batch} | - | - | - | - |"
@@ -689,11 +697,15 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
                   f" {med(t['mean_batch'] for t, _ in runs):.1f} |"
                   f" {med(t['server_ms'] for t, _ in runs):.2f} ({med(t['compute_ms'] for t, _ in runs):.2f}) |"
                   f" {med(t['server_cpu_ms'] for t, _ in runs):.2f} | {med(t['client_cpu_ms'] for t, _ in runs):.2f} |"
-                  f" {med(t['other'] for t, _ in runs):.2f} |")
+                  f" {med(t['other'] for t, _ in runs):.2f} / {med(t['steal'] for t, _ in runs):.2f} |")
     other = [t["other"] for runs in results.values() for t, _ in runs] + [h["other"] for r in refs.values() for h in r]
+    steal = [t["steal"] for runs in results.values() for t, _ in runs] + [h["steal"] for r in refs.values() for h in r]
     print(f"\nother load: other processes kept a median {statistics.median(other):.2f} of {os.cpu_count()} cores busy"
           f" during the windows (max {max(other):.2f})" + (": not a quiet machine, read the ratios with care"
                                                            if statistics.median(other) > 0.1 else ""))
+    print(f"host steal: the hypervisor took a median {statistics.median(steal):.2f} cores from this VM during the"
+          f" windows (max {max(steal):.2f})" + (": a busy host, absolute times are inflated" if statistics.median(steal)
+                                                 > 0.1 else ""))
     for name in configs:
         for mode in ("none", "poll"):
             for client in args.client:
