@@ -47,16 +47,14 @@ class BodyBuffer:
         self._future: asyncio.Future[memoryview | None] = asyncio.get_running_loop().create_future()
 
     def write(self, data: bytes) -> None:
-        end = self._pos + len(data)
-        # httptools stops at Content-Length, so this holds; if it did not, the request is answered as truncated.
-        if end <= len(self._view):
-            self._view[self._pos : end] = data
+        end = min(self._pos + len(data), len(self._view))  # httptools stops at Content-Length; never past it
+        self._view[self._pos : end] = data[: end - self._pos]
         self._pos = end
 
     def finish(self) -> None:
-        """The last byte arrived (a short body is reported by the protocol parser as a truncated request)."""
+        """The last byte arrived: the body is what was received (the v2 parser checks every size against it)."""
         if not self._future.done():
-            self._future.set_result(self._view if self._pos == len(self._view) else None)
+            self._future.set_result(self._view[: self._pos])
 
     def abort(self) -> None:
         """The connection closed before the body was complete: nobody is left to answer."""

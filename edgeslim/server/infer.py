@@ -189,13 +189,17 @@ class InferEndpoint:
                 length = value
             elif key == b"inference-header-content-length":
                 align_at = value
-        if length is None:  # chunked: uvicorn's own path, counted against the limit as it streams
+        try:  # the guard has parsed Content-Length; the HTTP parser has refused malformed or duplicate ones
+            size = int(length) if length is not None else -1
+        except ValueError:
+            size = -1
+        if size < 0:  # chunked: uvicorn's own path, counted against the limit as it streams
             return None
         try:
             align = int(align_at) if align_at is not None else None
         except ValueError:
             align = None  # parse_infer_request reports the bad header
-        return BodyBuffer(int(length), align)
+        return BodyBuffer(size, align)
 
     def match(self, scope: dict) -> tuple[str, str | None] | None:
         """``(model, version)`` if ``scope`` is an inference request this endpoint answers, else None."""

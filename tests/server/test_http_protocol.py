@@ -188,10 +188,11 @@ def test_only_authorised_inference_requests_of_declared_length_get_a_buffer():
         return [endpoint.body_buffer(scope(**kw)) for kw in (
             {}, {"path": "/v2/models/tiny/versions/2/infer"}, {"header": None},
             {"token": "wrong"}, {"length": b"10001"}, {"length": None}, {"path": "/v1/models/tiny/classify"},
+            {"length": b"-5"},
         )]
 
-    ok, versioned, json_only, wrong_token, too_long, chunked, other_route = asyncio.run(buffers())
-    assert wrong_token is too_long is chunked is other_route is None
+    ok, versioned, json_only, wrong_token, too_long, chunked, other_route, negative = asyncio.run(buffers())
+    assert wrong_token is too_long is chunked is other_route is negative is None
     for buffer in (ok, versioned, json_only):
         assert len(buffer._view) == 1000
     assert (np.frombuffer(ok._view, dtype=np.uint8).ctypes.data + 117) % 64 == 0
