@@ -81,10 +81,13 @@ class InferHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._buffer = None
-        super().on_headers_complete()
-        if self.expect_100_continue or self.parser.should_upgrade():
-            return  # the client waits for uvicorn's "100 Continue" / an upgrade is no inference request
-        scope = self.cycle.scope
+        super().on_headers_complete()  # creates the request's task; it first runs on the loop's next round
+        try:
+            if self.expect_100_continue or self.parser.should_upgrade():
+                return  # the client waits for uvicorn's "100 Continue" / an upgrade is no inference request
+            scope = self.cycle.scope
+        except AttributeError:  # a uvicorn whose internals moved: its own body path still serves the request
+            return
         if scope["method"] == "POST":
             buffer = self._endpoint.body_buffer(scope)
             if buffer is not None:
