@@ -123,6 +123,8 @@ def test_serve_bad_path_and_backend_option_errors_are_one_line(tmp_path):
     assert "--inference-cpus '0,x': give CPU indices like 0,1 or 2-3" in text
     text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path), "--inference-cpus", "0-999"]))
     assert "inference_cpus must be CPU indices" in text  # parsed, then refused by the settings with the valid range
+    text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path), "--busy-poll-us", "-5"]))
+    assert "busy_poll_us must be a number >= 0" in text
 
 
 def test_inference_cpu_lists_parse_ranges():
