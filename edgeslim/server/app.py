@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request

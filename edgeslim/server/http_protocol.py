@@ -42,7 +42,7 @@ class BodyBuffer:
     __slots__ = ("_view", "_pos", "_future")
 
     def __init__(self, size: int, align_at: int | None) -> None:
-        self._view = aligned_buffer(size, align_at if align_at is not None and 0 <= align_at <= size else 0)
+        self._view = aligned_buffer(size, align_at or 0)
         self._pos = 0
         self._future: asyncio.Future[memoryview | None] = asyncio.get_running_loop().create_future()
 

@@ -153,6 +153,14 @@ _JSON = [(b"content-type", b"application/json")]
 _BINARY = [(b"content-type", b"application/octet-stream")]
 
 
+def _header_int(value: bytes | str | None) -> int | None:
+    """An integer header value; None when absent or malformed (parse_infer_request reports a bad header)."""
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 class _Disconnected(Exception):
     """The client closed the connection before its request body arrived."""
 
@@ -183,23 +191,15 @@ class InferEndpoint:
         """
         if self.match(scope) is None or self.guard.reject(scope) is not None:
             return None
-        length = align_at = None
+        size = align_at = None
         for key, value in scope["headers"]:
-            if key == b"content-length":
-                length = value
+            if key == b"content-length":  # the HTTP parser has refused malformed or duplicate ones
+                size = _header_int(value)
             elif key == b"inference-header-content-length":
-                align_at = value
-        try:  # the guard has parsed Content-Length; the HTTP parser has refused malformed or duplicate ones
-            size = int(length) if length is not None else -1
-        except ValueError:
-            size = -1
-        if size < 0:  # chunked: uvicorn's own path, counted against the limit as it streams
+                align_at = _header_int(value)
+        if size is None or size < 0:  # chunked: uvicorn's own path, counted against the limit as it streams
             return None
-        try:
-            align = int(align_at) if align_at is not None else None
-        except ValueError:
-            align = None  # parse_infer_request reports the bad header
-        return BodyBuffer(size, align)
+        return BodyBuffer(size, align_at)
 
     def match(self, scope: dict) -> tuple[str, str | None] | None:
         """``(model, version)`` if ``scope`` is an inference request this endpoint answers, else None."""
@@ -222,18 +222,13 @@ class InferEndpoint:
             elif key == b"content-encoding":
                 encoding = value.decode("latin-1")
 
-        try:  # binary tensors start right after the JSON header: have them land aligned
-            align_at = int(header_len) if header_len is not None else None
-        except ValueError:
-            align_at = None  # parse_infer_request reports the bad header
-
         buffer = scope.get("extensions", {}).get(BODY_EXTENSION)  # InferHttpProtocol's, under uvicorn
 
         async def read_body() -> bytes | memoryview:
             if buffer is not None:
                 body = await buffer.wait()
-            else:
-                body = await self.guard.read_body(receive, align_at=align_at)
+            else:  # binary tensors start right after the JSON header: have them land aligned
+                body = await self.guard.read_body(receive, align_at=_header_int(header_len))
             if body is None:
                 raise _Disconnected
             return body
