@@ -604,11 +604,11 @@ def main() -> None:
     # server modes: "none" (no batching), "batching" (dynamic batching), "poll" (no batching + --busy-poll-us)
     modes = ("none", "batching") + (("poll",) if args.busy_poll_us else ())
     cells: list[tuple[str, str, int]] = []  # (client, mode, concurrency), in measuring order
-    for batching in modes:
+    for mode in modes:
         for conc in args.concurrency:
             for client in args.client:
                 if not client.startswith("tritonclient") or conc in args.tritonclient_concurrency:
-                    cells.append((client, batching, conc))
+                    cells.append((client, mode, conc))
     # results[(config, mode, client, conc)] -> list of (server result, in-process result measured just before)
     results: dict[tuple, list[tuple[dict, dict]]] = {}
     refs: dict[str, list[dict]] = {}
@@ -633,17 +633,17 @@ def main() -> None:
                 if cfg["client"]:
                     os.sched_setaffinity(0, cfg["client"])  # this process is the load generator
                 for r in range(args.rounds):  # interleaved: drift on a shared machine hits both sides alike
-                    for client, batching, conc in cells:
+                    for client, mode, conc in cells:
                         pids = [os.getpid(), ref.proc.pid, *(srv.proc.pid for srv in servers.values())]
                         with OtherLoad(pids) as load:
                             here = ref.measure(args.seconds)
                         here["other"], here["steal"] = load.cores, load.steal
                         refs.setdefault(name, []).append(here)
                         with OtherLoad(pids) as load:
-                            there = drive(servers[batching], client, x, conc, args.seconds, ref.logits)
+                            there = drive(servers[mode], client, x, conc, args.seconds, ref.logits)
                         there["other"], there["steal"] = load.cores, load.steal
-                        results.setdefault((name, batching, client, conc), []).append((there, here))
-                        print(f"[{name} round {r + 1}] {mode_label(batching, args)} {client} c={conc}:"
+                        results.setdefault((name, mode, client, conc), []).append((there, here))
+                        print(f"[{name} round {r + 1}] {mode_label(mode, args)} {client} c={conc}:"
                               f" p50 {there['p50']:.2f} ms, {there['throughput']:.0f} img/s, mean batch"
                               f" {there['mean_batch']:.1f}; in-process p50 {here['p50']:.2f} ms,"
                               f" Offline {here['offline']:.0f} img/s; other load {there['other']:.2f} /"
@@ -684,13 +684,13 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
               f" {med(h['paced_p50'] for h in allref):.2f} | - | - | - | - | - | 1 | - | - | - | (above) |")
         print(f"| {name} | in-process Offline, batch {args.max_batch} | - | - | - | - |"
               f" {med(h['offline'] for h in allref):.0f} | - | - | 100% | {args.max_batch} | - | - | - | (above) |")
-        for (cfg, batching, client, conc), runs in results.items():
+        for (cfg, mode, client, conc), runs in results.items():
             if cfg != name:
                 continue
-            mode = mode_label(batching, args)
+            label = mode_label(mode, args)
             errs = sum(t["errors"] for t, _ in runs)
             err = f" ({errs} errors)" if errs else ""
-            print(f"| {name} | {mode} | {client} | {conc} | {med(t['p50'] for t, _ in runs):.2f} |"
+            print(f"| {name} | {label} | {client} | {conc} | {med(t['p50'] for t, _ in runs):.2f} |"
                   f" {med(t['p99'] for t, _ in runs):.2f} | {med(t['throughput'] for t, _ in runs):.0f}{err} |"
                   f" {med(h['p50'] for _, h in runs):.2f} | {med(t['p50'] - h['p50'] for t, h in runs):+.2f} ms |"
                   f" {med(t['throughput'] / h['offline'] for t, h in runs):.0%} |"
