@@ -120,6 +120,21 @@ def pipeline(
     r = load_recipe(recipe)
     result = run_pipeline(r, out, resume=resume, progress=progress, console=console)
     print_summary(result, console=console)
+    _exit_if_partial(result.failed)
+
+
+def _exit_if_partial(failed: list[dict[str, Any]]) -> None:
+    """One line for a run that wrote its artifacts without every format, and exit code 3 (a script can tell)."""
+    if not failed:
+        return
+    from rich.text import Text
+
+    from .pipeline import EXIT_PARTIAL
+
+    what = ", ".join(f"{f.get('model', '')}{'/' if f.get('model') else ''}{f['format']}/{f['precision']}" for f in failed)
+    err_console.print(Text(f"partial: {what} left out (reasons in report.md and each manifest's validation.failed);"
+                           f" exit code {EXIT_PARTIAL}", style="yellow"), soft_wrap=True)
+    raise typer.Exit(EXIT_PARTIAL)
 
 
 @app.command()
@@ -160,6 +175,7 @@ def export_cmd(
         err_console.print(Text(f"warning: {e.get('exporter')}/{e.get('precision')} not exported: {e.get('error')}",
                                style="yellow"), soft_wrap=True)
     console.print(f"exported {', '.join(f'{x.format}/{x.precision}' for x in m.models)} to {out or artifact}")
+    _exit_if_partial((m.validation or {}).get("failed", []))
 
 
 @app.command()

@@ -30,6 +30,17 @@ class PipelineResult:
     profile: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: model files left out of an artifact ({"model", "file", "format", "precision", "reason"}): a partial run
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """Whether a format or precision was left out (the CLI then exits with :data:`EXIT_PARTIAL`)."""
+        return bool(self.failed)
+
+
+#: exit code of ``edgeslim pipeline`` / ``edgeslim export`` when the artifacts were written without every format
+EXIT_PARTIAL = 3
 
 
 def _calibration_batches(data, n: int, batch_size: int = 32):
@@ -115,8 +126,9 @@ def run_pipeline(
     )
     _check_quantize_request(model, data, recipe)
     res = compress(model, data, recipe, run_dir=run_dir, resume=resume, progress=progress)
+    qat_model = None
     if recipe.quantize.method == "qat":
-        _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
+        qat_model = _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
     result.seconds["compress"] = time.perf_counter() - t0
     c, h, w = next(iter(data.loader("test", batch_size=1)))[0].shape[1:]
     input_shape = (1, int(c), int(h), int(w))
@@ -157,14 +169,16 @@ def run_pipeline(
         result.seconds["total"] = time.perf_counter() - t0
         return result
     try:
-        _finish_on_main(result, recipe, data, variants, base, formats, stages, out_dir, progress, say, t0)
+        _finish_on_main(result, recipe, data, variants, base, formats, stages, out_dir, progress, say, t0,
+                        qat_model=qat_model)
     finally:
         dist.barrier()
         dist.shutdown()
     return result
 
 
-def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_dir, progress, say, t0) -> None:
+def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_dir, progress, say, t0, *,
+                    qat_model=None) -> None:
     """Calibrate, export, profile and write the reports (the single process, or rank 0 under torchrun)."""
     from .export import export_artifact
 
@@ -175,12 +189,9 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
     t1 = time.perf_counter()
     int8 = recipe.quantize.method != "none"
     calib = _calibration_batches(data, recipe.quantize.calibration_size) if int8 else None
-    if recipe.quantize.method == "accuracy_aware":
-        from .compress.quantize import Int8Plan, attach_int8_plan
-
-        # the accuracy control judges layers on the val split; the test split stays for the final numbers
-        attach_int8_plan(variants["compressed"][0], Int8Plan(validation=_split_arrays(data, "val"),
-                                                             critical=list(data.critical)))
+    # accuracy control (the method, or the fallback of an INT8 file that misses the validate budget) judges layers
+    # on the val split; the test split stays for the final numbers
+    val_split = _split_arrays(data, "val") if int8 and recipe.data.val_fraction > 0 else None
     test_x, test_y = _split_arrays(data, "test")
     for key, (m, metrics, table) in variants.items():
         if key == "dense" and "profile" not in stages and not formats:
@@ -205,8 +216,15 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
             export_cfg=recipe.export,
             quantize_cfg=recipe.quantize,
             validate_cfg=recipe.validate_,
+            strict=recipe.export.strict,
+            target=recipe.target,
+            qat_model=qat_model if key == "compressed" else None,
+            val_split=val_split,
         )
         result.artifacts[key] = out_dir / key
+        for f in result.manifests[key].validation.get("failed", []):
+            result.failed.append({"model": key, **f})
+            say(f"[yellow]{key}: {f['file'] or f['format'] + '/' + f['precision']} left out: {f['reason']}[/]")
     result.seconds["export"] = time.perf_counter() - t1
 
     if "profile" in stages:
@@ -243,10 +261,9 @@ def _check_quantize_request(model, data, recipe: Recipe) -> None:
         check_qat_traceable(model, example_shape(data), recipe.quantize)
 
 
-def _quantize_aware(res, data, recipe: Recipe, run_dir: Path, *, resume: bool, progress: bool, say) -> None:
-    """QAT of the compressed model (masks kept); ``res`` then holds its FP32 weights with the QAT model attached."""
+def _quantize_aware(res, data, recipe: Recipe, run_dir: Path, *, resume: bool, progress: bool, say):
+    """QAT of the compressed model (masks kept); ``res`` then holds its FP32 weights; returns the QAT model."""
     from .compress.qat import quantize_aware_train
-    from .compress.quantize import Int8Plan, attach_int8_plan
     from .compress.train import _evaluate_split
 
     say(f"quantization-aware training: {recipe.quantize.qat_epochs} epoch(s)"
@@ -254,12 +271,12 @@ def _quantize_aware(res, data, recipe: Recipe, run_dir: Path, *, resume: bool, p
     calib = _calibration_batches(data, recipe.quantize.calibration_size)
     q = quantize_aware_train(res.model, data, recipe, run_dir=Path(run_dir) / "qat", calibration=calib,
                              masks=res.masks, teacher=res.dense_model if recipe.distill.weight > 0 else None,
-                             resume=resume, progress=progress)
-    attach_int8_plan(q.fp32_model, Int8Plan(qat_model=q.model))
+                             resume=resume, progress=progress, target=recipe.target)
     res.model = q.fp32_model
     res.metrics = _evaluate_split(q.fp32_model, data, "test", recipe.data.batch_size, _torch_device(recipe))
     res.history = list(res.history) + q.history
     res.info = {**res.info, "qat": q.info}
+    return q.model
 
 
 def _torch_device(recipe: Recipe):
@@ -341,6 +358,9 @@ def summary_rows(result: PipelineResult) -> list[dict[str, Any]]:
                     },
                 }
             )
+        for f in (manifest.validation or {}).get("failed", []):
+            rows.append({"model": key, "file": f.get("file"), "format": f["format"], "precision": f["precision"],
+                         "left_out": f["reason"], "latency_ms": {}})
     return rows
 
 
@@ -393,6 +413,10 @@ def _summary_header(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 def _summary_cells(r: dict[str, Any], backends: list[str]) -> list[str]:
+    if r.get("left_out"):  # a format or precision the artifact was written without: the row says why
+        why = r["left_out"]
+        return [r["model"], r["format"], r["precision"], "left out: " + (why if len(why) <= 160 else why[:157] + "...")
+                ] + [""] * (7 + len(backends))
     return [
         r["model"], r["format"], r["precision"], _f(r["accuracy"]), str(r["critical_fn"]), _f(r["critical_fnr"], ".3f"),
         _f(r["critical_fpr"], ".3f"), _f(r["critical_auc"], ".4f"),

@@ -280,6 +280,11 @@ class ExportSection(_Section):
     formats: list[str] = Field(default_factory=lambda: ["onnx", "openvino"])
     opset: int = Field(default=18, ge=13)
     dynamic_batch: bool = True
+    strict: bool = Field(
+        default=False,
+        description="all or nothing: a failed format or precision fails the export and nothing is written (default:"
+        " the artifact keeps what passed and lists what was left out, and the CLI exits with code 3)",
+    )
 
 
 class ValidateSection(_Section):
@@ -321,6 +326,11 @@ class Recipe(_Section):
     version: int = RECIPE_VERSION
     name: str = "edgeslim-run"
     seed: int = 0
+    target: str = Field(
+        default="auto",
+        description="the device the compression is for: 'auto' (this host) or a name from `edgeslim devices`; it"
+        " decides the INT8 scheme of every quantized file (edgeslim.hardware.int8_scheme)",
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     loss: LossSection = Field(default_factory=LossSection)
@@ -332,6 +342,13 @@ class Recipe(_Section):
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
     decision: DecisionSection = Field(default_factory=DecisionSection)
     profile: ProfileSection = Field(default_factory=ProfileSection)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        from .hardware import check_target_name
+
+        return check_target_name(v)
 
     @field_validator("version")
     @classmethod

@@ -41,6 +41,7 @@ from .pruning import MaskSet, PruneContext
 from .quantize import _nncf_kwargs, _quiet_nncf, _samples
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..hardware import Int8Scheme
     from ..recipe import Recipe
 
 __all__ = ["QatResult", "check_qat_traceable", "prepare_qat", "qat_to_onnx", "qat_to_openvino",
@@ -61,13 +62,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], cfg: QuantizeSection | None = None, *,
-                verbose: bool = False) -> nn.Module:
+                scheme: "Int8Scheme | None" = None, verbose: bool = False) -> nn.Module:
     """Insert NNCF fake-quantize modules into a copy of ``model`` and initialise their ranges.
 
     Args:
         model: the FP32 torch model (left unchanged).
         calibration: preprocessed float32 NCHW batches from the training split.
         cfg: ``calibration_size``, ``preset``, ``ignored_scope``, ``fast_bias_correction``, ``model_type``.
+        scheme: the target's INT8 scheme for its ONNX file (default: this host's); the OpenVINO IR of a QAT model
+            carries the same quantizers.
         verbose: show NNCF's logs and progress bars.
 
     Returns:
@@ -79,7 +82,9 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], cfg: Quanti
     cfg = cfg or QuantizeSection(method="qat")
     nncf = _nncf()
     samples = [torch.from_numpy(s) for s in _samples(calibration, cfg.calibration_size)]
-    kwargs = _nncf_kwargs(nncf, cfg, len(samples), per_tensor_activations=True)
+    from ..hardware import int8_scheme
+
+    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme or int8_scheme("auto", "onnx"))
     work = copy.deepcopy(model).eval().cpu()
     try:
         with _quiet_nncf(verbose), warnings.catch_warnings():
@@ -175,6 +180,7 @@ def quantize_aware_train(
     teacher: nn.Module | None = None,
     resume: bool = False,
     progress: bool = True,
+    target: str = "auto",
 ) -> QatResult:
     """Fake-quantize ``model`` with NNCF and fine-tune it with the recipe's loss for ``quantize.qat_epochs``.
 
@@ -188,6 +194,7 @@ def quantize_aware_train(
         masks: the pruning masks of ``model``; they are re-applied after every optimizer step (pruned weights stay
             exactly zero).
         teacher: the distillation teacher (the dense model), used when ``recipe.distill.weight > 0``.
+        target: the device target whose INT8 scheme the fake-quantizers follow (``auto``: this host).
 
     Raises:
         ConfigError: distillation is configured without a teacher.
@@ -197,7 +204,10 @@ def quantize_aware_train(
     if d.weight > 0 and teacher is None:
         raise ConfigError("distill.weight > 0 needs a teacher (the dense model); none was given")
     qcfg = recipe.quantize
-    qmodel = prepare_qat(model, calibration, qcfg)
+    from ..hardware import int8_scheme
+
+    scheme = int8_scheme(target, "onnx")
+    qmodel = prepare_qat(model, calibration, qcfg, scheme=scheme)
     r = recipe.model_copy(deep=True)
     r.train.lr = qcfg.qat_lr or recipe.train.lr / 10
     qmasks = None
@@ -211,7 +221,7 @@ def quantize_aware_train(
     for h in res.history:
         h["round"] = "qat"
     qmodel = res.model.eval()
-    info = {"epochs": qcfg.qat_epochs, "lr": r.train.lr, "quantizers": _count_quantizers(qmodel),
+    info = {"int8_scheme": scheme.to_dict(), "epochs": qcfg.qat_epochs, "lr": r.train.lr, "quantizers": _count_quantizers(qmodel),
             "distill": d.model_dump() if d.weight > 0 else None, "best_epoch": res.best_epoch}
     return QatResult(model=qmodel, fp32_model=float_weights(qmodel, model), history=res.history,
                      best_epoch=res.best_epoch, val_metrics=res.val_metrics, info=info)

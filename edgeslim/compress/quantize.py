@@ -17,21 +17,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import weakref
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
 from ..errors import ConfigError, TrainingError
+from ..hardware import Int8Scheme, int8_scheme
 from ..recipe import QuantizeSection
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx
     import openvino as ov
 
-__all__ = ["Int8Plan", "accuracy_aware_onnx", "accuracy_aware_openvino", "attach_int8_plan", "calibration_batches",
-           "int8_plan", "ptq_onnx", "ptq_openvino"]
+__all__ = ["accuracy_aware_onnx", "accuracy_aware_openvino", "calibration_batches", "ptq_onnx", "ptq_openvino"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -150,8 +148,14 @@ def _quiet_nncf(verbose: bool) -> Iterator[None]:
         logger.setLevel(old)
 
 
-def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, *, per_tensor_activations: bool) -> dict[str, Any]:
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, scheme: Int8Scheme) -> dict[str, Any]:
+    """``nncf.quantize`` keyword arguments for the recipe's options and the target's INT8 scheme."""
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
+    from nncf.quantization.advanced_parameters import QuantizationMode as Mode
 
     presets = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     kwargs: dict[str, Any] = {
@@ -163,13 +167,19 @@ def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, *, per_tensor_
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if cfg.ignored_scope:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(cfg.ignored_scope))
-    if per_tensor_activations:
+    fixes = {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}
+    advanced: dict[str, Any] = {"overflow_fix": fixes[scheme.overflow_fix]}
+    if scheme.signed_activations:
+        # TensorRT: symmetric signed INT8 activations (zero point 0), one scale per tensor
+        advanced["activations_quantization_params"] = QuantizationParameters(
+            mode=Mode.SYMMETRIC, signedness_to_force=True, per_channel=False
+        )
+    elif scheme.per_tensor_activations:
         # NNCF's ONNX backend gives the input of a depthwise conv per-channel activation scales; onnxruntime's
         # QLinearConv (which the CPU provider fuses Q/DQ+Conv into) accepts only a scalar input zero point and
         # fails at run time ("input zero point must be a scalar"). Per-tensor activations run everywhere.
-        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
-            activations_quantization_params=QuantizationParameters(per_channel=False)
-        )
+        advanced["activations_quantization_params"] = QuantizationParameters(per_channel=False)
+    kwargs["advanced_parameters"] = AdvancedQuantizationParameters(**advanced)
     return kwargs
 
 
@@ -180,7 +190,7 @@ def _node_names(model: Any) -> list[str]:
 
 
 def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: QuantizeSection, *, what: str,
-              per_tensor_activations: bool, verbose: bool) -> Any:
+              scheme: Int8Scheme, verbose: bool) -> Any:
     if cfg.method == "none":
         raise ConfigError(
             "quantize.method is 'none'; set it to 'ptq', 'qat' or 'accuracy_aware' to produce INT8 models,"
@@ -190,7 +200,7 @@ def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: Quanti
         import nncf
     except ImportError as exc:  # pragma: no cover - nncf is a hard dependency
         raise TrainingError(f"INT8 PTQ needs nncf ({exc}); fix: pip install nncf") from exc
-    kwargs = _nncf_kwargs(nncf, cfg, len(samples), per_tensor_activations=per_tensor_activations)
+    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme)
     try:
         with _quiet_nncf(verbose):
             return nncf.quantize(model, nncf.Dataset(samples, transform), **kwargs)
@@ -208,13 +218,14 @@ def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: Quanti
 
 
 def ptq_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray], cfg: QuantizeSection | None = None, *,
-             verbose: bool = False) -> "onnx.ModelProto":
+             scheme: Int8Scheme | None = None, verbose: bool = False) -> "onnx.ModelProto":
     """Quantize an FP32 ONNX model to INT8 with explicit QuantizeLinear/DequantizeLinear nodes.
 
     Args:
         model: the FP32 model (one float32 NCHW input).
         calibration: preprocessed float32 NCHW batches from the training split.
         cfg: calibration size, preset and ignored scope (default :class:`~edgeslim.recipe.QuantizeSection`).
+        scheme: the target's INT8 scheme (default: this host's, :func:`edgeslim.hardware.int8_scheme`).
         verbose: show NNCF's logs and progress bars.
 
     Raises:
@@ -225,18 +236,19 @@ def ptq_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray], cfg: Q
     if len(model.graph.input) != 1:
         raise TrainingError(f"ptq_onnx supports single-input models; this one has {len(model.graph.input)} inputs")
     name = model.graph.input[0].name
-    return _run_nncf(model, samples, lambda x: {name: x}, cfg, what="ONNX", per_tensor_activations=True,
-                     verbose=verbose)
+    return _run_nncf(model, samples, lambda x: {name: x}, cfg, what="ONNX",
+                     scheme=scheme or int8_scheme("auto", "onnx"), verbose=verbose)
 
 
 def ptq_openvino(model: "ov.Model", calibration: Iterable[np.ndarray], cfg: QuantizeSection | None = None, *,
-                 verbose: bool = False) -> "ov.Model":
+                 scheme: Int8Scheme | None = None, verbose: bool = False) -> "ov.Model":
     """Quantize an OpenVINO model to INT8 (FakeQuantize nodes the CPU plugin runs as INT8 kernels).
 
     Args:
         model: the FP32 ``openvino.Model`` (one input).
         calibration: preprocessed float32 NCHW batches from the training split.
         cfg: calibration size, preset and ignored scope (default :class:`~edgeslim.recipe.QuantizeSection`).
+        scheme: the target's INT8 scheme (default: this host's, :func:`edgeslim.hardware.int8_scheme`).
         verbose: show NNCF's logs and progress bars.
 
     Raises:
@@ -246,77 +258,8 @@ def ptq_openvino(model: "ov.Model", calibration: Iterable[np.ndarray], cfg: Quan
     samples = _samples(calibration, cfg.calibration_size)
     if len(model.inputs) != 1:
         raise TrainingError(f"ptq_openvino supports single-input models; this one has {len(model.inputs)} inputs")
-    return _run_nncf(model, samples, None, cfg, what="OpenVINO", per_tensor_activations=False, verbose=verbose)
-
-
-# -- what the exporters need beyond the FP32 model: the QAT model, the val split for accuracy control -----------------
-
-_PLANS: "weakref.WeakKeyDictionary[Any, Int8Plan]" = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class Int8Plan:
-    """How the INT8 files of a model are made, when it is not plain PTQ.
-
-    Attributes:
-        qat_model: the fine-tuned NNCF model with fake-quant (``quantize.method: qat``).
-        validation: ``(inputs, labels)`` of the val split, float32 NCHW and int (``accuracy_aware``); never the
-            test split the export is judged on.
-        critical: the critical class indices whose FN the accuracy control bounds.
-    """
-
-    qat_model: Any = None
-    validation: tuple[np.ndarray, np.ndarray] | None = None
-    critical: list[int] = field(default_factory=list)
-
-
-def attach_int8_plan(model: Any, plan: Int8Plan) -> None:
-    """Tell the exporters how to make ``model``'s INT8 files (held by a weak reference to ``model``)."""
-    _PLANS[model] = plan
-
-
-def int8_plan(model: Any) -> Int8Plan | None:
-    """The plan attached to ``model`` by :func:`attach_int8_plan`, or ``None``."""
-    try:
-        return _PLANS.get(model)
-    except TypeError:  # not weak-referenceable: nothing can have been attached
-        return None
-
-
-def attached_qat_model(model: Any) -> Any:
-    """The QAT-trained model attached to ``model`` (what the exporters quantize for ``quantize.method: qat``).
-
-    Raises:
-        ExportError: nothing attached; the message says how to attach one.
-    """
-    plan = int8_plan(model)
-    if plan is None or plan.qat_model is None:
-        from ..errors import ExportError
-
-        raise ExportError(
-            "quantize.method is 'qat' but no QAT-trained model is attached to this model; train it with"
-            " edgeslim.compress.qat.quantize_aware_train (the pipeline does) and attach it with"
-            " edgeslim.compress.quantize.attach_int8_plan"
-        )
-    return plan.qat_model
-
-
-def attached_validation(model: Any) -> tuple[Any, list[int]]:
-    """The val split and critical classes attached to ``model`` for ``quantize.method: accuracy_aware``.
-
-    Raises:
-        ExportError: nothing attached; the message says how to attach it.
-    """
-    plan = int8_plan(model)
-    if plan is None or plan.validation is None:
-        from ..errors import ExportError
-
-        raise ExportError(
-            "quantize.method is 'accuracy_aware' but no val split is attached to this model; attach one"
-            " with edgeslim.compress.quantize.attach_int8_plan(model, Int8Plan(validation=(x, y),"
-            " critical=[...])) (the pipeline does)"
-        )
-    return plan.validation, list(plan.critical)
+    return _run_nncf(model, samples, None, cfg, what="OpenVINO", scheme=scheme or int8_scheme("auto", "openvino"),
+                     verbose=verbose)
 
 
 # -- accuracy-aware INT8 --------------------------------------------------------------------------------------------
@@ -327,6 +270,17 @@ FN_PENALTY = 1.0
 
 def _critical_fn(pred: np.ndarray, labels: np.ndarray, critical: list[int]) -> int:
     return int(sum(int(((labels == c) & (pred != c)).sum()) for c in critical))
+
+
+def _decide(logits: np.ndarray, thresholds: dict[str, float] | None, rule: str) -> np.ndarray:
+    """Predictions as deployed: the calibrated thresholds under the artifact's rule (argmax without thresholds)."""
+    if not thresholds:
+        return np.asarray(logits).argmax(1)
+    from ..decision import predict
+
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return predict(z / z.sum(axis=1, keepdims=True), thresholds, rule)
 
 
 def _infer_fn(model: Any) -> Any:
@@ -362,8 +316,8 @@ def _predict(model: Any, xs: np.ndarray, batch: int = 1) -> np.ndarray:
 
 
 def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, validation: tuple[np.ndarray, np.ndarray],
-                    critical: list[int], cfg: QuantizeSection, *, what: str, per_tensor_activations: bool,
-                    verbose: bool) -> tuple[Any, dict[str, Any]]:
+                    critical: list[int], cfg: QuantizeSection, *, what: str, scheme: Int8Scheme,
+                    thresholds: dict[str, float] | None, rule: str, verbose: bool) -> tuple[Any, dict[str, Any]]:
     import nncf
 
     xs, ys = np.asarray(validation[0], dtype=np.float32), np.asarray(validation[1]).astype(np.int64)
@@ -372,9 +326,9 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
             f"accuracy-aware INT8 needs a non-empty val split (inputs NCHW, one label each); got inputs"
             f" {list(xs.shape)}, labels {list(ys.shape)}. Set data.val_fraction > 0"
         )
-    fp32_pred = _predict(model, xs).argmax(1)
-    fp32_top1 = float((fp32_pred == ys).mean())
-    fp32_fn = _critical_fn(fp32_pred, ys, critical)
+    fp32_logits = _predict(model, xs)
+    fp32_top1 = float((fp32_logits.argmax(1) == ys).mean())
+    fp32_fn = _critical_fn(_decide(fp32_logits, thresholds, rule), ys, critical)
     budget = fp32_fn + cfg.max_extra_critical_fn
     seen: list[dict[str, Any]] = []
 
@@ -382,9 +336,10 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         items = list(items)
         x = np.concatenate([i[0] for i in items])
         y = np.asarray([i[1] for i in items])
-        pred = _predict(m, x).argmax(1)
-        top1 = float((pred == y).mean())
-        fn = _critical_fn(pred, y, critical)
+        logits = _predict(m, x)
+        top1 = float((logits.argmax(1) == y).mean())
+        # critical misses as deployed: at the calibrated threshold, not at the argmax
+        fn = _critical_fn(_decide(logits, thresholds, rule), y, critical)
         # one number for NNCF's drop test: top-1, minus FN_PENALTY per critical FN over the budget, so "drop <=
         # max_drop" holds only when both the top-1 drop and the FN budget hold (full val split only: NNCF also
         # validates subsets while ranking, where the FN budget does not apply)
@@ -392,9 +347,8 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         seen.append({"top1": top1, "critical_fn": fn, "samples": len(y)})
         return top1 - FN_PENALTY * over
 
-    kwargs = _nncf_kwargs(nncf, cfg, len(samples), per_tensor_activations=per_tensor_activations)
-    if per_tensor_activations:
-        kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
+    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme)
+    kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
     val_items = [(xs[i : i + 1], int(ys[i])) for i in range(len(xs))]
     logs: list[str] = []
     handler = _ListHandler(logs)
@@ -420,7 +374,8 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         for h in old_handlers:
             logger.addHandler(h)
         logger.setLevel(old_level)
-    q_pred = _predict(quantized, xs).argmax(1)
+    q_logits = _predict(quantized, xs)
+    q_top1, q_fn = float((q_logits.argmax(1) == ys).mean()), _critical_fn(_decide(q_logits, thresholds, rule), ys, critical)
     report = {
         "quantizer": "nncf.accuracy_control",
         "split": "val",
@@ -428,7 +383,8 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         "max_drop": cfg.max_drop,
         "max_extra_critical_fn": cfg.max_extra_critical_fn,
         "fp32": {"top1": fp32_top1, "critical_fn": fp32_fn},
-        "int8": {"top1": float((q_pred == ys).mean()), "critical_fn": _critical_fn(q_pred, ys, critical)},
+        "int8": {"top1": q_top1, "critical_fn": q_fn},
+        "critical_fn_at": "calibrated thresholds" if thresholds else "argmax",
         "reverted_to_fp32": _reverted(logs),
         "why": (f"reverted (most harmful first, NNCF ranking) until val top-1 drop <= {cfg.max_drop} and val critical"
                 f" FN <= {budget} (FP32's {fp32_fn} + {cfg.max_extra_critical_fn})"),
@@ -460,7 +416,8 @@ def _reverted(logs: list[str]) -> list[str]:
 
 def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray],
                         validation: tuple[np.ndarray, np.ndarray], critical: list[int],
-                        cfg: QuantizeSection | None = None, *, verbose: bool = False
+                        cfg: QuantizeSection | None = None, *, scheme: Int8Scheme | None = None,
+                        thresholds: dict[str, float] | None = None, rule: str = "threshold", verbose: bool = False
                         ) -> tuple["onnx.ModelProto", dict[str, Any]]:
     """PTQ INT8 (Q/DQ) with layers reverted to FP32 until the val top-1 drop and critical-FN budget hold.
 
@@ -470,6 +427,9 @@ def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarr
         validation: ``(inputs, labels)`` of the val split.
         critical: critical class indices.
         cfg: ``max_drop`` (absolute top-1), ``max_extra_critical_fn`` (k) and the PTQ options.
+        scheme: the target's INT8 scheme (default: this host's).
+        thresholds: the artifact's calibrated critical thresholds; critical FN are counted as deployed, under
+            ``rule`` (:mod:`edgeslim.decision`). None: at the argmax.
 
     Returns:
         ``(model, report)``; ``report["reverted_to_fp32"]`` names the layers kept in FP32, ``report["why"]`` the
@@ -479,15 +439,18 @@ def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarr
     samples = _samples(calibration, cfg.calibration_size)
     name = model.graph.input[0].name
     return _accuracy_aware(model, samples, lambda x: {name: x}, validation, list(critical), cfg, what="ONNX",
-                           per_tensor_activations=True, verbose=verbose)
+                           scheme=scheme or int8_scheme("auto", "onnx"), thresholds=thresholds, rule=rule,
+                           verbose=verbose)
 
 
 def accuracy_aware_openvino(model: "ov.Model", calibration: Iterable[np.ndarray],
                             validation: tuple[np.ndarray, np.ndarray], critical: list[int],
-                            cfg: QuantizeSection | None = None, *, verbose: bool = False
-                            ) -> tuple["ov.Model", dict[str, Any]]:
+                            cfg: QuantizeSection | None = None, *, scheme: Int8Scheme | None = None,
+                            thresholds: dict[str, float] | None = None, rule: str = "threshold",
+                            verbose: bool = False) -> tuple["ov.Model", dict[str, Any]]:
     """The OpenVINO counterpart of :func:`accuracy_aware_onnx` (FakeQuantize nodes; reverted layers stay FP32)."""
     cfg = cfg or QuantizeSection(method="accuracy_aware")
     samples = _samples(calibration, cfg.calibration_size)
     return _accuracy_aware(model, samples, None, validation, list(critical), cfg, what="OpenVINO",
-                           per_tensor_activations=False, verbose=verbose)
+                           scheme=scheme or int8_scheme("auto", "openvino"), thresholds=thresholds, rule=rule,
+                           verbose=verbose)

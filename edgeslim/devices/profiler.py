@@ -576,6 +576,14 @@ def profile_artifact(
             },
             "backend": {"name": b, "version": None},
         }
+        if m.precision == "int8" and m.extra.get("int8_scheme"):
+            from ..hardware import scheme_mismatch
+
+            scheme = m.extra["int8_scheme"]
+            base["model"]["made_for"] = scheme.get("target")
+            foreign = scheme_mismatch(scheme)
+            if foreign:
+                base["model"]["foreign_target"] = foreign
         if isinstance(cls, EdgeslimError):
             for batch in cfg.batch_sizes:
                 step += 1

@@ -326,17 +326,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 )
                 for k, v in crit.items()
             )
+            made_for = e["model"].get("made_for")
+            if made_for and e["model"].get("foreign_target"):
+                made_for += " (not this host)"
             rows.append(
                 (
-                    e["model"]["path"], e["model"]["precision"], e["backend"]["name"], acc.get("samples", "-"),
-                    _fmt(acc.get("accuracy"), 4), _signed(d.get("accuracy")), crit_txt or "-",
+                    e["model"]["path"], e["model"]["precision"], made_for or "-", e["backend"]["name"],
+                    acc.get("samples", "-"), _fmt(acc.get("accuracy"), 4), _signed(d.get("accuracy")), crit_txt or "-",
                 )
             )
+        foreign = sorted({e["model"]["foreign_target"] for e in acc_entries if e["model"].get("foreign_target")})
         parts += [
             "## Accuracy (against the FP32 reference on the same samples)",
             "",
-            _table(("model", "precision", "backend", "samples", "top-1", "Δ top-1 vs fp32", "critical classes"), rows),
+            _table(("model", "precision", "INT8 made for", "backend", "samples", "top-1", "Δ top-1 vs fp32",
+                    "critical classes"), rows),
             "",
+            *[f"Note: {f}" for f in foreign],
+            *([""] if foreign else []),
         ]
         n = len(classes) or max(len(per_class_recall(e["accuracy"], classes)) for e in acc_entries)
         names = classes or [str(i) for i in range(n)]

@@ -10,158 +10,22 @@ The Jetson readers are pure parsers over the text of ``/proc/device-tree/model``
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, require
-from ..registry import Registry
-from .cpu import cpu_info
-
-
-@dataclass(frozen=True)
-class TargetProfile:
-    """What a device supports and what edgeslim recommends on it.
-
-    Args:
-        name: registry key, e.g. ``"jetson-agx-orin"``.
-        title: human name.
-        kind: ``"cpu"``, ``"gpu"`` or ``"jetson"``.
-        backend: recommended runtime backend.
-        precision: recommended precision.
-        tensorrt: TensorRT versions the board's software supports (``None`` when TensorRT does not apply).
-        jetpack: JetPack releases for the board.
-        dla: number of DLA cores.
-        int8: fast INT8 kernels.
-        fp16: fast FP16 kernels.
-        sparsity_2_4: 2:4 structured-sparse tensor-core kernels (Ampere and newer).
-        match: lower-case substrings of the device-tree model that identify the board (Jetson only).
-        notes: why the recommendation.
-    """
-
-    name: str
-    title: str
-    kind: str
-    backend: str
-    precision: str
-    tensorrt: str | None = None
-    jetpack: str | None = None
-    dla: int = 0
-    int8: bool = True
-    fp16: bool = True
-    sparsity_2_4: bool = False
-    match: tuple[str, ...] = ()
-    notes: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["match"] = list(self.match)
-        return d
-
-
-TARGETS: Registry[TargetProfile] = Registry("device target")
-
-
-def _add(p: TargetProfile, aliases: tuple[str, ...] = ()) -> None:
-    TARGETS.register(p.name, p, aliases=aliases)
-
-
-_add(
-    TargetProfile(
-        "x86-cpu", "x86-64 CPU", "cpu", backend="openvino", precision="int8",
-        notes="OpenVINO INT8 uses AVX-512 VNNI / AMX where present (about 2x FP32 on this project's Xeon); "
-        "onnxruntime is the portable second choice",
-    ),
-    aliases=("cpu", "x86"),
-)
-_add(
-    TargetProfile(
-        "arm-cpu", "ARM64 CPU", "cpu", backend="onnxruntime", precision="int8",
-        notes="onnxruntime's NEON kernels; INT8 pays off with the dot-product extension (asimddp / i8mm)",
-    ),
-    aliases=("arm", "aarch64"),
-)
-_add(
-    TargetProfile(
-        "nvidia-gpu", "NVIDIA GPU (discrete)", "gpu", backend="tensorrt", precision="int8", tensorrt=">=8.6",
-        sparsity_2_4=True,
-        notes="TensorRT with an explicit Q/DQ ONNX (the INT8 path TensorRT 10 and 11 share); 2:4 sparsity needs "
-        "compute capability >= 8.0",
-    ),
-    aliases=("gpu",),
-)
-_add(
-    TargetProfile(
-        "jetson-nano", "Jetson Nano (Maxwell)", "jetson", backend="tensorrt", precision="fp16", tensorrt="8.0-8.2",
-        jetpack="4.6.x (L4T R32.7)", int8=False, match=("jetson nano", "p3448", "p3450"),
-        notes="Maxwell (sm_53) has no INT8 tensor cores or DP4A: FP16 is the fast path; TensorRT stays at 8.2",
-    ),
-    aliases=("nano",),
-)
-_add(
-    TargetProfile(
-        "jetson-xavier-nx", "Jetson Xavier NX (Volta)", "jetson", backend="tensorrt", precision="int8",
-        tensorrt="8.0-8.5", jetpack="4.6.x / 5.1.x", dla=2, match=("xavier nx", "p3668", "p3509"),
-        notes="INT8 on the GPU tensor cores or the two DLAs; no sparse tensor cores on Volta",
-    ),
-    aliases=("xavier-nx",),
-)
-_add(
-    TargetProfile(
-        "jetson-orin-nano", "Jetson Orin Nano (Ampere)", "jetson", backend="tensorrt", precision="int8",
-        tensorrt="8.5-10.x", jetpack="5.1.1+ / 6.x", dla=0, sparsity_2_4=True, match=("orin nano", "p3767-0003",
-        "p3767-0004", "p3767-0005"),
-        notes="No DLA on Orin Nano; INT8 Q/DQ on the GPU, 2:4 sparse tensor cores available",
-    ),
-    aliases=("orin-nano",),
-)
-_add(
-    TargetProfile(
-        "jetson-orin-nx", "Jetson Orin NX (Ampere)", "jetson", backend="tensorrt", precision="int8",
-        tensorrt="8.5-10.x", jetpack="5.1+ / 6.x", dla=2, sparsity_2_4=True, match=("orin nx", "p3767-0000",
-        "p3767-0001"),
-        notes="INT8 Q/DQ on the GPU (MLPerf v3.1: ResNet-50 SingleStream p90 1.08 ms); two DLAs for offload",
-    ),
-    aliases=("orin-nx",),
-)
-_add(
-    TargetProfile(
-        "jetson-agx-orin", "Jetson AGX Orin (Ampere)", "jetson", backend="tensorrt", precision="int8",
-        tensorrt="8.4-10.x", jetpack="5.0.2+ / 6.x", dla=2, sparsity_2_4=True, match=("agx orin", "p3701", "p3737"),
-        notes="INT8 Q/DQ on the GPU (MLPerf v3.1: ResNet-50 SingleStream p90 0.64 ms, Offline 6,424 samples/s)",
-    ),
-    aliases=("agx-orin",),
-)
-
-
-def list_targets() -> list[dict[str, Any]]:
-    """Every registered target profile as a dict, in registry order (sorted by name)."""
-    return [TARGETS.get(n).to_dict() for n in TARGETS.names()]
-
-
-def get_target(name: str) -> TargetProfile:
-    """A target profile by name or alias (unknown names raise with did-you-mean)."""
-    return TARGETS.get(name)
+from ..hardware import TARGETS as TARGETS
+from ..hardware import TargetProfile as TargetProfile
+from ..hardware import VNNI_FLAGS, cpu_info, cpu_target
+from ..hardware import get_target as get_target
+from ..hardware import jetson_target_for_model as jetson_target_for_model
+from ..hardware import list_targets as list_targets
 
 
 # -- Jetson parsers (pure) ----------------------------------------------------------------------------------------
-def jetson_target_for_model(model: str) -> str | None:
-    """The target name whose ``match`` substrings occur in a device-tree model string, most specific first."""
-    low = model.lower().replace("\x00", " ")
-    # Longest match first so "orin nano" wins over "nano".
-    pairs = sorted(
-        ((m, TARGETS.get(n).name) for n in TARGETS.names() for m in TARGETS.get(n).match), key=lambda p: -len(p[0])
-    )
-    for sub, name in pairs:
-        if sub in low:
-            return name
-    return None
-
-
 # L4T (Jetson Linux) release -> JetPack, from NVIDIA's JetPack archive.
 _L4T_TO_JETPACK = {
     "32.6.1": "4.6",
@@ -362,7 +226,7 @@ def detect(*, root: str | Path = "/", probe_gpu: bool = True) -> dict[str, Any]:
         if gpus:
             name, why = "nvidia-gpu", f"NVML: {gpus[0]['name']}"
         else:
-            name = "arm-cpu" if str(cpu.get("machine")).lower() in ("aarch64", "arm64") else "x86-cpu"
+            name = cpu_target(cpu).name
             why = f"CPU {cpu['model']} ({cpu.get('machine')}); no Jetson files" + (
                 f"; no NVIDIA GPU ({gpu_reason})" if gpu_reason else ""
             )
@@ -384,6 +248,6 @@ def detect(*, root: str | Path = "/", probe_gpu: bool = True) -> dict[str, Any]:
     if gpus:
         out["gpu"] = gpus[0]["name"]
     isa = cpu.get("isa") or {}
-    if profile.name == "x86-cpu" and not (isa.get("avx512_vnni") or isa.get("avx_vnni") or isa.get("amx_int8")):
+    if profile.name in ("x86-cpu", "x86-avx2") and not any(isa.get(f) for f in VNNI_FLAGS):
         out["advice"] = "no VNNI/AMX on this CPU: INT8 gains over FP32 will be small; compare both precisions"
     return out

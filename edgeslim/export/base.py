@@ -32,6 +32,7 @@ Every exporter must keep the graph's input name ``input`` (NCHW float32) and out
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import os
 import shutil
@@ -50,6 +51,8 @@ from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
+
+    from ..hardware import Int8Scheme
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "input"
@@ -71,6 +74,13 @@ class ExportContext:
         precisions: the requested precisions (``fp32``, ``fp16``, ``int8``).
         calibration: preprocessed float32 NCHW batches for INT8 PTQ (None: INT8 not possible).
         quantize: calibration size, preset and ignored scope for PTQ.
+        target: the device target the INT8 files are made for (``auto``: this host); it decides each file's INT8
+            scheme (:meth:`int8_scheme`).
+        qat_model: the QAT-trained model (``quantize.method: qat``), from
+            :func:`edgeslim.compress.qat.quantize_aware_train`.
+        val_split: ``(inputs, labels)`` of the val split (never the test split): what accuracy control judges
+            layers on, for ``quantize.method: accuracy_aware`` and the fallback of an INT8 file that fails
+            validation.
         written: model files written so far, by every exporter, in order.
         errors: failures recorded by :meth:`attempt` (``{"exporter", "precision", "error"}``).
         skipped: precisions an exporter does not support or did not write, with the reason.
@@ -85,6 +95,9 @@ class ExportContext:
     precisions: tuple[str, ...] = ("fp32",)
     calibration: list[np.ndarray] | None = None
     quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    target: str = "auto"
+    qat_model: Any = None
+    val_split: tuple[np.ndarray, np.ndarray] | None = None
     written: list[ModelFile] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -95,6 +108,12 @@ class ExportContext:
     def wants(self, precision: str) -> bool:
         """Whether ``precision`` was requested."""
         return precision in self.precisions
+
+    def int8_scheme(self, fmt: str) -> "Int8Scheme":
+        """The INT8 scheme of a ``fmt`` file made for :attr:`target` (see :func:`edgeslim.hardware.int8_scheme`)."""
+        from ..hardware import int8_scheme
+
+        return int8_scheme(self.target, fmt)
 
     @property
     def batch(self) -> int:
@@ -328,7 +347,10 @@ def export_artifact(
     export_cfg: ExportSection | None = None,
     quantize_cfg: QuantizeSection | None = None,
     validate_cfg: ValidateSection | None = None,
-    strict: bool = True,
+    strict: bool = False,
+    target: str = "auto",
+    qat_model: Any = None,
+    val_split: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Manifest:
     """Export ``model`` to every requested format and precision and write one validated artifact, atomically.
 
@@ -351,10 +373,19 @@ def export_artifact(
         export_cfg: opset, dynamic batch and formats.
         quantize_cfg: calibration size, preset, ignored scope.
         validate_cfg: tolerances.
-        strict: raise when an exporter fails or validation finds a mismatch (nothing is written); otherwise write
-            what succeeded and record the failures in ``manifest.validation``. A target this machine cannot build
-            for (TensorRT without the package or a GPU) is never fatal: it is recorded in
-            ``manifest.validation["errors"]`` with ``"unavailable": True`` and the rest is written.
+        strict: all or nothing: raise when an exporter fails or validation finds a mismatch (nothing is
+            written). By default a failed format or precision never takes the others with it: the artifact holds
+            the files that passed, and ``manifest.validation["failed"]`` lists each one left out with its reason
+            (``manifest.validation["partial"]`` is then true). A target this machine cannot build for (TensorRT
+            without the package or a GPU) is never fatal: it is recorded in ``manifest.validation["errors"]`` with
+            ``"unavailable": True`` and the rest is written.
+        target: the device target the INT8 files are made for: ``auto`` (this host) or a name from
+            ``edgeslim devices``; it decides each file's INT8 scheme (:func:`edgeslim.hardware.int8_scheme`),
+            recorded in the file's ``extra["int8_scheme"]``.
+        qat_model: the QAT-trained model, for ``quantize.method: qat``.
+        val_split: ``(inputs, labels)`` of the val split: accuracy control judges layers on it, both for
+            ``quantize.method: accuracy_aware`` and when an INT8 file misses the validate budget (the fallback
+            keeps the most harmful layers in float, see ``manifest.validation["int8_fallback"]``).
 
     Returns:
         The written manifest (with file hashes).
@@ -366,13 +397,15 @@ def export_artifact(
     """
     return _export(model, out_dir, manifest, formats=formats, precisions=precisions, calibration=calibration,
                    validation=validation, export_cfg=export_cfg, quantize_cfg=quantize_cfg,
-                   validate_cfg=validate_cfg, strict=strict, existing=None)
+                   validate_cfg=validate_cfg, strict=strict, existing=None, target=target, qat_model=qat_model,
+                   val_split=val_split)
 
 
 def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[str] | None,
             precisions: Sequence[str], calibration: Any, validation: Any, export_cfg: ExportSection | None,
             quantize_cfg: QuantizeSection | None, validate_cfg: ValidateSection | None, strict: bool,
-            existing: Path | None) -> Manifest:
+            existing: Path | None, target: str = "auto", qat_model: Any = None,
+            val_split: tuple[np.ndarray, np.ndarray] | None = None) -> Manifest:
     import torch
 
     export_cfg = export_cfg or ExportSection()
@@ -419,6 +452,7 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             manifest=manifest,
             model=model, directory=tmp, input_shape=input_shape, num_classes=num_classes, opset=export_cfg.opset,
             dynamic_batch=export_cfg.dynamic_batch, precisions=precisions, calibration=cal, quantize=quantize_cfg,
+            target=target, qat_model=qat_model, val_split=val_split,
         )
         kept: list[ModelFile] = []
         if existing is not None:
@@ -439,17 +473,12 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
 
         report: dict[str, Any] = {}
         if validation is not None:
-            from .validate import validate_exports
-
             reference = _reference_logits(model, inputs)
-            try:
-                report = validate_exports(tmp, m, reference, inputs, labels, validate_cfg)
-            except ValidationError as exc:
-                report = getattr(exc, "report", {"passed": False, "problems": [str(exc)]})
+            report = _validate(tmp, m, reference, inputs, labels, validate_cfg)
             report = _check_sparsity(report, sparsity)
+            _int8_fallback(ctx, m, report, reference, inputs, labels, validate_cfg)
         report["errors"] = ctx.errors
         report["export_skipped"] = ctx.skipped
-        m.validation = report
 
         # A target this machine cannot build for (no TensorRT, no GPU) is recorded, never fatal: the rest of the
         # export completes and the artifact carries the script to build it on the device.
@@ -468,11 +497,141 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
                 + "; ".join(_problem_line(p) for p in report["problems"])
                 + ". Loosen the tolerances in the recipe's validate section only if the difference is expected."
             )
+        if not strict:
+            _drop_failed(tmp, m, report)
+        report["failed"] = report.get("failed", []) + [
+            {"file": None, "format": e["exporter"], "precision": e["precision"], "reason": e["error"]} for e in fatal
+        ]
+        report["partial"] = bool(report["failed"])
+        m.validation = report
         if not m.models:
             raise ExportError(f"export of '{manifest.name}' produced no model file: " + json.dumps(ctx.errors))
         return m
 
     return write_artifact(out_dir, manifest, writer)
+
+
+def _validate(directory: Path, m: Manifest, reference: np.ndarray, inputs: np.ndarray, labels: Any,
+              cfg: ValidateSection) -> dict[str, Any]:
+    """:func:`~edgeslim.export.validate.validate_exports`, its report also when it finds problems."""
+    from .validate import validate_exports
+
+    try:
+        return validate_exports(directory, m, reference, inputs, labels, cfg)
+    except ValidationError as exc:
+        return getattr(exc, "report", {"passed": False, "problems": [str(exc)]})
+
+
+def _batch1_latency_ms(path: Path, fmt: str, *, seconds: float = 0.5) -> float | None:
+    """Median batch-1 latency of a model file on this CPU, in its reference runtime (a cost figure for the
+    manifest, not a benchmark: :mod:`edgeslim.devices.profiler` measures properly)."""
+    import time
+
+    from ..runtime import BACKENDS, BackendOptions
+    from .validate import DEFAULT_BACKENDS
+
+    name = DEFAULT_BACKENDS.get(fmt)
+    if name is None or name not in BACKENDS:
+        return None
+    try:
+        with BACKENDS.get(name)(path, BackendOptions(device="cpu")) as backend:
+            spec = backend.inputs[0]
+            x = np.zeros([1, *[d if d > 0 else 1 for d in spec.shape[1:]]], dtype=np.float32)
+            for _ in range(5):
+                backend.infer(x)
+            times: list[float] = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end or len(times) < 20:
+                t = time.perf_counter()
+                backend.infer(x)
+                times.append((time.perf_counter() - t) * 1e3)
+        return round(float(np.median(times)), 4)
+    except EdgeslimError:
+        return None
+
+
+def _model_paths(directory: Path, mf: ModelFile) -> list[Path]:
+    p = directory / mf.path
+    return [p, p.with_suffix(".bin")] if mf.format == "openvino" else [p]
+
+
+def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], reference: np.ndarray,
+                   inputs: np.ndarray, labels: Any, validate_cfg: ValidateSection) -> None:
+    """Re-quantize every INT8 file that missed the validate budget with accuracy control.
+
+    NNCF's ``quantize_with_accuracy_control`` keeps the most harmful layers in float until the val top-1 drop is
+    within ``quantize.max_drop`` and the val critical FN, counted at the calibrated thresholds, within the
+    validate budget (``validate.max_extra_critical_fn``). The new file replaces the failed one only when it passes
+    validation; its manifest entry says which layers stayed in float and the batch-1 latency of FP32, of the
+    failed INT8 and of the new file on this CPU. ``report["int8_fallback"]`` records every attempt.
+    """
+    bad = {p["file"] for p in report.get("problems", []) if isinstance(p, dict)}
+    failing = [mf for mf in m.models if mf.precision == "int8" and mf.path in bad and mf.format in EXPORTERS]
+    if not failing:
+        return
+    attempts = report.setdefault("int8_fallback", [])
+    for mf in failing:
+        old_problems = [p for p in report["problems"] if isinstance(p, dict) and p.get("file") == mf.path]
+        entry: dict[str, Any] = {"file": mf.path, "format": mf.format, "failed": old_problems,
+                                 "from": mf.extra.get("quantizer")}
+        attempts.append(entry)
+        if ctx.quantize.method == "accuracy_aware":
+            entry["result"] = "not retried: the file already came from accuracy control"
+            continue
+        if ctx.val_split is None:
+            entry["result"] = "not retried: accuracy control needs the val split (export_artifact(val_split=...))"
+            continue
+        fp32 = ctx.find(mf.format, "fp32")
+        latency = {"fp32": _batch1_latency_ms(ctx.directory / fp32.path, mf.format) if fp32 else None,
+                   "int8_failed": _batch1_latency_ms(ctx.directory / mf.path, mf.format)}
+        old_paths = _model_paths(ctx.directory, mf)
+        stash = {p: p.read_bytes() for p in old_paths if p.exists()}
+        for p in stash:
+            p.unlink()
+        cfg = ctx.quantize.model_copy(update={
+            "method": "accuracy_aware", "max_extra_critical_fn": validate_cfg.max_extra_critical_fn,
+        })
+        sub = dataclasses.replace(ctx, precisions=("int8",), quantize=cfg, errors=[], skipped=[],
+                                  written=[w for w in ctx.written if w is not mf])
+        files = sub.attempt(mf.format, "int8", lambda: EXPORTERS.get(mf.format)().export(sub))
+        new = next((f for f in files if f.precision == "int8"), None)
+        if new is None:
+            for p, data in stash.items():  # keep the failed file for _drop_failed / strict to judge as before
+                p.write_bytes(data)
+            entry["result"] = "accuracy control failed: " + "; ".join(e["error"] for e in sub.errors)
+            continue
+        latency["int8_accuracy_control"] = _batch1_latency_ms(ctx.directory / new.path, mf.format)
+        kept_float = list(new.extra.get("reverted_to_fp32", []))
+        new.extra["accuracy_control"] = {"fallback_from": mf.extra.get("quantizer"), "failed_validation": old_problems,
+                                         "kept_in_float": kept_float, "latency_ms": latency}
+        sub_manifest = m.model_copy(update={"models": [new]})
+        r = _validate(ctx.directory, sub_manifest, reference, inputs, labels, validate_cfg)
+        m.models[m.models.index(mf)] = new
+        ctx.written[ctx.written.index(mf)] = new
+        report["models"][new.path] = r.get("models", {}).get(new.path, {})
+        report["problems"] = [p for p in report["problems"] if not (isinstance(p, dict) and p.get("file") == mf.path)]
+        report["problems"] += r.get("problems", [])
+        report["passed"] = not report["problems"]
+        entry.update(result="passed" if r.get("passed") else "still failing", kept_in_float=kept_float,
+                     latency_ms=latency, problems=r.get("problems", []))
+
+
+def _drop_failed(directory: Path, m: Manifest, report: dict[str, Any]) -> None:
+    """Remove the model files that failed validation from the artifact; record each with its reason."""
+    bad: dict[str, list[str]] = {}
+    for p in report.get("problems", []):
+        if isinstance(p, dict) and p.get("file"):
+            bad.setdefault(p["file"], []).append(_problem_line(p))
+    failed = report.setdefault("failed", [])
+    for mf in [mf for mf in m.models if mf.path in bad]:
+        for path in _model_paths(directory, mf):
+            path.unlink(missing_ok=True)
+        m.models.remove(mf)
+        failed.append({"file": mf.path, "format": mf.format, "precision": mf.precision,
+                       "reason": "failed validation: " + "; ".join(bad[mf.path])})
+    if bad:
+        report["problems"] = [p for p in report["problems"] if not (isinstance(p, dict) and p.get("file") in bad)]
+        report["passed"] = not report["problems"]
 
 
 def _problem_line(p: Any) -> str:
@@ -522,7 +681,9 @@ def export_existing(
     export_cfg: ExportSection | None = None,
     quantize_cfg: QuantizeSection | None = None,
     validate_cfg: ValidateSection | None = None,
-    strict: bool = True,
+    strict: bool = False,
+    target: str | None = None,
+    val_split: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Manifest:
     """Add formats to an existing artifact, re-exporting from its ``model.safetensors``.
 
@@ -568,5 +729,5 @@ def export_existing(
     return _export(
         model, out_dir or src, manifest, formats=formats, precisions=precisions, calibration=calibration,
         validation=validation, export_cfg=export_cfg, quantize_cfg=quantize_cfg, validate_cfg=validate_cfg,
-        strict=strict, existing=src,
+        strict=strict, existing=src, target=target or recorded.get("target", "auto"), val_split=val_split,
     )

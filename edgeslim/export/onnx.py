@@ -1,8 +1,8 @@
 """ONNX exporter: FP32 ``model.onnx`` from PyTorch and INT8 ``model_int8.onnx`` (explicit Q/DQ) from NNCF.
 
-INT8 follows ``quantize.method``: ``ptq`` quantizes the FP32 graph, ``accuracy_aware`` does so with layers reverted to
-FP32 under the val budget, ``qat`` exports the QAT-trained model attached with
-:func:`edgeslim.compress.quantize.attach_int8_plan` (its quantizers become Q/DQ pairs).
+INT8 comes from the registered quantizer of ``quantize.method`` (:mod:`edgeslim.export.int8`): ``ptq`` quantizes the
+FP32 graph in the target's INT8 scheme, ``accuracy_aware`` does so with layers kept in float under the val budget,
+``qat`` exports the QAT-trained model of the export context (its quantizers become Q/DQ pairs).
 
 The FP32 graph comes from ``torch.onnx.export(dynamo=True)`` (torch.export based; on this project's CPUs its
 graph runs about 30% faster in onnxruntime than the TorchScript exporter's), written as one self-contained file
@@ -147,6 +147,11 @@ class OnnxExporter(Exporter):
     def export(self, ctx: ExportContext) -> list[ModelFile]:
         import onnx
 
+        existing = ctx.find("onnx", "fp32")
+        if existing is not None and not ctx.wants("fp32"):
+            # INT8 again from the FP32 file already in the artifact (the accuracy-control fallback re-runs INT8)
+            model = onnx.load(str(ctx.directory / existing.path))
+            return ctx.attempt(self.name, "int8", lambda: [self._int8(ctx, model)]) if ctx.wants("int8") else []
         model, path_used, notes = torch_to_onnx(ctx)
         check_io(model, ctx, "the exported ONNX graph")
         try:
@@ -168,36 +173,9 @@ class OnnxExporter(Exporter):
     def _int8(self, ctx: ExportContext, fp32: Any) -> ModelFile:
         import onnx
 
-        from ..compress.quantize import accuracy_aware_onnx, attached_qat_model, attached_validation, ptq_onnx
+        from .int8 import quantize_graph
 
-        method = ctx.quantize.method
-        extra: dict[str, Any] = {}
-        if method == "qat":
-            from ..compress.qat import qat_to_onnx
-            from .qdq import fold_qdq_weights
-
-            quantized = qat_to_onnx(attached_qat_model(ctx.model), ctx.example_input(), opset=ctx.opset,
-                                    dynamic_batch=ctx.dynamic_batch, input_name=ctx.input_name,
-                                    output_name=ctx.output_name)
-            # INT8 weight initializers and BN folded into the convs: the form onnxruntime's INT8 kernels and
-            # TensorRT build from (the raw export runs every conv in float between Q/DQ pairs)
-            quantized, folded = fold_qdq_weights(quantized)
-            extra = {"quantizer": "nncf.qat", "folded_weight_quantizers": folded["weights"],
-                     "folded_batchnorms": folded["batchnorms"]}
-        else:
-            if not ctx.calibration:
-                raise ExportError("INT8 ONNX needs calibration batches; none were given")
-            if method == "accuracy_aware":
-                validation, critical = attached_validation(ctx.model)
-                quantized, report = accuracy_aware_onnx(fp32, ctx.calibration, validation, critical, ctx.quantize)
-                extra = {**report}
-            else:
-                quantized = ptq_onnx(fp32, ctx.calibration, ctx.quantize)
-                extra = {"quantizer": "nncf.ptq"}
-            samples = min(ctx.quantize.calibration_size, sum(len(b) for b in ctx.calibration))
-            extra.update(calibration_samples=samples, preset=ctx.quantize.preset,
-                         fast_bias_correction=ctx.quantize.fast_bias_correction,
-                         ignored_scope=list(ctx.quantize.ignored_scope))
+        quantized, extra = quantize_graph(ctx, "onnx", fp32)
         qdq = count_qdq(quantized)
         if qdq == 0:
             raise ExportError(

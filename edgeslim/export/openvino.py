@@ -83,29 +83,13 @@ class OpenVINOExporter(Exporter):
     def _int8(self, ctx: ExportContext, model: Any, save: Any) -> list[ModelFile]:
         import openvino as ov
 
-        from ..compress.quantize import accuracy_aware_openvino, attached_qat_model, attached_validation, ptq_openvino
+        from .int8 import quantize_graph
 
-        method = ctx.quantize.method
-        if method == "qat":
-            from ..compress.qat import qat_to_openvino
-
-            quantized = qat_to_openvino(attached_qat_model(ctx.model), ctx.example_input(1))
+        # nncf works on a copy: the FP32 model stays as it is.
+        quantized, extra = quantize_graph(ctx, "openvino", model)
+        if extra.get("quantizer") == "nncf.qat":
             _name_ports(quantized, ctx)
             quantized.reshape({quantized.inputs[0]: ov.PartialShape(ctx.input_dims())})
-            extra: dict[str, Any] = {"quantizer": "nncf.qat"}
-        else:
-            if not ctx.calibration:
-                raise ExportError("INT8 OpenVINO needs calibration batches; none were given")
-            # nncf works on a copy: the FP32 model stays as it is.
-            if method == "accuracy_aware":
-                validation, critical = attached_validation(ctx.model)
-                quantized, extra = accuracy_aware_openvino(model, ctx.calibration, validation, critical, ctx.quantize)
-            else:
-                quantized = ptq_openvino(model, ctx.calibration, ctx.quantize)
-                extra = {"quantizer": "nncf.ptq"}
-            extra.update(calibration_samples=min(ctx.quantize.calibration_size, sum(len(b) for b in ctx.calibration)),
-                         preset=ctx.quantize.preset, fast_bias_correction=ctx.quantize.fast_bias_correction,
-                         ignored_scope=list(ctx.quantize.ignored_scope))
         fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
         if fq == 0:
             raise ExportError("NNCF returned an OpenVINO model without FakeQuantize nodes: nothing was quantized")

@@ -231,6 +231,29 @@ class Predictor:
         )
 
 
+_WARNED: set[str] = set()
+
+
+def warn_if_foreign_int8(path: Path, model_file: ModelFile) -> str | None:
+    """Warn, once per file and process, when an INT8 file runs on a host it was not made for; returns the reason.
+
+    The file's ``extra["int8_scheme"]`` names the target it was quantized for (:func:`edgeslim.hardware.int8_scheme`);
+    8-bit weights made for a VNNI CPU, say, can saturate on an AVX2-only host and lose accuracy there.
+    """
+    import warnings
+
+    from ..hardware import Int8TargetWarning, scheme_mismatch
+
+    if model_file.precision != "int8":
+        return None
+    reason = scheme_mismatch(model_file.extra.get("int8_scheme"))
+    key = str(Path(path).resolve())
+    if reason is not None and key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"{model_file.path}: {reason}", Int8TargetWarning, stacklevel=3)
+    return reason
+
+
 def select_model(manifest: Manifest, backend_cls: type[Backend], precision: str | None) -> ModelFile:
     """The manifest entry a backend can run, in the requested precision (the most precise when None).
 
@@ -291,6 +314,7 @@ def load(
     directory = Path(artifact)
     manifest = load_manifest(directory, verify=verify)
     model_file = select_model(manifest, backend_cls, precision)
+    warn_if_foreign_int8(directory / model_file.path, model_file)
     hook = getattr(backend_cls, "artifact_options", None)
     extra = dict(hook(manifest, model_file)) if hook is not None else {}
     extra.update(backend_options)

@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 
 from edgeslim.compress.qat import check_qat_traceable, quantize_aware_train
-from edgeslim.compress.quantize import Int8Plan, attach_int8_plan, calibration_batches
+from edgeslim.compress.quantize import calibration_batches
 from edgeslim.compress.train import compress
 from edgeslim.errors import ConfigError, ExportError, TrainingError
 from edgeslim.export.base import export_artifact
@@ -69,11 +69,10 @@ def test_qat_exports_qdq_onnx_for_onnxruntime_and_int8_openvino(pruned_and_qat, 
     import openvino as ov
 
     data, r, res, q, cal = pruned_and_qat
-    attach_int8_plan(q.fp32_model, Int8Plan(qat_model=q.model))
     x, y = sample_inputs(data, 128)
     m = export_artifact(q.fp32_model, tmp_path / "art", manifest(data, "qat"), formats=["onnx", "openvino"],
                         precisions=("fp32", "int8"), calibration=cal, validation=(x, y), quantize_cfg=r.quantize,
-                        validate_cfg=ValidateSection(int8_min_agreement=0.9))
+                        validate_cfg=ValidateSection(int8_min_agreement=0.9), qat_model=q.model, strict=True)
     onnx_int8 = m.model("onnx", "int8")
     ov_int8 = m.model("openvino", "int8")
     assert onnx_int8.extra["quantizer"] == ov_int8.extra["quantizer"] == "nncf.qat"
@@ -123,7 +122,7 @@ def test_qat_export_without_a_trained_model_says_how_to_get_one(pruned_and_qat, 
     assert "quantize_aware_train" in m.validation["errors"][0]["error"]
     with pytest.raises(ExportError, match="no QAT-trained model"):
         export_artifact(copy.deepcopy(res.model), tmp_path / "b", manifest(data), formats=["onnx"],
-                        precisions=("fp32", "int8"), calibration=cal, quantize_cfg=r.quantize)
+                        precisions=("fp32", "int8"), calibration=cal, quantize_cfg=r.quantize, strict=True)
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ def test_failing_int8_is_fatal_when_strict_and_leaves_the_old_artifact(trained, 
     bad = QuantizeSection(calibration_size=16, ignored_scope=["no_such_layer"])
     with pytest.raises(ExportError) as info:
         export_artifact(trained.model, out, tiny_manifest("again"), formats=("onnx",),
-                        precisions=("fp32", "int8"), calibration=trained.calibration(16), quantize_cfg=bad)
+                        precisions=("fp32", "int8"), calibration=trained.calibration(16), quantize_cfg=bad,
+                        strict=True)
     msg = str(info.value)
     assert "onnx/int8" in msg and "no_such_layer" in msg and "strict=False" in msg
     assert load_manifest(out) == first  # the previous complete artifact is untouched
@@ -35,6 +36,22 @@ def test_failing_int8_is_recorded_when_not_strict(trained, tmp_path):
     assert [(x.format, x.precision) for x in load_manifest(tmp_path / "a").models] == [
         ("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32")]
     assert [(e["exporter"], e["precision"]) for e in m.validation["errors"]] == [("onnx", "int8"), ("openvino", "int8")]
+    assert m.validation["partial"]
+    assert [(f["format"], f["precision"]) for f in m.validation["failed"]] == [("onnx", "int8"), ("openvino", "int8")]
+    assert all("no_such_layer" in f["reason"] for f in m.validation["failed"])
+
+
+def test_a_file_that_fails_validation_is_left_out_and_the_rest_is_written(trained, tmp_path):
+    # the default (not strict): the FP32 ONNX misses an impossible tolerance and is left out; the torch weights stay
+    m = export_artifact(trained.model, tmp_path / "v", tiny_manifest(), formats=("onnx",), precisions=("fp32",),
+                        validation=(trained.test_x[:50], trained.test_y[:50]),
+                        validate_cfg=ValidateSection(fp32_atol=1e-12))
+    loaded = load_manifest(tmp_path / "v")
+    assert [x.format for x in loaded.models] == ["torch"]
+    assert not (tmp_path / "v" / "model.onnx").exists()
+    [failed] = loaded.validation["failed"]
+    assert failed["file"] == "model.onnx" and "max_abs_diff" in failed["reason"]
+    assert loaded.validation["partial"] and loaded.validation["problems"] == []
 
 
 class _Broken(Exporter):
@@ -58,7 +75,8 @@ def broken_exporter():
 def test_a_failing_exporter_does_not_stop_the_others(trained, tmp_path, broken_exporter):
     formats = (broken_exporter, "onnx")
     with pytest.raises(ExportError, match="test-broken/\\*: RuntimeError .*device lost"):
-        export_artifact(trained.model, tmp_path / "strict", tiny_manifest(), formats=formats, precisions=("fp32",))
+        export_artifact(trained.model, tmp_path / "strict", tiny_manifest(), formats=formats, precisions=("fp32",),
+                        strict=True)
     assert not (tmp_path / "strict").exists()
 
     m = export_artifact(trained.model, tmp_path / "lax", tiny_manifest(), formats=formats, precisions=("fp32",),
@@ -73,5 +91,5 @@ def test_validation_failure_when_strict_writes_nothing(trained, tmp_path):
     with pytest.raises(ValidationError, match="model.onnx: max_abs_diff"):
         export_artifact(trained.model, tmp_path / "v", tiny_manifest(), formats=("onnx",), precisions=("fp32",),
                         validation=(trained.test_x[:50], trained.test_y[:50]),
-                        validate_cfg=ValidateSection(fp32_atol=1e-12))
+                        validate_cfg=ValidateSection(fp32_atol=1e-12), strict=True)
     assert not (tmp_path / "v").exists()

@@ -32,7 +32,7 @@ def test_int8_reexport_uses_the_artifacts_recorded_tolerances(with_recipe, train
     with pytest.raises(ValidationError, match="top1_agreement"):
         export_existing(with_recipe, tmp_path / "strict", formats=("onnx",), precisions=("fp32", "int8"),
                         calibration=trained.calibration(32), validation=(trained.test_x, trained.test_y),
-                        validate_cfg=ValidateSection(int8_min_agreement=0.999))
+                        validate_cfg=ValidateSection(int8_min_agreement=0.999), strict=True)
     # ...while the artifact's own recipe (0.5) is what a plain re-export is judged by.
     m = export_existing(with_recipe, tmp_path / "again", formats=("onnx",), precisions=("fp32", "int8"),
                         calibration=trained.calibration(32), validation=(trained.test_x, trained.test_y))
@@ -44,7 +44,7 @@ def test_int8_reexport_uses_the_artifacts_recorded_tolerances(with_recipe, train
 def test_tensorrt_without_the_package_is_recorded_and_the_rest_is_written(with_recipe, trained, tmp_path):
     out = tmp_path / "all"
     m = export_existing(with_recipe, out, formats=("onnx", "openvino", "tensorrt", "triton"), precisions=("fp32",),
-                        validation=(trained.test_x[:20], trained.test_y[:20]))  # strict (the default)
+                        validation=(trained.test_x[:20], trained.test_y[:20]), strict=True)
     assert {(x.format, x.precision) for x in m.models} >= {("onnx", "fp32"), ("openvino", "fp32")}
     [err] = m.validation["errors"]
     assert err["exporter"] == "tensorrt" and err["unavailable"]

@@ -188,9 +188,10 @@ def test_tensorrt_without_onnx_says_to_add_it(tiny, tmp_path):
     assert "add 'onnx' to the export formats" in manifest.validation["errors"][0]["error"]
     assert [m.format for m in manifest.models] == ["torch"]  # the rest of the export completed
     assert not (out / BUILD_SCRIPT).exists()  # nothing to build from, so no script
-    # strict mode (the default): the exporter's recorded failure is an error and nothing is written
+    # strict mode: the exporter's recorded failure is an error and nothing is written
     with pytest.raises(ExportError, match="tensorrt/fp32: TensorRT builds from the FP32 ONNX"):
-        export_artifact(tiny, tmp_path / "strict", _manifest(), formats=["tensorrt"], precisions=("fp32",))
+        export_artifact(tiny, tmp_path / "strict", _manifest(), formats=["tensorrt"], precisions=("fp32",),
+                        strict=True)
     assert not (tmp_path / "strict").exists()
 
 
