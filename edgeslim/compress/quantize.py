@@ -172,7 +172,7 @@ def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, scheme: Int8Sc
     if scheme.signed_activations:
         # TensorRT: symmetric signed INT8 activations (zero point 0), one scale per tensor
         advanced["activations_quantization_params"] = QuantizationParameters(
-            mode=Mode.SYMMETRIC, signedness_to_force=True, per_channel=False
+            mode=Mode.SYMMETRIC, per_channel=False
         )
     elif scheme.per_tensor_activations:
         # NNCF's ONNX backend gives the input of a depthwise conv per-channel activation scales; onnxruntime's

@@ -626,6 +626,9 @@ def _drop_failed(directory: Path, m: Manifest, report: dict[str, Any]) -> None:
     for mf in [mf for mf in m.models if mf.path in bad]:
         for path in _model_paths(directory, mf):
             path.unlink(missing_ok=True)
+        folder = (directory / mf.path).parent
+        if folder != directory and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # openvino_int8/ and the like: an empty folder would say the file was there
         m.models.remove(mf)
         failed.append({"file": mf.path, "format": mf.format, "precision": mf.precision,
                        "reason": "failed validation: " + "; ".join(bad[mf.path])})

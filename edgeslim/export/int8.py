@@ -62,8 +62,19 @@ def ptq(ctx: "ExportContext", fmt: str, graph: Any) -> tuple[Any, dict[str, Any]
     """NNCF post-training quantization of the FP32 graph, in the target's INT8 scheme."""
     from ..compress.quantize import ptq_onnx, ptq_openvino
 
+    scheme = ctx.int8_scheme(fmt)
     fn = ptq_onnx if fmt == "onnx" else ptq_openvino
-    return fn(graph, _calibration(ctx, fmt), ctx.quantize, scheme=ctx.int8_scheme(fmt)), {"quantizer": "nncf.ptq"}
+    quantized = fn(graph, _calibration(ctx, fmt), ctx.quantize, scheme=scheme)
+    return _signed_if_needed(quantized, fmt, scheme), {"quantizer": "nncf.ptq"}
+
+
+def _signed_if_needed(quantized: Any, fmt: str, scheme: Any) -> Any:
+    """TensorRT's scheme: NNCF's unsigned symmetric activations become signed INT8 Q/DQ (see qdq.signed_activations)."""
+    if fmt == "onnx" and scheme.signed_activations:
+        from .qdq import signed_activations
+
+        quantized, _ = signed_activations(quantized)
+    return quantized
 
 
 @QUANTIZERS.register("accuracy_aware", aliases=("accuracy_control", "accuracy_controlled_ptq"))
@@ -82,9 +93,10 @@ def accuracy_aware(ctx: "ExportContext", fmt: str, graph: Any) -> tuple[Any, dic
     thresholds = dict(manifest.thresholds) if manifest is not None else {}
     rule = manifest.decision_rule if manifest is not None else "threshold"
     critical = list(manifest.critical) if manifest is not None else []
+    scheme = ctx.int8_scheme(fmt)
     quantized, report = fn(graph, _calibration(ctx, fmt), ctx.val_split, critical, ctx.quantize,
-                           scheme=ctx.int8_scheme(fmt), thresholds=thresholds, rule=rule)
-    return quantized, dict(report)
+                           scheme=scheme, thresholds=thresholds, rule=rule)
+    return _signed_if_needed(quantized, fmt, scheme), dict(report)
 
 
 @QUANTIZERS.register("qat")

@@ -189,3 +189,55 @@ def _prune_dead(model: Any) -> None:
     inits = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(inits)
+
+
+def signed_activations(model: Any) -> tuple[Any, int]:
+    """Turn unsigned symmetric activation Q/DQ pairs (``uint8``, zero point 0) into signed INT8 ones.
+
+    TensorRT's explicit quantization takes only signed INT8 with zero point 0. NNCF quantizes a non-negative
+    activation (after a ReLU) symmetrically as ``uint8`` with zero point 0, covering ``[0, 255 s]``; the signed
+    form with scale ``255 s / 127`` covers the same range with half the steps, which is what TensorRT itself does
+    with non-negative tensors. Asymmetric pairs (zero point != 0) cannot be mapped and are an error.
+
+    Returns:
+        ``(model, converted)``: the model, changed in place, and how many zero-point tensors were converted.
+    """
+    from onnx import numpy_helper
+
+    from ..errors import ExportError
+
+    inits = {t.name: t for t in model.graph.initializer}
+    done: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zp_name, scale_name = node.input[2], node.input[1]
+        zp = inits.get(zp_name)
+        if zp is None or zp_name in done:
+            continue
+        z = numpy_helper.to_array(zp)
+        if z.dtype != np.uint8:
+            continue
+        if np.any(z != 0):
+            raise ExportError(
+                f"{node.name}: an asymmetric uint8 quantizer (zero point {z.ravel()[:3].tolist()}) has no signed INT8"
+                " form for TensorRT; quantize with the tensorrt scheme (target: nvidia-gpu or a Jetson)"
+            )
+        scale = inits.get(scale_name)
+        if scale is None:
+            raise ExportError(f"{node.name}: the scale {scale_name!r} is not an initializer; cannot rescale it")
+        if scale_name not in done:
+            s = numpy_helper.to_array(scale).astype(np.float32) * np.float32(255.0 / 127.0)
+            scale.CopyFrom(numpy_helper.from_array(s, scale_name))
+            done.add(scale_name)
+        zp.CopyFrom(numpy_helper.from_array(np.zeros_like(z, dtype=np.int8), zp_name))
+        done.add(zp_name)
+    # the quantized tensors between the pairs are int8 now: keep the graph's type annotations in step
+    from onnx import TensorProto
+
+    signed = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2
+              and n.input[2] in done}
+    for vi in model.graph.value_info:
+        if vi.name in signed:
+            vi.type.tensor_type.elem_type = TensorProto.INT8
+    return model, len(signed)
