@@ -62,7 +62,7 @@ def main() -> None:
     from edgeslim._io import atomic_write_json, atomic_write_text
     from edgeslim.artifact import Manifest, TensorInfo
     from edgeslim.compress.data import load_data_from_recipe
-    from edgeslim.compress.quantize import Int8Plan, attach_int8_plan, calibration_batches
+    from edgeslim.compress.quantize import calibration_batches
     from edgeslim.compress.sources import load_pretrained, replace_head
     from edgeslim.compress.train import compress
     from edgeslim.export.base import export_artifact
@@ -132,8 +132,6 @@ def main() -> None:
     files: dict[tuple[str, int], dict] = {}
     for name, v in variants.items():
         qcfg = recipe.quantize.model_copy(update={"method": v["int8"]})
-        if v["int8"] == "qat":
-            attach_int8_plan(v["model"], Int8Plan(qat_model=v["qat"]))
         sides = [(size, calib, (test_x, test_y))] if v.get("trained", True) else []
         for side, cal, val in sides + [(args.deploy_size, calib_deploy, None)]:
             art = out / "artifacts" / f"{name}-{side}"
@@ -142,7 +140,8 @@ def main() -> None:
                 say(f"export {name} at {side}x{side}")
                 m = export_artifact(v["model"], art, manifest(f"{name}-{side}", side), formats=["onnx", "openvino"],
                                     precisions=("fp32", "int8"), calibration=cal, validation=val,
-                                    quantize_cfg=qcfg, validate_cfg=lenient, strict=True)
+                                    quantize_cfg=qcfg, validate_cfg=lenient, strict=True, target=recipe.target,
+                                    qat_model=v.get("qat") if v["int8"] == "qat" else None)
             files[(name, side)] = {(mf.format, mf.precision): out / "artifacts" / f"{name}-{side}" / mf.path
                                    for mf in m.models if mf.format != "torch"}
 
