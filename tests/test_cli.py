@@ -131,3 +131,22 @@ def test_inference_cpu_lists_parse_ranges():
     from edgeslim.cli import _cpu_list
 
     assert _cpu_list("0,2-3") == (0, 2, 3) and _cpu_list(None) is None
+
+
+def test_a_partial_run_keeps_what_passed_says_why_in_one_line_and_exits_3(tmp_path):
+    """A failed precision never takes the others with it: the artifacts are written without it, the summary and
+    the manifest say why, and the exit code tells a script the job was partial."""
+    out = tmp_path / "out"
+    recipe = {**TINY, "quantize": {"calibration_size": 64, "ignored_scope": ["no_such_layer"]}}
+    r = runner.invoke(app, ["pipeline", str(_write(tmp_path, recipe)), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 3, r.output
+    partial = [ln for ln in r.output.splitlines() if ln.startswith("partial:")]
+    assert len(partial) == 1 and "compressed/onnx/int8" in partial[0] and "compressed/openvino/int8" in partial[0]
+    comp = load_manifest(out / "compressed")
+    assert {(m.format, m.precision) for m in comp.models} == {("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32")}
+    assert comp.validation["partial"] and all("no_such_layer" in f["reason"] for f in comp.validation["failed"])
+    rows = json.loads((out / "report.json").read_text())["pipeline"]["summary"]
+    left = [row for row in rows if row.get("left_out")]
+    assert {(row["format"], row["precision"]) for row in left} == {("onnx", "int8"), ("openvino", "int8")}
+    assert "left out" in (out / "report.md").read_text()
+    # (strict, all or nothing, is the export's strict=True: tests/export/test_artifact_failures.py)
