@@ -318,11 +318,20 @@ class ModelRepository:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
+        self.loaded = False
 
     def load(self) -> None:
-        """Load every artifact named by the settings (called once, in the app's lifespan)."""
+        """Load every artifact named by the settings (once: by :func:`~edgeslim.server.app.serve` before uvicorn
+        starts, or in the app's lifespan)."""
         with pinned(self.settings.inference_cpus):  # runtime threads created while loading inherit the CPUs
             self._load()
+        self.loaded = True
+
+    def release(self) -> None:
+        """Release the backends loaded so far (after a failed load; no batcher has started)."""
+        for m in self.models.values():
+            m.backend.close()
+        self.models.clear()
 
     def _load(self) -> None:
         for path in find_artifacts(self.settings.models):

@@ -223,3 +223,30 @@ def test_without_batching_idle_inline_and_queued_requests_all_answer_correctly(a
         stats = c.get_inference_statistics("tiny")["model_stats"][0]
     assert stats["inference_stats"]["success"]["count"] == 40 and stats["execution_count"] == 40
     assert stats["inference_count"] == sum(x.shape[0] for x in inputs.values())
+
+
+def test_serve_cli_on_a_tampered_artifact_prints_one_red_line_and_exits_1(artifact, tmp_path):
+    """The models load before uvicorn starts, so a file failing its sha256 check is the CLI's one-line error with
+    exit code 1, not uvicorn's lifespan traceback and exit code 3."""
+    import shutil
+    import subprocess
+    import sys
+
+    from server_helpers import free_port
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(artifact, bad)
+    onnx = bad / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 1
+    onnx.write_bytes(bytes(data))
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeslim.cli", "serve", str(bad), "--port", str(port)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: artifact {bad} failed its integrity check: model.onnx: sha256 mismatch"), lines
+    assert "Traceback" not in proc.stderr and "uvicorn" not in proc.stderr.lower()
