@@ -43,7 +43,8 @@ def test_health_metadata_config_and_stats(server):
     assert c.is_server_live() and c.is_server_ready()  # health needs no token
     assert c.is_model_ready("tiny", headers=auth())
     meta = c.get_server_metadata(headers=auth())
-    assert {"binary_tensor_data", "classification", "model_configuration", "statistics"} <= set(meta["extensions"])
+    assert {"binary_tensor_data", "classification", "model_configuration", "model_repository",
+            "statistics"} <= set(meta["extensions"])
     mm = c.get_model_metadata("tiny", model_version="1", headers=auth())
     assert mm["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 3, 16, 16]}
     cfg = c.get_model_config("tiny", headers=auth())
@@ -54,6 +55,19 @@ def test_health_metadata_config_and_stats(server):
         c.get_model_metadata("tiny")
     with pytest.raises(InferenceServerException, match="Did you mean 'tiny'"):
         c.get_model_metadata("tiny_", headers=auth())
+
+
+def test_repository_index_through_tritonclient_and_model_control_refused(server):
+    c = client(server)
+    assert c.get_model_repository_index(headers=auth()) == [
+        {"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
+    with pytest.raises(InferenceServerException, match="bearer token"):
+        c.get_model_repository_index()
+    for call in (c.load_model, c.unload_model):
+        with pytest.raises(InferenceServerException, match="model control is off") as info:
+            call("tiny", headers=auth())
+        assert info.value.status() == "403"
+    assert c.is_model_ready("tiny", headers=auth())  # the refused unload left the model serving
 
 
 def test_binary_and_json_inference_match_the_runtime(server, reference):
