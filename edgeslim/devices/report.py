@@ -344,7 +344,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         rows = []
         for i, name in enumerate(names):
             mark = " (critical)" if i in critical else ""
-            rows.append((f"{i} {name}{mark}", *[_fmt(r[i] if i < len(r) else None, 3) for r in recalls]))
+            rows.append((class_label(i, names) + mark, *[_fmt(r[i] if i < len(r) else None, 3) for r in recalls]))
         parts += [
             "## Per-class recall",
             "",
@@ -368,10 +368,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def class_label(i: int, classes: Sequence[str]) -> str:
+    """A class as a table row names it: ``"3 cat"``, or just ``"3"`` when the name is the index (digits) or unknown."""
+    name = classes[i] if 0 <= i < len(classes) else None
+    return str(i) if name is None or str(name) == str(i) else f"{i} {name}"
+
+
 def _cls_name(k: Any, classes: Sequence[str]) -> str:
     try:
-        i = int(k)
-        return f"{i} {classes[i]}" if i < len(classes) else str(i)
+        return class_label(int(k), classes)
     except (TypeError, ValueError):
         return str(k)
 
