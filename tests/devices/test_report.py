@@ -107,3 +107,21 @@ def test_class_rows_name_a_class_once_when_its_name_is_its_index():
     unnamed = json.loads(json.dumps({**REPORT, "artifact": {}, "entries": REPORT["entries"][:1]}))
     assert "| 1 | 0.800 |" in render_markdown(unnamed)
     assert [class_label(i, ["cat", "1", "fox"]) for i in range(4)] == ["0 cat", "1", "2 fox", "3"]
+
+
+def test_report_html_and_markdown_import_no_cycle():
+    """markdown.py is below both: html.py draws on it without importing report.py, which writes the files."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import edgeslim.devices.markdown\n"
+        "assert not {'edgeslim.devices.report', 'edgeslim.devices.html'} & set(sys.modules)\n"
+        "import edgeslim.devices.html\n"
+        "assert 'edgeslim.devices.report' not in sys.modules\n"
+        "from edgeslim.devices.report import render_markdown\n"
+        "assert render_markdown is edgeslim.devices.markdown.render_markdown\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
