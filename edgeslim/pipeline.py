@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 from ._io import atomic_write_text
 from .artifact import Manifest, TensorInfo, load_manifest
-from .errors import ConfigError
+from .errors import ConfigError, MissingDependencyError
 from .recipe import Recipe
 
 STAGES = ("compress", "export", "profile")
@@ -470,6 +470,10 @@ def _artifact_data(manifest: Manifest, *, calibration: bool):
     if not manifest.recipe:
         return None, None
     recipe = parse_recipe(manifest.recipe)
+    from .errors import require
+
+    # the datasets are read through torch's DataLoader: a device-side install ('edgeslim[serve]') has no torch
+    require("torch", extra="compress", purpose=f"re-creating the split of the recipe's dataset '{recipe.data.dataset}'")
     from .compress.data import load_data_from_recipe
 
     data = load_data_from_recipe(recipe.data, manifest.preprocessing, seed=recipe.seed)
@@ -563,7 +567,19 @@ def profile_to_report(
     manifest = load_manifest(artifact)
     if loadgen is not None and loadgen not in ("single-stream", "offline"):
         raise ConfigError(f"--loadgen '{loadgen}': use single-stream or offline")
-    data = labelled_folder(data_dir, manifest) if data_dir else _artifact_data(manifest, calibration=False)[1]
+    notes: list[str] = []
+    if data_dir:
+        data = labelled_folder(data_dir, manifest)
+    else:
+        try:
+            data = _artifact_data(manifest, calibration=False)[1]
+        except MissingDependencyError as exc:  # a device-side install: measure speed, say why accuracy is missing
+            data = None
+            notes.append(f"Accuracy not measured: {exc}; or pass --data DIR, a labelled ImageFolder (DIR/<class>/*.png)")
+            if console is not None:
+                from rich.text import Text
+
+                console.print(Text(f"warning: {notes[-1]}", style="yellow"), soft_wrap=True)
     cfg = ProfileConfig(
         warmup=warmup, iterations=iterations, seconds=2.0 if seconds is None else seconds,
         batch_sizes=tuple(batch_sizes or (1,)),
@@ -572,7 +588,7 @@ def profile_to_report(
     entries = profile_artifact(
         artifact, backends=backends, cfg=cfg, threads=threads, data=data, progress=progress, device_state=target
     )
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"notes": notes} if notes else {}
     if loadgen:
         from .devices.loadgen import LoadGenConfig, run_loadgen
         from .runtime.base import BackendOptions

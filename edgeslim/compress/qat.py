@@ -37,6 +37,7 @@ from torch import nn
 
 from ..errors import ConfigError, TrainingError
 from ..recipe import QuantizeSection
+from ._quiet import quiet_cuda_home_on_cpu
 from .pruning import MaskSet, PruneContext
 from .quantize import _nncf_kwargs, _quiet_nncf, _samples
 
@@ -51,6 +52,7 @@ __all__ = ["QatResult", "check_qat_traceable", "prepare_qat", "qat_to_onnx", "qa
 def _nncf() -> Any:
     # a loaded 2-core machine compiles NNCF's extension in more than NNCF's default 60 s
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
+    quiet_cuda_home_on_cpu()  # before nncf.torch imports torch.utils.cpp_extension
     import nncf
 
     return nncf

@@ -135,6 +135,9 @@ def _quiet_nncf(verbose: bool) -> Iterator[None]:
     NNCF has no switch for its progress bars; they are written to ``sys.stdout`` when drawn, so redirecting
     stdout for the duration of the call hides them without touching global logging configuration.
     """
+    from ._quiet import quiet_cuda_home_on_cpu
+
+    quiet_cuda_home_on_cpu()  # NNCF's torch backend imports torch.utils.cpp_extension: no CUDA noise on a CPU host
     if verbose:
         yield
         return

@@ -13,7 +13,7 @@ import io
 import json
 from typing import Any, Mapping, Sequence
 
-from .report import _accuracy_entries, class_names, critical_set, render_markdown
+from .markdown import _accuracy_entries, class_names, critical_set, render_markdown
 
 
 def _png(fig: Any) -> str:

@@ -28,9 +28,9 @@ from .cpu import cpu_info
 
 #: Runtime library behind each built-in backend, and the extra that installs it.
 _BACKEND_LIBS: dict[str, tuple[str, str | None]] = {
-    "onnxruntime": ("onnxruntime", None),
-    "openvino": ("openvino", None),
-    "torch": ("torch", None),
+    "onnxruntime": ("onnxruntime", "serve"),
+    "openvino": ("openvino", "serve"),
+    "torch": ("torch", "compress"),
     "tensorrt": ("tensorrt", "tensorrt"),
 }
 

@@ -133,7 +133,7 @@ class OnnxRuntimeBackend(Backend):
     formats = ("onnx",)
 
     def _load(self) -> None:
-        ort = require("onnxruntime", purpose="the onnxruntime backend")
+        ort = require("onnxruntime", extra="serve", purpose="the onnxruntime backend")
         extra = dict(self.options.extra)
         _check_extra(extra, _EXTRA_KEYS, self.name)
         if not self.path.is_file():

@@ -74,7 +74,7 @@ class OpenVINOBackend(Backend):
     formats = ("openvino",)
 
     def _load(self) -> None:
-        ov = require("openvino", purpose="the openvino backend")
+        ov = require("openvino", extra="serve", purpose="the openvino backend")
         extra = dict(self.options.extra)
         for key in extra:
             if key not in _EXTRA_KEYS:
@@ -257,7 +257,7 @@ class OpenVINOBackend(Backend):
         """
         import time
 
-        ov = require("openvino", purpose="the openvino backend")
+        ov = require("openvino", extra="serve", purpose="the openvino backend")
         self._check_open()
         feed = self._feed_by_port(self.check_feeds(feeds))
         n = int(jobs or self._requested_jobs or self.optimal_requests)

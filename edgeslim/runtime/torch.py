@@ -67,8 +67,8 @@ class TorchBackend(Backend):
         }
 
     def _load(self) -> None:
-        torch = require("torch", purpose="the torch backend")
-        st = require("safetensors.torch", purpose="the torch backend")
+        torch = require("torch", extra="compress", purpose="the torch backend")
+        st = require("safetensors.torch", extra="compress", purpose="the torch backend")
         extra = dict(self.options.extra)
         for key in extra:
             if key not in _EXTRA_KEYS:

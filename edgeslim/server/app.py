@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import ConfigError, EdgeslimError
-from . import classify, health, infer, metrics, models, sharedmem
+from . import classify, health, infer, metrics, model_repository, models, sharedmem
 from .errors import error_response, json_error, validation_message
 from .guard import OPEN_PREFIXES, Guard, GuardMiddleware
 from .infer import InferEndpoint
@@ -156,11 +156,12 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            await run_in_threadpool(repository.load)  # loading is blocking I/O + compilation
-        except BaseException as exc:
-            app.state.startup_error = exc
-            raise
+        if not repository.loaded:  # serve() loads before uvicorn starts; an app run some other way loads here
+            try:
+                await run_in_threadpool(repository.load)  # loading is blocking I/O + compilation
+            except BaseException as exc:
+                app.state.startup_error = exc
+                raise
         repository.start()
         log.info("serving %s on %s", ", ".join(sorted(repository.models)), settings.backend)
         try:
@@ -186,7 +187,7 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
     app.state.metrics_registry = build_registry(repository, power_reader)
     app.state.startup_error = None
     app.state.shared_memory = sharedmem.SharedMemoryRegistry() if settings.shared_memory else None
-    for module in (health, models, infer, classify, metrics, sharedmem):
+    for module in (health, models, model_repository, infer, classify, metrics, sharedmem):
         app.include_router(module.router)
     _install_error_handlers(app)
     guard = Guard(token=settings.token, max_body_bytes=settings.max_body_bytes)
@@ -221,12 +222,23 @@ def _loop_impl() -> str:
 def serve(settings: ServerSettings, *, power_reader: PowerReader | str | None = "auto") -> None:
     """Run the server until SIGINT/SIGTERM, then finish in-flight requests and exit.
 
+    The models load before uvicorn starts, as Triton loads its models before it opens its endpoints: a model that
+    cannot load (a file that fails its sha256 check, a wrong backend) raises here, for the CLI to print as one
+    line, instead of surfacing as uvicorn's lifespan traceback and exit code 3. The work is the same as loading in
+    the lifespan, so the start is no slower.
+
     Raises:
-        EdgeslimError: the models could not be loaded (the lifespan's error, re-raised so the CLI can print it).
+        EdgeslimError: the models could not be loaded.
     """
     import uvicorn
 
     app = create_app(settings, power_reader=power_reader)
+    repository: ModelRepository = app.state.repository
+    try:
+        repository.load()
+    except BaseException:
+        repository.release()
+        raise
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -48,6 +48,10 @@ class RequestTimeoutError(EdgeslimError, TimeoutError):
     """A request was not answered within its timeout (queue wait + compute)."""
 
 
+class ModelControlError(EdgeslimError, PermissionError):
+    """A load or unload request: the served models are fixed at start (Triton's model control mode NONE)."""
+
+
 class ModelNotReadyError(EdgeslimError, RuntimeError):
     """The model exists but is not ready (loading or shutting down)."""
 
@@ -56,6 +60,7 @@ def http_status(exc: BaseException) -> int:
     """The HTTP status for an error: 4xx for anything the client caused, 5xx for the server's own state."""
     # Order matters: subclasses before their bases.
     for cls, status in (
+        (ModelControlError, 403),
         (ModelNotFoundError, 404),
         (UnauthorizedError, 401),
         (BodyTooLargeError, 413),

@@ -318,11 +318,21 @@ class ModelRepository:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.models: dict[str, ServedModel] = {}
+        self.loaded = False
+        self.closing = False
 
     def load(self) -> None:
-        """Load every artifact named by the settings (called once, in the app's lifespan)."""
+        """Load every artifact named by the settings (once: by :func:`~edgeslim.server.app.serve` before uvicorn
+        starts, or in the app's lifespan)."""
         with pinned(self.settings.inference_cpus):  # runtime threads created while loading inherit the CPUs
             self._load()
+        self.loaded = True
+
+    def release(self) -> None:
+        """Release the backends loaded so far (after a failed load; no batcher has started)."""
+        for m in self.models.values():
+            m.backend.close()
+        self.models.clear()
 
     def _load(self) -> None:
         for path in find_artifacts(self.settings.models):
@@ -350,11 +360,21 @@ class ModelRepository:
 
     async def close(self) -> None:
         """Finish queued requests, then release every backend."""
+        self.closing = True
         for m in self.models.values():
             m.ready = False
         for m in self.models.values():
             await m.batcher.close()
             m.backend.close()
+
+    def index(self) -> list[dict[str, str]]:
+        """Triton's repository index: every served model by name, ``READY`` or ``UNAVAILABLE`` with the reason."""
+        why = "shutting down" if self.closing else "loading"
+        return [
+            {"name": name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE",
+             "reason": "" if m.ready else why}
+            for name, m in sorted(self.models.items())
+        ]
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model called ``name`` (and ``version``), or :class:`ModelNotFoundError` with a did-you-mean."""

@@ -1,5 +1,6 @@
 """A small real artifact for the devices tests: TinyNet trained on sklearn digits (16x16 RGB), exported to
-ONNX FP32, ONNX INT8 (onnxruntime static QDQ quantization) and an OpenVINO FP32 IR, plus held-out labelled data.
+ONNX FP32, ONNX INT8 (onnxruntime static QDQ quantization) and an OpenVINO FP32 IR, plus held-out labelled data
+(built by :mod:`edgeslim.testing`).
 """
 
 from __future__ import annotations
@@ -17,92 +18,25 @@ CLASSES = [str(i) for i in range(10)]
 CRITICAL = [3, 8]
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = d.images.astype(np.float32) / 16.0  # 8x8 in [0, 1]
-    x = np.kron(x, np.ones((2, 2), np.float32))  # 16x16
-    x = (x - 0.5) / 0.5
-    x = np.repeat(x[:, None], 3, axis=1)  # N, 3, 16, 16
-    return np.ascontiguousarray(x), d.target.astype(np.int64)
-
-
 @pytest.fixture(scope="session")
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    x, y = _digits()
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(x))
-    tr, te = idx[:1400], idx[1400:]
-    return x[tr], y[tr], x[te], y[te]
+    """(train_x, train_y, test_x, test_y): 1,400 digits to train on, the other 397 held out."""
+    from edgeslim.testing import digits_splits
+
+    return digits_splits(1400)
 
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, digits) -> Path:
-    import torch
+    from edgeslim.testing import build_tiny_artifact, train_tiny
 
-    from edgeslim.artifact import Manifest, ModelFile, Preprocessing, TensorInfo, write_artifact
-    from edgeslim.testing import TinyNet
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
     xtr, ytr, _, _ = digits
-    model = TinyNet(num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    for _ in range(6):
-        perm = torch.randperm(len(X))
-        for i in range(0, len(X), 64):
-            b = perm[i : i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(X[b]), Y[b]).backward()
-            opt.step()
-    model.eval()
-
-    def writer(tmp: Path):
-        import onnx
-        import openvino as ov
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-        onnx_path = tmp / "model.onnx"
-        torch.onnx.export(
-            model, (torch.zeros(1, 3, 16, 16),), str(onnx_path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17,
-        )
-        onnx.checker.check_model(str(onnx_path))
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.it = iter([{"input": xtr[i : i + 16]} for i in range(0, 256, 16)])
-
-            def get_next(self):
-                return next(self.it, None)
-
-        quantize_static(
-            str(onnx_path), str(tmp / "model.int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        )
-        ov_model = ov.convert_model(str(onnx_path))
-        ov.save_model(ov_model, str(tmp / "model.xml"), compress_to_fp16=False)
-        return None
-
-    manifest = Manifest(
-        name="tinynet-digits",
-        arch="tinynet",
-        classes=CLASSES,
-        critical=CRITICAL,
-        input=TensorInfo(name="input", shape=[-1, 3, 16, 16]),
-        outputs=[TensorInfo(name="logits", shape=[-1, 10])],
-        preprocessing=Preprocessing(resize=16, crop=16),
-        models=[
-            ModelFile(format="onnx", precision="fp32", path="model.onnx"),
-            ModelFile(format="onnx", precision="int8", path="model.int8.onnx"),
-            ModelFile(format="openvino", precision="fp32", path="model.xml"),
-        ],
+    model = train_tiny(xtr, ytr, epochs=6, shuffle=True)
+    return build_tiny_artifact(
+        tmp_path_factory.mktemp("art") / "tiny", model, name="tinynet-digits", classes=CLASSES, critical=CRITICAL,
+        files={"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "openvino": "model.xml"},
+        calibration=xtr[:256], opset=17,
     )
-    out = tmp_path_factory.mktemp("art") / "tiny"
-    write_artifact(out, manifest, writer)
-    return out
 
 
 @pytest.fixture(scope="session")

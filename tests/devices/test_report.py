@@ -91,3 +91,37 @@ def test_load_report_rejects_foreign_and_newer_files(tmp_path):
         load_report(tmp_path / "missing")
     with pytest.raises(ConfigError, match="make_report"):
         write_report(tmp_path / "o", {"schema": "nope"}, html=False)
+
+
+def test_class_rows_name_a_class_once_when_its_name_is_its_index():
+    """digits-style class names ("0".."9") label rows "8 (critical)", not "8 8 (critical)"; others keep index + name."""
+    from edgeslim.devices.report import class_label
+
+    digits = [str(i) for i in range(3)]
+    report = json.loads(json.dumps({**REPORT, "artifact": {"name": "d", "classes": digits, "critical": [1]},
+                                    "entries": REPORT["entries"][:1]}))
+    md = render_markdown(report)
+    assert "| 0 | 0.900 |" in md and "| 1 (critical) | 0.800 |" in md and "| 2 | 1.000 |" in md
+    assert "1: FN 2" in md
+    assert not any(f"| {i} {i}" in md or f"{i} {i}:" in md for i in range(3)), md
+    unnamed = json.loads(json.dumps({**REPORT, "artifact": {}, "entries": REPORT["entries"][:1]}))
+    assert "| 1 | 0.800 |" in render_markdown(unnamed)
+    assert [class_label(i, ["cat", "1", "fox"]) for i in range(4)] == ["0 cat", "1", "2 fox", "3"]
+
+
+def test_report_html_and_markdown_import_no_cycle():
+    """markdown.py is below both: html.py draws on it without importing report.py, which writes the files."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import edgeslim.devices.markdown\n"
+        "assert not {'edgeslim.devices.report', 'edgeslim.devices.html'} & set(sys.modules)\n"
+        "import edgeslim.devices.html\n"
+        "assert 'edgeslim.devices.report' not in sys.modules\n"
+        "from edgeslim.devices.report import render_markdown\n"
+        "assert render_markdown is edgeslim.devices.markdown.render_markdown\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -32,43 +32,13 @@ class Trained:
             return self.model(torch.from_numpy(x)).numpy()
 
 
-def digits_16() -> tuple[np.ndarray, np.ndarray]:
-    """sklearn digits (8x8, 0..16) as normalised 3x16x16 float32 images."""
-    import importlib.util
-    from pathlib import Path
-
-    # Read scikit-learn's bundled CSV directly: importing sklearn (and scipy) costs seconds per test file.
-    spec = importlib.util.find_spec("sklearn")
-    data = np.loadtxt(Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz", delimiter=",")
-    images, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1]
-    img = images.astype(np.float32) / 16.0 * 255.0
-    img = img.repeat(2, axis=1).repeat(2, axis=2)  # 8x8 -> 16x16
-    x = np.repeat(img[:, None], 3, axis=1)
-    x = (x - 127.5) / 127.5
-    return np.ascontiguousarray(x, dtype=np.float32), target.astype(np.int64)
-
-
 def train_tiny() -> Trained:
     import torch
 
-    from edgeslim.testing import TinyNet
+    from edgeslim import testing
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    x, y = digits_16()
-    perm = np.random.default_rng(0).permutation(len(x))
-    x, y = x[perm], y[perm]
-    train_x, train_y, test_x, test_y = x[:1200], y[:1200], x[1200:1500], y[1200:1500]
-    model = TinyNet(num_classes=10)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    tx, ty = torch.from_numpy(train_x), torch.from_numpy(train_y)
-    model.train()
-    for _ in range(3):
-        for i in range(0, len(tx), 64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(tx[i : i + 64]), ty[i : i + 64]).backward()
-            opt.step()
-    model.eval()
+    train_x, train_y, test_x, test_y = testing.digits_splits(1200, 300, size=SIZE)
+    model = testing.train_tiny(train_x, train_y, epochs=3)
     with torch.inference_mode():
         acc = float((model(torch.from_numpy(test_x)).argmax(1).numpy() == test_y).mean())
     assert acc > 0.8, f"the shared test model did not train (test accuracy {acc:.2f})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,29 +29,15 @@ class TinyModels:
             return self.model(torch.from_numpy(x)).numpy()
 
 
-def _export_onnx(model, path: Path, *, dynamic: bool) -> None:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.randn(1, 3, SIZE, SIZE),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None,
-            dynamo=False,
-        )
+#: Where the artifacts of :func:`make_artifact` keep each file (the torch weights too, for the torch backend).
+FILES = {"onnx": "model.onnx", "openvino": "openvino/model.xml", "torch": "model.safetensors"}
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
-    import openvino as ov
     import torch
-    from safetensors.torch import save_file
 
-    from edgeslim.testing import TinyNet
+    from edgeslim.testing import TinyNet, build_tiny_artifact
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -67,17 +52,15 @@ def tiny_models(tmp_path_factory) -> TinyModels:
                 m.bias.uniform_(-0.2, 0.2)
     model.eval()
     root = tmp_path_factory.mktemp("tiny_models")
-    _export_onnx(model, root / "model.onnx", dynamic=True)
-    _export_onnx(model, root / "model_b1.onnx", dynamic=False)
-    (root / "openvino").mkdir()
-    ov.save_model(ov.convert_model(str(root / "model.onnx")), str(root / "openvino" / "model.xml"), compress_to_fp16=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
+    dynamic = build_tiny_artifact(root / "dynamic", model, classes=CLASSES, critical=[1], files=FILES, arch="tiny")
+    static = build_tiny_artifact(root / "static", model, classes=CLASSES, critical=[1], files=("onnx",), arch="tiny",
+                                 static=True)
     return TinyModels(
         model=model,
-        onnx=root / "model.onnx",
-        onnx_static=root / "model_b1.onnx",
-        openvino=root / "openvino" / "model.xml",
-        safetensors=root / "model.safetensors",
+        onnx=dynamic / FILES["onnx"],
+        onnx_static=static / "model.onnx",
+        openvino=dynamic / FILES["openvino"],
+        safetensors=dynamic / FILES["torch"],
     )
 
 
@@ -94,40 +77,16 @@ def make_artifact(tiny_models, tmp_path_factory) -> Callable[..., Path]:
     The artifact holds the TinyNet as onnx/fp32, openvino/fp32 and torch/fp32, written with
     :func:`edgeslim.artifact.write_artifact` like a real export.
     """
-    import shutil
-
-    from edgeslim.artifact import Manifest, ModelFile, Preprocessing, TensorInfo, write_artifact
+    from edgeslim.testing import build_tiny_artifact
 
     base = tmp_path_factory.mktemp("artifacts")
 
     def make(name: str, *, static: bool = False, thresholds: dict[str, float] | None = None,
              critical: list[int] | None = None) -> Path:
-        batch_dim = 1 if static else -1
-        manifest = Manifest(
-            name=name,
-            source="test",
-            arch="tiny",
-            classes=CLASSES,
-            critical=[1] if critical is None else critical,
-            thresholds=thresholds or {},
-            input=TensorInfo(name="input", shape=[batch_dim, 3, SIZE, SIZE]),
-            outputs=[TensorInfo(name="logits", shape=[batch_dim, NUM_CLASSES])],
-            preprocessing=Preprocessing(resize=SIZE, crop=SIZE),
-            models=[
-                ModelFile(format="onnx", precision="fp32", path="model.onnx"),
-                ModelFile(format="openvino", precision="fp32", path="openvino/model.xml"),
-                ModelFile(format="torch", precision="fp32", path="model.safetensors"),
-            ],
+        return build_tiny_artifact(
+            base / name, tiny_models.model, name=name, source="test", arch="tiny", classes=CLASSES,
+            critical=[1] if critical is None else critical, thresholds=thresholds, files=FILES, static=static,
+            size=SIZE,
         )
-
-        def writer(tmp: Path) -> None:
-            shutil.copy(tiny_models.onnx_static if static else tiny_models.onnx, tmp / "model.onnx")
-            (tmp / "openvino").mkdir()
-            shutil.copy(tiny_models.openvino, tmp / "openvino" / "model.xml")
-            shutil.copy(tiny_models.openvino.with_suffix(".bin"), tmp / "openvino" / "model.bin")
-            shutil.copy(tiny_models.safetensors, tmp / "model.safetensors")
-
-        write_artifact(base / name, manifest, writer)
-        return base / name
 
     return make

@@ -22,39 +22,10 @@ THRESHOLDS = {"2": 0.3}
 
 
 def build_tiny_artifact(directory: Path, name: str = "tiny") -> Path:
-    """TinyNet(4 classes) -> ONNX with a dynamic batch -> an edgeslim artifact."""
-    import torch
+    """An untrained TinyNet(4 classes) as ONNX with a dynamic batch, in an edgeslim artifact."""
+    from edgeslim import testing
 
-    from edgeslim.artifact import Manifest, ModelFile, Preprocessing, TensorInfo, write_artifact
-    from edgeslim.testing import TinyNet
-
-    torch.manual_seed(0)
-    model = TinyNet(num_classes=len(CLASSES)).eval()
-    manifest = Manifest(
-        name=name,
-        arch="tinynet",
-        classes=CLASSES,
-        critical=CRITICAL,
-        thresholds=THRESHOLDS,
-        input=TensorInfo(name="input", shape=[-1, 3, 16, 16]),
-        outputs=[TensorInfo(name="logits", shape=[-1, len(CLASSES)])],
-        preprocessing=Preprocessing(resize=16, crop=16),
-        models=[ModelFile(format="onnx", precision="fp32", path="model.onnx")],
-    )
-
-    def writer(tmp: Path) -> None:
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, 16, 16),),
-            str(tmp / "model.onnx"),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            dynamo=False,
-        )
-
-    write_artifact(directory, manifest, writer)
-    return directory
+    return testing.build_tiny_artifact(directory, name=name, classes=CLASSES, critical=CRITICAL, thresholds=THRESHOLDS)
 
 
 def batch(n: int, seed: int = 0) -> np.ndarray:

@@ -94,7 +94,7 @@ def test_classify_endpoint_agrees_with_predictor(client, reference):
 
 def test_metadata_config_and_server_extensions(client):
     assert client.get("/v2").json()["extensions"] == [
-        "binary_tensor_data", "classification", "model_configuration", "statistics"]
+        "binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
     meta = client.get("/v2/models/tiny").json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 4]}]
@@ -106,12 +106,41 @@ def test_metadata_config_and_server_extensions(client):
     assert client.get("/v2/models/tiny/ready").status_code == 200
 
 
+@pytest.mark.parametrize("body", [None, b"", b"{}", b'{"ready": true}', b'{"ready": false, "repository_name": ""}'])
+def test_repository_index_lists_every_served_model(client, body):
+    r = client.post("/v2/repository/index", content=body)
+    assert r.status_code == 200, r.text
+    assert r.json() == [{"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
+
+
+def test_repository_index_bad_bodies_and_model_control_refused(client):
+    assert_error(client.post("/v2/repository/index", content=b'{"ready": "maybe"}'), 400,
+                 "invalid repository index request: ready:")
+    assert_error(client.post("/v2/repository/index", content=b"{not json"), 400, 'send {} or {"ready": true}')
+    for action in ("load", "unload"):
+        for name in ("tiny", "other"):
+            assert_error(client.post(f"/v2/repository/models/{name}/{action}", json={}), 403,
+                         f"cannot {action} model '{name}': model control is off")
+    assert client.get("/v2/repository/index").status_code == 405  # POST only, as in Triton
+
+
+def test_repository_index_while_shutting_down_and_ready_filter(artifact):
+    app = create_app(ServerSettings(models=[artifact], threads=1))
+    with TestClient(app) as c:
+        assert c.post("/v2/repository/index", json={"ready": True}).json()[0]["state"] == "READY"
+    after = TestClient(app)  # no lifespan: the closed repository answers as during shutdown
+    assert after.post("/v2/repository/index").json() == [
+        {"name": "tiny", "version": "1", "state": "UNAVAILABLE", "reason": "shutting down"}]
+    assert after.post("/v2/repository/index", json={"ready": True}).json() == []
+
+
 def test_openapi_documents_every_route_and_the_binary_body(client):
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     for p in ["/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}", "/v2/models/{model_name}/ready",
               "/v2/models/{model_name}/config", "/v2/models/{model_name}/stats", "/v2/models/{model_name}/infer",
-              "/v2/models/{model_name}/versions/{version}/infer", "/v1/models/{model_name}/classify", "/metrics"]:
+              "/v2/models/{model_name}/versions/{version}/infer", "/v1/models/{model_name}/classify", "/metrics",
+              "/v2/repository/index", "/v2/repository/models/{model_name}/load"]:
         assert p in paths, p
     body = paths["/v2/models/{model_name}/infer"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "application/octet-stream"}
@@ -285,7 +314,8 @@ def test_token_is_required_everywhere_but_health(artifact):
         assert c.get("/v2/health/live").status_code == 200
         assert c.get("/v2/health/ready").status_code == 200
         for method, path in [("get", "/v2"), ("get", "/v2/models/tiny"), ("get", "/metrics"), ("get", "/openapi.json"),
-                             ("post", "/v2/models/tiny/infer"), ("post", "/v1/models/tiny/classify")]:
+                             ("post", "/v2/models/tiny/infer"), ("post", "/v1/models/tiny/classify"),
+                             ("post", "/v2/repository/index")]:
             r = getattr(c, method)(path)
             assert_error(r, 401, "missing bearer token")
             assert r.headers["WWW-Authenticate"] == "Bearer"
@@ -344,6 +374,10 @@ def test_several_models_from_a_directory(tmp_path, artifact):
     with TestClient(create_app(ServerSettings(models=[tmp_path], threads=1))) as c:
         stats = c.get("/v2/models/stats").json()["model_stats"]
         assert [s["name"] for s in stats] == ["tiny", "tiny-b"]
+        assert c.post("/v2/repository/index").json() == [
+            {"name": "tiny", "version": "1", "state": "READY", "reason": ""},
+            {"name": "tiny-b", "version": "1", "state": "READY", "reason": ""},
+        ]
         for name in ("tiny", "tiny-b"):
             assert c.post(f"/v2/models/{name}/infer", json=infer_json(batch(1))).status_code == 200
     assert CLASSES

@@ -43,7 +43,8 @@ def test_health_metadata_config_and_stats(server):
     assert c.is_server_live() and c.is_server_ready()  # health needs no token
     assert c.is_model_ready("tiny", headers=auth())
     meta = c.get_server_metadata(headers=auth())
-    assert {"binary_tensor_data", "classification", "model_configuration", "statistics"} <= set(meta["extensions"])
+    assert {"binary_tensor_data", "classification", "model_configuration", "model_repository",
+            "statistics"} <= set(meta["extensions"])
     mm = c.get_model_metadata("tiny", model_version="1", headers=auth())
     assert mm["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 3, 16, 16]}
     cfg = c.get_model_config("tiny", headers=auth())
@@ -54,6 +55,19 @@ def test_health_metadata_config_and_stats(server):
         c.get_model_metadata("tiny")
     with pytest.raises(InferenceServerException, match="Did you mean 'tiny'"):
         c.get_model_metadata("tiny_", headers=auth())
+
+
+def test_repository_index_through_tritonclient_and_model_control_refused(server):
+    c = client(server)
+    assert c.get_model_repository_index(headers=auth()) == [
+        {"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
+    with pytest.raises(InferenceServerException, match="bearer token"):
+        c.get_model_repository_index()
+    for call in (c.load_model, c.unload_model):
+        with pytest.raises(InferenceServerException, match="model control is off") as info:
+            call("tiny", headers=auth())
+        assert info.value.status() == "403"
+    assert c.is_model_ready("tiny", headers=auth())  # the refused unload left the model serving
 
 
 def test_binary_and_json_inference_match_the_runtime(server, reference):
@@ -223,3 +237,30 @@ def test_without_batching_idle_inline_and_queued_requests_all_answer_correctly(a
         stats = c.get_inference_statistics("tiny")["model_stats"][0]
     assert stats["inference_stats"]["success"]["count"] == 40 and stats["execution_count"] == 40
     assert stats["inference_count"] == sum(x.shape[0] for x in inputs.values())
+
+
+def test_serve_cli_on_a_tampered_artifact_prints_one_red_line_and_exits_1(artifact, tmp_path):
+    """The models load before uvicorn starts, so a file failing its sha256 check is the CLI's one-line error with
+    exit code 1, not uvicorn's lifespan traceback and exit code 3."""
+    import shutil
+    import subprocess
+    import sys
+
+    from server_helpers import free_port
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(artifact, bad)
+    onnx = bad / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 1
+    onnx.write_bytes(bytes(data))
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeslim.cli", "serve", str(bad), "--port", str(port)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: artifact {bad} failed its integrity check: model.onnx: sha256 mismatch"), lines
+    assert "Traceback" not in proc.stderr and "uvicorn" not in proc.stderr.lower()
