@@ -130,6 +130,11 @@ class MethodRegistry:
 
         return add
 
+    def unregister(self, name: str) -> Method[Any]:
+        """Remove a method (and its aliases); for tests that register a temporary one."""
+        self._load()
+        return self._registry.unregister(name)
+
     def _load(self) -> None:
         if self._plugins is not None:
             plugins, self._plugins = self._plugins, None

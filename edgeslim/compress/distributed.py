@@ -272,7 +272,7 @@ def main_writes() -> Iterator[bool]:
 
 
 def sync_masks(masks: Any, model: "nn.Module | None" = None) -> None:
-    """Make every rank hold rank 0's pruning masks (a :class:`~edgeslim.compress.pruning.MaskSet`) and apply them.
+    """Make every rank hold rank 0's pruning masks (a :class:`~edgeslim.compress.prune.MaskSet`) and apply them.
 
     Masks are a deterministic function of the weights, which DDP keeps equal, so this normally changes nothing;
     it guarantees identical masks even where floating-point reductions differ in the last bit between ranks.

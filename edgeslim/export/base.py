@@ -214,8 +214,7 @@ def write_torch_weights(model: Any, path: str | os.PathLike, *, arch: str = "", 
     atomic_write_bytes(path, save(state))
     extra: dict[str, Any] = {"tensors": len(state)}
     if arch and num_classes:
-        from ..compress.sources import build_model
-        from ..compress.structured import structure_spec
+        from ..models import build_model, structure_spec
 
         try:
             reference = build_model(arch, num_classes)
@@ -523,10 +522,15 @@ def export_existing(
     quantize_cfg: QuantizeSection | None = None,
     validate_cfg: ValidateSection | None = None,
     strict: bool = True,
+    data_from_recipe: bool = False,
 ) -> Manifest:
     """Add formats to an existing artifact, re-exporting from its ``model.safetensors``.
 
-    The model is rebuilt with ``edgeslim.compress.sources.build_model(manifest.arch, len(manifest.classes))``;
+    With ``data_from_recipe``, the calibration and validation data not given are re-created from the recipe
+    recorded in the manifest (calibration: its training split; validation: its test split); an artifact without a
+    recorded recipe is then checked for parity with PyTorch only.
+
+    The model is rebuilt with ``edgeslim.models.rebuild_model(manifest.arch, len(manifest.classes), structure)``;
     model files of other formats/precisions are carried over. Export, quantize and validate settings not given
     are taken from the recipe recorded in the artifact's manifest (else the defaults). ``out_dir`` defaults to ``artifact_dir`` (replaced
     atomically).
@@ -544,12 +548,18 @@ def export_existing(
             f"artifact {src} cannot be re-exported: it needs torch weights and Manifest.arch"
             f" (has weights: {weights is not None}, arch: {old.arch!r}); export it again from the trained model"
         )
-    try:
-        from ..compress.sources import build_model
-    except ImportError as exc:
-        raise ArtifactError(f"re-export needs edgeslim.compress.sources.build_model ({exc})") from exc
-    from ..compress.structured import rebuild_model
+    from ..models import rebuild_model
 
+    if data_from_recipe and (validation is None or (calibration is None and "int8" in precisions)):
+        from ..compress.data import calibration_arrays, recorded_data, split_arrays
+
+        found = recorded_data(old)
+        if found is not None:
+            data, recipe = found
+            if calibration is None and "int8" in precisions:
+                calibration = calibration_arrays(data, recipe.quantize.calibration_size)
+            if validation is None:
+                validation = split_arrays(data, "test")
     # Tolerances, opset and quantisation settings default to those of the recipe the artifact was made with, so a
     # re-export is judged as the original export was.
     recorded = old.recipe or {}

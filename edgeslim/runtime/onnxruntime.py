@@ -131,6 +131,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     formats = ("onnx",)
+    library = "onnxruntime"
 
     def _load(self) -> None:
         ort = require("onnxruntime", purpose="the onnxruntime backend")

@@ -72,6 +72,7 @@ class OpenVINOBackend(Backend):
 
     name = "openvino"
     formats = ("openvino",)
+    library = "openvino"
 
     def _load(self) -> None:
         ov = require("openvino", purpose="the openvino backend")

@@ -8,29 +8,34 @@ adapts the pretrained backbone and the new head to the task first; its weights a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+from pydantic import Field
 
-from .pruning import (
-    PRUNERS,
-    MaskSet,
-    PruneContext,
-    PruneResult,
-    dense_round_teacher,
-    teacher_check,
-    train_dense_then_pruned,
-)
+from .base import PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, teacher_check
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from .masks import MaskSet
 
 
-@PRUNERS.register("one_shot", aliases=("oneshot",))
+class OneShot(LayerPruneConfig):
+    """Magnitude pruning to a target sparsity in one step, after the dense round."""
+
+    method: Literal["one_shot"] = "one_shot"
+    sparsity: float = Field(default=0.5, ge=0, lt=1, description="target fraction of pruned weights")
+    scope: Literal["layer", "global"] = "layer"
+
+
+@PRUNE_METHODS.register(OneShot, aliases=("oneshot",))
 @teacher_check(dense_round_teacher)
-def one_shot(ctx: PruneContext) -> PruneResult:
-    """Magnitude pruning to ``prune.sparsity`` (``prune.scope``) after the dense round, then masked fine-tuning."""
-    p = ctx.recipe.prune
+def one_shot(cfg: OneShot, ctx: PruneContext) -> PruneResult:
+    """Magnitude pruning to ``sparsity`` (``scope``) after the dense round, then masked fine-tuning."""
+    from .flow import train_dense_then_pruned
 
     def prune(model: nn.Module, masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
-        masks.prune_to(model, p.sparsity, scope=p.scope)
-        return model, masks, {"target_sparsity": p.sparsity, "scope": p.scope}
+        masks.prune_to(model, cfg.sparsity, scope=cfg.scope)
+        return model, masks, {"target_sparsity": cfg.sparsity, "scope": cfg.scope}
 
-    return train_dense_then_pruned(ctx, prune)
+    return train_dense_then_pruned(ctx, cfg, prune)
