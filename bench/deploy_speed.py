@@ -357,7 +357,9 @@ def _prune_section(recipe, ratio: float):
 
     if recipe.prune.method == "structured" and ratio == recipe.prune.ratio:
         return recipe.prune.model_copy(deep=True)
-    return Structured(ratio=ratio, round_to=recipe.prune.round_to)
+    if recipe.prune.method == "structured":
+        return Structured(ratio=ratio, round_to=recipe.prune.round_to)
+    return Structured(ratio=ratio)
 
 
 if __name__ == "__main__":

@@ -409,17 +409,19 @@ def parse_recipe(data: dict[str, Any] | None, *, where: str = "(inline)", check_
         raise ConfigError(f"invalid recipe {where}: {exc}") from None
     lines: list[str] = []
     prune: MethodConfig | None = None
+    error: type[ConfigError] = ConfigError
     try:
         prune = PRUNE_METHODS.parse(data.get("prune"), default=DEFAULT_PRUNE_METHOD)
     except ConfigError as exc:
         lines.append(str(exc))
+        error = type(exc)  # UnknownNameError for an unknown method
     rest = {k: v for k, v in data.items() if k != "prune"}
     try:
         recipe = Recipe.model_validate(rest if prune is None else {**rest, "prune": prune})
     except ValidationError as exc:
         lines.extend(_error_lines(exc))
     if lines:
-        raise ConfigError(f"invalid recipe {where}: " + "; ".join(lines))
+        raise error(f"invalid recipe {where}: " + "; ".join(lines))
     if check_names:
         try:
             recipe.check_names()

@@ -124,3 +124,18 @@ def test_the_plugin_base_imports_no_plugin(module):
     plugins = {"lottery", "oneshot", "gradual", "nm", "structured", "transfer", "dense"}
     imported = {m.rpartition(".")[2] for _, m in _imports(path)}
     assert not imported & plugins
+
+
+def test_training_does_not_import_the_pruning_methods_back():
+    """The pruning methods train through compress.train; it must not import them (the old train <-> pruning cycle).
+    A type-only import under ``if TYPE_CHECKING:`` is not a dependency."""
+    path = PACKAGE / "compress" / "train.py"
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(n) for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for n in ast.walk(node)
+    }
+    runtime = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and id(n) not in typing_only]
+    assert not [n.module for n in runtime if n.module and n.module.startswith("prune")]
+    assert any(n.module == "checkpoint" for n in runtime)  # the walk sees its real imports

@@ -23,3 +23,15 @@ def test_cli_help_is_light():
         "from typer.testing import CliRunner\nfrom edgeslim.cli import app\n"
         "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output"
     ) == set()
+
+
+def test_the_verbs_and_the_pruning_configs_are_light_until_called():
+    assert _imported_after(
+        "import edgeslim\n"
+        "verbs = [edgeslim.compress, edgeslim.export, edgeslim.pipeline, edgeslim.profile, edgeslim.serve]\n"
+        "assert all(callable(v) for v in verbs), verbs\n"
+        "from edgeslim.compress.prune import OneShot, PRUNE_METHODS\n"
+        "assert PRUNE_METHODS.parse({'method': 'oneshot'}) == OneShot()\n"
+        "import edgeslim.compress.prune\n"
+        "assert callable(edgeslim.compress)  # still the verb once the subpackage is imported"
+    ) == set()

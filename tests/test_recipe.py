@@ -1,6 +1,6 @@
 import pytest
 
-from edgeslim.errors import ConfigError
+from edgeslim.errors import ConfigError, UnknownNameError
 from edgeslim.recipe import Recipe, builtin_recipes, load_recipe, parse_recipe
 
 
@@ -90,7 +90,7 @@ def test_v2_a_key_the_method_does_not_have_names_its_keys_and_its_owner():
     # in version 2 there is no "unused field at its default": every key must be the method's
     with pytest.raises(ConfigError, match="unknown key 'prune.rounds' for method 'none'"):
         parse_recipe({"version": 2, "prune": {"method": "none", "rounds": 2}})
-    with pytest.raises(ConfigError, match=r"prune.method: unknown pruning method 'lotery_ticket'.*'lottery_ticket'"):
+    with pytest.raises(UnknownNameError, match=r"prune.method: unknown pruning method 'lotery_ticket'.*'lottery_ticket'"):
         parse_recipe({"version": 2, "prune": {"method": "lotery_ticket"}})
     with pytest.raises(ConfigError, match="n must be < m"):
         parse_recipe({"version": 2, "prune": {"method": "nm", "n": 4, "m": 4}})

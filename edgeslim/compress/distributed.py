@@ -1,6 +1,6 @@
 """torch.distributed for ``torchrun``: process-group setup from the environment and the few collectives training needs.
 
-``edgeslim compress`` / ``edgeslim pipeline`` (and :func:`edgeslim.compress.train.compress`) run unchanged under
+``edgeslim compress`` / ``edgeslim pipeline`` (and :func:`edgeslim.compress.api.compress`) run unchanged under
 ``torchrun --nproc_per_node N`` (and multi-node rendezvous). :func:`init_from_env` joins the process group when
 torchrun's variables (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) are set:
 backend ``nccl`` when CUDA is available, ``gloo`` on CPU. Without them every helper here is a no-op and a run is

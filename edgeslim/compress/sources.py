@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..artifact import Preprocessing
-from ..errors import ConfigError, SourceError, UnknownNameError
+from ..errors import ConfigError, SourceError
 from ..models import ARCHS, build_model, imagenet_class_names
 from ..models import Family as _Family
 from ..models import find_head as _find_head

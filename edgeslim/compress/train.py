@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_json
 from ..errors import ConfigError, DataError, TrainingError
 from . import distributed as dist
 from .metrics import ClassificationMetrics, evaluate, predict_logits
-from .prune.checkpoint import load_checkpoint, save_checkpoint
-from .prune.masks import MaskSet
+from .checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe import TrainSection
+    from .prune.masks import MaskSet
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError, DataError, EdgeslimError, MissingDependencyError, require
+from ..errors import ConfigError, DataError, EdgeslimError, MissingDependencyError
 from .cpu import cpu_info
 
 #: How many per-call latencies an entry keeps for plots (evenly strided over the window, in time order).

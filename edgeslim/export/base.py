@@ -206,7 +206,7 @@ def write_torch_weights(model: Any, path: str | os.PathLike, *, arch: str = "", 
 
     Tensors are cloned contiguous so tied or strided parameters serialise; the torch backend rebuilds the
     module from ``Manifest.arch`` and loads these weights. A channel-pruned model also records its layer widths
-    (``extra["structure"]``, see :func:`edgeslim.compress.structured.structure_spec`) so it can be rebuilt.
+    (``extra["structure"]``, see :func:`edgeslim.models.structure_spec`) so it can be rebuilt.
     """
     from safetensors.torch import save
 
@@ -532,8 +532,8 @@ def export_existing(
 
     The model is rebuilt with ``edgeslim.models.rebuild_model(manifest.arch, len(manifest.classes), structure)``;
     model files of other formats/precisions are carried over. Export, quantize and validate settings not given
-    are taken from the recipe recorded in the artifact's manifest (else the defaults). ``out_dir`` defaults to ``artifact_dir`` (replaced
-    atomically).
+    are taken from the recipe recorded in the artifact's manifest (else the defaults). ``out_dir`` defaults to
+    ``artifact_dir`` (replaced atomically).
 
     Raises:
         ArtifactError: the artifact has no torch weights or no ``arch`` to rebuild the model from.

@@ -14,7 +14,7 @@ from edgeslim.compress.loss import ClassDependentLoss
 from edgeslim.compress.metrics import predict_logits
 from edgeslim.compress.prune import PRUNE_METHODS
 from edgeslim.compress.prune.base import PruneContext
-from edgeslim.compress.prune.checkpoint import load_checkpoint
+from edgeslim.compress.checkpoint import load_checkpoint
 from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError, TrainingError
 from edgeslim.recipe import parse_recipe

@@ -7,7 +7,7 @@ import torch
 
 from edgeslim.compress.prune.gradual import cubic_sparsity, pruning_steps
 from edgeslim.compress.prune.masks import MaskSet
-from edgeslim.compress.prune.checkpoint import load_checkpoint
+from edgeslim.compress.checkpoint import load_checkpoint
 from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError
 from edgeslim.testing import TinyNet

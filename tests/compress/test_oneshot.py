@@ -7,7 +7,7 @@ import torch
 
 from edgeslim.compress.prune import NoPruning
 from edgeslim.compress.prune.masks import MaskSet
-from edgeslim.compress.prune.checkpoint import load_checkpoint
+from edgeslim.compress.checkpoint import load_checkpoint
 from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError
 from edgeslim.export.base import export_artifact

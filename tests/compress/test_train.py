@@ -15,7 +15,7 @@ from edgeslim.artifact import Preprocessing
 from edgeslim.compress.data import load_data
 from edgeslim.compress.metrics import ClassificationMetrics, evaluate, predict_logits
 from edgeslim.compress.prune.masks import MaskSet
-from edgeslim.compress.prune.checkpoint import load_checkpoint
+from edgeslim.compress.checkpoint import load_checkpoint
 from edgeslim.compress.api import CompressResult, compress
 from edgeslim.compress.train import TrainResult, fine_tune
 from edgeslim.compress.loss import build_loss

@@ -1,8 +1,9 @@
 """Pruning: one config class and one handler per method, registered in :data:`PRUNE_METHODS`.
 
 - ``base.py``: :class:`PruneConfig`, :class:`PruneContext`, :class:`PruneResult`, teacher checks (no method, no torch).
-- ``masks.py``: :class:`MaskSet` and :func:`skipped_layers`; ``checkpoint.py``: atomic checkpoints; ``stats.py``:
-  zeros, parameters and MACs; ``flow.py``: the dense round -> prune -> masked fine-tune flow.
+- ``masks.py``: :class:`MaskSet` and :func:`skipped_layers`; ``stats.py``: zeros, parameters and MACs;
+  ``flow.py``: the dense round -> prune -> masked fine-tune flow. (Checkpoints: :mod:`edgeslim.compress.checkpoint`,
+  shared with the training loop, which imports nothing of this package.)
 - one module per method: ``lottery.py`` (:class:`LotteryTicket`), ``oneshot.py`` (:class:`OneShot`),
   ``gradual.py`` (:class:`Gradual`), ``nm.py`` (:class:`NM`), ``structured.py`` (:class:`Structured`),
   ``transfer.py`` (:class:`SparseTransfer`), ``dense.py`` (:class:`NoPruning`).

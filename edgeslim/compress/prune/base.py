@@ -104,6 +104,20 @@ class PruneContext:
         return cls(training=recipe.train, loss=recipe.loss, distill=recipe.distill, seed=recipe.seed,
                    batch_size=recipe.data.batch_size, **kwargs)
 
+    def start_from_w0(self) -> "nn.Module":
+        """Checkpoint W0 as ``run_dir/w0.pt``, or, when resuming, load the exact W0 the interrupted run started from.
+
+        Returns :attr:`model` (holding W0).
+        """
+        from ..checkpoint import load_checkpoint, save_checkpoint
+
+        path = self.run_dir / "w0.pt"
+        if self.resume and path.is_file():
+            self.model.load_state_dict(load_checkpoint(path))
+        else:
+            save_checkpoint(path, self.model.state_dict())
+        return self.model
+
     @property
     def final_epochs(self) -> int:
         """Epochs of the final (pruned) round: ``train.final_epochs``, default ``train.epochs``."""

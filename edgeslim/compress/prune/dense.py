@@ -1,4 +1,7 @@
-"""No pruning: dense fine-tuning, the baseline every pruned model is compared with. Recipe: ``prune: {method: none}``."""
+"""No pruning: dense fine-tuning, the baseline every pruned model is compared with.
+
+Recipe: ``prune: {method: none}`` (alias ``dense``).
+"""
 
 from __future__ import annotations
 

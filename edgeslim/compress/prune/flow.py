@@ -10,7 +10,6 @@ from torch import nn
 from ...methods import MethodConfig
 from ..distributed import sync_masks
 from .base import PruneContext, PruneResult, round_summary
-from .checkpoint import load_checkpoint, save_checkpoint
 from .masks import MaskSet
 
 
@@ -34,12 +33,7 @@ def train_dense_then_pruned(
     distillation teacher (``distill.weight > 0``); its methods declare :func:`dense_round_teacher`.
     """
     t, lossc = ctx.training, ctx.loss
-    model = ctx.model
-    w0_path = ctx.run_dir / "w0.pt"
-    if ctx.resume and w0_path.is_file():
-        model.load_state_dict(load_checkpoint(w0_path))  # the exact W0 the interrupted run started from
-    else:
-        save_checkpoint(w0_path, model.state_dict())
+    model = ctx.start_from_w0()
     history: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
     dense_model: nn.Module | None = None

@@ -53,15 +53,10 @@ def lottery_ticket(cfg: LotteryTicket, ctx: PruneContext) -> PruneResult:
     from torch import nn
 
     from ..distributed import sync_masks
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from ..checkpoint import load_checkpoint, save_checkpoint
 
     p, t, lossc = cfg, ctx.training, ctx.loss
-    model = ctx.model
-    w0_path = ctx.run_dir / "w0.pt"
-    if ctx.resume and w0_path.is_file():
-        model.load_state_dict(load_checkpoint(w0_path))  # the exact W0 the interrupted run started from
-    else:
-        save_checkpoint(w0_path, model.state_dict())
+    model = ctx.start_from_w0()
     w0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     late = p.rewind if isinstance(p.rewind, int) and p.rewind > 0 else None

@@ -89,15 +89,8 @@ def sparse_transfer(cfg: SparseTransfer, ctx: PruneContext) -> PruneResult:
     Raises:
         ConfigError: the source has no zeros (checked before training).
     """
-    from .checkpoint import load_checkpoint, save_checkpoint
-
     p, t, lossc = cfg, ctx.training, ctx.loss
-    model = ctx.model
-    w0_path = ctx.run_dir / "w0.pt"
-    if ctx.resume and w0_path.is_file():
-        model.load_state_dict(load_checkpoint(w0_path))
-    else:
-        save_checkpoint(w0_path, model.state_dict())
+    model = ctx.start_from_w0()
     masks = masks_from_zeros(model, exclude=p.exclude)
     source_sparsity = masks.sparsity()
     trainable = freeze_backbone(model) if p.mode == "linear_probe" else [n for n, _ in model.named_parameters()]

@@ -1,4 +1,4 @@
-"""Checkpoint I/O of the training and pruning code: atomic ``torch.save``, ``torch.load(weights_only=True)``."""
+"""Checkpoint I/O of training, pruning and QAT: atomic ``torch.save``, ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ..._io import atomic_write_bytes
-from ...errors import TrainingError
+from .._io import atomic_write_bytes
+from ..errors import TrainingError
 
 def _to_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
@@ -23,7 +23,7 @@ def save_checkpoint(path: str | Path, obj: Any) -> Path:
     Under torch.distributed only rank 0 writes; every rank waits at a barrier until the file is in place, so all
     of them can read it right after (the directory must be shared between nodes).
     """
-    from .. import distributed as dist
+    from . import distributed as dist
 
     path = Path(path)
     with dist.main_writes() as writer:
