@@ -121,7 +121,7 @@ def fold_bundle(x, y, classes, critical: int, pre, train_idx, test_idx, *, keep:
 def _context_class():
     from edgeslim.compress.loss import FprBudgetGamma
     from edgeslim.compress.metrics import predict_logits
-    from edgeslim.compress.pruning import PruneContext
+    from edgeslim.compress.prune.base import PruneContext
 
     @dataclass
     class BenchContext(PruneContext):
@@ -139,7 +139,7 @@ def _context_class():
             return loss
 
         def train(self, model, *, tag, masks=None, gamma=None, epochs=None, select=None, on_epoch_end=None):
-            lossc = self.recipe.loss
+            lossc = self.loss
             hook = on_epoch_end
             boosted = lossc.name == "class_dependent" and (gamma if gamma is not None else lossc.gamma) > 1
             self._attach_tag = None
@@ -174,7 +174,7 @@ def _context_class():
 
 def train_arm(arm: str, w0, data, args, run_dir: Path, seed: int) -> dict[str, dict]:
     """Run edgeslim's lottery_ticket for one arm; return ``{tag: {sparsity, val, test logits, ...}}``."""
-    from edgeslim.compress.pruning import PRUNERS
+    from edgeslim.compress.prune import PRUNE_METHODS
     from edgeslim.recipe import parse_recipe
 
     loss: dict[str, Any] = {"name": "cross_entropy"} if arm == "a" else {
@@ -193,10 +193,10 @@ def train_arm(arm: str, w0, data, args, run_dir: Path, seed: int) -> dict[str, d
             "prune_first_conv": args.prune_all, "prune_classifier": args.prune_all,
         },
     })
-    ctx = _context_class()(
-        model=copy.deepcopy(w0), data=data, recipe=recipe, run_dir=run_dir, resume=False, progress=False
+    ctx = _context_class().from_recipe(
+        recipe, model=copy.deepcopy(w0), data=data, run_dir=run_dir, resume=False, progress=False
     )
-    PRUNERS.get("lottery_ticket")(ctx)
+    PRUNE_METHODS.handler(recipe.prune)(recipe.prune, ctx)
     return ctx.scored
 
 

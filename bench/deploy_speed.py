@@ -64,7 +64,8 @@ def main() -> None:
     from edgeslim.compress.data import load_data_from_recipe
     from edgeslim.compress.quantize import calibration_batches
     from edgeslim.compress.sources import load_pretrained, replace_head
-    from edgeslim.compress.train import compress
+    from edgeslim.compress.api import compress
+    from edgeslim.compress.prune import NoPruning
     from edgeslim.export.base import export_artifact
     from edgeslim.recipe import ValidateSection, load_recipe
 
@@ -102,7 +103,7 @@ def main() -> None:
     torch.manual_seed(recipe.seed)
     w0 = replace_head(pre.model, n_cls)
     dense_recipe = recipe.model_copy(deep=True)
-    dense_recipe.prune = type(recipe.prune)(method="none")
+    dense_recipe.prune = NoPruning()
     dense_recipe.distill.weight = 0.0  # the dense round trains the teacher: nothing to distil from yet
     dense_recipe.train.final_epochs = recipe.train.epochs
     say(f"dense fine-tune: {recipe.train.epochs} epochs at {size}x{size}")
@@ -268,7 +269,7 @@ def _trained_arms(variants, dense, recipe, data, calib, out, say, resume: bool) 
     import copy
 
     from edgeslim.compress.qat import quantize_aware_train
-    from edgeslim.compress.train import compress
+    from edgeslim.compress.api import compress
 
     plain_qat = recipe.model_copy(deep=True)
     plain_qat.distill.weight = 0.0
@@ -304,9 +305,9 @@ def _untrained_arms(variants, dense, recipe, data, calib, say) -> None:
     """The same deployed graphs without fine-tuning (latency does not depend on the weight values)."""
     import torch
 
-    from edgeslim.compress.pruning import example_shape
+    from edgeslim.compress.prune.stats import example_shape
     from edgeslim.compress.qat import prepare_qat
-    from edgeslim.compress.structured import _ignored, prune_channels
+    from edgeslim.compress.prune.structured import _ignored, prune_channels
 
     say("QAT graph of the dense model (quantizers initialised, not fine-tuned)")
     variants["qat"] = {"model": dense, "int8": "qat", "qat": prepare_qat(dense, calib, recipe.quantize),
@@ -351,9 +352,13 @@ def _key(ratio: float) -> str:
 
 def _prune_section(recipe, ratio: float):
     """The recipe's own prune section at its ratio (its round_to and excluded layers); plain structured otherwise."""
+    from edgeslim.compress.prune import Structured
+
     if recipe.prune.method == "structured" and ratio == recipe.prune.ratio:
         return recipe.prune.model_copy(deep=True)
-    return type(recipe.prune)(method="structured", ratio=ratio, round_to=recipe.prune.round_to)
+    if recipe.prune.method == "structured":
+        return Structured(ratio=ratio, round_to=recipe.prune.round_to)
+    return Structured(ratio=ratio)
 
 
 if __name__ == "__main__":

@@ -49,13 +49,13 @@ def main() -> None:
 
     from edgeslim._io import atomic_write_json, atomic_write_text
     from edgeslim.artifact import load_manifest
-    from edgeslim.compress.data import load_data_from_recipe
+    from edgeslim.compress.data import calibration_arrays, load_data_from_recipe, split_arrays
     from edgeslim.compress.metrics import evaluate
     from edgeslim.compress.quantize import accuracy_aware_onnx, accuracy_aware_openvino, ptq_onnx, ptq_openvino
-    from edgeslim.compress.structured import rebuild_model
     from edgeslim.export import export_artifact
     from edgeslim.hardware import int8_scheme
-    from edgeslim.pipeline import _calibration_batches, _split_arrays, run_pipeline
+    from edgeslim.models import rebuild_model
+    from edgeslim.pipeline import run_pipeline
     from edgeslim.recipe import load_recipe
     from edgeslim.runtime import BACKENDS, BackendOptions
 
@@ -74,9 +74,9 @@ def main() -> None:
     model.load_state_dict(load_file(str(compressed / weights.path)))
     model.eval()
     data = load_data_from_recipe(recipe.data, man.preprocessing, seed=recipe.seed)
-    calib = _calibration_batches(data, recipe.quantize.calibration_size)
-    val = _split_arrays(data, "val")
-    test_x, test_y = _split_arrays(data, "test")
+    calib = calibration_arrays(data, recipe.quantize.calibration_size)
+    val = split_arrays(data, "val")
+    test_x, test_y = split_arrays(data, "test")
     fp32_dir = args.out / "files" / "fp32"
     fp32 = export_artifact(model, fp32_dir, man.model_copy(update={"models": [], "files": {}}),
                            formats=("onnx", "openvino"), precisions=("fp32",))

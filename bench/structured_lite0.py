@@ -35,9 +35,10 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from edgeslim.artifact import Manifest, TensorInfo
-    from edgeslim.compress.pruning import count_params_macs
-    from edgeslim.compress.sources import build_model, load_pretrained
-    from edgeslim.compress.structured import _ignored, prune_channels, restore_structure, structure_spec
+    from edgeslim.compress.prune.stats import count_params_macs
+    from edgeslim.compress.prune.structured import _ignored, prune_channels
+    from edgeslim.compress.sources import load_pretrained
+    from edgeslim.models import build_model, restore_structure, structure_spec
     from edgeslim.export.base import export_artifact
     from edgeslim.runtime import BACKENDS
     from edgeslim.runtime.base import BackendOptions

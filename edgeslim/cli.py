@@ -114,8 +114,9 @@ def pipeline(
     a summary table (dense vs compressed: accuracy, critical-class FN / FNR / AUC, sparsity, parameters, size,
     latency per backend).
     """
-    from .pipeline import print_summary, run_pipeline
+    from .pipeline import run_pipeline
     from .recipe import load_recipe
+    from .summary import print_summary
 
     r = load_recipe(recipe)
     result = run_pipeline(r, out, resume=resume, progress=progress, console=console)
@@ -166,9 +167,13 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output artifact directory (default: in place)."),
 ) -> None:
     """Export an artifact's model to more formats (validated against the PyTorch reference)."""
-    from .pipeline import export_existing
+    from .artifact import load_manifest
+    from .export import export_existing
 
-    m = export_existing(artifact, out or artifact, formats=_csv(to), precisions=_csv(precision), console=console)
+    if not load_manifest(artifact).recipe:
+        console.print("[yellow]the artifact records no recipe: exports are checked for parity only[/yellow]")
+    m = export_existing(artifact, out or artifact, formats=_csv(to), precisions=_csv(precision),
+                        data_from_recipe=True)
     from rich.text import Text
 
     for e in (m.validation or {}).get("errors", []):
@@ -199,7 +204,7 @@ def profile(
     out: Path = typer.Option(Path("."), "--out", "-o", help="Where report.json / report.md / report.html go."),
 ) -> None:
     """Measure latency percentiles, throughput, memory, power and per-class accuracy, one report per target."""
-    from .pipeline import profile_remote_to_report, profile_to_report
+    from .devices.profile_report import profile_remote_to_report, profile_to_report
 
     batches = [int(b) for b in _csv(batch)]
     if remote:

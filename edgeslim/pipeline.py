@@ -1,6 +1,9 @@
 """The main job: compress -> export -> validate -> profile, driven by a recipe.
 
-This module composes the stages for the CLI (and for users who prefer Python); it holds no stage logic itself.
+This module composes the stages for the CLI (and for users who prefer Python); it holds no stage logic itself and
+is the only code that reads every recipe section. Its summary table is :mod:`edgeslim.summary`; the single-stage
+commands call the stages directly (:func:`edgeslim.export.export_existing`,
+:func:`edgeslim.devices.profile_report.profile_to_report`).
 """
 
 from __future__ import annotations
@@ -8,11 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ._io import atomic_write_text
-from .artifact import Manifest, TensorInfo, load_manifest
-from .errors import ConfigError, MissingDependencyError
+from .artifact import Manifest, TensorInfo
+from .errors import ConfigError
 from .recipe import Recipe
 
 STAGES = ("compress", "export", "profile")
@@ -43,24 +46,6 @@ class PipelineResult:
 EXIT_PARTIAL = 3
 
 
-def _calibration_batches(data, n: int, batch_size: int = 32):
-    """Up to ``n`` preprocessed training images (seeded order) as float32 NCHW numpy batches."""
-    from .compress.quantize import calibration_batches
-
-    return calibration_batches(data.loader("train", batch_size=batch_size, shuffle=True, seed=1234), n,
-                               batch_size=batch_size)
-
-
-def _split_arrays(data, split: str):
-    import numpy as np
-
-    xs, ys = [], []
-    for x, y in data.loader(split, batch_size=64, shuffle=False):
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def run_pipeline(
     recipe: Recipe,
     out_dir: str | Path,
@@ -86,10 +71,10 @@ def run_pipeline(
 
     from .compress import distributed as dist
 
+    from .compress.api import compress
     from .compress.data import load_data_from_recipe
-    from .compress.pruning import count_params_macs
+    from .compress.prune.stats import count_params_macs
     from .compress.sources import load_pretrained, replace_head
-    from .compress.train import compress
 
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -125,7 +110,7 @@ def run_pipeline(
         + f"; critical {[data.classes[c] for c in data.critical]}; training class counts {data.class_counts}"
     )
     _check_quantize_request(model, data, recipe)
-    res = compress(model, data, recipe, run_dir=run_dir, resume=resume, progress=progress)
+    res = compress(model, data, run_dir=run_dir, resume=resume, progress=progress, **recipe.compress_options())
     qat_model = None
     if recipe.quantize.method == "qat":
         qat_model = _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
@@ -180,7 +165,9 @@ def run_pipeline(
 def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_dir, progress, say, t0, *,
                     qat_model=None) -> None:
     """Calibrate, export, profile and write the reports (the single process, or rank 0 under torchrun)."""
+    from .compress.data import calibration_arrays, split_arrays
     from .export import export_artifact
+    from .summary import write_pipeline_report
 
     thresholds: dict[str, dict[str, float]] = {}
     if recipe.decision.target_fnr is not None or recipe.decision.target_fpr is not None:
@@ -188,11 +175,11 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
 
     t1 = time.perf_counter()
     int8 = recipe.quantize.method != "none"
-    calib = _calibration_batches(data, recipe.quantize.calibration_size) if int8 else None
+    calib = calibration_arrays(data, recipe.quantize.calibration_size) if int8 else None
     # accuracy control (the method, or the fallback of an INT8 file that misses the validate budget) judges layers
     # on the val split; the test split stays for the final numbers
-    val_split = _split_arrays(data, "val") if int8 and recipe.data.val_fraction > 0 else None
-    test_x, test_y = _split_arrays(data, "test")
+    val_split = split_arrays(data, "val") if int8 and recipe.data.val_fraction > 0 else None
+    test_x, test_y = split_arrays(data, "test")
     for key, (m, metrics, table) in variants.items():
         if key == "dense" and "profile" not in stages and not formats:
             continue
@@ -251,11 +238,12 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
 
 def _check_quantize_request(model, data, recipe: Recipe) -> None:
     """Refuse, before any training, distillation without a teacher and a QAT request NNCF cannot serve."""
-    from .compress.pruning import check_distillation
+    from .compress.prune import check_distillation
 
-    check_distillation(recipe)  # compress() checks it too; here it also comes before the slower QAT probe
+    # compress() checks it too; here it also comes before the slower QAT probe
+    check_distillation(recipe.prune, train=recipe.train, distill=recipe.distill, qat=recipe.quantize.method == "qat")
     if recipe.quantize.method == "qat":
-        from .compress.pruning import example_shape
+        from .compress.prune.stats import example_shape
         from .compress.qat import check_qat_traceable
 
         check_qat_traceable(model, example_shape(data), recipe.quantize)
@@ -263,12 +251,13 @@ def _check_quantize_request(model, data, recipe: Recipe) -> None:
 
 def _quantize_aware(res, data, recipe: Recipe, run_dir: Path, *, resume: bool, progress: bool, say):
     """QAT of the compressed model (masks kept); ``res`` then holds its FP32 weights; returns the QAT model."""
+    from .compress.data import calibration_arrays
     from .compress.qat import quantize_aware_train
     from .compress.train import _evaluate_split
 
     say(f"quantization-aware training: {recipe.quantize.qat_epochs} epoch(s)"
         + (f", distilling from the dense model (weight {recipe.distill.weight})" if recipe.distill.weight > 0 else ""))
-    calib = _calibration_batches(data, recipe.quantize.calibration_size)
+    calib = calibration_arrays(data, recipe.quantize.calibration_size)
     q = quantize_aware_train(res.model, data, recipe, run_dir=Path(run_dir) / "qat", calibration=calib,
                              masks=res.masks, teacher=res.dense_model if recipe.distill.weight > 0 else None,
                              resume=resume, progress=progress, target=recipe.target)
@@ -312,328 +301,7 @@ def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float
     return out
 
 
-# -- reports -------------------------------------------------------------------------------------------------------
-def _file_mb(artifact: Path, manifest: Manifest, path: str) -> float:
-    """Size of a model file (an OpenVINO IR counts its .bin too)."""
-    p = artifact / path
-    size = p.stat().st_size
-    if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
-        size += p.with_suffix(".bin").stat().st_size
-    return size / 1e6
+from ._verbs import make_callable as _make_callable  # noqa: E402
 
-
-def summary_rows(result: PipelineResult) -> list[dict[str, Any]]:
-    """One row per (artifact, model file): accuracy and critical FN / FNR / AUC measured on the test split by
-    the exported model itself, sparsity, parameters, file size and median latency per backend."""
-    rows = []
-    for key, manifest in result.manifests.items():
-        art = result.artifacts[key]
-        m = result.metrics[key]
-        for mf in manifest.models:
-            if mf.format == "torch":
-                continue
-            entries = [e for e in result.profile if e["model"]["path"] == f"{key}/{mf.path}"]
-            ok = [e for e in entries if e.get("status") == "ok"]
-            acc = next((e["accuracy"] for e in ok if isinstance(e.get("accuracy"), dict) and "accuracy" in e["accuracy"]), None)
-            src = acc or m
-            crit = {int(k): v for k, v in (src.get("critical_stats") or {}).items()}
-            rows.append(
-                {
-                    "model": key,
-                    "file": mf.path,
-                    "format": mf.format,
-                    "precision": mf.precision,
-                    "accuracy": src.get("accuracy"),
-                    "critical_fn": sum(v["fn"] for v in crit.values()),
-                    "critical_fnr": [v.get("fnr") for v in crit.values()],
-                    "critical_fpr": [v.get("fpr") for v in crit.values()],
-                    "critical_auc": [v.get("auc") for v in crit.values()],
-                    "measured_by": (f"{ok[0]['backend']['name']}" if acc else "torch"),
-                    "weight_sparsity": m.get("weight_sparsity"),
-                    "params": m["params"],
-                    "nonzero_params": m["nonzero_params"],
-                    "size_mb": _file_mb(art, manifest, mf.path),
-                    "latency_ms": {
-                        e["backend"]["name"]: e["latency_ms"]["median"] for e in ok if e.get("batch") == 1
-                    },
-                }
-            )
-        for f in (manifest.validation or {}).get("failed", []):
-            rows.append({"model": key, "file": f.get("file"), "format": f["format"], "precision": f["precision"],
-                         "left_out": f["reason"], "latency_ms": {}})
-    return rows
-
-
-def write_pipeline_report(result: PipelineResult) -> dict[str, Path]:
-    """Write report.json and report.md (the profiler's report plus the pipeline summary) into the output dir."""
-    from .devices.report import make_report, render_markdown
-
-    for key, m in result.metrics.items():
-        man = result.manifests.get(key)
-        if man is not None and man.sparsity:
-            m["weight_sparsity"] = (man.sparsity.get("torch") or {}).get("ratio")
-    rows = summary_rows(result)
-    report = make_report(
-        result.profile,
-        title=f"edgeslim pipeline: {result.recipe.name}",
-        extra={
-            "pipeline": {
-                "recipe": result.recipe.to_dict(),
-                "recipe_sha256": result.recipe.digest(),
-                "artifacts": {k: str(v) for k, v in result.artifacts.items()},
-                "metrics": result.metrics,
-                "summary": rows,
-                "seconds": result.seconds,
-            }
-        },
-    )
-    result.report = report
-    from ._io import atomic_write_json
-
-    md = render_markdown(report) + "\n" + _summary_markdown(rows, result)
-    return {
-        "json": atomic_write_json(result.out_dir / "report.json", {k: v for k, v in report.items() if not k.startswith("_")}),
-        "md": atomic_write_text(result.out_dir / "report.md", md),
-    }
-
-
-def _f(v: Any, spec: str = ".4f") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, list):
-        return "/".join(_f(x, spec) for x in v) or "-"
-    return format(v, spec) if isinstance(v, float) else str(v)
-
-
-def _summary_header(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    backends = sorted({b for r in rows for b in r["latency_ms"]})
-    head = ["model", "format", "prec", "top-1", "crit FN", "crit FNR", "crit FPR", "crit AUC", "sparsity",
-            "params (nonzero)", "size MB"] + [f"{b} ms" for b in backends]
-    return head, backends
-
-
-def _summary_cells(r: dict[str, Any], backends: list[str]) -> list[str]:
-    if r.get("left_out"):  # a format or precision the artifact was written without: the row says why
-        why = r["left_out"]
-        return [r["model"], r["format"], r["precision"], "left out: " + (why if len(why) <= 160 else why[:157] + "...")
-                ] + [""] * (7 + len(backends))
-    return [
-        r["model"], r["format"], r["precision"], _f(r["accuracy"]), str(r["critical_fn"]), _f(r["critical_fnr"], ".3f"),
-        _f(r["critical_fpr"], ".3f"), _f(r["critical_auc"], ".4f"),
-        "-" if r["weight_sparsity"] is None else f"{100 * r['weight_sparsity']:.1f}%",
-        f"{r['params'] / 1e6:.2f}M ({r['nonzero_params'] / 1e6:.2f}M)", f"{r['size_mb']:.2f}",
-    ] + [_f(r["latency_ms"].get(b), ".2f") for b in backends]
-
-
-def _summary_markdown(rows: list[dict[str, Any]], result: PipelineResult) -> str:
-    head, backends = _summary_header(rows)
-    lines = ["## Dense vs compressed (test split)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_summary_cells(r, backends)) + " |" for r in rows]
-    lines += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()), ""]
-    return "\n".join(lines)
-
-
-def print_summary(result: PipelineResult, *, console=None) -> None:
-    """Print the dense-vs-compressed table with rich."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from .compress import distributed as dist
-
-    if not dist.is_main():  # under torchrun only rank 0 has the artifacts and prints
-        return
-    console = console or Console()
-    rows = summary_rows(result)
-    head, backends = _summary_header(rows)
-    table = Table(title=f"edgeslim pipeline: {result.recipe.name} (test split, batch 1 median latency)")
-    for h in head:
-        table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right")
-    for r in rows:
-        table.add_row(*_summary_cells(r, backends))
-    if console.width < 170:  # a narrow or non-terminal console would squeeze 13 columns into ellipses
-        from rich.console import Console as _C
-
-        console = _C(file=console.file, width=170, force_terminal=console.is_terminal, no_color=console.no_color)
-    console.print(table)
-    console.print(
-        "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
-        + f"; outputs in {result.out_dir} (report.json, report.md, recipe.yaml, "
-        + ", ".join(f"{k}/" for k in result.artifacts) + ")"
-    )
-
-
-# -- single stages on an existing artifact -----------------------------------------------------------------------
-def _artifact_data(manifest: Manifest, *, calibration: bool):
-    """Re-create the artifact's data (from its recorded recipe) for calibration and validation, if possible."""
-    from .recipe import parse_recipe
-
-    if not manifest.recipe:
-        return None, None
-    recipe = parse_recipe(manifest.recipe)
-    from .errors import require
-
-    # the datasets are read through torch's DataLoader: a device-side install ('edgeslim[serve]') has no torch
-    require("torch", extra="compress", purpose=f"re-creating the split of the recipe's dataset '{recipe.data.dataset}'")
-    from .compress.data import load_data_from_recipe
-
-    data = load_data_from_recipe(recipe.data, manifest.preprocessing, seed=recipe.seed)
-    calib = _calibration_batches(data, recipe.quantize.calibration_size) if calibration else None
-    return calib, _split_arrays(data, "test")
-
-
-def export_existing(
-    artifact: str | Path,
-    out: str | Path,
-    *,
-    formats: Iterable[str],
-    precisions: Iterable[str] = ("fp32",),
-    console=None,
-) -> Manifest:
-    """Add formats/precisions to an artifact, validated on the test split of the data recorded in its recipe."""
-    from .export import export_existing as _export_existing
-
-    manifest = load_manifest(artifact)
-    precisions = list(precisions)
-    calib, validation = _artifact_data(manifest, calibration="int8" in precisions)
-    if console is not None and validation is None:
-        console.print("[yellow]the artifact records no recipe: exports are checked for parity only[/yellow]")
-    return _export_existing(
-        artifact, out, formats=list(formats), precisions=precisions, calibration=calib, validation=validation
-    )
-
-
-def labelled_folder(directory: str | Path, manifest: Manifest):
-    """A labelled ImageFolder (``DIR/<class>/*.jpg``) preprocessed for ``manifest``: ``(inputs, labels)``.
-
-    Raises:
-        DataError: no class folders, or a folder whose name is not one of the model's classes (did-you-mean).
-    """
-    import numpy as np
-
-    from .compress.data import IMAGE_EXTENSIONS
-    from .errors import DataError
-    from .preprocess import preprocess
-    from .registry import did_you_mean
-
-    root = Path(directory)
-    if not root.is_dir():
-        raise DataError(f"--data {root}: not a directory of class folders")
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not folders:
-        raise DataError(f"--data {root}: no class folders (expected {root}/<class name>/<image files>)")
-    index = {c: i for i, c in enumerate(manifest.classes)}
-    xs, ys = [], []
-    for d in folders:
-        if d.name not in index:
-            raise DataError(
-                f"--data {root}: folder '{d.name}' is not a class of model '{manifest.name}'."
-                f"{did_you_mean(d.name, list(index))} The model's classes: {', '.join(manifest.classes[:20])}"
-            )
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
-        for f in files:
-            xs.append(preprocess(f, manifest.preprocessing)[0])
-            ys.append(index[d.name])
-    if not xs:
-        raise DataError(f"--data {root}: the class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64)
-
-
-def profile_to_report(
-    artifact: str | Path,
-    out: str | Path,
-    *,
-    backends: Sequence[str],
-    batch_sizes: Sequence[int],
-    seconds: float | None,
-    iterations: int,
-    warmup: int,
-    threads: int | None,
-    data_dir: str | Path | None = None,
-    loadgen: str | None = None,
-    html: bool = True,
-    progress=True,
-    console=None,
-) -> Path:
-    """Profile an artifact on this machine and write report.json / report.md / report.html into ``out``.
-
-    Accuracy, per-class recall and critical FN come from ``data_dir`` (a labelled ImageFolder) or, by default,
-    the test split of the data recorded in the artifact's recipe. ``loadgen`` adds an MLPerf LoadGen run
-    (``single-stream`` or ``offline``) per model file and backend. Returns the report.json path.
-    """
-    from .devices.profiler import ProfileConfig, backend_class, profile_artifact
-    from .devices.report import make_report, write_report
-    from .devices.targets import detect
-
-    manifest = load_manifest(artifact)
-    if loadgen is not None and loadgen not in ("single-stream", "offline"):
-        raise ConfigError(f"--loadgen '{loadgen}': use single-stream or offline")
-    notes: list[str] = []
-    if data_dir:
-        data = labelled_folder(data_dir, manifest)
-    else:
-        try:
-            data = _artifact_data(manifest, calibration=False)[1]
-        except MissingDependencyError as exc:  # a device-side install: measure speed, say why accuracy is missing
-            data = None
-            notes.append(f"Accuracy not measured: {exc}; or pass --data DIR, a labelled ImageFolder (DIR/<class>/*.png)")
-            if console is not None:
-                from rich.text import Text
-
-                console.print(Text(f"warning: {notes[-1]}", style="yellow"), soft_wrap=True)
-    cfg = ProfileConfig(
-        warmup=warmup, iterations=iterations, seconds=2.0 if seconds is None else seconds,
-        batch_sizes=tuple(batch_sizes or (1,)),
-    )
-    target = detect()
-    entries = profile_artifact(
-        artifact, backends=backends, cfg=cfg, threads=threads, data=data, progress=progress, device_state=target
-    )
-    extra: dict[str, Any] = {"notes": notes} if notes else {}
-    if loadgen:
-        from .devices.loadgen import LoadGenConfig, run_loadgen
-        from .runtime.base import BackendOptions
-
-        runs = []
-        for mf in manifest.models:
-            for b in backends:
-                cls = backend_class(b)
-                if mf.format not in getattr(cls, "formats", ()):
-                    continue
-                with cls(Path(artifact) / mf.path, BackendOptions(threads=threads)) as be:
-                    res = run_loadgen(be, cfg=LoadGenConfig(scenario=loadgen, min_duration_s=seconds or 10.0))
-                res.update(model=mf.path, precision=mf.precision, backend=b)
-                runs.append(res)
-                if console is not None:
-                    metric = (f"p90 {res.get('p90_latency_ms'):.3f} ms" if loadgen == "single-stream"
-                              else f"{res.get('samples_per_second'):.1f} samples/s")
-                    console.print(f"loadgen {loadgen} {mf.path} on {b}: {metric} ({res.get('result')})")
-        extra["loadgen"] = runs
-    report = make_report(entries, artifact_dir=artifact, target=target, extra=extra)
-    return write_report(out, report, html=html)["json"]
-
-
-def profile_remote_to_report(
-    url: str,
-    model: str,
-    out: str | Path,
-    *,
-    batch_sizes: Sequence[int],
-    seconds: float | None,
-    iterations: int,
-    warmup: int,
-    token: str | None = None,
-    concurrency: int = 1,
-    html: bool = True,
-) -> Path:
-    """Profile a model behind an edgeslim (or any KServe v2) server over HTTP; write the report into ``out``."""
-    from .devices.profiler import ProfileConfig
-    from .devices.remote import profile_remote
-    from .devices.report import make_report, write_report
-
-    cfg = ProfileConfig(warmup=warmup, iterations=iterations, seconds=2.0 if seconds is None else seconds)
-    runs = [
-        profile_remote(url, model, cfg=cfg, batch=b, token=token, concurrency=concurrency)
-        for b in (batch_sizes or (1,))
-    ]
-    report = make_report([], title=f"edgeslim remote profile: {model} at {url}", extra={"remote": runs})
-    return write_report(out, report, html=html)["json"]
+# ``edgeslim.pipeline(recipe, out_dir)`` is the verb (run_pipeline) and this module at once
+_make_callable(__name__, "edgeslim.pipeline:run_pipeline")

@@ -3,6 +3,12 @@
 A recipe is data: each section configures one stage and names registry keys (source, dataset, pruning method,
 exporters, backends). Unknown keys and unknown names are rejected with the valid ones and the closest match. The
 resolved recipe is saved beside every artifact so a run can be repeated.
+
+Version 2 (this one): the ``prune`` section is the chosen method's own config, e.g. ``prune: {method: one_shot,
+sparsity: 0.8, scope: global}``; its keys are those of the method's class in :mod:`edgeslim.compress.prune`
+(``LotteryTicket``, ``OneShot``, ``Gradual``, ``NM``, ``Structured``, ``SparseTransfer``, ``NoPruning``).
+Version-1 recipes (one flat prune section with every method's fields) still load: :func:`upgrade_recipe` converts
+them. Parsing a recipe imports no stage and no torch.
 """
 
 from __future__ import annotations
@@ -14,12 +20,22 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
+from .methods import PRUNE_METHODS, MethodConfig
 from .registry import did_you_mean
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+DEFAULT_PRUNE_METHOD = "lottery_ticket"
 
 
 class _Section(BaseModel):
@@ -118,104 +134,6 @@ class TrainSection(_Section):
     )
     device: str = "cpu"
     threads: int | None = Field(default=None, gt=0)
-
-
-class PruneSection(_Section):
-    """Pruning. ``method`` is a key of :data:`edgeslim.compress.pruning.PRUNERS`.
-
-    One flat section with method-specific fields (every field has a default, so old recipes stay valid):
-
-    - ``lottery_ticket`` (``lth``, ``imp``): ``rounds``, ``rate``, ``scope``, ``score``, ``rewind``.
-    - ``one_shot``: ``sparsity``, ``scope``.
-    - ``gradual`` (Zhu & Gupta): ``sparsity`` (final), ``initial_sparsity``, ``start_step``, ``end_step``,
-      ``frequency``, ``scope``.
-    - ``nm`` (2:4 semi-structured): ``n``, ``m``.
-    - ``structured`` (Torch-Pruning channels): ``ratio``, ``scope`` (``layer`` = uniform, ``global``),
-      ``round_to``, ``iterative_steps``, ``importance``.
-    - ``sparse_transfer``: ``mode`` (``full`` or ``linear_probe``).
-    - every method but ``sparse_transfer``: ``prune_first_conv``, ``prune_classifier``; every method: ``exclude``.
-
-    A field given a non-default value that the chosen method does not use is rejected (it would silently do
-    nothing; the defaults a resolved recipe writes out are fine),
-    except for ``none``: dense fine-tuning ignores every pruning field, so a recipe becomes its dense baseline by
-    changing only ``method``. Methods registered by third parties are not checked here.
-    """
-
-    method: str = "lottery_ticket"
-    rounds: int = Field(default=2, ge=0)
-    rate: float = Field(default=0.3, ge=0, lt=1, description="fraction of remaining weights pruned per round")
-    scope: Literal["layer", "global"] = "layer"
-    score: Literal["magnitude", "magnitude_increase"] = "magnitude"
-    rewind: Union[Literal["init"], int] = Field(default="init", description="'init' or an epoch k (late rewinding)")
-    sparsity: float = Field(default=0.5, ge=0, lt=1, description="target (final) fraction of pruned weights")
-    initial_sparsity: float = Field(default=0.0, ge=0, lt=1, description="gradual: s_i at start_step")
-    start_step: int = Field(default=0, ge=0, description="gradual: optimizer step t0 where pruning starts")
-    end_step: int | None = Field(
-        default=None, gt=0, description="gradual: step where s_f is reached (default: 3/4 of the pruned training)"
-    )
-    frequency: int = Field(default=10, gt=0, description="gradual: prune every this many optimizer steps")
-    n: int = Field(default=2, ge=1, description="nm: at most n non-zeros in every group of m")
-    m: int = Field(default=4, ge=2, description="nm: group size along the input dimension")
-    ratio: float = Field(default=0.3, ge=0, lt=1, description="structured: fraction of channels removed")
-    round_to: int | None = Field(default=8, ge=1, description="structured: kept channels a multiple of this")
-    iterative_steps: int = Field(default=1, ge=1, description="structured: reach the ratio in this many steps")
-    importance: Literal["l2", "l1", "bn_scale"] = Field(
-        default="l2", description="structured: channel score (group L2 / L1 norm, or BatchNorm scale)"
-    )
-    mode: Literal["full", "linear_probe"] = Field(
-        default="full", description="sparse_transfer: train everything, or only the new head"
-    )
-    prune_first_conv: bool = False
-    prune_classifier: bool = False
-    exclude: list[str] = Field(default_factory=list, description="glob patterns of module names left dense")
-
-    @model_validator(mode="after")
-    def _method_fields(self) -> "PruneSection":
-        method = _PRUNE_ALIASES.get(self.method, self.method)
-        if self.n >= self.m:
-            raise ValueError(
-                f"n = {self.n}, m = {self.m}: N:M sparsity keeps at most n of every m weights, so n must be < m"
-                " (2:4 is n: 2, m: 4)"
-            )
-        if self.initial_sparsity > self.sparsity:
-            raise ValueError(
-                f"initial_sparsity {self.initial_sparsity} > sparsity {self.sparsity}: gradual pruning only adds zeros"
-            )
-        if self.end_step is not None and self.end_step <= self.start_step:
-            raise ValueError(f"end_step {self.end_step} must be > start_step {self.start_step}")
-        used = _PRUNE_FIELDS.get(method)
-        if used is None or method == "none":
-            return self
-        allowed = used | _PRUNE_COMMON | (set() if method == "sparse_transfer" else _PRUNE_LAYER_CHOICE)
-        # a resolved recipe (to_dict) writes every field: unused ones at their default are not a mistake
-        stray = sorted(
-            f for f in self.model_fields_set
-            if f not in allowed and getattr(self, f) != PruneSection.model_fields[f].get_default(call_default_factory=True)
-        )
-        if stray:
-            raise ValueError(
-                f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to method '{self.method}'"
-                f" (it uses: {', '.join(sorted(allowed - {'method'}))}); remove {'it' if len(stray) == 1 else 'them'}"
-            )
-        return self
-
-
-# which PruneSection fields each built-in method reads (the rest must stay unset); see PruneSection
-_PRUNE_COMMON = {"method", "exclude"}
-_PRUNE_LAYER_CHOICE = {"prune_first_conv", "prune_classifier"}
-_PRUNE_FIELDS: dict[str, set[str]] = {
-    "lottery_ticket": {"rounds", "rate", "scope", "score", "rewind"},
-    "one_shot": {"sparsity", "scope"},
-    "gradual": {"sparsity", "initial_sparsity", "start_step", "end_step", "frequency", "scope"},
-    "nm": {"n", "m"},
-    "structured": {"ratio", "scope", "round_to", "iterative_steps", "importance"},
-    "sparse_transfer": {"mode"},
-    "none": set(),
-}
-_PRUNE_ALIASES = {
-    "lth": "lottery_ticket", "imp": "lottery_ticket", "dense": "none", "oneshot": "one_shot", "gmp": "gradual",
-    "semi_structured": "nm", "channel": "structured", "transfer": "sparse_transfer",
-}
 
 
 QUANTIZE_METHODS = ("none", "ptq", "qat", "accuracy_aware")
@@ -335,7 +253,10 @@ class Recipe(_Section):
     data: DataSection = Field(default_factory=DataSection)
     loss: LossSection = Field(default_factory=LossSection)
     train: TrainSection = Field(default_factory=TrainSection)
-    prune: PruneSection = Field(default_factory=PruneSection)
+    prune: SerializeAsAny[MethodConfig] = Field(
+        default_factory=lambda: PRUNE_METHODS.parse({}, default=DEFAULT_PRUNE_METHOD),
+        description="the pruning method's config (edgeslim.compress.prune), chosen by its 'method'",
+    )
     quantize: QuantizeSection = Field(default_factory=QuantizeSection)
     distill: DistillSection = Field(default_factory=DistillSection)
     export: ExportSection = Field(default_factory=ExportSection)
@@ -354,8 +275,25 @@ class Recipe(_Section):
     @classmethod
     def _version(cls, v: int) -> int:
         if v != RECIPE_VERSION:
-            raise ValueError(f"recipe version {v} is not supported; this edgeslim reads version {RECIPE_VERSION}")
+            raise ValueError(
+                f"recipe version {v} is not supported; this edgeslim reads version {RECIPE_VERSION} (and converts"
+                " version 1 when loading: use parse_recipe / load_recipe)"
+            )
         return v
+
+    @field_validator("prune", mode="before")
+    @classmethod
+    def _prune(cls, v: Any) -> MethodConfig:
+        # Python callers: Recipe(prune=OneShot(...)) or a dict; parse_recipe parses it first, with readable errors
+        return PRUNE_METHODS.parse(v, default=DEFAULT_PRUNE_METHOD)
+
+    def compress_options(self) -> dict[str, Any]:
+        """The keywords of :func:`edgeslim.compress.api.compress` this recipe asks for (the composer's view)."""
+        return {
+            "prune": self.prune, "train": self.train, "loss": self.loss, "distill": self.distill, "seed": self.seed,
+            "batch_size": self.data.batch_size, "qat": self.quantize.method == "qat",
+            "run_key": {"model": self.model.model_dump(mode="json"), "data": self.data.model_dump(mode="json")},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (every default filled in)."""
@@ -371,14 +309,13 @@ class Recipe(_Section):
     def check_names(self) -> None:
         """Check every registry name the recipe uses (imports the stages, so it is not done at parse time)."""
         from .compress.data import DATASETS
-        from .compress.pruning import PRUNERS
         from .compress.sources import SOURCES
         from .export import EXPORTERS
         from .runtime import BACKENDS
 
         SOURCES.canonical(self.model.source.split(":", 1)[0])
         DATASETS.canonical(self.data.dataset.split(":", 1)[0])
-        PRUNERS.canonical(self.prune.method)
+        PRUNE_METHODS.canonical(self.prune.method)
         for f in self.export.formats:
             EXPORTERS.canonical(f)
         for b in self.profile.backends:
@@ -401,7 +338,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return names
 
 
-def _format_errors(exc: ValidationError, where: str) -> ConfigError:
+def _error_lines(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -413,19 +350,95 @@ def _format_errors(exc: ValidationError, where: str) -> ConfigError:
             )
         else:
             lines.append(f"{dotted}: {err['msg']}")
-    return ConfigError(f"invalid recipe {where}: " + "; ".join(lines))
+    return lines
+
+
+# -- version 1 -> 2 ---------------------------------------------------------------------------------------------------
+# Version 1 had one flat prune section with the fields of every method. Its fields and defaults are frozen here:
+# a v1 field the chosen method does not use was accepted at its default (a resolved v1 recipe writes every field)
+# and refused at any other value (it would silently do nothing), except under method none, which ignored them all.
+_V1_PRUNE_DEFAULTS: dict[str, Any] = {
+    "rounds": 2, "rate": 0.3, "scope": "layer", "score": "magnitude", "rewind": "init", "sparsity": 0.5,
+    "initial_sparsity": 0.0, "start_step": 0, "end_step": None, "frequency": 10, "n": 2, "m": 4, "ratio": 0.3,
+    "round_to": 8, "iterative_steps": 1, "importance": "l2", "mode": "full", "prune_first_conv": False,
+    "prune_classifier": False, "exclude": [],
+}
+
+
+def upgrade_prune_v1(section: Any) -> Any:
+    """A version-1 (flat) prune section as the version-2 config data of its method.
+
+    The fields the method's config has are kept; other v1 fields are dropped at their v1 default and refused at
+    any other value; keys that were never v1 fields are kept, so validation names them with a did-you-mean.
+
+    Raises:
+        ConfigError: a v1 field the method does not use has a non-default value.
+    """
+    if not isinstance(section, dict):
+        return section  # validation says what is wrong with it
+    method = section.get("method", DEFAULT_PRUNE_METHOD)
+    if not isinstance(method, str) or method not in PRUNE_METHODS:
+        return dict(section)  # validation names the method and the closest match
+    name = PRUNE_METHODS.canonical(method)
+    config = PRUNE_METHODS.config_class(name)
+    out: dict[str, Any] = {}
+    stray = []
+    for key, value in section.items():
+        if key == "method" or key in config.model_fields or key not in _V1_PRUNE_DEFAULTS:
+            out[key] = value
+        elif name != "none" and value != _V1_PRUNE_DEFAULTS[key]:
+            stray.append(key)
+    if stray:
+        uses = ", ".join(sorted(config.option_names()))
+        raise ConfigError(
+            f"prune: {', '.join(sorted(stray))} {'does' if len(stray) == 1 else 'do'} not apply to method '{method}'"
+            f" (it uses: {uses or 'nothing'}); remove {'it' if len(stray) == 1 else 'them'}"
+        )
+    return out
+
+
+def upgrade_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """Convert version-1 recipe data (also: no ``version`` key) to version 2; other versions are returned as given.
+
+    Version 2 changed only the prune section: it is the chosen method's own config (:func:`upgrade_prune_v1`).
+    """
+    if data.get("version", 1) != 1:
+        return data
+    out = {**data, "version": 2}
+    if data.get("prune") is not None:
+        out["prune"] = upgrade_prune_v1(data["prune"])
+    return out
 
 
 def parse_recipe(data: dict[str, Any] | None, *, where: str = "(inline)", check_names: bool = False) -> Recipe:
-    """Validate plain data as a :class:`Recipe`."""
+    """Validate plain data as a :class:`Recipe` (version-1 data is converted to version 2 first).
+
+    Raises:
+        ConfigError: every invalid key or value, each with what is valid there.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"invalid recipe {where}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        recipe = Recipe.model_validate(data)
+        data = upgrade_recipe(data)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid recipe {where}: {exc}") from None
+    lines: list[str] = []
+    prune: MethodConfig | None = None
+    error: type[ConfigError] = ConfigError
+    try:
+        prune = PRUNE_METHODS.parse(data.get("prune"), default=DEFAULT_PRUNE_METHOD)
+    except ConfigError as exc:
+        lines.append(str(exc))
+        error = type(exc)  # UnknownNameError for an unknown method
+    rest = {k: v for k, v in data.items() if k != "prune"}
+    try:
+        recipe = Recipe.model_validate(rest if prune is None else {**rest, "prune": prune})
     except ValidationError as exc:
-        raise _format_errors(exc, where) from None
+        lines.extend(_error_lines(exc))
+    if lines:
+        raise error(f"invalid recipe {where}: " + "; ".join(lines))
     if check_names:
         try:
             recipe.check_names()

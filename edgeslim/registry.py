@@ -47,6 +47,12 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (and its aliases) and return its entry; for tests that register a temporary entry."""
+        canonical = self.canonical(name)
+        self._aliases = {a: n for a, n in self._aliases.items() if n != canonical}
+        return self._entries.pop(canonical)
+
     def canonical(self, name: str) -> str:
         """Resolve an alias to its registered name, or raise :class:`UnknownNameError`."""
         if name in self._entries:

@@ -76,6 +76,14 @@ def test_recipes_lists_and_prints_default():
     assert r.exit_code == 0 and "default" in r.output.split()
     r = runner.invoke(app, ["recipes", "default"])
     assert r.exit_code == 0 and yaml.safe_load(r.output)["model"]["source"] == "efficientnet_lite0"
+    # version 2: the prune section holds the chosen method's keys only, method first
+    printed = yaml.safe_load(r.output)
+    assert printed["version"] == 2
+    assert list(printed["prune"]) == ["method", "rounds", "rate", "scope", "score", "rewind", "prune_first_conv",
+                                      "prune_classifier", "exclude"]
+    r = runner.invoke(app, ["recipes", "lite0-fast-int8"])
+    assert r.exit_code == 0 and "ratio" in yaml.safe_load(r.output)["prune"]
+    assert "rounds" not in yaml.safe_load(r.output)["prune"]
 
 
 def test_pipeline_end_to_end_on_tiny_model(tmp_path):

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 from edgeslim.server import ServerSettings, create_app
-from edgeslim.pipeline import profile_to_report
+from edgeslim.devices.profile_report import profile_to_report
 import edgeslim
 
 art = Path({str(art)!r})
@@ -61,3 +61,15 @@ entries = json.loads(report.read_text())["entries"]
 assert all(e["status"] == "ok" and e["accuracy"]["samples"] == 20 for e in entries), entries
 """
     assert _imported_after(code) & {"torch", "nncf", "timm", "torch_pruning"} == set()
+
+
+def test_the_verbs_and_the_pruning_configs_are_light_until_called():
+    assert _imported_after(
+        "import edgeslim\n"
+        "verbs = [edgeslim.compress, edgeslim.export, edgeslim.pipeline, edgeslim.profile, edgeslim.serve]\n"
+        "assert all(callable(v) for v in verbs), verbs\n"
+        "from edgeslim.compress.prune import OneShot, PRUNE_METHODS\n"
+        "assert PRUNE_METHODS.parse({'method': 'oneshot'}) == OneShot()\n"
+        "import edgeslim.compress.prune\n"
+        "assert callable(edgeslim.compress)  # still the verb once the subpackage is imported"
+    ) == set()

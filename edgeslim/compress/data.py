@@ -559,3 +559,36 @@ def load_data_from_recipe(section: "DataSection", preprocessing: Preprocessing, 
     )
     bundle.num_workers = section.num_workers
     return bundle
+
+
+# -- arrays for export, validation and profiling --------------------------------------------------------------------
+
+
+def split_arrays(data: DataBundle, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split as ``(inputs, labels)`` numpy arrays (float32 NCHW, int64), in dataset order."""
+    xs, ys = [], []
+    for x, y in data.loader(split, batch_size=64, shuffle=False):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def calibration_arrays(data: DataBundle, n: int, batch_size: int = 32) -> list[np.ndarray]:
+    """Up to ``n`` preprocessed training images (seeded order) as float32 NCHW numpy batches, for INT8 calibration."""
+    from .quantize import calibration_batches
+
+    return calibration_batches(data.loader("train", batch_size=batch_size, shuffle=True, seed=1234), n,
+                               batch_size=batch_size)
+
+
+def recorded_data(manifest: Any) -> tuple[DataBundle, Any] | None:
+    """The data an artifact was made with, re-created from the recipe in its manifest, and that recipe.
+
+    Returns ``None`` when the manifest records no recipe.
+    """
+    from ..recipe import parse_recipe
+
+    if not manifest.recipe:
+        return None
+    recipe = parse_recipe(manifest.recipe)
+    return load_data_from_recipe(recipe.data, manifest.preprocessing, seed=recipe.seed), recipe

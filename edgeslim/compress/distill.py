@@ -10,9 +10,9 @@ The teacher needs the student's input, but the training loop calls ``loss(logits
 so no training loop has to know about distillation. Under torchrun the hook sits on the plain module inside DDP, so
 each rank's teacher (never DDP-wrapped) sees that rank's batch.
 
-Training code does not build it by hand: :meth:`~edgeslim.compress.pruning.PruneContext.make_loss` wraps the task
+Training code does not build it by hand: :meth:`~edgeslim.compress.prune.PruneContext.make_loss` wraps the task
 loss whenever the context has a teacher and ``distill.weight > 0``, and
-:meth:`~edgeslim.compress.pruning.PruneContext.train` hooks the trained model, so every pruning method and QAT get
+:meth:`~edgeslim.compress.prune.PruneContext.train` hooks the trained model, so every pruning method and QAT get
 the same term.
 """
 

@@ -1,6 +1,6 @@
 """torch.distributed for ``torchrun``: process-group setup from the environment and the few collectives training needs.
 
-``edgeslim compress`` / ``edgeslim pipeline`` (and :func:`edgeslim.compress.train.compress`) run unchanged under
+``edgeslim compress`` / ``edgeslim pipeline`` (and :func:`edgeslim.compress.api.compress`) run unchanged under
 ``torchrun --nproc_per_node N`` (and multi-node rendezvous). :func:`init_from_env` joins the process group when
 torchrun's variables (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) are set:
 backend ``nccl`` when CUDA is available, ``gloo`` on CPU. Without them every helper here is a no-op and a run is
@@ -272,7 +272,7 @@ def main_writes() -> Iterator[bool]:
 
 
 def sync_masks(masks: Any, model: "nn.Module | None" = None) -> None:
-    """Make every rank hold rank 0's pruning masks (a :class:`~edgeslim.compress.pruning.MaskSet`) and apply them.
+    """Make every rank hold rank 0's pruning masks (a :class:`~edgeslim.compress.prune.MaskSet`) and apply them.
 
     Masks are a deterministic function of the weights, which DDP keeps equal, so this normally changes nothing;
     it guarantees identical masks even where floating-point reductions differ in the last bit between ranks.

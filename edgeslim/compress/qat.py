@@ -8,7 +8,7 @@ The flow (``quantize.method: qat``):
    modules (symmetric INT8 per-channel weights, per-tensor activations) and initialises their ranges on training
    samples, as PTQ does.
 3. :func:`quantize_aware_train` fine-tunes that model with the recipe's loss (class-dependent when configured, with
-   the optional distillation term) through :class:`~edgeslim.compress.pruning.PruneContext`, so checkpoints,
+   the optional distillation term) through :class:`~edgeslim.compress.prune.PruneContext`, so checkpoints,
    resume, checkpoint selection and progress work as for pruning; the pruning masks are kept, so pruned weights
    stay exactly zero (a zero weight quantizes to zero under NNCF's symmetric weight quantizers).
 4. :func:`qat_to_onnx` writes an ONNX graph with explicit ``QuantizeLinear``/``DequantizeLinear`` pairs (runs in
@@ -38,7 +38,8 @@ from torch import nn
 from ..errors import ConfigError, TrainingError
 from ..recipe import QuantizeSection
 from ._quiet import quiet_cuda_home_on_cpu
-from .pruning import MaskSet, PruneContext
+from .prune.base import PruneContext
+from .prune.masks import MaskSet
 from .quantize import _nncf_kwargs, _quiet_nncf, _samples
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -216,8 +217,8 @@ def quantize_aware_train(
     if masks is not None:
         # the wrapped model keeps the original module names, so the masks carry over by name
         qmasks = MaskSet({k: v.clone() for k, v in masks.state_dict().items()})
-    ctx = PruneContext(model=qmodel, data=data, recipe=r, run_dir=Path(run_dir), resume=resume, progress=progress,
-                       teacher=teacher if d.weight > 0 else None)
+    ctx = PruneContext.from_recipe(r, model=qmodel, data=data, run_dir=Path(run_dir), resume=resume,
+                                   progress=progress, teacher=teacher if d.weight > 0 else None)
     res = ctx.train(qmodel, tag="qat", masks=qmasks, gamma=recipe.loss.gamma, epochs=qcfg.qat_epochs,
                     select=recipe.train.select)
     for h in res.history:

@@ -17,17 +17,20 @@ without weights, which is how a model is restored from an artifact's ``model.saf
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..artifact import Preprocessing
-from ..errors import ConfigError, SourceError, UnknownNameError
-from ..registry import Registry, did_you_mean
+from ..errors import ConfigError, SourceError
+from ..models import ARCHS, build_model, imagenet_class_names
+from ..models import Family as _Family
+from ..models import find_head as _find_head
+from ..models import num_outputs as _num_outputs
+from ..models import parse_arch as _parse_arch
+from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; torch is imported lazily
     import torch
@@ -46,9 +49,6 @@ __all__ = [
 
 #: Pretrained sources by name; an entry is ``fn(arg, *, arch, pretrained) -> Pretrained``.
 SOURCES: Registry[Callable[..., "Pretrained"]] = Registry("pretrained source")
-
-#: Architecture families by name (``timm``, ``torchvision``, ``tiny``): the part before ``:`` of an arch id.
-ARCHS: Registry["_Family"] = Registry("architecture family")
 
 # Seconds to wait for a weights server before declaring it unreachable; a missing network must fail fast instead
 # of sitting through huggingface_hub's retries (about 25 s) or urllib's unbounded default.
@@ -119,24 +119,6 @@ def load_pretrained(
         result.num_classes = num_classes
     result.model.eval()
     return result
-
-
-def build_model(arch: str, num_classes: int) -> "nn.Module":
-    """The architecture ``arch`` with random weights and a ``num_classes``-way head.
-
-    Used to rebuild a model from an artifact's ``model.safetensors`` (``Manifest.arch`` + number of classes).
-
-    Args:
-        arch: ``timm:<name>``, ``torchvision:<name>`` or ``tiny``.
-        num_classes: outputs of the head.
-
-    Raises:
-        UnknownNameError: unknown family or model name (with the closest match).
-    """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}")
-    family, name, _ = _parse_arch(arch)
-    return family.build(name, num_classes)
 
 
 def replace_head(model: "nn.Module", num_classes: int) -> "nn.Module":
@@ -217,216 +199,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
-
-
-def imagenet_class_names(subset: str = "imagenet-1k") -> list[str]:
-    """Short, unique ImageNet class names from timm's offline label tables (index = class id).
-
-    The short name is the first synonym of the WordNet description ("tiger cat", "espresso"); the two pairs
-    of ImageNet-1k classes that share one ("crane", "maillot") get their WordNet id appended so that classes
-    can be looked up by name.
-    """
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo(subset)
-    short = [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
-    counts = Counter(short)
-    return [f"{s} ({info.index_to_label_name(i)})" if counts[s] > 1 else s for i, s in enumerate(short)]
-
-
-# --------------------------------------------------------------------------------------------- heads
-
-
-def _find_head(model: "nn.Module") -> tuple[str, "nn.Module"]:
-    """(qualified name, module) of the classifier head."""
-    from torch import nn
-
-    kinds = (nn.Linear, nn.Conv2d)
-    getter = getattr(model, "get_classifier", None)
-    if callable(getter):
-        head = getter()
-        if isinstance(head, kinds):
-            for name, module in model.named_modules():
-                if module is head:
-                    return name, head
-    # Fallback for models without get_classifier (torchvision): the head is registered last by convention.
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, kinds) and name:
-            last = (name, module)
-    if last is None:
-        raise SourceError(
-            f"cannot find a classifier head in {type(model).__name__}: it has no get_classifier() and no Linear or "
-            "Conv2d layer; give it a reset_classifier(num_classes) method"
-        )
-    return last
-
-
-def _num_outputs(model: "nn.Module") -> int:
-    _, head = _find_head(model)
-    return int(getattr(head, "out_features", None) or head.out_channels)
-
-
-# --------------------------------------------------------------------------------------------- architectures
-
-
-class _Family:
-    """One family of architecture ids (``<family>:<name>``)."""
-
-    needs_name = True
-
-    def check(self, name: str) -> str:
-        """Validate ``name`` and return it, or raise UnknownNameError."""
-        return name
-
-    def build(self, name: str, num_classes: int | None) -> "nn.Module":
-        raise NotImplementedError
-
-    def preprocessing(self, name: str, model: "nn.Module") -> Preprocessing:
-        raise NotImplementedError
-
-    def class_names(self, name: str, model: "nn.Module") -> list[str]:
-        return [str(i) for i in range(_num_outputs(model))]
-
-    def candidates(self, name: str) -> list[str]:
-        """Names close to ``name`` in this family (for "did you mean this arch?" after a failed load)."""
-        return []
-
-
-def _interpolation(value: str) -> str:
-    return value if value in ("bilinear", "bicubic", "nearest") else "bilinear"
-
-
-class _TimmFamily(_Family):
-    def check(self, name: str) -> str:
-        import timm
-        from timm.models import split_model_name_tag
-
-        base, tag = split_model_name_tag(name)
-        if not timm.is_model(base):
-            raise UnknownNameError(
-                f"unknown timm model '{base}'.{did_you_mean(base, timm.list_models())}"
-                " See timm.list_models() for the names"
-            )
-        if tag and not timm.list_pretrained(name):
-            tags = timm.list_pretrained(f"{base}.*")
-            raise UnknownNameError(
-                f"timm model '{base}' has no pretrained tag '{tag}'.{did_you_mean(name, tags)}"
-                f" Tags: {', '.join(tags) or '(none)'}"
-            )
-        return name
-
-    def build(self, name: str, num_classes: int | None) -> "nn.Module":
-        import timm
-
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        return timm.create_model(name, pretrained=False, **kwargs)
-
-    def preprocessing(self, name: str, model: "nn.Module") -> Preprocessing:
-        from timm.data import resolve_data_config
-
-        cfg = resolve_data_config(model=model)
-        crop = int(cfg["input_size"][-1])
-        # timm's eval transform resizes the shorter side to floor(crop / crop_pct), then centre-crops.
-        resize = int(math.floor(crop / cfg.get("crop_pct", 0.875)))
-        return Preprocessing(
-            resize=resize, crop=crop,
-            mean=tuple(255.0 * m for m in cfg["mean"]), std=tuple(255.0 * s for s in cfg["std"]),
-            interpolation=_interpolation(cfg.get("interpolation", "bilinear")),
-        )
-
-    def class_names(self, name: str, model: "nn.Module") -> list[str]:
-        from timm.data import infer_imagenet_subset
-
-        subset = infer_imagenet_subset(model)
-        if subset:
-            names = imagenet_class_names(subset)
-            if len(names) == _num_outputs(model):
-                return names
-        return super().class_names(name, model)
-
-    def candidates(self, name: str) -> list[str]:
-        import difflib
-
-        import timm
-
-        return difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=6, cutoff=0.6)
-
-
-class _TorchvisionFamily(_Family):
-    def _names(self) -> list[str]:
-        import torchvision
-
-        # Classification models only: detection/segmentation/video/quantized models live in submodules.
-        return torchvision.models.list_models(module=torchvision.models)
-
-    def check(self, name: str) -> str:
-        names = self._names()
-        if name not in names:
-            raise UnknownNameError(
-                f"unknown torchvision classification model '{name}'.{did_you_mean(name, names)}"
-                " See torchvision.models.list_models(module=torchvision.models) for the names"
-            )
-        return name
-
-    def weights(self, name: str) -> Any:
-        import torchvision
-
-        return torchvision.models.get_model_weights(name).DEFAULT
-
-    def build(self, name: str, num_classes: int | None) -> "nn.Module":
-        import torchvision
-
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        return torchvision.models.get_model(name, weights=None, **kwargs)
-
-    def preprocessing(self, name: str, model: "nn.Module") -> Preprocessing:
-        t = self.weights(name).transforms()
-        return Preprocessing(
-            resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
-            mean=tuple(255.0 * m for m in t.mean), std=tuple(255.0 * s for s in t.std),
-            interpolation=_interpolation(t.interpolation.value),
-        )
-
-    def class_names(self, name: str, model: "nn.Module") -> list[str]:
-        names = list(self.weights(name).meta.get("categories") or [])
-        return names if len(names) == _num_outputs(model) else super().class_names(name, model)
-
-    def candidates(self, name: str) -> list[str]:
-        import difflib
-
-        return difflib.get_close_matches(name, self._names(), n=6, cutoff=0.6)
-
-
-class _TinyFamily(_Family):
-    needs_name = False
-
-    def build(self, name: str, num_classes: int | None) -> "nn.Module":
-        from ..testing import TinyNet
-
-        return TinyNet(num_classes=10 if num_classes is None else num_classes)
-
-    def preprocessing(self, name: str, model: "nn.Module") -> Preprocessing:
-        return Preprocessing(resize=16, crop=16, mean=(127.5,) * 3, std=(127.5,) * 3)
-
-
-ARCHS.register("timm", _TimmFamily())
-ARCHS.register("torchvision", _TorchvisionFamily())
-ARCHS.register("tiny", _TinyFamily())
-
-
-def _parse_arch(arch: str) -> tuple[_Family, str, str]:
-    """``"timm:resnet18"`` -> (family, "resnet18", canonical id)."""
-    if not isinstance(arch, str) or not arch.strip():
-        raise ConfigError(f"arch must be a string like 'timm:resnet18', 'torchvision:resnet18' or 'tiny'; got {arch!r}")
-    key, _, name = arch.strip().partition(":")
-    family = ARCHS.get(key)
-    if family.needs_name and not name:
-        raise ConfigError(f"arch '{arch}' needs a model name: '{key}:<name>', e.g. '{key}:resnet18'")
-    if not family.needs_name and name:
-        raise ConfigError(f"arch '{key}' takes no name; use '{key}' instead of '{arch}'")
-    name = family.check(name)
-    return family, name, f"{key}:{name}" if name else key
 
 
 def _from_model(model: "nn.Module", arch: str, *, class_names: list[str] | None = None,

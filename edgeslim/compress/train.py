@@ -1,23 +1,20 @@
-"""Fine-tuning (seeded, checkpointed every epoch, resumable to identical weights) and :func:`compress`.
+"""Fine-tuning: seeded, checkpointed every epoch, resumable to identical weights.
 
 :func:`fine_tune` trains a model on a DataBundle's ``train`` split, evaluates on ``val`` after every epoch, keeps
 the checkpoint chosen by ``select`` and saves ``run_dir/<tag>/last.pt`` atomically after every epoch. With
 ``resume=True`` it continues from the last completed epoch and ends with the same weights an uninterrupted run
 would have (the data order of each epoch depends only on ``(seed, epoch)``; RNG states are checkpointed).
 
-:func:`compress` runs the recipe's pruning method (:data:`~edgeslim.compress.pruning.PRUNERS`) and evaluates the
-dense reference and the final model on the held-out test split.
+The pruning methods (:mod:`edgeslim.compress.prune`) train through it, and :func:`edgeslim.compress.api.compress`
+runs them.
 """
 
 from __future__ import annotations
 
-import copy
-
 import logging
 import random
-import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -25,25 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_write_json
 from ..errors import ConfigError, DataError, TrainingError
 from . import distributed as dist
 from .metrics import ClassificationMetrics, evaluate, predict_logits
-from .pruning import (
-    PRUNERS,
-    MaskSet,
-    PruneContext,
-    PruneResult,
-    check_distillation,
-    count_params_macs,
-    example_shape,
-    load_checkpoint,
-    prunable_layers,
-    save_checkpoint,
-)
+from .checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..recipe import Recipe, TrainSection
+    from ..recipe import TrainSection
+    from .prune.masks import MaskSet
 
 log = logging.getLogger(__name__)
 
@@ -454,180 +440,3 @@ def fine_tune(
         masks.apply(model)  # a no-op for masked checkpoints; guards a model whose weights were edited outside
     val_metrics = _evaluate_split(model, data, "val", batch_size, device) if has_val else None
     return TrainResult(model=model, history=history, best_epoch=best_epoch, val_metrics=val_metrics)
-
-
-# -- compress --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CompressResult:
-    """The outcome of :func:`compress`.
-
-    Attributes:
-        dense_model: the dense reference (round 1 of the lottery ticket), or ``None`` if the method has none.
-        model: the final model (pruned weights exactly zero).
-        masks: its masks.
-        dense_metrics: the dense model's metrics on the test split (``None`` without a dense model).
-        metrics: the final model's metrics on the test split.
-        val_metrics: the final model's metrics on the validation split (``None`` without one).
-        history: per-epoch records of every training.
-        sparsity_table: :meth:`MaskSet.table` of the final model.
-        rounds: one summary per training round.
-        seconds: wall time of this call.
-        size: ``params``, ``nonzero_params`` and ``macs`` (one sample) of the final model and, with a dense
-            reference, ``dense_params`` / ``dense_macs``; MACs are dense counts (zeros still counted).
-        info: what the pruning method reports (e.g. layers N:M skipped, channel widths and the structure spec).
-    """
-
-    dense_model: nn.Module | None
-    model: nn.Module
-    masks: MaskSet
-    dense_metrics: ClassificationMetrics | None
-    metrics: ClassificationMetrics
-    val_metrics: ClassificationMetrics | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    sparsity_table: list[dict[str, Any]] = field(default_factory=list)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-    size: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def sparsity(self) -> float:
-        """Fraction of pruned weights over the masked (prunable) layers."""
-        return self.masks.sparsity()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (metrics, rounds, history, sparsity), without the models."""
-        return {
-            "sparsity": self.sparsity,
-            "dense_metrics": self.dense_metrics.to_dict() if self.dense_metrics is not None else None,
-            "metrics": self.metrics.to_dict(),
-            "val_metrics": self.val_metrics.to_dict() if self.val_metrics is not None else None,
-            "rounds": self.rounds,
-            "history": self.history,
-            "sparsity_table": self.sparsity_table,
-            "size": self.size,
-            "info": self.info,
-            "seconds": self.seconds,
-        }
-
-
-def _compress_digest(recipe: "Recipe") -> str:
-    import hashlib
-    import json
-
-    d = recipe.to_dict()
-    # only what changes the trained weights; export/profile edits must not block a resume
-    keep = {k: d[k] for k in ("version", "seed", "model", "data", "loss", "train", "prune")}
-    if recipe.distill.weight > 0:  # distillation trains the rounds after the dense one; off, old digests stay valid
-        keep["distill"] = d["distill"]
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
-
-
-def compress(
-    model: nn.Module,
-    data: Any,
-    recipe: "Recipe",
-    *,
-    run_dir: Path | str,
-    resume: bool = False,
-    progress: bool = True,
-    teacher: nn.Module | None = None,
-) -> CompressResult:
-    """Fine-tune and prune ``model`` per ``recipe`` and evaluate it on the held-out test split.
-
-    ``model`` is W0: the pretrained backbone with a freshly initialised head for ``data.classes``; it is trained
-    in place and ends up as ``result.model`` (deep-copy it first to keep W0). The recipe's
-    ``prune.method`` (a :data:`~edgeslim.compress.pruning.PRUNERS` key) runs with the recipe's loss and train
-    sections; checkpoints go to ``run_dir/compress`` (removed first unless ``resume``). With ``resume=True`` an
-    interrupted run continues: finished rounds are not repeated and the current one resumes from its last epoch.
-
-    With ``distill.weight > 0`` every training after the dense round (the pruned fine-tuning, the later lottery
-    rounds) adds the KD term towards the dense model (:class:`~edgeslim.compress.distill.DistillationLoss`); a
-    resumed run rebuilds that teacher from the dense round's checkpoint. ``teacher`` gives the teacher for a model
-    whose dense fine-tune happened elsewhere (``train.epochs: 0`` on an already fine-tuned ``model``): it is
-    copied, frozen, and distilled from from the first training on; a dense round, if any, replaces it.
-
-    Under ``torchrun`` (see :mod:`edgeslim.compress.distributed`) the process group is joined from the environment,
-    training runs data-parallel with ``recipe.data.batch_size`` as the global batch, pruning masks are rank 0's on
-    every rank, metrics are those of the whole split, and only rank 0 writes to ``run_dir``. ``data`` must be the
-    same on every rank (each loads the full bundle, so the class counts the loss weights use are those of the full
-    training split; this is checked).
-
-    Raises:
-        UnknownNameError: the pruning method is not registered.
-        ConfigError: ``distill.weight > 0`` but no training would have a teacher (checked before anything runs).
-        TrainingError: ``resume`` was asked for a ``run_dir`` holding a run of a different recipe.
-    """
-    t0 = time.perf_counter()
-    pruner = PRUNERS.get(recipe.prune.method)
-    if teacher is None:
-        check_distillation(recipe)  # before anything is written: a refused recipe leaves no run to "resume"
-    n_classes = len(data.classes)
-    if n_classes < 2:
-        raise DataError(f"the data has {n_classes} class(es); classification needs at least 2")
-    dist.init_from_env()
-    if dist.is_distributed():
-        sizes = {s: len(data.labels(s)) if _has_split(data, s) else 0 for s in ("train", "val", "test")}
-        dist.check_same((list(data.class_counts), list(data.critical), sizes), "the data (class counts, splits)")
-    work = Path(run_dir) / "compress"
-    marker = work / "recipe.json"
-    digest = _compress_digest(recipe)
-    if resume and marker.is_file():
-        import json
-
-        old = json.loads(marker.read_text()).get("digest")
-        if old != digest:
-            raise TrainingError(
-                f"{work} holds a run of a different recipe (its model/data/loss/train/prune/distill differ); resume"
-                " with the same recipe, pick another run_dir, or pass resume=False to start over"
-            )
-    dist.barrier()  # every rank has read the old marker before rank 0 replaces it
-    with dist.main_writes() as writer:
-        if writer:
-            if not resume and work.exists():
-                shutil.rmtree(work)  # only our own namespace: stale rounds must never be picked up by a resume
-            work.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(marker, {"digest": digest, "recipe": recipe.to_dict()})
-
-    ctx = PruneContext(model=model, data=data, recipe=recipe, run_dir=work, resume=resume, progress=progress)
-    if teacher is not None:
-        ctx.teacher = copy.deepcopy(teacher).eval()
-    res = pruner(ctx)
-    if not isinstance(res, PruneResult):
-        raise TrainingError(
-            f"pruning method '{recipe.prune.method}' returned {type(res).__name__}, expected a PruneResult"
-        )
-    device = _device(recipe.train.device)
-    bs = recipe.data.batch_size
-    metrics = _evaluate_split(res.model, data, "test", bs, device)
-    dense_metrics = _evaluate_split(res.dense_model, data, "test", bs, device) if res.dense_model is not None else None
-    val_metrics = _evaluate_split(res.model, data, "val", bs, device) if _has_split(data, "val") else None
-    shape = example_shape(data)
-    params, macs = count_params_macs(res.model, shape)
-    zeros = sum(int((m.weight.detach() == 0).sum()) for _, m in prunable_layers(res.model))
-    size: dict[str, Any] = {
-        "input_shape": list(shape), "params": params, "nonzero_params": params - zeros, "macs": macs,
-    }
-    if res.dense_model is not None:
-        size["dense_params"], size["dense_macs"] = count_params_macs(res.dense_model, shape)
-    result = CompressResult(
-        dense_model=res.dense_model,
-        model=res.model,
-        masks=res.masks,
-        dense_metrics=dense_metrics,
-        metrics=metrics,
-        val_metrics=val_metrics,
-        history=res.history,
-        sparsity_table=res.masks.table(res.model),
-        rounds=res.rounds,
-        seconds=time.perf_counter() - t0,
-        size=size,
-        info=res.info,
-    )
-    with dist.main_writes() as writer:
-        if writer:
-            atomic_write_json(work / "summary.json", result.to_dict())
-    return result
-

@@ -9,7 +9,6 @@ conditions it was measured under (model hash, backend and version, precision, ba
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import os
@@ -23,16 +22,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError, DataError, EdgeslimError, MissingDependencyError, require
+from ..errors import ConfigError, DataError, EdgeslimError, MissingDependencyError
 from .cpu import cpu_info
-
-#: Runtime library behind each built-in backend, and the extra that installs it.
-_BACKEND_LIBS: dict[str, tuple[str, str | None]] = {
-    "onnxruntime": ("onnxruntime", "serve"),
-    "openvino": ("openvino", "serve"),
-    "torch": ("torch", "compress"),
-    "tensorrt": ("tensorrt", "tensorrt"),
-}
 
 #: How many per-call latencies an entry keeps for plots (evenly strided over the window, in time order).
 MAX_SAMPLES_KEPT = 2000
@@ -434,36 +425,25 @@ def _end_to_end(
 
 # -- artifacts ----------------------------------------------------------------------------------------------------
 def backend_class(name: str) -> type:
-    """The registered backend class for ``name``.
+    """The registered backend class for ``name``, once its runtime library is known to be installed.
 
-    Imports ``edgeslim.runtime.<name>`` on demand so that only the backends asked for are imported.
+    The backend declares its library, its extra and its formats (:class:`~edgeslim.runtime.base.Backend`); this
+    asks it rather than keeping its own table.
 
     Raises:
         UnknownNameError: no such backend (with the closest known name).
         MissingDependencyError: the backend's runtime library is not installed (names the extra).
     """
+    cls = _registered(name)
+    cls.require_library()
+    return cls
+
+
+def _registered(name: str) -> Any:
+    importlib.import_module("edgeslim.runtime")  # registers every backend; none imports its library yet
     from ..runtime.base import BACKENDS
 
-    with contextlib.suppress(ImportError):
-        importlib.import_module("edgeslim.runtime")
-    if name not in BACKENDS:
-        # Built-in backends register when their module is imported; import them all so did-you-mean sees every
-        # name. A module whose library is missing fails to import: that is reported below, by name.
-        for builtin in _BACKEND_LIBS:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(f"edgeslim.runtime.{builtin}")
-    if name not in BACKENDS and name in _BACKEND_LIBS:
-        _require_lib(name)
-        raise BackendError(f"the {name} backend is not part of this edgeslim installation (edgeslim.runtime.{name})")
-    canonical = BACKENDS.canonical(name)
-    _require_lib(canonical)
-    return BACKENDS.get(canonical)
-
-
-def _require_lib(name: str) -> None:
-    if name in _BACKEND_LIBS:
-        module, extra = _BACKEND_LIBS[name]
-        require(module, extra, purpose=f"the {name} backend")
+    return BACKENDS.get(name)
 
 
 def _progress_printer(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
@@ -529,7 +509,9 @@ def profile_artifact(
 
     # Resolve names first so a typo fails before minutes of measuring.
     resolved: dict[str, type | EdgeslimError] = {}
+    formats: dict[str, tuple[str, ...]] = {}
     for b in backends:
+        formats[b] = tuple(_registered(b).formats)  # also for one not installed: the report says why it is missing
         try:
             resolved[b] = backend_class(b)
         except MissingDependencyError as exc:
@@ -550,8 +532,7 @@ def profile_artifact(
         if wanted_prec is not None and m.precision.lower() not in wanted_prec:
             continue
         for b, cls in resolved.items():
-            formats = _formats_of(b, cls)
-            if m.format in formats:
+            if m.format in formats[b]:
                 plan.append((m, b, cls))
     if not plan:
         have = ", ".join(f"{m.format}/{m.precision}" for m in manifest.models) or "none"
@@ -652,15 +633,6 @@ def profile_artifact(
     if data is not None:
         add_accuracy_deltas(entries)
     return entries
-
-
-def _formats_of(name: str, cls: Any) -> tuple[str, ...]:
-    if isinstance(cls, EdgeslimError):
-        # Not installed: still plan the entry so the report says why it is missing.
-        return {"onnxruntime": ("onnx",), "openvino": ("openvino",), "tensorrt": ("tensorrt",), "torch": ("torch",)}.get(
-            name, ()
-        )
-    return tuple(getattr(cls, "formats", ()))
 
 
 def _sha_of_dir_model(manifest: Any, path: str) -> str | None:

@@ -4,6 +4,9 @@ Every module of this package other than ``base`` and ``validate`` is an exporter
 :data:`EXPORTERS` when imported; they are all imported here, so adding a format is adding one file. Exporters
 import their heavy libraries (torch, onnx, openvino, nncf, tensorrt) only when they run, so this import stays
 light. See :mod:`edgeslim.export.base` for the exporter contract.
+
+The package is also the verb: ``edgeslim.export(model, out_dir, manifest, formats=[...])`` calls
+:func:`export_artifact`.
 """
 
 from __future__ import annotations
@@ -24,5 +27,9 @@ _NOT_PLUGINS = {"base", "validate"}
 for _mod in sorted(m.name for m in _pkgutil.iter_modules(__path__)):
     if _mod not in _NOT_PLUGINS and not _mod.startswith("_"):
         _importlib.import_module(f"{__name__}.{_mod}")
+
+from .._verbs import make_callable as _make_callable  # noqa: E402
+
+_make_callable(__name__, "edgeslim.export.base:export_artifact")
 
 __all__ = ["EXPORTERS", "ExportContext", "Exporter", "export_artifact", "export_existing", "validate_exports"]

@@ -225,7 +225,7 @@ def write_torch_weights(model: Any, path: str | os.PathLike, *, arch: str = "", 
 
     Tensors are cloned contiguous so tied or strided parameters serialise; the torch backend rebuilds the
     module from ``Manifest.arch`` and loads these weights. A channel-pruned model also records its layer widths
-    (``extra["structure"]``, see :func:`edgeslim.compress.structured.structure_spec`) so it can be rebuilt.
+    (``extra["structure"]``, see :func:`edgeslim.models.structure_spec`) so it can be rebuilt.
     """
     from safetensors.torch import save
 
@@ -233,8 +233,7 @@ def write_torch_weights(model: Any, path: str | os.PathLike, *, arch: str = "", 
     atomic_write_bytes(path, save(state))
     extra: dict[str, Any] = {"tensors": len(state)}
     if arch and num_classes:
-        from ..compress.sources import build_model
-        from ..compress.structured import structure_spec
+        from ..models import build_model, structure_spec
 
         try:
             reference = build_model(arch, num_classes)
@@ -687,13 +686,19 @@ def export_existing(
     strict: bool = False,
     target: str | None = None,
     val_split: tuple[np.ndarray, np.ndarray] | None = None,
+    data_from_recipe: bool = False,
 ) -> Manifest:
     """Add formats to an existing artifact, re-exporting from its ``model.safetensors``.
 
-    The model is rebuilt with ``edgeslim.compress.sources.build_model(manifest.arch, len(manifest.classes))``;
+    With ``data_from_recipe``, the calibration and validation data not given are re-created from the recipe
+    recorded in the manifest (calibration: its training split; validation: its test split; ``val_split``, for the
+    accuracy-control fallback of an INT8 file that misses the budget: its val split); an artifact without a
+    recorded recipe is then checked for parity with PyTorch only. ``target`` defaults to the recorded recipe's.
+
+    The model is rebuilt with ``edgeslim.models.rebuild_model(manifest.arch, len(manifest.classes), structure)``;
     model files of other formats/precisions are carried over. Export, quantize and validate settings not given
-    are taken from the recipe recorded in the artifact's manifest (else the defaults). ``out_dir`` defaults to ``artifact_dir`` (replaced
-    atomically).
+    are taken from the recipe recorded in the artifact's manifest (else the defaults). ``out_dir`` defaults to
+    ``artifact_dir`` (replaced atomically).
 
     Raises:
         ArtifactError: the artifact has no torch weights or no ``arch`` to rebuild the model from.
@@ -708,12 +713,21 @@ def export_existing(
             f"artifact {src} cannot be re-exported: it needs torch weights and Manifest.arch"
             f" (has weights: {weights is not None}, arch: {old.arch!r}); export it again from the trained model"
         )
-    try:
-        from ..compress.sources import build_model
-    except ImportError as exc:
-        raise ArtifactError(f"re-export needs edgeslim.compress.sources.build_model ({exc})") from exc
-    from ..compress.structured import rebuild_model
+    from ..models import rebuild_model
 
+    int8 = "int8" in precisions
+    if data_from_recipe and (validation is None or (int8 and (calibration is None or val_split is None))):
+        from ..compress.data import calibration_arrays, recorded_data, split_arrays
+
+        found = recorded_data(old)
+        if found is not None:
+            data, recipe = found
+            if calibration is None and int8:
+                calibration = calibration_arrays(data, recipe.quantize.calibration_size)
+            if validation is None:
+                validation = split_arrays(data, "test")
+            if val_split is None and int8 and recipe.data.val_fraction > 0:
+                val_split = split_arrays(data, "val")  # for the accuracy-control fallback of a failed INT8
     # Tolerances, opset and quantisation settings default to those of the recipe the artifact was made with, so a
     # re-export is judged as the original export was.
     recorded = old.recipe or {}

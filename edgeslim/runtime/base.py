@@ -52,6 +52,17 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     #: model formats this backend can load (values of ``ModelFile.format``)
     formats: ClassVar[tuple[str, ...]] = ()
+    #: the runtime library it needs (import name; ``None``: nothing optional) and the extra that installs it
+    library: ClassVar[str | None] = None
+    extra: ClassVar[str | None] = None
+
+    @classmethod
+    def require_library(cls) -> None:
+        """Raise :class:`~edgeslim.errors.MissingDependencyError` (naming the fix) when :attr:`library` is missing."""
+        if cls.library:
+            from ..errors import require
+
+            require(cls.library, cls.extra, purpose=f"the {cls.name} backend")
 
     def __init__(self, path: str | Path, options: BackendOptions | None = None) -> None:
         self.path = Path(path)

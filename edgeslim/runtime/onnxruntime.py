@@ -131,6 +131,8 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     formats = ("onnx",)
+    library = "onnxruntime"
+    extra = "serve"
 
     def _load(self) -> None:
         ort = require("onnxruntime", extra="serve", purpose="the onnxruntime backend")

@@ -72,6 +72,8 @@ class OpenVINOBackend(Backend):
 
     name = "openvino"
     formats = ("openvino",)
+    library = "openvino"
+    extra = "serve"
 
     def _load(self) -> None:
         ov = require("openvino", extra="serve", purpose="the openvino backend")

@@ -115,6 +115,8 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     formats = ("tensorrt",)
+    library = "tensorrt"
+    extra = "tensorrt"
 
     @classmethod
     def artifact_options(cls, manifest: Any, model_file: Any) -> dict[str, Any]:

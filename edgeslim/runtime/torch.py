@@ -24,12 +24,12 @@ _EXTRA_KEYS = ("arch", "num_classes", "structure", "input_shape", "input_name", 
 
 
 def build_model(arch: str, num_classes: int) -> Any:
-    """The untrained architecture ``arch`` with a ``num_classes`` head (``edgeslim.compress.sources.build_model``).
+    """The untrained architecture ``arch`` with a ``num_classes`` head (:func:`edgeslim.models.build_model`).
 
     Raises:
         UnknownNameError: unknown architecture (with the closest match).
     """
-    from ..compress.sources import build_model as _build
+    from ..models import build_model as _build
 
     return _build(arch, num_classes)
 
@@ -53,6 +53,8 @@ class TorchBackend(Backend):
 
     name = "torch"
     formats = ("torch",)
+    library = "torch"
+    extra = "compress"
 
     @classmethod
     def artifact_options(cls, manifest: Any, model_file: Any) -> dict[str, Any]:
@@ -92,7 +94,7 @@ class TorchBackend(Backend):
             torch.set_num_threads(self.options.threads)
 
         if extra.get("structure"):
-            from ..compress.structured import rebuild_model
+            from ..models import rebuild_model
 
             model = rebuild_model(arch, num_classes, extra["structure"])
         else:

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from edgeslim.compress.distill import DistillationLoss, kd_term
 from edgeslim.compress.loss import ClassDependentLoss
 from edgeslim.compress.metrics import predict_logits
-from edgeslim.compress.pruning import PRUNERS, PruneContext, load_checkpoint
-from edgeslim.compress.train import compress
+from edgeslim.compress.prune import PRUNE_METHODS
+from edgeslim.compress.prune.base import PruneContext
+from edgeslim.compress.checkpoint import load_checkpoint
+from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError, TrainingError
 from edgeslim.recipe import parse_recipe
 from edgeslim.testing import TinyNet
@@ -258,7 +260,7 @@ def test_a_teacher_from_elsewhere_lets_a_recipe_without_dense_round_distil(kd_pa
     assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
 
 
-@pytest.mark.parametrize("method", PRUNERS.names())
+@pytest.mark.parametrize("method", PRUNE_METHODS.names())
 def test_every_pruning_method_distils_after_its_dense_round(method, data, tmp_path):
     assert method in METHODS, f"pruning method '{method}' has no distillation case in METHODS: add one"
     prune = METHODS[method]
@@ -298,7 +300,7 @@ def test_distillation_works_through_ddp_with_an_unwrapped_teacher(data, tmp_path
     teacher = TinyNet(10)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = TinyNet(10)
-    ctx = PruneContext(model=student, data=data, recipe=r, run_dir=tmp_path, teacher=teacher)
+    ctx = PruneContext.from_recipe(r, model=student, data=data, run_dir=tmp_path, teacher=teacher)
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         net = DistributedDataParallel(student)
@@ -315,7 +317,7 @@ def test_distillation_works_through_ddp_with_an_unwrapped_teacher(data, tmp_path
     assert loss.last_parts["kd"] > 0 and student.classifier.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
-    ctx.recipe.distill.weight = 0.0
+    ctx.distill.weight = 0.0
     assert not isinstance(ctx.make_loss(), DistillationLoss)  # weight 0: the plain task loss, no teacher
 
 

@@ -25,7 +25,7 @@ from edgeslim.artifact import Preprocessing
 from edgeslim.compress import distributed as dist
 from edgeslim.compress.data import load_data
 from edgeslim.compress.metrics import evaluate, predict_logits
-from edgeslim.compress.train import compress
+from edgeslim.compress.api import compress
 from edgeslim.recipe import parse_recipe
 from edgeslim.testing import TinyNet
 
@@ -53,7 +53,7 @@ WORKER = textwrap.dedent(
     from edgeslim.artifact import Preprocessing
     from edgeslim.compress import distributed as dist
     from edgeslim.compress.data import load_data
-    from edgeslim.compress.train import compress
+    from edgeslim.compress.api import compress
     from edgeslim.recipe import parse_recipe
     from edgeslim.testing import TinyNet
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeslim.compress.gradual import cubic_sparsity, pruning_steps
-from edgeslim.compress.pruning import MaskSet, load_checkpoint
-from edgeslim.compress.train import compress
+from edgeslim.compress.prune.gradual import cubic_sparsity, pruning_steps
+from edgeslim.compress.prune.masks import MaskSet
+from edgeslim.compress.checkpoint import load_checkpoint
+from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError
 from edgeslim.testing import TinyNet
 

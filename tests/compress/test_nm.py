@@ -9,8 +9,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeslim.compress.nm import check_nm_onnx, nm_mask, nm_violations
-from edgeslim.compress.train import compress
+from edgeslim.compress.prune.nm import check_nm_onnx, nm_mask, nm_violations
+from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError
 from edgeslim.export.base import export_artifact
 from edgeslim.testing import TinyNet

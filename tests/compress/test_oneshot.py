@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeslim.compress.pruning import MaskSet, load_checkpoint
-from edgeslim.compress.train import compress
+from edgeslim.compress.prune import NoPruning
+from edgeslim.compress.prune.masks import MaskSet
+from edgeslim.compress.checkpoint import load_checkpoint
+from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError
 from edgeslim.export.base import export_artifact
 from edgeslim.testing import TinyNet
@@ -100,6 +102,7 @@ def test_fields_of_another_method_and_bad_targets_are_rejected_before_training(t
         recipe({"method": "one_shot", "rounds": 3})
     with pytest.raises(ConfigError, match="sparsity"):
         recipe({"method": "one_shot", "sparsity": 1.0})
-    assert recipe({"method": "none", "rounds": 3}).prune.rounds == 3  # dense ignores pruning fields, by design
+    # a version-1 recipe becomes its dense baseline by changing only the method: none drops every pruning field
+    assert recipe({"method": "none", "rounds": 3}).prune == NoPruning()
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         MaskSet.for_model(TinyNet()).prune_to(TinyNet(), 1.5)

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgeslim.compress.pruning import PRUNERS, MaskSet, count_params_macs, model_sparsity
+from edgeslim.compress.prune import PRUNE_METHODS
+from edgeslim.compress.prune.masks import MaskSet
+from edgeslim.compress.prune.stats import count_params_macs, model_sparsity
 from edgeslim.errors import ConfigError, TrainingError, UnknownNameError
 from edgeslim.testing import TinyNet
 
@@ -254,7 +256,9 @@ def test_count_params_macs_counts_the_dense_network_without_touching_it():
 
 
 def test_pruning_methods_are_registered_with_did_you_mean():
-    assert {"lottery_ticket", "none"} <= set(PRUNERS.names())
-    assert callable(PRUNERS.get("lottery_ticket")) and PRUNERS.get("lth") is PRUNERS.get("lottery_ticket")
+    assert {"lottery_ticket", "none", "one_shot", "gradual", "nm", "structured", "sparse_transfer"} <= set(
+        PRUNE_METHODS.names())
+    assert callable(PRUNE_METHODS.handler("lottery_ticket"))
+    assert PRUNE_METHODS.get("lth") is PRUNE_METHODS.get("lottery_ticket")
     with pytest.raises(UnknownNameError, match="Did you mean 'lottery_ticket'"):
-        PRUNERS.get("lotery_ticket")
+        PRUNE_METHODS.get("lotery_ticket")

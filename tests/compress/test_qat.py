@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from edgeslim.compress.qat import check_qat_traceable, quantize_aware_train
 from edgeslim.compress.quantize import calibration_batches
-from edgeslim.compress.train import compress
+from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError, ExportError, TrainingError
 from edgeslim.export.base import export_artifact
 from edgeslim.recipe import ValidateSection

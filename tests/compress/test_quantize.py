@@ -162,7 +162,7 @@ def trained_digits_onnx(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).parent))
     from _digits import CRITICAL, digits, recipe
 
-    from edgeslim.compress.train import compress
+    from edgeslim.compress.api import compress
 
     data = digits()
     torch.manual_seed(0)

@@ -9,16 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgeslim.compress.pruning import count_params_macs
-from edgeslim.compress.sources import build_model
-from edgeslim.compress.structured import (
-    _ignored,
-    prune_channels,
-    rebuild_model,
-    restore_structure,
-    structure_spec,
-)
-from edgeslim.compress.train import compress
+from edgeslim.compress.prune.stats import count_params_macs
+from edgeslim.models import build_model
+from edgeslim.compress.api import compress
+from edgeslim.compress.prune.structured import _ignored, prune_channels
+from edgeslim.models import rebuild_model, restore_structure, structure_spec
 from edgeslim.errors import ArtifactError, ConfigError
 from edgeslim.export.base import export_artifact
 from edgeslim.testing import TinyNet

@@ -14,8 +14,10 @@ import torch
 from edgeslim.artifact import Preprocessing
 from edgeslim.compress.data import load_data
 from edgeslim.compress.metrics import ClassificationMetrics, evaluate, predict_logits
-from edgeslim.compress.pruning import MaskSet, load_checkpoint
-from edgeslim.compress.train import CompressResult, TrainResult, compress, fine_tune
+from edgeslim.compress.prune.masks import MaskSet
+from edgeslim.compress.checkpoint import load_checkpoint
+from edgeslim.compress.api import CompressResult, compress
+from edgeslim.compress.train import TrainResult, fine_tune
 from edgeslim.compress.loss import build_loss
 from edgeslim.errors import ConfigError, TrainingError, UnknownNameError
 from edgeslim.recipe import LossSection, TrainSection, parse_recipe
@@ -315,7 +317,7 @@ def test_rank_warmup_and_fpr_budget_run_inside_compress(digits, tmp_path):
     """The ranking term is off in each round's warm-up epoch and the FPR budget adapts gamma across rounds."""
     import json
 
-    from edgeslim.compress.train import compress
+    from edgeslim.compress.api import compress
     from edgeslim.recipe import parse_recipe
     from edgeslim.testing import TinyNet
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeslim.compress.pruning import MaskSet
-from edgeslim.compress.train import compress
+from edgeslim.compress.prune.masks import MaskSet
+from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError
 from edgeslim.testing import TinyNet
 

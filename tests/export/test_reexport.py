@@ -51,3 +51,24 @@ def test_tensorrt_without_the_package_is_recorded_and_the_rest_is_written(with_r
     assert "pip install 'edgeslim[tensorrt]'" in err["error"] and "tensorrt/build.sh" in err["error"]
     assert (out / "tensorrt" / "build.sh").is_file() and (out / "triton").is_dir()
     assert load_manifest(out).models == m.models  # written and verified
+
+
+def test_reexport_recreates_the_recorded_data_when_asked(trained, tmp_path):
+    """``data_from_recipe=True`` (the CLI's export): calibration and validation come from the recorded recipe."""
+    from edgeslim.compress.data import recorded_data, split_arrays
+    from edgeslim.recipe import parse_recipe
+
+    manifest = tiny_manifest()
+    manifest.recipe = parse_recipe({
+        "model": {"source": "tiny"}, "data": {"image_size": 16, "critical": [8]},
+        "quantize": {"calibration_size": 32}, "validate": {"int8_min_agreement": 0.5, "max_extra_critical_fn": 100},
+    }).to_dict()
+    src = tmp_path / "src"
+    export_artifact(trained.model, src, manifest, formats=("onnx",), precisions=("fp32",))
+    data, recipe = recorded_data(load_manifest(src))
+    test_x, _ = split_arrays(data, "test")
+    # without it (and without data) only parity on random inputs is possible; with it, the recorded test split
+    m = export_existing(src, tmp_path / "out", formats=("onnx",), precisions=("fp32", "int8"), data_from_recipe=True)
+    assert ("onnx", "int8") in {(x.format, x.precision) for x in m.models}
+    assert m.validation["samples"] == len(test_x) and recipe.quantize.calibration_size == 32
+    assert m.validation["reference"]["accuracy"] is not None

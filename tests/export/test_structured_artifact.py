@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import torch
 
-from edgeslim.compress.structured import prune_channels
+from edgeslim.compress.prune.structured import prune_channels
 from edgeslim.export import export_artifact, export_existing
 from edgeslim.runtime import load
 

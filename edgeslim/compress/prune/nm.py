@@ -17,22 +17,36 @@ result's ``info["skipped"]``). Recipe: ``prune: {method: nm, n: 2, m: 4}``.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import numpy as np
-import torch
-from torch import nn
+from pydantic import Field, model_validator
 
-from ..errors import ConfigError
-from .pruning import (
-    PRUNERS,
-    MaskSet,
-    PruneContext,
-    PruneResult,
-    dense_round_teacher,
-    teacher_check,
-    train_dense_then_pruned,
-)
+from ...errors import ConfigError
+from .base import PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, teacher_check
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from .masks import MaskSet
+
+
+class NM(LayerPruneConfig):
+    """N:M semi-structured sparsity (2:4 for TensorRT's sparse tensor cores)."""
+
+    method: Literal["nm"] = "nm"
+    n: int = Field(default=2, ge=1, description="at most n non-zeros in every group of m")
+    m: int = Field(default=4, ge=2, description="group size along the input dimension")
+
+    @model_validator(mode="after")
+    def _n_below_m(self) -> "NM":
+        if self.n >= self.m:
+            raise ValueError(
+                f"n = {self.n}, m = {self.m}: N:M sparsity keeps at most n of every m weights, so n must be < m"
+                " (2:4 is n: 2, m: 4)"
+            )
+        return self
 
 
 def _check_nm(n: int, m: int) -> None:
@@ -57,6 +71,8 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     Raises:
         ConfigError: bad N:M, or the input dimension (``weight.shape[1]``) is not a multiple of ``m``.
     """
+    import torch
+
     _check_nm(n, m)
     if weight.dim() < 2 or weight.shape[1] % m:
         raise ConfigError(f"weight of shape {tuple(weight.shape)}: its input dimension is not a multiple of {m}")
@@ -71,6 +87,8 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
 
 def nm_violations(weight: torch.Tensor | np.ndarray, n: int = 2, m: int = 4, *, axis: int = 1) -> tuple[int, int]:
     """``(groups with more than n non-zeros, groups)`` of a weight whose input dimension is ``axis``."""
+    import torch
+
     w = torch.from_numpy(np.array(weight)) if not isinstance(weight, torch.Tensor) else weight.detach().cpu()
     w = w.movedim(axis, -1)
     if w.shape[-1] % m:
@@ -115,6 +133,8 @@ def apply_nm(masks: MaskSet, model: nn.Module, n: int = 2, m: int = 4) -> tuple[
     Raises:
         ConfigError: bad N:M, or no masked layer can take the pattern.
     """
+    from .masks import MaskSet
+
     _check_nm(n, m)
     names, skipped = nm_layers(masks, model, m)
     _require_layers(names, skipped, n, m)
@@ -123,23 +143,25 @@ def apply_nm(masks: MaskSet, model: nn.Module, n: int = 2, m: int = 4) -> tuple[
     return out, skipped
 
 
-@PRUNERS.register("nm", aliases=("semi_structured",))
+@PRUNE_METHODS.register(NM, aliases=("semi_structured",))
 @teacher_check(dense_round_teacher)
-def nm(ctx: PruneContext) -> PruneResult:
-    """Dense round, then ``prune.n``:``prune.m`` masks by magnitude kept through masked fine-tuning.
+def nm(cfg: NM, ctx: PruneContext) -> PruneResult:
+    """Dense round, then ``n``:``m`` masks by magnitude kept through masked fine-tuning.
 
     Raises:
         ConfigError: N >= M, or no layer can take the pattern (checked on W0 before any training).
     """
-    p = ctx.recipe.prune
+    from .flow import train_dense_then_pruned
+
+    p = cfg
     _check_nm(p.n, p.m)
-    _require_layers(*nm_layers(ctx.make_masks(ctx.model), ctx.model, p.m), p.n, p.m)  # fail before training
+    _require_layers(*nm_layers(ctx.make_masks(ctx.model, cfg), ctx.model, p.m), p.n, p.m)  # fail before training
 
     def prune(model: nn.Module, masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
         new, skipped = apply_nm(masks, model, p.n, p.m)
         return model, new, {"n": p.n, "m": p.m, "layers": new.names, "skipped": skipped}
 
-    return train_dense_then_pruned(ctx, prune)
+    return train_dense_then_pruned(ctx, cfg, prune)
 
 
 # -- the exported-model checker -----------------------------------------------------------------------------------

@@ -8,24 +8,26 @@ on the downstream task keeps exactly those weights at zero. ``full`` trains ever
 
 from __future__ import annotations
 
-import fnmatch
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from torch import nn
+from pydantic import Field
 
-from ..errors import ConfigError
-from .pruning import (
-    PRUNERS,
-    MaskSet,
-    PruneContext,
-    PruneResult,
-    _classifier_name,
-    _round_summary,
-    load_checkpoint,
-    prunable_layers,
-    save_checkpoint,
-    teacher_check,
-)
+from ...errors import ConfigError
+from ...models import classifier_name, prunable_layers
+from .base import PRUNE_METHODS, PruneConfig, PruneContext, PruneResult, round_summary, teacher_check
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ...recipe import TrainSection
+    from .masks import MaskSet
+
+
+class SparseTransfer(PruneConfig):
+    """Fine-tune an already sparse source on the task, its zero pattern kept as the mask (the new head is dense)."""
+
+    method: Literal["sparse_transfer"] = "sparse_transfer"
+    mode: Literal["full", "linear_probe"] = Field(default="full", description="train everything, or only the new head")
 
 
 def masks_from_zeros(model: nn.Module, *, exclude: tuple[str, ...] | list[str] = (), head: bool = False) -> MaskSet:
@@ -39,20 +41,10 @@ def masks_from_zeros(model: nn.Module, *, exclude: tuple[str, ...] | list[str] =
     Raises:
         ConfigError: an exclude pattern matches nothing, or no layer has any zero (the source is not sparse).
     """
+    from .masks import MaskSet, skipped_layers
+
     layers = prunable_layers(model)
-    names = [n for n, _ in layers]
-    skip: set[str] = set()
-    for pattern in exclude:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            raise ConfigError(
-                f"prune.exclude pattern '{pattern}' matches no prunable layer; layers are: {', '.join(names)}"
-            )
-        skip.update(hits)
-    if not head:
-        cls = _classifier_name(model, layers)
-        if cls is not None:
-            skip.add(cls)
+    skip = skipped_layers(model, first_conv=False, classifier=not head, exclude=exclude, layers=layers)
     masks = {n: (m.weight.detach() != 0).cpu() for n, m in layers if n not in skip}
     if not masks or all(bool(v.all()) for v in masks.values()):
         raise ConfigError(
@@ -65,7 +57,7 @@ def masks_from_zeros(model: nn.Module, *, exclude: tuple[str, ...] | list[str] =
 def freeze_backbone(model: nn.Module) -> list[str]:
     """``requires_grad = False`` for every parameter outside the classifier; returns the trainable names."""
     layers = prunable_layers(model)
-    head_name = _classifier_name(model, layers)
+    head_name = classifier_name(model, layers)
     head = model.get_submodule(head_name) if head_name else None
     head_params = {id(p) for p in head.parameters()} if head is not None else set()
     trainable = []
@@ -76,7 +68,7 @@ def freeze_backbone(model: nn.Module) -> list[str]:
     return trainable
 
 
-def _no_teacher(recipe: Any) -> str:
+def _no_teacher(cfg: SparseTransfer, train: "TrainSection", qat: bool) -> str:
     # The source is the only other model, and it is no teacher: its head is normally new for this task (untrained
     # logits: distilling towards them would fight the fine-tuning) and it is sparse, not the dense model.
     return ("prune.method 'sparse_transfer' has no dense model of this task to distil from (the source is sparse"
@@ -85,29 +77,24 @@ def _no_teacher(recipe: Any) -> str:
             " distillation needs a method with a dense round (one_shot, gradual, nm, structured, lottery_ticket)")
 
 
-@PRUNERS.register("sparse_transfer", aliases=("transfer",))
+@PRUNE_METHODS.register(SparseTransfer, aliases=("transfer",))
 @teacher_check(_no_teacher)
-def sparse_transfer(ctx: PruneContext) -> PruneResult:
+def sparse_transfer(cfg: SparseTransfer, ctx: PruneContext) -> PruneResult:
     """Fine-tune a sparse source on the task with its zero pattern as the mask (``full`` or ``linear_probe``).
 
     One training of ``train.final_epochs`` (default ``train.epochs``) with gamma and ``train.select``. There is no
     dense reference (``dense_model`` is ``None``), so there is no distillation teacher either: ``distill.weight >
-    0`` is refused before training (:func:`~.pruning.check_distillation`).
+    0`` is refused before training (:func:`~.base.check_distillation`).
 
     Raises:
         ConfigError: the source has no zeros (checked before training).
     """
-    p, t, lossc = ctx.recipe.prune, ctx.recipe.train, ctx.recipe.loss
-    model = ctx.model
-    w0_path = ctx.run_dir / "w0.pt"
-    if ctx.resume and w0_path.is_file():
-        model.load_state_dict(load_checkpoint(w0_path))
-    else:
-        save_checkpoint(w0_path, model.state_dict())
+    p, t, lossc = cfg, ctx.training, ctx.loss
+    model = ctx.start_from_w0()
     masks = masks_from_zeros(model, exclude=p.exclude)
     source_sparsity = masks.sparsity()
     trainable = freeze_backbone(model) if p.mode == "linear_probe" else [n for n, _ in model.named_parameters()]
-    epochs = t.final_epochs if t.final_epochs is not None else t.epochs
+    epochs = ctx.final_epochs
     try:
         res = ctx.train(model, tag="transfer", masks=masks, gamma=lossc.gamma, epochs=epochs, select=t.select)
     finally:
@@ -117,4 +104,4 @@ def sparse_transfer(ctx: PruneContext) -> PruneResult:
         h["round"] = 1
     info: dict[str, Any] = {"mode": p.mode, "source_sparsity": source_sparsity, "trainable": len(trainable)}
     return PruneResult(model=res.model, masks=masks, history=list(res.history),
-                       rounds=[_round_summary(1, lossc.gamma, epochs, masks, res)], dense_model=None, info=info)
+                       rounds=[round_summary(1, lossc.gamma, epochs, masks, res)], dense_model=None, info=info)

@@ -13,20 +13,41 @@ checkpoints, so the schedule state is derived from the step count and a resumed 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from torch import nn
+from pydantic import Field, model_validator
 
-from ..errors import ConfigError
-from .pruning import (
-    PRUNERS,
-    MaskSet,
-    PruneContext,
-    PruneResult,
-    dense_round_teacher,
-    teacher_check,
-    train_dense_then_pruned,
-)
+from ...errors import ConfigError
+from .base import PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, teacher_check
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from .masks import MaskSet
+
+
+class Gradual(LayerPruneConfig):
+    """Gradual magnitude pruning on Zhu & Gupta's cubic schedule during the pruned round."""
+
+    method: Literal["gradual"] = "gradual"
+    sparsity: float = Field(default=0.5, ge=0, lt=1, description="s_f, the final fraction of pruned weights")
+    initial_sparsity: float = Field(default=0.0, ge=0, lt=1, description="s_i at start_step")
+    start_step: int = Field(default=0, ge=0, description="optimizer step t0 where pruning starts")
+    end_step: int | None = Field(
+        default=None, gt=0, description="step where s_f is reached (default: 3/4 of the pruned training)"
+    )
+    frequency: int = Field(default=10, gt=0, description="prune every this many optimizer steps")
+    scope: Literal["layer", "global"] = "layer"
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "Gradual":
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(
+                f"initial_sparsity {self.initial_sparsity} > sparsity {self.sparsity}: gradual pruning only adds zeros"
+            )
+        if self.end_step is not None and self.end_step <= self.start_step:
+            raise ValueError(f"end_step {self.end_step} must be > start_step {self.start_step}")
+        return self
 
 
 def cubic_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, end: int) -> float:
@@ -48,18 +69,20 @@ def pruning_steps(start: int, end: int, frequency: int) -> list[int]:
     return steps
 
 
-@PRUNERS.register("gradual", aliases=("gmp",))
+@PRUNE_METHODS.register(Gradual, aliases=("gmp",))
 @teacher_check(dense_round_teacher)
-def gradual(ctx: PruneContext) -> PruneResult:
-    """Dense round, then fine-tuning during which the masks follow the cubic schedule to ``prune.sparsity``.
+def gradual(cfg: Gradual, ctx: PruneContext) -> PruneResult:
+    """Dense round, then fine-tuning during which the masks follow the cubic schedule to ``sparsity``.
 
     Raises:
         ConfigError: ``end_step`` beyond the steps the pruned round has (``train.final_epochs`` x batches per
             epoch), or ``start_step`` not before it; raised before any training.
     """
-    p, t = ctx.recipe.prune, ctx.recipe.train
-    epochs = t.final_epochs if t.final_epochs is not None else t.epochs
-    per_epoch = len(ctx.data.loader("train", batch_size=ctx.recipe.data.batch_size, shuffle=False))
+    from .flow import train_dense_then_pruned
+
+    p = cfg
+    epochs = ctx.final_epochs
+    per_epoch = len(ctx.data.loader("train", batch_size=ctx.batch_size, shuffle=False))
     total = epochs * per_epoch
     # default: finish at 3/4 of the round so the last quarter recovers at the final sparsity (Zhu & Gupta
     # stop pruning well before training ends)
@@ -88,4 +111,4 @@ def gradual(ctx: PruneContext) -> PruneResult:
 
         return on_step_end
 
-    return train_dense_then_pruned(ctx, prune, on_step_end=hook)
+    return train_dense_then_pruned(ctx, cfg, prune, on_step_end=hook)

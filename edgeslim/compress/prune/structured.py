@@ -1,4 +1,4 @@
-"""Structured channel pruning with Torch-Pruning's dependency graph, and rebuilding the smaller model later.
+"""Structured channel pruning with Torch-Pruning's dependency graph.
 
 Recipe: ``prune: {method: structured, ratio: 0.3, scope: layer|global, round_to: 8, iterative_steps: 1,
 importance: l2|l1|bn_scale}``. After the dense round, Torch-Pruning removes ``ratio`` of the output channels of
@@ -8,164 +8,38 @@ multiples of ``round_to`` (8 suits the vector units of CPUs and tensor cores). T
 classes) is never pruned; the first conv and ``exclude`` patterns are kept at full width unless
 ``prune_first_conv``. The result is a smaller *dense* model, fine-tuned afterwards.
 
-An artifact stores a state dict, and ``build_model(arch, num_classes)`` builds the unpruned widths. The widths
-are therefore recorded with :func:`structure_spec` and put back with :func:`restore_structure` before
-``load_state_dict``::
-
-    spec = structure_spec(pruned, reference=build_model(arch, n))     # JSON-ready, only the changed modules
-    ...
-    model = restore_structure(build_model(arch, n), spec)            # same shapes as ``pruned``
-    model.load_state_dict(state_dict)
+The pruned widths are recorded in ``info["structure"]`` with :func:`edgeslim.models.structure_spec`, and
+:func:`edgeslim.models.rebuild_model` builds the smaller model again from an artifact.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-import torch
-from torch import nn
+from pydantic import Field
 
-from ..errors import ArtifactError, ConfigError, TrainingError
-from .pruning import (
-    PRUNERS,
-    MaskSet,
-    PruneContext,
-    PruneResult,
-    _classifier_name,
-    count_params_macs,
-    dense_round_teacher,
-    example_shape,
-    prunable_layers,
-    teacher_check,
-    train_dense_then_pruned,
-)
+from ...errors import ConfigError, TrainingError
+from ...models import prunable_layers, rebuild_model, restore_structure, structure_spec  # noqa: F401 - re-exported
+from .base import PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, teacher_check
 
-SPEC_VERSION = 1
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from .masks import MaskSet
 
 
-# -- recording and restoring the pruned widths --------------------------------------------------------------------
+class Structured(LayerPruneConfig):
+    """Channel pruning (Torch-Pruning): a smaller dense model. The classifier is never pruned."""
 
-
-def _attrs(m: nn.Module) -> dict[str, Any] | None:
-    if isinstance(m, _CONV):
-        return {"type": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
-                "groups": m.groups}
-    if isinstance(m, nn.Linear):
-        return {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features}
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return {"type": "BatchNorm", "num_features": m.num_features}
-    if isinstance(m, nn.LayerNorm):
-        return {"type": "LayerNorm", "normalized_shape": list(m.normalized_shape)}
-    if isinstance(m, nn.GroupNorm):
-        return {"type": "GroupNorm", "num_groups": m.num_groups, "num_channels": m.num_channels}
-    return None
-
-
-def structure_spec(model: nn.Module, *, reference: nn.Module | None = None) -> dict[str, Any]:
-    """The widths of every Conv / Linear / norm layer of ``model``, as JSON-ready data.
-
-    Args:
-        model: the (channel-pruned) model.
-        reference: the unpruned architecture (e.g. ``build_model(arch, num_classes)``); when given, only modules
-            whose widths differ from it are recorded, so an unpruned model gives an empty ``modules``.
-
-    Returns:
-        ``{"version": 1, "modules": {qualified name: {"type", widths...}}}``.
-    """
-    ref = dict(reference.named_modules()) if reference is not None else {}
-    modules: dict[str, Any] = {}
-    for name, m in model.named_modules():
-        a = _attrs(m)
-        if a is None:
-            continue
-        if reference is not None and name in ref and _attrs(ref[name]) == a:
-            continue
-        modules[name] = a
-    return {"version": SPEC_VERSION, "modules": modules}
-
-
-def _resize(m: nn.Module, name: str, shape: tuple[int, ...], *, buffer: bool = False) -> None:
-    old = getattr(m, name, None)
-    if old is None:
-        return
-    new = torch.empty(shape, dtype=old.dtype, device=old.device)
-    if buffer:
-        setattr(m, name, new.zero_() if name != "running_var" else new.fill_(1.0))
-    else:
-        setattr(m, name, nn.Parameter(new, requires_grad=old.requires_grad))
-
-
-def restore_structure(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
-    """Give a freshly built ``model`` the widths recorded by :func:`structure_spec`, in place.
-
-    Parameters and buffers of the changed layers get the recorded shapes (uninitialised: load the state dict
-    next). An empty spec is a no-op.
-
-    Returns:
-        ``model``, for chaining.
-
-    Raises:
-        ArtifactError: the spec is malformed or names a module the model lacks or of another type.
-    """
-    if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION or not isinstance(spec.get("modules"), dict):
-        raise ArtifactError(
-            f"structure spec {str(spec)[:80]!r} is not a version-{SPEC_VERSION} spec from structure_spec();"
-            " re-export the artifact with this edgeslim"
-        )
-    mods = dict(model.named_modules())
-    for name, a in spec["modules"].items():
-        m = mods.get(name)
-        have = _attrs(m) if m is not None else None
-        if have is None or have["type"] != a.get("type"):
-            raise ArtifactError(
-                f"structure spec names '{name}' ({a.get('type')}) but {type(model).__name__} has"
-                f" {'no such module' if m is None else type(m).__name__}: the spec belongs to another architecture"
-            )
-        try:
-            if isinstance(m, _CONV):
-                m.in_channels, m.out_channels = int(a["in_channels"]), int(a["out_channels"])
-                m.groups = int(a["groups"])
-                k = tuple(m.kernel_size)
-                if m.transposed:
-                    _resize(m, "weight", (m.in_channels, m.out_channels // m.groups, *k))
-                else:
-                    _resize(m, "weight", (m.out_channels, m.in_channels // m.groups, *k))
-                _resize(m, "bias", (m.out_channels,))
-            elif isinstance(m, nn.Linear):
-                m.in_features, m.out_features = int(a["in_features"]), int(a["out_features"])
-                _resize(m, "weight", (m.out_features, m.in_features))
-                _resize(m, "bias", (m.out_features,))
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.num_features = int(a["num_features"])
-                for p in ("weight", "bias"):
-                    _resize(m, p, (m.num_features,))
-                for b in ("running_mean", "running_var"):
-                    _resize(m, b, (m.num_features,), buffer=True)
-            elif isinstance(m, nn.LayerNorm):
-                m.normalized_shape = tuple(int(d) for d in a["normalized_shape"])
-                for p in ("weight", "bias"):
-                    _resize(m, p, m.normalized_shape)
-            elif isinstance(m, nn.GroupNorm):
-                m.num_groups, m.num_channels = int(a["num_groups"]), int(a["num_channels"])
-                for p in ("weight", "bias"):
-                    _resize(m, p, (m.num_channels,))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"structure spec entry '{name}' is malformed ({exc}): {a}") from None
-    return model
-
-
-def rebuild_model(arch: str, num_classes: int, structure: dict[str, Any] | None = None) -> nn.Module:
-    """``build_model(arch, num_classes)`` with the recorded widths put back (``structure`` None or empty: as built).
-
-    The one call an exporter or runtime needs before ``load_state_dict`` of an artifact's ``model.safetensors``.
-    """
-    from .sources import build_model
-
-    model = build_model(arch, num_classes)
-    return restore_structure(model, structure) if structure else model
-
+    method: Literal["structured"] = "structured"
+    ratio: float = Field(default=0.3, ge=0, lt=1, description="fraction of channels removed")
+    scope: Literal["layer", "global"] = "layer"
+    round_to: int | None = Field(default=8, ge=1, description="kept channels a multiple of this")
+    iterative_steps: int = Field(default=1, ge=1, description="reach the ratio in this many steps")
+    importance: Literal["l2", "l1", "bn_scale"] = Field(
+        default="l2", description="channel score (group L2 / L1 norm, or BatchNorm scale)"
+    )
 
 # -- pruning ------------------------------------------------------------------------------------------------------
 
@@ -183,25 +57,10 @@ def _importance(kind: str) -> Any:
 
 
 def _ignored(model: nn.Module, *, prune_first_conv: bool, exclude: Iterable[str]) -> list[nn.Module]:
-    import fnmatch
+    from .masks import skipped_layers
 
-    layers = prunable_layers(model)
-    names = [n for n, _ in layers]
-    keep: set[str] = set()
-    head = _classifier_name(model, layers)
-    if head is not None:
-        keep.add(head)  # its outputs are the classes
-    if not prune_first_conv:
-        first = next((n for n, m in layers if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-        if first is not None:
-            keep.add(first)
-    for pattern in exclude:
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-        if not hits:
-            raise ConfigError(
-                f"prune.exclude pattern '{pattern}' matches no prunable layer; layers are: {', '.join(names)}"
-            )
-        keep.update(hits)
+    # the classifier always: its outputs are the classes
+    keep = skipped_layers(model, first_conv=not prune_first_conv, classifier=True, exclude=exclude)
     return [model.get_submodule(n) for n in sorted(keep)]
 
 
@@ -239,6 +98,7 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
             width, and the largest ratio that keeps it).
     """
     import torch_pruning as tp
+    from torch import nn
 
     _check_ratio(ratio, round_to, 1)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
@@ -324,10 +184,10 @@ def channel_table(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
     return rows
 
 
-@PRUNERS.register("structured", aliases=("channel",))
+@PRUNE_METHODS.register(Structured, aliases=("channel",))
 @teacher_check(dense_round_teacher)
-def structured(ctx: PruneContext) -> PruneResult:
-    """Dense round, Torch-Pruning channel pruning to ``prune.ratio``, then fine-tuning of the smaller model.
+def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
+    """Dense round, Torch-Pruning channel pruning to ``ratio``, then fine-tuning of the smaller model.
 
     The returned model is dense (its masks are all ones); ``info`` holds params/MACs before and after, the widths
     per layer and ``structure`` (a :func:`structure_spec` of every layer, for rebuilding it).
@@ -335,7 +195,15 @@ def structured(ctx: PruneContext) -> PruneResult:
     Raises:
         ConfigError: ratio outside [0, 1) or one that would remove a whole layer; checked on W0 before training.
     """
-    p = ctx.recipe.prune
+    import copy
+
+    import torch
+
+    from .flow import train_dense_then_pruned
+    from .masks import MaskSet
+    from .stats import count_params_macs, example_shape
+
+    p = cfg
     shape = example_shape(ctx.data)
     example = torch.zeros(shape)
     ignored = _ignored(ctx.model, prune_first_conv=p.prune_first_conv, exclude=p.exclude)
@@ -354,4 +222,4 @@ def structured(ctx: PruneContext) -> PruneResult:
         # dense: an all-ones mask set over the new widths keeps the shared reporting (sparsity table) working
         return model, MaskSet({n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model)}), info
 
-    return train_dense_then_pruned(ctx, prune)
+    return train_dense_then_pruned(ctx, cfg, prune)
