@@ -40,8 +40,32 @@ class ModelSection(_Section):
     pretrained: bool = True
 
 
+class ElpvOptions(_Section):
+    """Options of the ``elpv`` dataset (solar cells, see :mod:`edgeslim.compress.data`), under ``data.elpv``."""
+
+    labels: Literal["binary", "grades"] = Field(
+        default="binary", description="binary: functional / defective (p >= 0.5); grades: 0, 1/3, 2/3, 1"
+    )
+    modules: Literal["all", "mono", "poly"] = Field(default="all", description="keep only this module type")
+    domain_shift: Literal["mono->poly", "poly->mono"] | None = Field(
+        default=None, description="train (and validate) on one module type, test on the other"
+    )
+    subset: int | None = Field(
+        default=None, gt=0, description="a seeded subset of this many cells, stratified by grade and type"
+    )
+
+    @model_validator(mode="after")
+    def _shift_or_filter(self) -> "ElpvOptions":
+        if self.domain_shift is not None and self.modules != "all":
+            raise ValueError(
+                f"domain_shift '{self.domain_shift}' already picks the module type of each split; drop"
+                f" modules: {self.modules} (or drop domain_shift)"
+            )
+        return self
+
+
 class DataSection(_Section):
-    """The task's data. ``dataset`` is ``digits`` or ``imagefolder:<dir>``."""
+    """The task's data. ``dataset`` is ``digits``, ``elpv`` or ``imagefolder:<dir>``."""
 
     dataset: str = "digits"
     image_size: int | None = Field(default=None, gt=0, description="input side; default: the source's")
@@ -54,6 +78,7 @@ class DataSection(_Section):
     batch_size: int = Field(default=32, gt=0)
     num_workers: int = Field(default=0, ge=0)
     augment: bool = False
+    elpv: ElpvOptions | None = Field(default=None, description="options of the elpv dataset (None: its defaults)")
 
     @field_validator("imbalance")
     @classmethod
@@ -67,6 +92,8 @@ class DataSection(_Section):
     def _splits(self) -> "DataSection":
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be < 1 to leave training data")
+        if self.elpv is not None and self.dataset.split(":", 1)[0].strip() != "elpv":
+            raise ValueError(f"data.elpv configures the elpv dataset, but dataset is '{self.dataset}'; remove elpv")
         return self
 
 
@@ -353,7 +380,7 @@ class Recipe(_Section):
 
     def check_names(self) -> None:
         """Check every registry name the recipe uses (imports the stages, so it is not done at parse time)."""
-        from .compress.data import DATASETS
+        from .compress.data import DATASETS, check_data_section
         from .compress.pruning import PRUNERS
         from .compress.sources import SOURCES
         from .export import EXPORTERS
@@ -361,6 +388,7 @@ class Recipe(_Section):
 
         SOURCES.canonical(self.model.source.split(":", 1)[0])
         DATASETS.canonical(self.data.dataset.split(":", 1)[0])
+        check_data_section(self.data)  # class names, for datasets whose classes are known without the images
         PRUNERS.canonical(self.prune.method)
         for f in self.export.formats:
             EXPORTERS.canonical(f)
