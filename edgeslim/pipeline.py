@@ -30,6 +30,7 @@ class PipelineResult:
     profile: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # e.g. "fpr_budget": whether the loss held it
 
 
 def _calibration_batches(data, n: int, batch_size: int = 32):
@@ -118,6 +119,12 @@ def run_pipeline(
     if recipe.quantize.method == "qat":
         _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
     result.seconds["compress"] = time.perf_counter() - t0
+    if res.info.get("fpr_budget"):
+        result.training["fpr_budget"] = fb = res.info["fpr_budget"]
+        if not fb["held"]:
+            say(f"[yellow]warning: the loss could not hold the critical FPR budget {fb['budget']:g} on val in"
+                f" {len(fb['unheld'])} epoch(s) with gamma, lambda and the critical balance at their floors;"
+                " the calibrated threshold (decision.target_fpr) is what holds it[/yellow]")
     c, h, w = next(iter(data.loader("test", batch_size=1)))[0].shape[1:]
     input_shape = (1, int(c), int(h), int(w))
 
@@ -189,7 +196,7 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
         manifest = Manifest(
             name=f"{recipe.name}-{key}",
             thresholds=thresholds.get(key, {}),
-            metrics={"test": result.metrics[key]},
+            metrics={"test": result.metrics[key], **result.training},
             sparsity={"layers": table} if table else {},
             **base,
         )

@@ -100,10 +100,12 @@ class DataSection(_Section):
 class LossSection(_Section):
     """The training loss; ``class_dependent`` is Entezari & Saukh (2020), see docs/class-dependent-loss.md.
 
-    With ``fpr_budget`` set, ``gamma`` is the ceiling of an adaptive critical weight: after every epoch of a
-    boosted round, gamma is multiplied by ``gamma_down`` when the validation critical-class FPR exceeds the
-    budget and by ``gamma_up`` when it is at most ``budget_slack * fpr_budget``, bounded to ``[1, gamma]``
-    (see :class:`edgeslim.compress.loss.FprBudgetGamma`).
+    With ``fpr_budget`` set, the budget governs every term that favours the critical classes, in every training
+    from round 1 on: after each epoch whose validation critical-class FPR exceeds the budget, the first of gamma
+    (down to 1), lambda (down to 0) and the critical classes' class-balancing up-weight (down to none) still above
+    its floor is multiplied by ``gamma_down``; at most ``budget_slack * fpr_budget``, the last one below its
+    ceiling is multiplied by ``gamma_up``. Over budget with all three at their floors, a warning says the loss
+    cannot hold it and the run records that (see :class:`edgeslim.compress.loss.FprBudgetGamma`).
     """
 
     name: Literal["class_dependent", "cross_entropy"] = "class_dependent"
@@ -119,7 +121,7 @@ class LossSection(_Section):
     )
     fpr_budget: float | None = Field(
         default=None, gt=0, lt=1,
-        description="adapt gamma within [1, gamma] to keep the val critical-class FPR within this budget (None: off)",
+        description="govern gamma, lambda and the critical balance to keep the val critical FPR within this (None: off)",
     )
     gamma_down: float = Field(default=0.5, gt=0, lt=1, description="gamma factor after an epoch over the budget")
     gamma_up: float = Field(default=1.5, gt=1, description="gamma factor after an epoch well under the budget")

@@ -241,7 +241,8 @@ def fine_tune(
         epochs: overrides ``cfg.epochs``.
         on_epoch_start: called as ``f(epoch, model)`` before each epoch that runs, also the first one after a
             resume (so epoch-dependent settings such as a loss warm-up are right after a crash).
-        on_epoch_end: called as ``f(epoch, model)`` after each epoch, before its checkpoint is written.
+        on_epoch_end: called as ``f(epoch, model)`` after each epoch, before its checkpoint is written; a dict it
+            returns is added to that epoch's history record.
         on_step_end: called as ``f(step, model)`` after every optimizer step (and after the masks are re-applied);
             ``step`` counts from 1 over the whole training and continues across a resume (it is checkpointed), so
             a schedule that is a function of ``step`` (e.g. gradual pruning) resumes exactly. Changes it makes to
@@ -419,7 +420,9 @@ def fine_tune(
                     f"  crit recall {_fmt(record['val_critical_recall'])}",
                 )
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch, model)
+                    extra = on_epoch_end(epoch, model)
+                    if isinstance(extra, dict):  # e.g. the FPR budget's val FPR and terms: kept in the history
+                        record.update(extra)
                 if ckpt_path is not None:
                     save_checkpoint(
                         ckpt_path,
@@ -599,6 +602,9 @@ def compress(
         raise TrainingError(
             f"pruning method '{recipe.prune.method}' returned {type(res).__name__}, expected a PruneResult"
         )
+    budget = getattr(ctx, "_budget", None)
+    if budget is not None:  # whether the FPR budget held, for the reports and the manifest
+        res.info = {**res.info, "fpr_budget": budget.summary()}
     device = _device(recipe.train.device)
     bs = recipe.data.batch_size
     metrics = _evaluate_split(res.model, data, "test", bs, device)
