@@ -442,13 +442,13 @@ def print_summary(result: PipelineResult, *, console=None) -> None:
     head, backends = _summary_header(rows)
     table = Table(title=_summary_title(result, rows))
     for h in head:
-        table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right")
+        table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right", no_wrap=True)
     for r in rows:
         table.add_row(*_summary_cells(r, backends))
-    if console.width < 170:  # a narrow or non-terminal console would squeeze 13 columns into ellipses
+    if console.width < 200:  # a narrow or non-terminal console would squeeze 14 columns into ellipses
         from rich.console import Console as _C
 
-        console = _C(file=console.file, width=170, force_terminal=console.is_terminal, no_color=console.no_color)
+        console = _C(file=console.file, width=200, force_terminal=console.is_terminal, no_color=console.no_color)
     console.print(table)
     console.print(
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
