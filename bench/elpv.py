@@ -246,7 +246,7 @@ def goal(table: dict[str, list[dict]]) -> list[str]:
 def host() -> dict[str, str]:
     try:
         model = next(ln.split(":", 1)[1].strip() for ln in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if ln.startswith("Model name"))
+            ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines() if ln.startswith("Model name"))
     except (OSError, StopIteration):
         model = platform.processor() or "unknown"
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""

@@ -514,7 +514,7 @@ def _elpv(
         opts = options if isinstance(options, ElpvOptions) else ElpvOptions.model_validate(dict(options or {}))
     except ValidationError as exc:
         raise ConfigError(f"data.elpv: {exc.errors()[0]['msg']} ({exc.errors()[0]['loc']})") from None
-    paths, proba, types = _elpv_labels()
+    _, proba, types = _elpv_labels()
     grade = np.rint(proba * 3).astype(np.int64)  # 0, 1/3, 2/3, 1 -> 0..3
     if opts.labels == "binary":
         classes, labels = list(ELPV_BINARY), (proba >= 0.5).astype(np.int64)
@@ -548,7 +548,7 @@ def _elpv(
         return images[[pos[int(i)] for i in sel]], labels[sel]
 
     # cell: the image's index in the package (labels.csv order), so splits can be traced back to the source
-    meta_of = lambda sel: {  # noqa: E731
+    meta_of = lambda sel: {
         "type": types[sel].astype(str), "probability": proba[sel].copy(), "cell": np.asarray(sel, dtype=np.int64),
     }
     if opts.domain_shift is not None:
@@ -562,7 +562,7 @@ def _elpv(
     else:
         require_every_class(keep, what or "all cells")
         splits, strata_of, meta = {"all": part(keep)}, {"all": strata[keep]}, {"all": meta_of(keep)}
-    make = lambda items, lab, augment: _ArrayDataset(  # noqa: E731
+    make = lambda items, lab, augment: _ArrayDataset(
         items, lab, pre, _DihedralAugment() if augment else False
     )
     return _Pool(
@@ -724,7 +724,7 @@ def load_data(
     # Imbalance: only the training split, so val/test keep the natural distribution.
     applied: dict[str, dict[str, Any]] = {}
     if imbalance:
-        items, labels = parts["train"]
+        labels = parts["train"][1]
         drop: list[np.ndarray] = []
         for key, fraction in imbalance.items():
             if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:

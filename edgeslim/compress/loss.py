@@ -541,7 +541,8 @@ class FprBudgetGamma:
 
     def _apply(self) -> None:
         loss = self._loss
-        assert loss is not None  # noqa: S101 - internal invariant, set by attach
+        if loss is None:
+            raise TrainingError("FprBudgetGamma has no loss to govern: call attach(loss_fn, tag) first")
         loss.gamma = self._terms["gamma"]
         loss.critical_balance = self._terms["balance"]
         loss.rank_weight = self._terms["rank_weight"]
