@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.profile_seconds = 1, 1.0
     from edgeslim._io import atomic_write_json, atomic_write_text
+    from edgeslim.errors import EdgeslimError
+
+    failures: list[str] = []
 
     rs = recipes(args)
     (args.out / "cache").mkdir(parents=True, exist_ok=True)
@@ -288,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} seed {seed}: cached", flush=True)
                 continue
             print(f"{name} seed {seed}: running", flush=True)
-            rec = run_one(name, rs[name], seed, args.out)
+            try:
+                rec = run_one(name, rs[name], seed, args.out)
+            except EdgeslimError as exc:  # e.g. an INT8 export refused by validation: reported, not cached
+                print(f"{name} seed {seed}: FAILED: {exc}", flush=True)
+                failures.append(f"{name} seed {seed}: {exc}")
+                continue
             atomic_write_json(cache, rec)
             results.setdefault(name, {})[seed] = rec
             print(f"{name} seed {seed}: {rec['seconds']:.0f} s", flush=True)
@@ -298,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(args.out / "results.md", md)
             atomic_write_json(args.out / "results.json", {"meta": meta, "recipes": rs, "results": results})
     print((args.out / "results.md").read_text() if (args.out / "results.md").exists() else "no results")
-    return 0
+    for f in failures:
+        print(f"failed run: {f}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
