@@ -5,7 +5,8 @@ Arms, trained with the same W0, rounds, sparsity, seeds and batch order (edgesli
 
 * ``a``        class-agnostic lottery ticket, plain cross-entropy;
 * ``b``        class-dependent loss (effective-number weights, gamma 1 in round 1 then 5, lambda 5);
-* ``b+budget`` the same with the FPR-budget critical weight (``--fpr-budget``; off with ``--fpr-budget 0``);
+* ``b+budget`` the same with the FPR budget governing gamma, lambda and the critical balance from round 1 on
+  (``--fpr-budget``; off with ``--fpr-budget 0``);
 * ``c``        arm ``a``'s models with the critical threshold calibrated on the val split to ``b``'s val FPR
   (``edgeslim.compress.thresholds.calibrate_thresholds``); ``c+budget`` likewise matched to ``b+budget``;
 * ``b+thr`` / ``c+thr``  ``b`` and ``a`` deployed as ``edgeslim pipeline`` deploys with ``decision.target_fpr``:
@@ -119,53 +120,31 @@ def fold_bundle(x, y, classes, critical: int, pre, train_idx, test_idx, *, keep:
 
 
 def _context_class():
-    from edgeslim.compress.loss import FprBudgetGamma
     from edgeslim.compress.metrics import predict_logits
     from edgeslim.compress.prune.base import PruneContext
 
     @dataclass
     class BenchContext(PruneContext):
-        """edgeslim's PruneContext plus: the FPR-budget weight wired into every boosted round, and each round's
-        trained model scored on val and test (the lottery ticket only returns the last round's model)."""
+        """edgeslim's PruneContext (whose loss schedule governs every class-dependent training with the FPR budget
+        when ``loss.fpr_budget`` is set, round 1 included) plus each round's trained model scored on val and test
+        (the lottery ticket only returns the last round's model)."""
 
-        budget: Any = None
         scored: dict = field(default_factory=dict)
-        _attach_tag: str | None = None
-
-        def make_loss(self, gamma=None):
-            loss = super().make_loss(gamma)
-            if self._attach_tag is not None:
-                self.budget.attach(loss, self._attach_tag)
-            return loss
 
         def train(self, model, *, tag, masks=None, gamma=None, epochs=None, select=None, on_epoch_end=None):
-            lossc = self.loss
-            hook = on_epoch_end
-            boosted = lossc.name == "class_dependent" and (gamma if gamma is not None else lossc.gamma) > 1
-            self._attach_tag = None
-            if lossc.fpr_budget is not None and boosted:
-                if self.budget is None:
-                    self.budget = FprBudgetGamma.from_section(
-                        lossc, self.data, state_path=self.run_dir / "gamma_budget.json", batch_size=512
-                    )
-                self._attach_tag = tag
-                outer = on_epoch_end
-
-                def hook(epoch, m, outer=outer):
-                    self.budget(epoch, m)
-                    if outer is not None:
-                        outer(epoch, m)
-
             res = super().train(
-                model, tag=tag, masks=masks, gamma=gamma, epochs=epochs, select=select, on_epoch_end=hook
+                model, tag=tag, masks=masks, gamma=gamma, epochs=epochs, select=select, on_epoch_end=on_epoch_end
             )
-            self._attach_tag = None
             out = {"sparsity": masks.sparsity() if masks is not None else 0.0}
             for split in ("val", "test"):
                 loader = self.data.loader(split, batch_size=512)
                 out[split] = predict_logits(res.model, loader)[0]
-            if self.budget is not None and self.budget.trajectory:
-                out["gamma_end"] = self.budget.trajectory[-1]["gamma"]
+            budget = getattr(self, "_budget", None)
+            if budget is not None and budget.trajectory:
+                last = budget.trajectory[-1]
+                out["gamma_end"] = last["gamma"]
+                out["rank_weight_end"] = float(last.get("rank_weight") or 0.0)
+                out["budget_held"] = bool(budget.summary()["held"])
             self.scored[tag] = out
             return res
 

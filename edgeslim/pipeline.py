@@ -40,6 +40,7 @@ class PipelineResult:
     def partial(self) -> bool:
         """Whether a format or precision was left out (the CLI then exits with :data:`EXIT_PARTIAL`)."""
         return bool(self.failed)
+    training: dict[str, Any] = field(default_factory=dict)  # e.g. "fpr_budget": whether the loss held it
 
 
 #: exit code of ``edgeslim pipeline`` / ``edgeslim export`` when the artifacts were written without every format
@@ -115,6 +116,12 @@ def run_pipeline(
     if recipe.quantize.method == "qat":
         qat_model = _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
     result.seconds["compress"] = time.perf_counter() - t0
+    if res.info.get("fpr_budget"):
+        result.training["fpr_budget"] = fb = res.info["fpr_budget"]
+        if not fb["held"]:
+            say(f"[yellow]warning: the loss could not hold the critical FPR budget {fb['budget']:g} on val in"
+                f" {len(fb['unheld'])} epoch(s) with gamma, lambda and the critical balance at their floors;"
+                " the calibrated threshold (decision.target_fpr) is what holds it[/yellow]")
     c, h, w = next(iter(data.loader("test", batch_size=1)))[0].shape[1:]
     input_shape = (1, int(c), int(h), int(w))
 
@@ -187,7 +194,7 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
         manifest = Manifest(
             name=f"{recipe.name}-{key}",
             thresholds=thresholds.get(key, {}),
-            metrics={"test": result.metrics[key]},
+            metrics={"test": result.metrics[key], **result.training},
             sparsity={"layers": table} if table else {},
             **base,
         )

@@ -56,8 +56,32 @@ class ModelSection(_Section):
     pretrained: bool = True
 
 
+class ElpvOptions(_Section):
+    """Options of the ``elpv`` dataset (solar cells, see :mod:`edgeslim.compress.data`), under ``data.elpv``."""
+
+    labels: Literal["binary", "grades"] = Field(
+        default="binary", description="binary: functional / defective (p >= 0.5); grades: 0, 1/3, 2/3, 1"
+    )
+    modules: Literal["all", "mono", "poly"] = Field(default="all", description="keep only this module type")
+    domain_shift: Literal["mono->poly", "poly->mono"] | None = Field(
+        default=None, description="train (and validate) on one module type, test on the other"
+    )
+    subset: int | None = Field(
+        default=None, gt=0, description="a seeded subset of this many cells, stratified by grade and type"
+    )
+
+    @model_validator(mode="after")
+    def _shift_or_filter(self) -> "ElpvOptions":
+        if self.domain_shift is not None and self.modules != "all":
+            raise ValueError(
+                f"domain_shift '{self.domain_shift}' already picks the module type of each split; drop"
+                f" modules: {self.modules} (or drop domain_shift)"
+            )
+        return self
+
+
 class DataSection(_Section):
-    """The task's data. ``dataset`` is ``digits`` or ``imagefolder:<dir>``."""
+    """The task's data. ``dataset`` is ``digits``, ``elpv`` or ``imagefolder:<dir>``."""
 
     dataset: str = "digits"
     image_size: int | None = Field(default=None, gt=0, description="input side; default: the source's")
@@ -70,6 +94,7 @@ class DataSection(_Section):
     batch_size: int = Field(default=32, gt=0)
     num_workers: int = Field(default=0, ge=0)
     augment: bool = False
+    elpv: ElpvOptions | None = Field(default=None, description="options of the elpv dataset (None: its defaults)")
 
     @field_validator("imbalance")
     @classmethod
@@ -83,16 +108,20 @@ class DataSection(_Section):
     def _splits(self) -> "DataSection":
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be < 1 to leave training data")
+        if self.elpv is not None and self.dataset.split(":", 1)[0].strip() != "elpv":
+            raise ValueError(f"data.elpv configures the elpv dataset, but dataset is '{self.dataset}'; remove elpv")
         return self
 
 
 class LossSection(_Section):
     """The training loss; ``class_dependent`` is Entezari & Saukh (2020), see docs/class-dependent-loss.md.
 
-    With ``fpr_budget`` set, ``gamma`` is the ceiling of an adaptive critical weight: after every epoch of a
-    boosted round, gamma is multiplied by ``gamma_down`` when the validation critical-class FPR exceeds the
-    budget and by ``gamma_up`` when it is at most ``budget_slack * fpr_budget``, bounded to ``[1, gamma]``
-    (see :class:`edgeslim.compress.loss.FprBudgetGamma`).
+    With ``fpr_budget`` set, the budget governs every term that favours the critical classes, in every training
+    from round 1 on: after each epoch whose validation critical-class FPR exceeds the budget, the first of gamma
+    (down to 1), lambda (down to 0) and the critical classes' class-balancing up-weight (down to none) still above
+    its floor is multiplied by ``gamma_down``; at most ``budget_slack * fpr_budget``, the last one below its
+    ceiling is multiplied by ``gamma_up``. Over budget with all three at their floors, a warning says the loss
+    cannot hold it and the run records that (see :class:`edgeslim.compress.loss.FprBudgetGamma`).
     """
 
     name: Literal["class_dependent", "cross_entropy"] = "class_dependent"
@@ -108,7 +137,7 @@ class LossSection(_Section):
     )
     fpr_budget: float | None = Field(
         default=None, gt=0, lt=1,
-        description="adapt gamma within [1, gamma] to keep the val critical-class FPR within this budget (None: off)",
+        description="govern gamma, lambda and the critical balance to keep the val critical FPR within this (None: off)",
     )
     gamma_down: float = Field(default=0.5, gt=0, lt=1, description="gamma factor after an epoch over the budget")
     gamma_up: float = Field(default=1.5, gt=1, description="gamma factor after an epoch well under the budget")
@@ -308,13 +337,14 @@ class Recipe(_Section):
 
     def check_names(self) -> None:
         """Check every registry name the recipe uses (imports the stages, so it is not done at parse time)."""
-        from .compress.data import DATASETS
+        from .compress.data import DATASETS, check_data_section
         from .compress.sources import SOURCES
         from .export import EXPORTERS
         from .runtime import BACKENDS
 
         SOURCES.canonical(self.model.source.split(":", 1)[0])
         DATASETS.canonical(self.data.dataset.split(":", 1)[0])
+        check_data_section(self.data)  # class names, for datasets whose classes are known without the images
         PRUNE_METHODS.canonical(self.prune.method)
         for f in self.export.formats:
             EXPORTERS.canonical(f)

@@ -40,6 +40,9 @@ def summary_rows(result: "PipelineResult") -> list[dict[str, Any]]:
             rows.append(
                 {
                     "model": key,
+                    "critical_names": [manifest.classes[c] for c in crit if 0 <= c < len(manifest.classes)],
+                    "critical_recall": [None if v.get("fnr") is None else 1.0 - v["fnr"] for v in crit.values()],
+                    "thresholds": dict(manifest.thresholds),
                     "file": mf.path,
                     "format": mf.format,
                     "precision": mf.precision,
@@ -106,10 +109,18 @@ def _f(v: Any, spec: str = ".4f") -> str:
 
 
 def _summary_header(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Columns in the task's words: the critical class by name (``defective recall``, ``missed defective (FN)``)
+    and its false positives as ``false alarms (FPR)``, measured where the deployed decision rule puts them."""
     backends = sorted({b for r in rows for b in r["latency_ms"]})
-    head = ["model", "format", "prec", "top-1", "crit FN", "crit FNR", "crit FPR", "crit AUC", "sparsity",
-            "params (nonzero)", "size MB"] + [f"{b} ms" for b in backends]
+    names = next(("/".join(r["critical_names"]) for r in rows if r.get("critical_names")), "critical")
+    head = ["model", "format", "prec", "accuracy", f"{names} recall", f"missed {names} (FN)", "false alarms (FPR)",
+            f"{names} AUC", "sparsity", "params (nonzero)", "size MB"] + [f"{b} ms" for b in backends]
     return head, backends
+
+
+def _summary_title(result: Any, rows: list[dict[str, Any]]) -> str:
+    at = "at the calibrated threshold" if any(r.get("thresholds") for r in rows) else "at argmax"
+    return f"edgeslim pipeline: {result.recipe.name} (test split {at}, batch 1 median latency)"
 
 
 def _summary_cells(r: dict[str, Any], backends: list[str]) -> list[str]:
@@ -118,8 +129,8 @@ def _summary_cells(r: dict[str, Any], backends: list[str]) -> list[str]:
         return [r["model"], r["format"], r["precision"], "left out: " + (why if len(why) <= 160 else why[:157] + "...")
                 ] + [""] * (7 + len(backends))
     return [
-        r["model"], r["format"], r["precision"], _f(r["accuracy"]), str(r["critical_fn"]), _f(r["critical_fnr"], ".3f"),
-        _f(r["critical_fpr"], ".3f"), _f(r["critical_auc"], ".4f"),
+        r["model"], r["format"], r["precision"], _f(r["accuracy"]), _f(r.get("critical_recall"), ".3f"),
+        str(r["critical_fn"]), _f(r["critical_fpr"], ".3f"), _f(r["critical_auc"], ".4f"),
         "-" if r["weight_sparsity"] is None else f"{100 * r['weight_sparsity']:.1f}%",
         f"{r['params'] / 1e6:.2f}M ({r['nonzero_params'] / 1e6:.2f}M)", f"{r['size_mb']:.2f}",
     ] + [_f(r["latency_ms"].get(b), ".2f") for b in backends]
@@ -127,7 +138,8 @@ def _summary_cells(r: dict[str, Any], backends: list[str]) -> list[str]:
 
 def _summary_markdown(rows: list[dict[str, Any]], result: "PipelineResult") -> str:
     head, backends = _summary_header(rows)
-    lines = ["## Dense vs compressed (test split)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["## Dense vs compressed", "", _summary_title(result, rows), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_summary_cells(r, backends)) + " |" for r in rows]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()), ""]
     return "\n".join(lines)
@@ -145,15 +157,15 @@ def print_summary(result: "PipelineResult", *, console=None) -> None:
     console = console or Console()
     rows = summary_rows(result)
     head, backends = _summary_header(rows)
-    table = Table(title=f"edgeslim pipeline: {result.recipe.name} (test split, batch 1 median latency)")
+    table = Table(title=_summary_title(result, rows))
     for h in head:
-        table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right")
+        table.add_column(h, justify="left" if h in ("model", "format", "prec") else "right", no_wrap=True)
     for r in rows:
         table.add_row(*_summary_cells(r, backends))
-    if console.width < 170:  # a narrow or non-terminal console would squeeze 13 columns into ellipses
+    if console.width < 200:  # a narrow or non-terminal console would squeeze 14 columns into ellipses
         from rich.console import Console as _C
 
-        console = _C(file=console.file, width=170, force_terminal=console.is_terminal, no_color=console.no_color)
+        console = _C(file=console.file, width=200, force_terminal=console.is_terminal, no_color=console.no_color)
     console.print(table)
     console.print(
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())

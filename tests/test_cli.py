@@ -91,7 +91,9 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path):
     out = tmp_path / "out"
     r = runner.invoke(app, ["pipeline", str(_write(tmp_path, TINY)), "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "crit FN" in r.output and "compressed" in r.output
+    # the summary reads in the task's words, at the deployed (calibrated) decision rule
+    assert "missed 8 (FN)" in r.output and "false alarms (FPR)" in r.output and "compressed" in r.output
+    assert "at the calibrated threshold" in r.output
     for name in ("recipe.yaml", "report.json", "report.md"):
         assert (out / name).is_file()
     dense, comp = load_manifest(out / "dense"), load_manifest(out / "compressed")  # hashes verified

@@ -4,9 +4,16 @@ from edgeslim.errors import ConfigError, UnknownNameError
 from edgeslim.recipe import Recipe, builtin_recipes, load_recipe, parse_recipe
 
 
-def test_default_recipe_is_embedded_and_resolves():
+def test_default_recipe_is_the_elpv_job():
     r = load_recipe(None, check_names=False)
     assert "default" in builtin_recipes()
+    assert r.model.source == "efficientnet_lite0" and r.data.dataset == "elpv" and r.data.critical == ["defective"]
+    assert r.decision.target_fpr is not None  # the summary reads at a calibrated threshold
+
+
+def test_digits_recipe_is_embedded_and_resolves():
+    r = load_recipe("digits", check_names=False)
+    assert "digits" in builtin_recipes()
     assert r.model.source == "efficientnet_lite0" and r.data.dataset == "digits"
     assert r.data.critical == [8] and r.data.imbalance == {"8": 0.25}
     assert r.loss.rank_weight == 5.0

@@ -217,6 +217,9 @@ def compress(
     res = pruner(cfg, ctx)
     if not isinstance(res, PruneResult):
         raise TrainingError(f"pruning method '{cfg.method}' returned {type(res).__name__}, expected a PruneResult")
+    budget = getattr(ctx, "_budget", None)
+    if budget is not None:  # whether the FPR budget held, for the reports and the manifest
+        res.info = {**res.info, "fpr_budget": budget.summary()}
     device = _device(train.device)
     bs = batch_size
     metrics = _evaluate_split(res.model, data, "test", bs, device)

@@ -8,6 +8,11 @@ A dataset spec is ``name`` or ``name:arg`` and names an entry of :data:`DATASETS
   optionally ``val/``, ``test/``) sub-folders those splits are used, a missing one is split off ``train``;
   otherwise the one folder is split. Images are decoded lazily with :mod:`edgeslim.preprocess`, so training,
   the runtime predictor and the server see the same pixels.
+- ``elpv``: the ELPV solar-cell data set (Deitsch et al. 2019, the PyPI package ``elpv-dataset``): 2,624 300x300
+  grayscale electroluminescence images of cells from 44 modules, each with an expert defect probability (0, 1/3,
+  2/3, 1) and its module type (mono, poly). Classes ``functional`` / ``defective`` (probability >= 0.5) or the four
+  grades; options in :class:`ElpvOptions`. The data is CC BY-NC-SA 4.0: it is read from the installed package and
+  never copied into this project.
 
 Splits are stratified and seeded. ``imbalance`` keeps a fraction of a class's TRAINING samples only (val and test
 stay untouched, so metrics are measured on the natural distribution); ``class_counts`` reports the training counts
@@ -17,6 +22,7 @@ after it, which is what the class-dependent loss weights use.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; torch is imported lazily
 
     from ..recipe import DataSection
 
-__all__ = ["DATASETS", "DataBundle", "IMAGE_EXTENSIONS", "load_data", "load_data_from_recipe"]
+__all__ = ["DATASETS", "DataBundle", "ELPV_BINARY", "ELPV_GRADES", "IMAGE_EXTENSIONS", "load_data", "load_data_from_recipe"]
 
-#: Datasets by name; an entry is ``fn(arg, *, preprocessing, image_size) -> _Pool``.
+#: Datasets by name; an entry is ``fn(arg, *, preprocessing, image_size) -> _Pool`` (an entry that takes options
+#: also has the keyword ``options``: a mapping from the recipe's data section).
 DATASETS: Registry[Callable[..., "_Pool"]] = Registry("dataset")
 
 #: File endings read by ``imagefolder`` (torchvision's ImageFolder list); other files are ignored.
@@ -97,6 +104,23 @@ class _Augment:
         return padded[:, top : top + x.shape[-2], left : left + size].contiguous()
 
 
+class _DihedralAugment:
+    """Training-only augmentation for square images whose meaning survives any flip or quarter turn (solar cells):
+    one of the 8 symmetries of the square, drawn uniformly from torch's global RNG.
+
+    No interpolation and no invented borders: a cell's cracks and busbars keep their exact pixels, only their
+    orientation changes, which is what a cell image at the line can have anyway.
+    """
+
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        k, flip = (int(v) for v in torch.randint(0, 4, (1,)).tolist() + torch.randint(0, 2, (1,)).tolist())
+        if flip:
+            x = torch.flip(x, dims=(-1,))
+        return torch.rot90(x, k, dims=(-2, -1)).contiguous() if k else x
+
+
 # The datasets below are map-style datasets by protocol (__len__, __getitem__, __getitems__): DataLoader needs no
 # torch base class, and staying plain keeps this module importable without torch and picklable for workers.
 
@@ -104,7 +128,9 @@ class _Augment:
 class _ArrayDataset:
     """Images held in memory as uint8 NxHxWx3; normalised per batch (fast, little memory)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, pre: Preprocessing, augment: bool) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, pre: Preprocessing, augment: bool | Callable[..., Any]
+    ) -> None:
         import torch
 
         self.images = images
@@ -112,7 +138,8 @@ class _ArrayDataset:
         pixels = np.ascontiguousarray(images)
         self._pixels = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
         self.pre = pre
-        self.augment = _Augment(pre) if augment else None
+        # True: the generic affine + shift; a callable: the dataset's own (e.g. flips and quarter turns for cells)
+        self.augment = (augment if callable(augment) else _Augment(pre)) if augment else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -178,6 +205,8 @@ class DataBundle:
         preprocessing: how raw images become inputs (resize/crop set to the task's image size).
         info: what was done: source, layout, split sizes per class, imbalance applied, seed.
         num_workers: DataLoader workers used by :meth:`loader`.
+        meta: per split, per-sample metadata arrays in dataset order (``elpv``: ``type`` mono/poly and
+            ``probability``); empty for datasets without any. Read it with :meth:`metadata`.
     """
 
     train: "Dataset"
@@ -189,6 +218,7 @@ class DataBundle:
     preprocessing: Preprocessing
     info: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
+    meta: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def _split(self, split: str) -> Any:
         if split not in SPLITS:
@@ -235,6 +265,11 @@ class DataBundle:
             dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.num_workers,
         )
 
+    def metadata(self, split: str) -> dict[str, np.ndarray]:
+        """Per-sample metadata of a split in dataset order (copies), e.g. ``{"type": ..., "probability": ...}``."""
+        self._split(split)
+        return {k: np.asarray(v).copy() for k, v in self.meta.get(split, {}).items()}
+
     def labels(self, split: str) -> np.ndarray:
         """The labels of a split, in dataset order (int64)."""
         return np.asarray(self._split(split).labels, dtype=np.int64).copy()
@@ -260,6 +295,9 @@ class _Pool:
     make: Callable[[Items, np.ndarray, bool], Any]  # (items, labels, augment) -> Dataset
     preprocessing: Preprocessing
     info: dict[str, Any] = field(default_factory=dict)
+    # per split key: what stratified splits stratify on (default: the labels), and per-sample metadata arrays
+    strata: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def _take(items: Items, idx: np.ndarray) -> Items:
@@ -381,6 +419,162 @@ def _imagefolder(arg: str | None, *, preprocessing: Preprocessing, image_size: i
     )
 
 
+ELPV_BINARY = ("functional", "defective")
+ELPV_GRADES = ("0", "1/3", "2/3", "1")
+_ELPV_INSTALL = "pip install elpv-dataset (or pip install 'edgeslim[elpv]')"
+
+
+def _elpv_package_dir() -> Path:
+    """Where the installed ``elpv-dataset`` keeps ``data/labels.csv`` and ``data/images``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"dataset 'elpv' needs the ELPV solar-cell images, which come in the package elpv-dataset (data licence"
+            f" CC BY-NC-SA 4.0); it is not installed. Fix: {_ELPV_INSTALL}"
+        )
+    root = Path(next(iter(spec.submodule_search_locations))) / "data"
+    if not (root / "labels.csv").is_file():
+        raise DataError(f"the installed elpv-dataset has no {root / 'labels.csv'}; reinstall it: {_ELPV_INSTALL}")
+    return root
+
+
+@functools.lru_cache(maxsize=1)
+def _elpv_labels() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image paths, defect probabilities, module types) of every cell, in the package's order."""
+    root = _elpv_package_dir()
+    # the package's own load_dataset() parses labels.csv the same way but decodes all 2,624 PNGs (about 10 s);
+    # reading the index here lets a run decode only the cells it uses, once per image size (_elpv_images)
+    data = np.genfromtxt(root / "labels.csv", dtype=["|S19", "<f8", "|S4"], names=["path", "probability", "type"])
+    paths = np.asarray([str(root / p) for p in np.char.decode(data["path"])])
+    return paths, np.asarray(data["probability"], dtype=np.float64), np.char.decode(data["type"])
+
+
+@functools.lru_cache(maxsize=4)
+def _elpv_images(size: int, pre_key: str, idx: tuple[int, ...]) -> np.ndarray:
+    """The cells ``idx`` as read-only uint8 N x size x size x 3 (grey replicated to RGB), cached per size."""
+    from ..preprocess import open_image, resize_crop
+
+    paths = _elpv_labels()[0]
+    pre = Preprocessing.model_validate_json(pre_key)
+    # the same resize the runtime predictor and the server apply to a 300x300 cell image (edgeslim.preprocess)
+    images = np.stack([np.asarray(resize_crop(open_image(str(paths[i])), pre), dtype=np.uint8) for i in idx])
+    images.flags.writeable = False  # shared between bundles through the cache
+    return images
+
+
+def check_data_section(section: "DataSection") -> None:
+    """Refuse, from the recipe alone, a critical or imbalance class the dataset does not have (did-you-mean).
+
+    Only datasets whose classes are known without reading any image are checked (``digits``, ``elpv``); the
+    others are checked when :func:`load_data` reads them, still before any training.
+    """
+    name = section.dataset.split(":", 1)[0].strip()
+    if name == "digits":
+        classes = [str(c) for c in range(10)]
+    elif name == "elpv":
+        labels = section.elpv.labels if section.elpv is not None else "binary"
+        classes = list(ELPV_BINARY if labels == "binary" else ELPV_GRADES)
+    else:
+        return
+    for key in section.critical:
+        _resolve_class(key, classes, "critical class")
+    for key in section.imbalance:
+        _resolve_class(key, classes, "imbalance class")
+
+
+def _stratified_subset(strata: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices drawn per stratum in proportion to its size (largest remainders), sorted."""
+    values, counts = np.unique(strata, return_counts=True)
+    exact = counts * (n / len(strata))
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take), kind="stable")[: n - int(take.sum())]:
+        take[i] += 1
+    keep = [rng.choice(np.flatnonzero(strata == v), k, replace=False) for v, k in zip(values, take) if k]
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+@DATASETS.register("elpv")
+def _elpv(
+    arg: str | None, *, preprocessing: Preprocessing, image_size: int | None, options: Any = None, seed: int = 0
+) -> _Pool:
+    """ELPV solar cells (the ``elpv-dataset`` package), grey replicated to RGB at ``image_size`` (default 300).
+
+    Splits are stratified by defect probability AND module type (the paper's protocol); with ``domain_shift`` the
+    test split is every cell of the other module type.
+    """
+    from pydantic import ValidationError
+
+    from ..recipe import ElpvOptions
+
+    if arg:
+        raise ConfigError(f"dataset 'elpv' takes no argument; use 'elpv' and set options under data.elpv, not 'elpv:{arg}'")
+    try:
+        opts = options if isinstance(options, ElpvOptions) else ElpvOptions.model_validate(dict(options or {}))
+    except ValidationError as exc:
+        raise ConfigError(f"data.elpv: {exc.errors()[0]['msg']} ({exc.errors()[0]['loc']})") from None
+    _, proba, types = _elpv_labels()
+    grade = np.rint(proba * 3).astype(np.int64)  # 0, 1/3, 2/3, 1 -> 0..3
+    if opts.labels == "binary":
+        classes, labels = list(ELPV_BINARY), (proba >= 0.5).astype(np.int64)
+    else:
+        classes, labels = list(ELPV_GRADES), grade
+    strata = grade * 2 + (types == "poly").astype(np.int64)  # probability x type, as in the paper's split
+    keep = np.arange(len(labels))
+    if opts.modules != "all":
+        keep = keep[types[keep] == opts.modules]
+    if opts.subset is not None and opts.subset < len(keep):
+        keep = keep[_stratified_subset(strata[keep], opts.subset, np.random.default_rng(seed))]
+    what = (f"modules: {opts.modules}" if opts.modules != "all" else "") + (
+        f"{', ' if opts.modules != 'all' else ''}subset: {opts.subset}" if opts.subset else "")
+
+    def require_every_class(sel: np.ndarray, where: str) -> None:
+        counts = np.bincount(labels[sel], minlength=len(classes))
+        empty = [classes[c] for c in range(len(classes)) if counts[c] == 0]
+        if empty:
+            raise DataError(
+                f"data.elpv ({where}) leaves class(es) {empty} without any cell (counts"
+                f" {dict(zip(classes, counts.tolist()))}); every class needs cells: widen the filter"
+                + (" or raise subset" if opts.subset else "")
+            )
+
+    size = image_size or 300
+    pre = preprocessing.model_copy(update={"resize": size, "crop": size})
+    images = _elpv_images(size, pre.model_dump_json(), tuple(int(i) for i in keep))
+    pos = {int(i): n for n, i in enumerate(keep)}
+
+    def part(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return images[[pos[int(i)] for i in sel]], labels[sel]
+
+    # cell: the image's index in the package (labels.csv order), so splits can be traced back to the source
+    meta_of = lambda sel: {
+        "type": types[sel].astype(str), "probability": proba[sel].copy(), "cell": np.asarray(sel, dtype=np.int64),
+    }
+    if opts.domain_shift is not None:
+        src, dst = opts.domain_shift.split("->")
+        tr, te = keep[types[keep] == src], keep[types[keep] == dst]
+        require_every_class(tr, f"domain_shift {opts.domain_shift}: training on {src}")
+        require_every_class(te, f"domain_shift {opts.domain_shift}: testing on {dst}")
+        splits = {"train": part(tr), "test": part(te)}
+        strata_of = {"train": strata[tr], "test": strata[te]}
+        meta = {"train": meta_of(tr), "test": meta_of(te)}
+    else:
+        require_every_class(keep, what or "all cells")
+        splits, strata_of, meta = {"all": part(keep)}, {"all": strata[keep]}, {"all": meta_of(keep)}
+    make = lambda items, lab, augment: _ArrayDataset(
+        items, lab, pre, _DihedralAugment() if augment else False
+    )
+    return _Pool(
+        classes=classes, splits=splits, make=make, preprocessing=pre, strata=strata_of, meta=meta,
+        info={
+            "image_size": size, "labels": opts.labels, "modules": opts.modules, "domain_shift": opts.domain_shift,
+            "subset": opts.subset, "augmentation": "flips and quarter turns", "licence": "CC BY-NC-SA 4.0",
+            "stratified_by": "defect probability and module type",
+        },
+    )
+
+
 # --------------------------------------------------------------------------------------------- splitting
 
 
@@ -398,15 +592,22 @@ def _resolve_class(key: int | str, classes: list[str], what: str) -> int:
     raise DataError(f"{what} '{key}' is not a class of the data.{did_you_mean(str(key), classes)} Classes: {shown}")
 
 
-def _split_indices(labels: np.ndarray, fraction: float, seed: int, what: str, classes: list[str]):
-    """Stratified (rest, part) index arrays with ``fraction`` of the samples in ``part``."""
+def _split_indices(
+    labels: np.ndarray, fraction: float, seed: int, what: str, classes: list[str], strata: np.ndarray | None = None
+):
+    """Stratified (rest, part) index arrays with ``fraction`` of the samples in ``part``.
+
+    ``strata`` (default: the labels) is what the split keeps in proportion, e.g. ELPV's probability x module type.
+    """
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
     if fraction <= 0:
         return idx, idx[:0]
     try:
-        rest, part = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+        rest, part = train_test_split(
+            idx, test_size=fraction, stratify=labels if strata is None else strata, random_state=seed
+        )
     except ValueError as exc:
         counts = np.bincount(labels, minlength=len(classes))
         smallest = int(np.argmin(counts))
@@ -438,11 +639,12 @@ def load_data(
     seed: int = 0,
     augment: bool = False,
     max_per_class: int | None = None,
+    options: Any = None,
 ) -> DataBundle:
     """Load a dataset, split it (stratified, seeded), apply training imbalance and resolve critical classes.
 
     Args:
-        spec: ``digits`` or ``imagefolder:<dir>``.
+        spec: ``digits``, ``elpv`` or ``imagefolder:<dir>``.
         preprocessing: the model's preprocessing (mean/std and interpolation are kept; resize/crop follow
             ``image_size``).
         image_size: input side; default 64 for ``digits``, the preprocessing's crop for ``imagefolder``.
@@ -454,6 +656,8 @@ def load_data(
         seed: seeds the splits, ``imbalance`` and ``max_per_class``.
         augment: random affine + shift on the training split only.
         max_per_class: keep at most this many samples per class (before splitting), for quick runs.
+        options: the dataset's own options (``elpv``: an :class:`~edgeslim.recipe.ElpvOptions` or its mapping);
+            a dataset without options refuses them.
 
     Raises:
         DataError: missing/empty/unreadable data, classes differing between splits, unknown critical or
@@ -472,36 +676,55 @@ def load_data(
     if max_per_class is not None and (not isinstance(max_per_class, int) or max_per_class < 1):
         raise ConfigError(f"max_per_class must be a positive integer; got {max_per_class!r}")
     name, _, arg = spec.strip().partition(":")
-    pool: _Pool = DATASETS.get(name)(arg or None, preprocessing=preprocessing, image_size=image_size)
+    entry = DATASETS.get(name)
+    takes = inspect.signature(entry).parameters
+    extra: dict[str, Any] = {"seed": seed} if "seed" in takes else {}
+    if options:
+        if "options" not in takes:
+            raise ConfigError(f"dataset '{name}' takes no options; remove them ({', '.join(map(str, options))})")
+        extra["options"] = options
+    pool: _Pool = entry(arg or None, preprocessing=preprocessing, image_size=image_size, **extra)
     classes = pool.classes
+    critical_idx = sorted({_resolve_class(k, classes, "critical class") for k in critical})
     rng = np.random.default_rng(seed)
 
     parts = dict(pool.splits)
+    # where every sample of a part came from (pool key, index there): its stratum and metadata follow it
+    origin = {key: (key, np.arange(len(labels))) for key, (_, labels) in parts.items()}
+
+    def take(key: str, src: str, idx: np.ndarray) -> None:
+        items, labels = parts[src]
+        parts[key] = (_take(items, idx), labels[idx])
+        origin[key] = (origin[src][0], origin[src][1][idx])
+
+    def strata(key: str) -> np.ndarray | None:
+        pool_key, idx = origin[key]
+        return pool.strata[pool_key][idx] if pool_key in pool.strata else None
+
     if max_per_class is not None:
-        for key, (items, labels) in parts.items():
-            keep = _cap_per_class(labels, max_per_class, rng)
-            parts[key] = (_take(items, keep), labels[keep])
+        for key in list(parts):
+            take(key, key, _cap_per_class(parts[key][1], max_per_class, rng))
 
     # Carve test, then val, out of what is not given as its own split; fractions are of that whole.
     whole_key = "all" if "all" in parts else "train"
-    items, labels = parts.pop(whole_key)
-    carved: dict[str, tuple[Items, np.ndarray]] = {}
-    if "test" not in parts:
-        rest, part = _split_indices(labels, test_fraction, seed, "test", classes)
-        carved["test"] = (_take(items, part), labels[part])
-        items, labels = _take(items, rest), labels[rest]
-    if "val" not in parts:
-        remaining = 1.0 - (test_fraction if "test" in carved else 0.0)
-        rest, part = _split_indices(labels, val_fraction / remaining, seed, "val", classes)
-        carved["val"] = (_take(items, part), labels[part])
-        items, labels = _take(items, rest), labels[rest]
-    parts.update(carved)
-    parts["train"] = (items, labels)
+    if whole_key != "train":
+        take("train", whole_key, np.arange(len(parts[whole_key][1])))
+        del parts[whole_key]
+    given = set(parts) - {"train"}
+    if "test" not in given:
+        rest, part = _split_indices(parts["train"][1], test_fraction, seed, "test", classes, strata("train"))
+        take("test", "train", part)
+        take("train", "train", rest)
+    if "val" not in given:
+        remaining = 1.0 - (test_fraction if "test" not in given else 0.0)
+        rest, part = _split_indices(parts["train"][1], val_fraction / remaining, seed, "val", classes, strata("train"))
+        take("val", "train", part)
+        take("train", "train", rest)
 
     # Imbalance: only the training split, so val/test keep the natural distribution.
     applied: dict[str, dict[str, Any]] = {}
     if imbalance:
-        items, labels = parts["train"]
+        labels = parts["train"][1]
         drop: list[np.ndarray] = []
         for key, fraction in imbalance.items():
             if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
@@ -513,9 +736,8 @@ def load_data(
             drop.append(np.setdiff1d(members, kept))
             applied[classes[c]] = {"fraction": float(fraction), "before": int(len(members)), "after": int(n_keep)}
         keep = np.setdiff1d(np.arange(len(labels)), np.concatenate(drop) if drop else np.arange(0))
-        parts["train"] = (_take(items, keep), labels[keep])
+        take("train", "train", keep)
 
-    critical_idx = sorted({_resolve_class(k, classes, "critical class") for k in critical})
     for split in SPLITS:
         if len(parts[split][1]) == 0 and split != "val":
             raise DataError(f"the {split} split of '{spec}' is empty; add images or change the split fractions")
@@ -541,6 +763,10 @@ def load_data(
     return DataBundle(
         train=datasets["train"], val=datasets["val"], test=datasets["test"], classes=list(classes),
         critical=critical_idx, class_counts=class_counts, preprocessing=pool.preprocessing, info=info,
+        meta={
+            split: {k: v[origin[split][1]] for k, v in pool.meta[origin[split][0]].items()}
+            for split in SPLITS if origin[split][0] in pool.meta
+        },
     )
 
 
@@ -556,6 +782,7 @@ def load_data_from_recipe(section: "DataSection", preprocessing: Preprocessing, 
         test_fraction=section.test_fraction,
         seed=seed,
         augment=section.augment,
+        options=section.elpv,
     )
     bundle.num_workers = section.num_workers
     return bundle

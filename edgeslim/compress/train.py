@@ -227,7 +227,8 @@ def fine_tune(
         epochs: overrides ``cfg.epochs``.
         on_epoch_start: called as ``f(epoch, model)`` before each epoch that runs, also the first one after a
             resume (so epoch-dependent settings such as a loss warm-up are right after a crash).
-        on_epoch_end: called as ``f(epoch, model)`` after each epoch, before its checkpoint is written.
+        on_epoch_end: called as ``f(epoch, model)`` after each epoch, before its checkpoint is written; a dict it
+            returns is added to that epoch's history record.
         on_step_end: called as ``f(step, model)`` after every optimizer step (and after the masks are re-applied);
             ``step`` counts from 1 over the whole training and continues across a resume (it is checkpointed), so
             a schedule that is a function of ``step`` (e.g. gradual pruning) resumes exactly. Changes it makes to
@@ -405,7 +406,9 @@ def fine_tune(
                     f"  crit recall {_fmt(record['val_critical_recall'])}",
                 )
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch, model)
+                    extra = on_epoch_end(epoch, model)
+                    if isinstance(extra, dict):  # e.g. the FPR budget's val FPR and terms: kept in the history
+                        record.update(extra)
                 if ckpt_path is not None:
                     save_checkpoint(
                         ckpt_path,

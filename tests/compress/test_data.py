@@ -137,8 +137,8 @@ def test_unknown_dataset_suggests_the_closest():
         load_data("imagefolder", preprocessing=LITE0)
 
 
-def test_from_recipe_default():
-    section = load_recipe("default", check_names=False).data
+def test_from_recipe_digits():
+    section = load_recipe("digits", check_names=False).data
     b = load_data_from_recipe(section, LITE0, seed=0)
     assert b.critical == [8] and b.preprocessing.crop == 64
     assert b.info["imbalance"]["8"]["fraction"] == 0.25 and b.class_counts[8] == b.info["imbalance"]["8"]["after"]

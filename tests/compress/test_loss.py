@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from edgeslim.compress.loss import (
     ClassDependentLoss,
     CrossEntropy,
+    GOVERNED,
     FprBudgetGamma,
     adapt_gamma,
+    adapt_terms,
     build_loss,
     class_weights,
     critical_scores,
@@ -337,3 +339,68 @@ def test_budget_controller_drives_fine_tune_epoch_by_epoch(tiny_digits):
     for r in traj:  # and every decision is the rule applied to the measured FPR
         assert r["next_gamma"] == adapt_gamma(r["gamma"], r["val_fpr"], budget=0.02, gamma_max=5.0)
     assert loss.gamma == traj[-1]["next_gamma"]
+
+
+# -- the budget governs every term that moves the critical operating point -------------------------------------------
+
+
+def test_adapt_terms_lowers_gamma_then_lambda_then_the_balance_and_says_when_it_cannot_hold():
+    rule = dict(ceilings={"gamma": 4.0, "rank_weight": 2.0, "balance": 1.0}, budget=0.02, down=0.5, up=1.5, slack=0.5)
+    terms = {"gamma": 4.0, "rank_weight": 2.0, "balance": 1.0}
+    seen = []
+    for _ in range(9):  # always over budget
+        terms, held = adapt_terms(terms, 0.5, **rule)
+        seen.append((terms["gamma"], terms["rank_weight"], terms["balance"], held))
+    assert seen == [
+        (2.0, 2.0, 1.0, True), (1.0, 2.0, 1.0, True),  # gamma first, to its floor
+        (1.0, 1.0, 1.0, True), (1.0, 0.5, 1.0, True), (1.0, 0.0, 1.0, True),  # then lambda (snaps to 0)
+        (1.0, 0.0, 0.5, True), (1.0, 0.0, 0.25, True), (1.0, 0.0, 0.0, True),  # then the balance
+        (1.0, 0.0, 0.0, False),  # every term at its floor and still over: it cannot hold
+    ]
+    # well under budget, restored in reverse order: balance, then lambda, and the boost last
+    up = []
+    for _ in range(3):
+        terms, held = adapt_terms(terms, 0.0, **rule)
+        up.append((terms["gamma"], terms["rank_weight"], terms["balance"]))
+    assert up == [(1.0, 0.0, 0.25), (1.0, 0.0, 0.375), (1.0, 0.0, 0.5625)]
+    # gamma's ceiling is the training's own: in round 1 of the paper's schedule (ceiling 1) lambda still acts
+    r1 = dict(rule, ceilings={"gamma": 1.0, "rank_weight": 2.0, "balance": 1.0})
+    assert adapt_terms({"gamma": 1.0, "rank_weight": 2.0, "balance": 1.0}, 0.5, **r1)[0]["rank_weight"] == 1.0
+    assert GOVERNED == ("gamma", "rank_weight", "balance")
+
+
+def test_critical_balance_at_zero_leaves_no_up_weight_for_a_rare_critical_class():
+    loss = ClassDependentLoss([100, 10], [1], beta=0.999, gamma=3.0, rank_weight=0.0)
+    base = effective_number_weights([100, 10], 0.999)
+    assert base[1] > 1.0 and loss.weight[1].item() == pytest.approx(3.0 * base[1].item())
+    loss.critical_balance = 0.0
+    assert loss.weight[1].item() == pytest.approx(3.0) and loss.weight[0].item() == pytest.approx(base[0].item())
+    loss.critical_balance = 0.5
+    assert loss.weight[1].item() == pytest.approx(3.0 * (1 + 0.5 * (base[1].item() - 1)))
+    loss.gamma = 1.0  # gamma keeps the balance it was given
+    assert loss.weight[1].item() == pytest.approx(1 + 0.5 * (base[1].item() - 1))
+    with pytest.raises(ConfigError, match="critical_balance"):
+        loss.critical_balance = 1.5
+
+
+def test_budget_acts_in_round_one_of_the_paper_schedule_and_warns_when_it_cannot_hold(tiny_digits, caplog):
+    data = tiny_digits
+    ctl = FprBudgetGamma(data, budget=0.05, gamma_max=5.0, rank_max=2.0)
+    loss = ClassDependentLoss(data.class_counts, data.critical, gamma=1.0, rank_weight=2.0)
+    assert ctl.attach(loss, "round1", gamma_ceiling=1.0) == 1.0  # round 1: gamma capped at 1 ...
+    all_eight = _biased_model(8)
+    out = ctl(1, all_eight)  # ... but the budget acts: lambda halves
+    assert loss.rank_weight == 1.0 and loss.gamma == 1.0
+    assert out["budget_held"] is True and out["val_critical_fpr"] == 1.0 and out["fpr_budget"] == 0.05
+    with caplog.at_level("WARNING", logger="edgeslim.compress.loss"):
+        for epoch in range(2, 9):
+            out = ctl(epoch, all_eight)
+    assert loss.rank_weight == 0.0 and loss.critical_balance == 0.0 and loss.gamma == 1.0
+    assert out["budget_held"] is False and "cannot hold the budget" in caplog.text
+    summary = ctl.summary()
+    assert summary["held"] is False and summary["unheld"][-1]["epoch"] == 8
+    # round 2: gamma was never lowered by the budget (round 1 capped it), so round 2 may use its full 5
+    loss2 = ClassDependentLoss(data.class_counts, data.critical, gamma=5.0, rank_weight=2.0)
+    assert ctl.attach(loss2, "round2") == 5.0
+    assert loss2.rank_weight == 0.0 and loss2.critical_balance == 0.0  # the others carry over
+

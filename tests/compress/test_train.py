@@ -337,3 +337,29 @@ def test_rank_warmup_and_fpr_budget_run_inside_compress(digits, tmp_path):
     traj = json.loads((tmp_path / "compress" / "gamma_budget.json").read_text())
     records = traj["trajectory"] if isinstance(traj, dict) else traj
     assert records and all(1.0 <= r["next_gamma"] <= 4.0 for r in records)
+
+
+def test_fpr_budget_runs_in_round_one_inside_compress_and_is_reported(digits, tmp_path):
+    """Under gamma_schedule 'paper' the budget used to act only from round 2; now round 1 is governed too, every
+    governed epoch's FPR and terms are in the training history, and the result says whether the budget held."""
+    import json
+
+    from edgeslim.compress.api import compress
+    from edgeslim.recipe import parse_recipe
+    from edgeslim.testing import TinyNet
+
+    recipe = parse_recipe({
+        "model": {"source": "tiny"}, "data": {"critical": [8], "batch_size": 64},
+        "train": {"epochs": 2, "lr": 0.01, "optimizer": "adamw", "threads": 1},
+        "loss": {"lambda": 1.0, "gamma": 4.0, "rank_warmup_epochs": 0, "fpr_budget": 0.05,
+                 "gamma_schedule": "paper"},
+        "prune": {"rounds": 1, "rate": 0.5},
+    })
+    torch.manual_seed(0)
+    res = compress(TinyNet(10), digits, recipe, run_dir=tmp_path, progress=False)
+    first = [h for h in res.history if h["round"] == 1]
+    assert first and all(h["fpr_budget"] == 0.05 and h["val_critical_fpr"] is not None for h in first)
+    assert all(h["gamma"] == 1.0 for h in first)  # the paper's round 1 keeps gamma = 1
+    traj = json.loads((tmp_path / "compress" / "gamma_budget.json").read_text())["trajectory"]
+    assert [r["tag"] for r in traj].count("round1") == 2
+    assert res.info["fpr_budget"]["budget"] == 0.05 and isinstance(res.info["fpr_budget"]["held"], bool)

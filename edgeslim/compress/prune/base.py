@@ -209,53 +209,28 @@ class PruneContext:
         if a is None or b is None:
             return a or b
 
-        def both(epoch: int, model: nn.Module) -> None:
-            a(epoch, model)
-            b(epoch, model)
+        def both(epoch: int, model: nn.Module) -> dict | None:
+            # an end hook may return fields for the epoch's history record (the FPR budget does): keep them all
+            ra, rb = a(epoch, model), b(epoch, model)
+            out = {**(ra if isinstance(ra, dict) else {}), **(rb if isinstance(rb, dict) else {})}
+            return out or None
 
         return both
 
     def _epoch_start_hook(self, loss: nn.Module, tag: str, gamma: float | None):
-        """Set the loss's epoch-dependent knobs before each epoch (also the first after a resume).
+        """Set the loss's epoch-dependent knobs before each epoch (also the first after a resume); the schedule
+        (ranking warm-up, FPR budget) lives in :func:`edgeslim.compress.loss.loss_schedule`."""
+        from ..loss import FprBudgetGamma, loss_schedule
 
-        - Ranking warm-up: the AUC term is off for the first ``loss.rank_warmup_epochs`` epochs of every training.
-          Every lottery round rewinds to W0 with a fresh head, and the squared hinge on a random head's scores
-          dominated the gradient and kept EfficientNet-Lite0 near chance (val accuracy 0.21 after 2 epochs vs
-          0.96 with one warm-up epoch, digits 64x64).
-        - FPR budget (``loss.fpr_budget``): the critical weight adapts after every boosted epoch; see
-          :class:`~edgeslim.compress.loss.FprBudgetGamma`.
-        """
-        from ..distill import DistillationLoss
-
-        if isinstance(loss, DistillationLoss):
-            loss = loss.task  # the schedule drives the task loss's knobs; the FPR budget binds to it, not to KD
-        section = self.loss
-        rank = getattr(loss, "rank_weight", None)
-        warmup = section.rank_warmup_epochs if rank else 0
-        boosted = section.fpr_budget is not None and hasattr(loss, "gamma") and (gamma is None or gamma > 1)
-        self._budget_hook = None
-        if not warmup and not boosted:
-            return None
-        if boosted:
-            from ..loss import FprBudgetGamma
-
+        def controller() -> FprBudgetGamma:
             if self._budget is None:
                 self._budget = FprBudgetGamma.from_section(
-                    section, self.data, state_path=self.run_dir / "gamma_budget.json", resume=self.resume
+                    self.loss, self.data, state_path=self.run_dir / "gamma_budget.json", resume=self.resume
                 )
-            self._budget_hook = self._budget
-        attached = {"done": False}
+            return self._budget
 
-        def start(epoch: int, model: nn.Module) -> None:
-            if warmup:
-                loss.rank_weight = 0.0 if epoch <= warmup else rank
-            if boosted and not attached["done"]:
-                self._budget.attach(loss, tag, start_epoch=epoch - 1)
-                attached["done"] = True
-
+        start, self._budget_hook = loss_schedule(loss, self.loss, tag=tag, gamma=gamma, controller=controller)
         return start
-
-
 
 
 @dataclass
