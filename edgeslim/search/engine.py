@@ -111,7 +111,8 @@ def _measure(ctx: _Context, study: Any, c: dict[str, Any]) -> dict[str, Any]:
         return hit
     s = ctx.section
     m = measure_architecture(ctx.base, c, backend=ctx.target.backend, num_classes=ctx.num_classes,
-                             iterations=s.measure_iterations, seconds=s.measure_seconds, threads=s.threads)
+                             iterations=s.measure_iterations, seconds=s.measure_seconds, threads=s.threads,
+                             float_scope=ctx.space.float_scope.get(c.get("float_layers", "none"), []))
     d = {**m.to_dict(), "candidate": {k: v for k, v in c.items() if k != "gamma"}}
     study.set_user_attr(_arch_attr(key), d)
     ctx.say(f"measured {_short(c)}: p90 {m.p90_ms:.3f} ms, {m.size_mb:.2f} MB ({m.seconds:.1f} s)")
@@ -184,7 +185,7 @@ def _train_and_score(ctx: _Context, c: dict[str, Any]) -> dict[str, Any]:
 
     key = candidate_key(c)
     trial_dir = ctx.out_dir / "candidates" / _digest(key)
-    recipe = candidate_recipe(ctx.base, c, ctx.section, ctx.target, name=f"{ctx.base.name}-{_digest(key)}")
+    recipe = candidate_recipe(ctx.base, c, ctx.section, ctx.target, ctx.space, name=f"{ctx.base.name}-{_digest(key)}")
     resume = (trial_dir / "run").is_dir()
     t0 = time.perf_counter()
     run_pipeline(recipe, trial_dir, resume=resume, progress=False, stages=("compress", "export"))
@@ -462,6 +463,10 @@ def search(
 
     t0 = time.perf_counter()
     section, target, space = prepare(base, section)
+    if "int8" in target.precisions and "int8" in section.precisions:
+        from .space import stem_node
+
+        space = build_space(base, section, target, stem=stem_node(base))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda m: console.print(m, highlight=False)) if console is not None else (lambda m: None)
@@ -570,7 +575,7 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
     files: dict[str, str] = {}
     out = ctx.out_dir
     if pick is not None:
-        recipe = candidate_recipe(ctx.base, pick["candidate"], s, ctx.target, name=f"{ctx.base.name}-searched")
+        recipe = candidate_recipe(ctx.base, pick["candidate"], s, ctx.target, ctx.space, name=f"{ctx.base.name}-searched")
         files["recipe"] = str(atomic_write_text(out / "chosen-recipe.yaml", recipe.to_yaml()))
         src_art = Path(pick["dir"]) / "compressed"
         with atomic_directory(out / "artifact") as tmp:

@@ -217,7 +217,7 @@ def _onnx_kind(op: str, node: str) -> str:
 
 def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
                          iterations: int = 50, seconds: float = 0.5, threads: int | None = None,
-                         layers: bool = True) -> ArchMeasurement:
+                         layers: bool = True, float_scope: list[str] = ()) -> ArchMeasurement:
     """Measure a candidate's architecture on this host: random weights, the deployed export, the profiler.
 
     INT8 candidates are quantized with NNCF on random calibration data: the graph (which layers run INT8, which
@@ -228,7 +228,6 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
     from ..export import export_artifact
     from ..recipe import ExportSection, QuantizeSection
     from ..runtime.base import BackendOptions
-    from .space import FLOAT_LAYERS
 
     t0 = time.perf_counter()
     model, shape = build_candidate_model(base, candidate, num_classes)
@@ -245,7 +244,7 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
         preprocessing=Preprocessing(resize=shape[2], crop=shape[2]),
     )
     qcfg = QuantizeSection(method="ptq", calibration_size=16,
-                           ignored_scope=FLOAT_LAYERS[candidate.get("float_layers", "none")]) \
+                           ignored_scope=list(float_scope)) \
         if precision == "int8" else QuantizeSection(method="none")
     with tempfile.TemporaryDirectory(prefix="edgeslim-arch-") as tmp:
         art = Path(tmp) / "a"

@@ -24,9 +24,10 @@ from .target import SearchTarget
 
 __all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key", "overlay", "candidate_recipe"]
 
-# float-kept layers of an INT8 candidate: node-name regexes for NNCF's ignored scope (first conv and classifier,
-# the layers INT8 most often hurts; names as torch.onnx writes them, "/conv_stem/Conv", "/classifier/Gemm")
-FLOAT_LAYERS: dict[str, list[str]] = {"none": [], "ends": [".*conv_stem.*", ".*classifier.*"]}
+# float-kept layers of an INT8 candidate: "stem" keeps the first convolution (the layer INT8 most often hurts:
+# it sees raw pixels) in float. The node name comes from the exported graph (see stem_node); the classifier is
+# not offered because torch.onnx and OpenVINO name it differently, and NNCF's ignored scope must match both.
+FLOAT_CHOICES = ("none", "stem")
 # export formats each backend runs
 _FORMATS = {"openvino": ["onnx", "openvino"], "onnxruntime": ["onnx"], "tensorrt": ["onnx", "tensorrt"],
             "torch": []}
@@ -47,6 +48,7 @@ class SearchSpace:
 
     dims: list[Dimension]
     ruled_out: list[str] = field(default_factory=list)
+    float_scope: dict[str, list[str]] = field(default_factory=lambda: {"none": []})
 
     def dim(self, name: str) -> Dimension | None:
         return next((d for d in self.dims if d.name == name), None)
@@ -79,10 +81,35 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dims": [{"name": d.name, "choices": d.choices, "when": list(d.when) if d.when else None}
-                         for d in self.dims], "ruled_out": self.ruled_out}
+                         for d in self.dims], "ruled_out": self.ruled_out, "float_scope": self.float_scope}
 
 
-def build_space(base: Recipe, section: SearchSection, target: SearchTarget) -> SearchSpace:
+def stem_node(base: Recipe, num_classes: int = 10) -> str | None:
+    """The exported name of the first convolution (``node_Conv_911`` for EfficientNet-Lite0), or None.
+
+    Channel pruning keeps the graph's topology, so the name is the same for every candidate of one architecture.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    from ..compress.sources import load_pretrained, replace_head
+
+    src = load_pretrained(base.model.source, arch=base.model.arch, pretrained=False)
+    model = replace_head(src.model, num_classes).eval()
+    size = base.data.image_size or src.preprocessing.crop
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (torch.zeros(1, 3, size, size),), dynamo=True, external_data=False,
+                                    verbose=False)
+    return next((n.name for n in program.model_proto.graph.node if n.op_type == "Conv"), None)
+
+
+def build_space(base: Recipe, section: SearchSection, target: SearchTarget, *,
+                stem: str | None = None) -> SearchSpace:
     """The candidates ``target`` can run, from the section's choices and the base recipe.
 
     Raises:
@@ -121,9 +148,12 @@ def build_space(base: Recipe, section: SearchSection, target: SearchTarget) -> S
     gammas = sorted(set(section.gammas)) or [base.loss.gamma]
     dims = [Dimension("prune", prune), Dimension("precision", precisions), Dimension("image_size", sizes),
             Dimension("gamma", gammas)]
+    scope: dict[str, list[str]] = {"none": []}
     if "int8" in precisions:
-        dims.append(Dimension("float_layers", list(FLOAT_LAYERS), when=("precision", "int8")))
-    return SearchSpace(dims=dims, ruled_out=ruled)
+        if stem is not None:
+            scope["stem"] = [stem]
+        dims.append(Dimension("float_layers", list(scope), when=("precision", "int8")))
+    return SearchSpace(dims=dims, ruled_out=ruled, float_scope=scope)
 
 
 def candidate_key(c: dict[str, Any]) -> str:
@@ -154,12 +184,13 @@ def _prune_overlay(choice: str, base: Recipe) -> dict[str, Any]:
     raise ConfigError(f"unknown prune choice '{choice}'")
 
 
-def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: SearchTarget) -> dict[str, Any]:
+def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: SearchTarget,
+            space: SearchSpace) -> dict[str, Any]:
     """The recipe sections a candidate changes, as plain data."""
     q = base.quantize.model_dump(mode="json")
     if c["precision"] == "int8":
         q.update(method="ptq" if base.quantize.method in ("none", "qat") else base.quantize.method,
-                 ignored_scope=FLOAT_LAYERS[c.get("float_layers", "none")])
+                 ignored_scope=list(space.float_scope.get(c.get("float_layers", "none"), [])))
     else:
         q.update(method="none", ignored_scope=[])
     out: dict[str, Any] = {
@@ -187,11 +218,11 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def candidate_recipe(base: Recipe, c: dict[str, Any], section: SearchSection, target: SearchTarget,
-                     *, name: str | None = None) -> Recipe:
+                     space: SearchSpace, *, name: str | None = None) -> Recipe:
     """The whole recipe of a candidate (without the ``search`` section): base + :func:`overlay`."""
     data = base.to_dict()
     data.pop("search", None)
-    merged = _merge(data, overlay(c, base, section, target))
+    merged = _merge(data, overlay(c, base, section, target, space))
     if name:
         merged["name"] = name
     return parse_recipe(merged, where=f"(search candidate {candidate_key(c)})")
