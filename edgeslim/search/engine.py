@@ -112,7 +112,8 @@ def _measure(ctx: _Context, study: Any, c: dict[str, Any]) -> dict[str, Any]:
     s = ctx.section
     m = measure_architecture(ctx.base, c, backend=ctx.target.backend, num_classes=ctx.num_classes,
                              iterations=s.measure_iterations, seconds=s.measure_seconds, threads=s.threads,
-                             float_scope=ctx.space.float_scope.get(c.get("float_layers", "none"), []))
+                             float_scope=ctx.space.float_scope.get(c.get("float_layers", "none"), []),
+                             device=ctx.target.device)
     d = {**m.to_dict(), "candidate": {k: v for k, v in c.items() if k != "gamma"}}
     study.set_user_attr(_arch_attr(key), d)
     ctx.say(f"measured {_short(c)}: p90 {m.p90_ms:.3f} ms, {m.size_mb:.2f} MB ({m.seconds:.1f} s)")
@@ -140,7 +141,8 @@ def _short(c: dict[str, Any]) -> str:
 
 
 # -- accuracy -----------------------------------------------------------------------------------------------------
-def _scores(artifact: Path, backend: str, precision: str, split: str, data: Any, threads: int | None):
+def _scores(artifact: Path, backend: str, precision: str, split: str, data: Any, threads: int | None,
+            device: str = "cpu"):
     """Probabilities of the deployed file on a split, with the artifact's manifest."""
     from ..artifact import load_manifest
     from ..pipeline import _split_arrays
@@ -148,7 +150,7 @@ def _scores(artifact: Path, backend: str, precision: str, split: str, data: Any,
 
     manifest = load_manifest(artifact)
     x, y = _split_arrays(data, split)
-    with load(artifact, backend=backend, precision=precision, threads=threads) as pred:
+    with load(artifact, backend=backend, precision=precision, threads=threads, device=device) as pred:
         z = pred.infer(x)
     return z, y, manifest
 
@@ -191,7 +193,7 @@ def _train_and_score(ctx: _Context, c: dict[str, Any]) -> dict[str, Any]:
     run_pipeline(recipe, trial_dir, resume=resume, progress=False, stages=("compress", "export"))
     _, data = _load_data(recipe)
     z, y, manifest = _scores(trial_dir / "compressed", ctx.target.backend, c["precision"], "val", data,
-                             ctx.section.threads)
+                             ctx.section.threads, ctx.target.device)
     out = _judge(z, y, manifest, ctx.section.at_fpr)
     out.update(dir=str(trial_dir), train_s=time.perf_counter() - t0)
     return out
@@ -242,6 +244,8 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
                     if k not in ("candidate", "key"):
                         trial.set_user_attr(k, v)
                 trial.set_user_attr("duplicate_of", t.number)
+                for k, v in zip(t.user_attrs.get("constraint_names", []), t.user_attrs.get("constraints", [])):
+                    trial.set_constraint(k, v)
                 return tuple(t.values)  # type: ignore[return-value]
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
             if t.user_attrs.get("key") == key:
@@ -277,45 +281,34 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
         cons = _constraints(ctx, lat, acc, dense)
         trial.set_user_attr("constraints", list(cons.values()))
         trial.set_user_attr("constraint_names", list(cons))
+        for k, v in cons.items():  # the samplers steer towards feasible candidates with these (<= 0: feasible)
+            trial.set_constraint(k, v)
         fnr = acc["critical_fnr_at_fpr"]
         return lat["p90_ms"], 1.0 if fnr is None else fnr, acc["top1"]
 
     return objective
 
 
-def _constraints_func(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get("constraints", [0.0]))
-
-
 # -- the study ----------------------------------------------------------------------------------------------------
 def _study(ctx: _Context):
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     s = ctx.section
     url = s.storage or f"sqlite:///{(ctx.out_dir / 'search.db').resolve()}"
-    # heartbeats: a trial whose process was killed stops beating and is failed, then re-run with the same
-    # parameters (RetryFailedTrialCallback), by the next process that opens the study
+    # heartbeats: a trial whose process was killed stops beating; the next ask (in any process sharing the
+    # storage) fails it and re-enqueues its parameters, so the candidate is finished, not repeated
     storage = RDBStorage(url, heartbeat_interval=2, grace_period=6,
-                         failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     sampler: Any
     if s.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=s.seed, constraints_func=_constraints_func, population_size=8)
+        sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=8)
     else:
-        sampler = optuna.samplers.TPESampler(seed=s.seed, constraints_func=_constraints_func, multivariate=True,
-                                             n_startup_trials=4)
+        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=4)
     name = s.study or f"{ctx.base.name}-{ctx.target.name}" + (f"-{ctx.target.isa}" if ctx.target.isa else "")
     study = optuna.create_study(storage=storage, study_name=name, directions=_DIRECTIONS, sampler=sampler,
                                 load_if_exists=True)
     return study, url
-
-
-def _stale_to_failed(study: Any) -> None:
-    """Fail the trials of killed processes now rather than at the next heartbeat check (which Optuna runs only
-    when a trial starts), so the retry queue sees them at once."""
-    from optuna.storages import fail_stale_trials
-
-    fail_stale_trials(study)
 
 
 def _dense_candidate(space: SearchSpace, base: Recipe) -> dict[str, Any]:
@@ -478,7 +471,6 @@ def search(
         say(f"  ruled out: {line}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, url = _study(ctx)
-    _stale_to_failed(study)
     study.set_user_attr("target", target.to_dict())
     corners = _pre_pass(ctx, study)
 
@@ -549,7 +541,8 @@ class _Bar:
 def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners: dict[str, Any], t0: float):
     import optuna
 
-    from ..devices.profiler import ProfileConfig, profile_artifact
+    from ..devices.profiler import ProfileConfig, profile_backend
+    from ..runtime import load
 
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     complete = [_point(t) for t in trials if "val" in t.user_attrs and "duplicate_of" not in t.user_attrs]
@@ -562,13 +555,11 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
                         throughput=False)
     lm = _latency_model(study)
     for p in front:
-        entries = profile_artifact(Path(p["dir"]) / "compressed", backends=[ctx.target.backend],
-                                   precisions=[p["candidate"]["precision"]], cfg=cfg, threads=s.threads,
-                                   progress=False)
-        ok = [e for e in entries if e.get("status") == "ok"]
-        if ok:
-            p["measured_p90_ms"] = float(ok[0]["latency_ms"]["p90"])
-            p["measured_median_ms"] = float(ok[0]["latency_ms"]["median"])
+        with load(Path(p["dir"]) / "compressed", backend=ctx.target.backend, precision=p["candidate"]["precision"],
+                  device=ctx.target.device, threads=s.threads) as pred:
+            e = profile_backend(pred.backend, batch=1, cfg=cfg)
+        p["measured_p90_ms"] = float(e["latency_ms"]["p90"])
+        p["measured_median_ms"] = float(e["latency_ms"]["median"])
     pick = None
     if feasible:
         pick = min(feasible, key=lambda p: (p["latency_ms"], p["critical_fnr"], -p["top1"]))
@@ -584,9 +575,10 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
         # the pick confirmed on the test split by its exported file, as deployed
         _, data = _load_data(recipe)
         z, y, manifest = _scores(out / "artifact", ctx.target.backend, pick["candidate"]["precision"], "test", data,
-                                 s.threads)
+                                 s.threads, ctx.target.device)
         pick["test"] = _judge(z, y, manifest, s.at_fpr)
-        zd, yd, md = _scores(Path(dense["dir"]) / "compressed", ctx.target.backend, "fp32", "test", data, s.threads)
+        zd, yd, md = _scores(Path(dense["dir"]) / "compressed", ctx.target.backend, "fp32", "test", data, s.threads,
+                             ctx.target.device)
         dense["test"] = _judge(zd, yd, md, s.at_fpr)
     result = SearchResult(
         out_dir=out, target=ctx.target.to_dict(), front=front, pick=pick, ruled_out=ruled, dense=dense,

@@ -151,6 +151,18 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     return model, shape
 
 
+# export formats the pipeline writes for each backend, and the file the backend runs
+_FORMATS = {"openvino": ["onnx", "openvino"], "onnxruntime": ["onnx"], "tensorrt": ["onnx", "tensorrt"], "torch": []}
+_FILE_FORMAT = {"openvino": "openvino", "onnxruntime": "onnx", "tensorrt": "tensorrt", "torch": "torch"}
+
+
+def base_arch(base: Recipe) -> str:
+    """The architecture id of the base recipe's model (what the torch backend rebuilds)."""
+    from ..compress.sources import load_pretrained
+
+    return load_pretrained(base.model.source, arch=base.model.arch, pretrained=False).arch
+
+
 def _random_calibration(shape: tuple[int, ...], n: int = 16) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.standard_normal((min(8, n), *shape[1:])).astype(np.float32) for _ in range(max(1, n // 8))]
@@ -217,28 +229,28 @@ def _onnx_kind(op: str, node: str) -> str:
 
 def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
                          iterations: int = 50, seconds: float = 0.5, threads: int | None = None,
-                         layers: bool = True, float_scope: list[str] = ()) -> ArchMeasurement:
+                         layers: bool = True, float_scope: list[str] = (), device: str = "cpu") -> ArchMeasurement:
     """Measure a candidate's architecture on this host: random weights, the deployed export, the profiler.
 
     INT8 candidates are quantized with NNCF on random calibration data: the graph (which layers run INT8, which
     stay in float) is the deployed one; only the scales differ, which does not change the kernels' speed.
     """
     from ..artifact import Manifest, Preprocessing, TensorInfo
-    from ..devices.profiler import ProfileConfig, backend_class, profile_backend
+    from ..devices.profiler import ProfileConfig, profile_backend
     from ..export import export_artifact
     from ..recipe import ExportSection, QuantizeSection
-    from ..runtime.base import BackendOptions
+    from ..runtime import load
 
     t0 = time.perf_counter()
     model, shape = build_candidate_model(base, candidate, num_classes)
     macs = macs_by_kind(model, shape)
     precision = candidate["precision"]
-    formats = {"openvino": ["onnx", "openvino"], "onnxruntime": ["onnx"]}.get(backend)
+    formats = _FORMATS.get(backend)
     if formats is None:
-        raise ConfigError(f"architecture latency on backend '{backend}' is measured on its device (bench/"
-                          "device_check.sh); this host measures openvino and onnxruntime")
+        raise ConfigError(f"architecture latency on backend '{backend}' is not measured by the search; use one of"
+                          f" {', '.join(_FORMATS)}")
     manifest = Manifest(
-        name="search-arch", classes=[str(i) for i in range(num_classes)], critical=[],
+        name="search-arch", classes=[str(i) for i in range(num_classes)], critical=[], arch=base_arch(base),
         input=TensorInfo(name="input", shape=[1, 3, shape[2], shape[3]]),
         outputs=[TensorInfo(name="logits", shape=[1, num_classes])],
         preprocessing=Preprocessing(resize=shape[2], crop=shape[2]),
@@ -252,19 +264,23 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
                               calibration=_random_calibration(shape) if precision == "int8" else None,
                               validation=None, export_cfg=ExportSection(formats=formats, dynamic_batch=False),
                               quantize_cfg=qcfg)
-        fmt = "openvino" if backend == "openvino" else "onnx"
+        fmt = _FILE_FORMAT[backend]
         mf = next((m for m in man.models if m.format == fmt and m.precision == precision), None)
         if mf is None:
-            raise ConfigError(f"the exporters wrote no {fmt} {precision} file for candidate {candidate}")
+            raise ConfigError(f"the exporters wrote no {fmt} {precision} file for candidate {candidate}"
+                              f" ({'; '.join(str(e) for e in man.validation.get('errors', []))})")
         path = art / mf.path
         size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
-        cls = backend_class(backend)
-        with cls(path, BackendOptions(threads=threads)) as be:
-            res = profile_backend(be, batch=1, cfg=ProfileConfig(warmup=5, iterations=iterations, seconds=seconds,
-                                                                 throughput=False))
+        with load(art, backend=backend, precision=precision, device=device, threads=threads) as pred:
+            res = profile_backend(pred.backend, batch=1,
+                                  cfg=ProfileConfig(warmup=5, iterations=iterations, seconds=seconds, throughput=False))
         rows: list[dict[str, Any]] = []
-        if layers:
-            rows = (_openvino_layers if backend == "openvino" else _onnxruntime_layers)(path, shape, threads)
+        # per-layer counters: OpenVINO and ONNX Runtime here; TensorRT's IProfiler and torch.profiler are not read
+        # yet, so on those backends the latency model has no points and every candidate is measured
+        if layers and backend == "openvino":
+            rows = _openvino_layers(path, shape, threads)
+        elif layers and backend == "onnxruntime":
+            rows = _onnxruntime_layers(path, shape, threads)
     lat = res["latency_ms"]
     return ArchMeasurement(
         p90_ms=float(lat["p90"]), median_ms=float(lat["median"]), size_mb=size / 1e6, macs=macs, layers=rows,

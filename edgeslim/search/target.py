@@ -50,6 +50,7 @@ class SearchTarget:
     url: str | None = None
     isa: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
     def describe(self) -> str:
         cpu = (self.info.get("cpu") or {}).get("model")
@@ -148,9 +149,15 @@ def resolve_target(spec: str = "auto", *, isa: str | None = None, backend: str |
         precisions = ("fp32", "int8") + (("fp16",) if cpu_isa & _FP16_FAST else ())
         sparse_24 = False
     else:
-        chosen = backend or profile.backend
-        precisions = ("fp32",) + (("fp16",) if profile.fp16 else ()) + (("int8",) if profile.int8 else ())
+        import importlib.util
+
+        chosen = backend or (profile.backend if importlib.util.find_spec(profile.backend) else "torch")
+        if chosen == "torch":  # PyTorch eager on CUDA: the precision the weights are in
+            precisions = ("fp32",)
+        else:
+            precisions = ("fp32",) + (("fp16",) if profile.fp16 else ()) + (("int8",) if profile.int8 else ())
         # 2:4 sparse tensor cores run under TensorRT only
         sparse_24 = profile.sparsity_2_4 and chosen == "tensorrt"
     return SearchTarget(name=name, kind=profile.kind, backend=chosen, precisions=precisions, sparse_2_4=sparse_24,
-                        sparse_unstructured=False, isa=isa.lower() if isa else None, info=here)
+                        sparse_unstructured=False, isa=isa.lower() if isa else None, info=here,
+                        device="cpu" if profile.kind == "cpu" else "cuda:0")
