@@ -125,7 +125,10 @@ def main() -> None:
     _, data = _load_data(dense_r)
     arms = {"dense FP32": (dense_art, "fp32"), "PTQ INT8": (dense_art, "int8")}
     if not args.skip_lite0_fast:
-        lf = parse_recipe({**hand, "model": base["model"], "data": base["data"],
+        prune = dict(hand["prune"])
+        if args.source != "efficientnet_lite0":  # its exclude names a Lite0 layer; keep the rest of the hand recipe
+            prune.update(exclude=[], round_to=4)
+        lf = parse_recipe({**hand, "model": base["model"], "data": base["data"], "prune": prune,
                            "train": {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                                      "threads": args.threads},
                            "quantize": {**hand["quantize"], "qat_epochs": args.qat_epochs},

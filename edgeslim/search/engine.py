@@ -19,8 +19,11 @@ the profiler, and the pick is confirmed on the test split by its exported file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,12 +184,53 @@ def _load_data(base: Recipe):
     return src, load_data_from_recipe(base.data, src.preprocessing, seed=base.seed)
 
 
+class _Busy(Exception):
+    """Another live process is fine-tuning the same candidate."""
+
+
+@contextlib.contextmanager
+def _claim(trial_dir: Path):
+    """Hold ``trial_dir`` for this process (an O_EXCL lock file naming host and pid).
+
+    Two workers sharing a storage may be proposed the same candidate; the second one steps aside (the first's
+    result is reused through the storage). A lock left by a killed process on this host is taken over, so its
+    checkpoints resume; a lock from another host is respected.
+    """
+    from .._io import _alive
+
+    trial_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = trial_dir.parent / f"{trial_dir.name}.lock"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = lock.read_text().strip().partition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                lock.unlink(missing_ok=True)
+                continue
+            raise _Busy(f"{trial_dir.name} is being fine-tuned by {host} pid {pid}") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _train_and_score(ctx: _Context, c: dict[str, Any]) -> dict[str, Any]:
     """Short fine-tune of a candidate through the pipeline; its exported file scored on val as deployed."""
+    key = candidate_key(c)
+    trial_dir = ctx.out_dir / "candidates" / _digest(key)
+    with _claim(trial_dir):
+        return _train_and_score_claimed(ctx, c, trial_dir)
+
+
+def _train_and_score_claimed(ctx: _Context, c: dict[str, Any], trial_dir: Path) -> dict[str, Any]:
     from ..pipeline import run_pipeline
 
     key = candidate_key(c)
-    trial_dir = ctx.out_dir / "candidates" / _digest(key)
     recipe = candidate_recipe(ctx.base, c, ctx.section, ctx.target, ctx.space, name=f"{ctx.base.name}-{_digest(key)}")
     resume = (trial_dir / "run").is_dir()
     t0 = time.perf_counter()
@@ -275,9 +319,15 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
             )
             trial.set_user_attr("ruled_out", why)
             raise optuna.TrialPruned(why)
-        acc = _train_and_score(ctx, c)
-        trial.set_user_attr("val", acc)
         dense = study.user_attrs.get("dense")
+        try:
+            if dense is not None and candidate_key(dense["candidate"]) == key:  # trained as the reference already
+                acc = {k: v for k, v in dense.items() if k not in ("candidate", "latency", "size_mb")}
+            else:
+                acc = _train_and_score(ctx, c)
+        except _Busy as exc:
+            raise optuna.TrialPruned(f"{exc}; its result is reused when the sampler proposes it again") from None
+        trial.set_user_attr("val", acc)
         cons = _constraints(ctx, lat, acc, dense)
         trial.set_user_attr("constraints", list(cons.values()))
         trial.set_user_attr("constraint_names", list(cons))
@@ -475,7 +525,10 @@ def search(
     corners = _pre_pass(ctx, study)
 
     study_ref = [study]
-    objective = _objective(ctx, study_ref)
+    while workers_only and "dense" not in study.user_attrs and time.perf_counter() - t0 < section.time_budget_s:
+        time.sleep(5)  # an extra worker waits for the main process's dense reference
+        study, url = _study(ctx)  # re-read: user attrs are cached per study object
+        study_ref = [study]
     if "dense" not in study.user_attrs:
         dense_c = _dense_candidate(space, base)
         say(f"dense reference: {_short(dense_c)}")
@@ -484,6 +537,7 @@ def search(
         study.set_user_attr("dense", {**acc, "candidate": dense_c, "latency": lat["p90_ms"],
                                       "size_mb": lat["size_mb"]})
     dense = study.user_attrs["dense"]
+    objective = _objective(ctx, study_ref)
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=states))
