@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--isa", default=None, help="cap the CPU runtime's ISA (oneDNN), e.g. sse41")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     ap.add_argument("--iters", type=int, default=60, help="timed calls per arm per round")
+    ap.add_argument("--int8-min-agreement", type=float, default=0.5,
+                    help="the export check's INT8 top-1 agreement floor (the bench reports INT8 accuracy itself)")
     ap.add_argument("--skip-lite0-fast", action="store_true", help="leave out the lite0-fast-int8 arm")
     ap.add_argument("--out", type=Path, default=Path("bench-search-out"))
     ap.add_argument("--md", type=Path, default=None, help="write the results table here")
@@ -110,6 +112,9 @@ def main() -> None:
     base["decision"] = {"target_fpr": args.fpr, "target_fnr": None}
     base["profile"] = {**hand["profile"], "backends": ["openvino"], "threads": args.threads}
     base["export"] = {**hand["export"], "formats": ["onnx", "openvino"]}
+    # the bench scores every arm's INT8 file itself; the export's parity check must not refuse the PTQ arm
+    base["validate"] = {**hand["validate"], "int8_min_agreement": args.int8_min_agreement,
+                        "max_extra_critical_fn": 1000}
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     say = print
@@ -132,7 +137,8 @@ def main() -> None:
                            "train": {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                                      "threads": args.threads},
                            "quantize": {**hand["quantize"], "qat_epochs": args.qat_epochs},
-                           "decision": base["decision"], "profile": base["profile"], "export": base["export"]})
+                           "decision": base["decision"], "profile": base["profile"], "export": base["export"],
+                           "validate": base["validate"]})
         t0 = time.perf_counter()
         lres = run_pipeline(lf, out / "lite0-fast-int8", resume=(out / "lite0-fast-int8" / "run").is_dir(),
                             progress=False, stages=("compress", "export"))

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._io import atomic_directory, atomic_write_json, atomic_write_text
-from ..errors import ConfigError, SearchError
+from ..errors import ConfigError, ExportError, SearchError, TrainingError
 from ..recipe import Recipe
 from .config import SearchSection
 from .space import SearchSpace, arch_key, build_space, candidate_key, candidate_recipe
@@ -327,6 +327,10 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
                 acc = _train_and_score(ctx, c)
         except _Busy as exc:
             raise optuna.TrialPruned(f"{exc}; its result is reused when the sampler proposes it again") from None
+        except (ExportError, TrainingError) as exc:  # e.g. INT8 refused by the export's parity check: a result
+            why = f"{_short(c)}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            trial.set_user_attr("ruled_out", why)
+            raise optuna.TrialPruned(why) from None
         trial.set_user_attr("val", acc)
         cons = _constraints(ctx, lat, acc, dense)
         trial.set_user_attr("constraints", list(cons.values()))
