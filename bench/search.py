@@ -109,6 +109,8 @@ def main() -> None:
     base["train"] = {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                      "threads": args.threads}
     base["distill"] = {"weight": 0.0, "temperature": 4.0}
+    if args.source != "efficientnet_lite0":  # the hand recipe's exclude names a Lite0 layer
+        base["prune"] = {**hand["prune"], "exclude": [], "round_to": 4}
     base["decision"] = {"target_fpr": args.fpr, "target_fnr": None}
     base["profile"] = {**hand["profile"], "backends": ["openvino"], "threads": args.threads}
     base["export"] = {**hand["export"], "formats": ["onnx", "openvino"]}
