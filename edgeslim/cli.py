@@ -158,6 +158,72 @@ def compress(
         console.print(f"compressed model written to {out / 'compressed'}")
 
 
+@app.command()
+@_handled
+def search(
+    recipe: Optional[str] = typer.Argument(None, help="Base recipe (YAML file or built-in name); its search: section "
+                                           "gives defaults for the options below."),
+    out: Path = typer.Option(Path("edgeslim-search"), "--out", "-o", help="Output directory (rerun to resume)."),
+    target: Optional[str] = typer.Option(None, "--target", help="auto, a name from `edgeslim devices`, or a URL."),
+    isa: Optional[str] = typer.Option(None, "--isa", help="Cap the CPU runtime's ISA (oneDNN), e.g. sse41."),
+    latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Batch-1 p90 latency budget (ms)."),
+    throughput: Optional[float] = typer.Option(None, "--throughput", help="Or a batch-1 throughput budget (img/s)."),
+    max_critical_fn: Optional[int] = typer.Option(None, "--max-critical-fn", help="Most critical FN on val."),
+    max_critical_fnr: Optional[float] = typer.Option(None, "--max-critical-fnr", help="Or most critical FNR ..."),
+    at_fpr: Optional[float] = typer.Option(None, "--at-fpr", help="... at this critical FPR on val."),
+    max_top1_drop: Optional[float] = typer.Option(None, "--max-top1-drop", help="Largest val top-1 drop vs dense."),
+    max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Largest deployed model file (MB)."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall time of the search (30m, 600s)."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Most candidates tried."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by several processes "
+                                          "or hosts (default: sqlite in OUT)."),
+    worker: bool = typer.Option(False, "--worker", help="Only run trials (an extra process on a shared storage)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Find the compression that meets a latency and a critical-class budget, measured on the target.
+
+    Writes OUT/front.json, OUT/report.html (with the Pareto front), OUT/chosen-recipe.yaml (re-run it with
+    `edgeslim pipeline`), OUT/artifact and OUT/ruled-out.txt. A killed search resumes when run again.
+    """
+    from .recipe import load_recipe
+    from .search.config import SearchSection
+
+    r = load_recipe(recipe)
+    given = {"target": target, "isa": isa, "latency_ms": latency_ms, "throughput": throughput,
+             "max_critical_fn": max_critical_fn, "max_critical_fnr": max_critical_fnr, "at_fpr": at_fpr,
+             "max_top1_drop": max_top1_drop, "max_size_mb": max_size_mb, "time_budget_s": _duration(time_budget),
+             "trials": trials, "storage": storage}
+    data = (r.search.model_dump() if r.search is not None else {}) | {k: v for k, v in given.items() if v is not None}
+    if latency_ms is not None:
+        data.pop("throughput", None)
+    if throughput is not None:
+        data.pop("latency_ms", None)
+    if max_critical_fn is not None:
+        data.pop("max_critical_fnr", None)
+    if max_critical_fnr is not None:
+        data.pop("max_critical_fn", None)
+    from pydantic import ValidationError
+
+    from .errors import ConfigError
+
+    try:
+        section = SearchSection.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("invalid search options: " + "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'search'}: {e['msg']}" for e in exc.errors())) from None
+    from .search.engine import search as run_search
+
+    res = run_search(r, out, section=section, progress=progress, console=console, workers_only=worker)
+    if worker:
+        console.print(f"worker done; results in the storage ({section.storage or out})")
+        return
+    p = res.pick or {}
+    t = p.get("test") or {}
+    console.print(f"pick: {p.get('label')}: p90 {p.get('latency_ms', float('nan')):.3f} ms on {res.target['name']}; "
+                  f"test (exported file) top-1 {t.get('top1', float('nan')):.4f}, critical FN {t.get('critical_fn')}; "
+                  f"{res.seconds:.0f} s; outputs in {out} (report.html, front.json, chosen-recipe.yaml, artifact/)")
+
+
 @app.command("export")
 @_handled
 def export_cmd(

@@ -59,6 +59,10 @@ class InputError(EdgeslimError, ValueError):
     """Inference input has the wrong name, shape, dtype or content."""
 
 
+class SearchError(EdgeslimError, RuntimeError):
+    """A budget search found no candidate that meets every budget (the message names the binding one)."""
+
+
 class MissingDependencyError(EdgeslimError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -33,6 +34,7 @@ from pydantic import (
 from .errors import ConfigError
 from .methods import PRUNE_METHODS, MethodConfig
 from .registry import did_you_mean
+from .search.config import SearchSection
 
 RECIPE_VERSION = 2
 DEFAULT_PRUNE_METHOD = "lottery_ticket"
@@ -292,6 +294,7 @@ class Recipe(_Section):
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
     decision: DecisionSection = Field(default_factory=DecisionSection)
     profile: ProfileSection = Field(default_factory=ProfileSection)
+    search: Optional[SearchSection] = Field(default=None, description="budgets of `edgeslim search` (see edgeslim.search)")
 
     @field_validator("target")
     @classmethod
@@ -326,7 +329,10 @@ class Recipe(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (every default filled in)."""
-        return self.model_dump(mode="json", by_alias=True)
+        d = self.model_dump(mode="json", by_alias=True)
+        if d.get("search") is None:  # optional: a recipe without a search section resolves (and hashes) as before
+            d.pop("search", None)
+        return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -359,9 +365,12 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         field = model.model_fields.get(part) or next(
             (f for f in model.model_fields.values() if f.alias == part), None
         )
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        ann = field.annotation if field is not None else None
+        if ann is not None and not isinstance(ann, type):  # Optional[Section]
+            ann = next((a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if ann is None or not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             break
-        model = field.annotation
+        model = ann
     names = []
     for name, f in model.model_fields.items():
         names.append(f.alias or name)

@@ -115,6 +115,42 @@ def plot_false_negatives(entries: Sequence[Mapping[str, Any]], classes: Sequence
     return _png(fig)
 
 
+def plot_pareto_front(candidates: Sequence[Mapping[str, Any]], front: Sequence[Mapping[str, Any]], *,
+                      pick: Mapping[str, Any] | None = None) -> str | None:
+    """A budget search's candidates: p90 latency against critical FNR at the FPR, colour = top-1, the Pareto
+    front joined by a line, infeasible candidates hollow, the pick circled; base64 PNG, or None without any."""
+    if not candidates:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    top1 = [c["top1"] for c in candidates]
+    lo, hi = min(top1), max(top1)
+    cmap = plt.get_cmap("viridis")
+    for c in candidates:
+        colour = cmap(0.5 if hi == lo else (c["top1"] - lo) / (hi - lo))
+        ax.scatter([c["latency_ms"]], [c["critical_fnr"]], s=40, facecolors=colour if c.get("feasible") else "none",
+                   edgecolors=colour)
+    f = sorted(front, key=lambda p: p["latency_ms"])
+    if f:
+        ax.plot([p["latency_ms"] for p in f], [p["critical_fnr"] for p in f], "--", color="grey", lw=1)
+        for p in f:
+            ax.annotate(p.get("label", ""), (p["latency_ms"], p["critical_fnr"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    if pick is not None:
+        ax.scatter([pick["latency_ms"]], [pick["critical_fnr"]], s=180, facecolors="none", edgecolors="red", lw=1.5)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, hi))
+    fig.colorbar(sm, ax=ax, label="val top-1")
+    ax.set_xlabel("p90 latency on the target (ms)")
+    ax.set_ylabel("critical FNR at the FPR (val)")
+    ax.set_title("Budget search: candidates (hollow = infeasible), front, pick (red)")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def _md_to_html(md: str) -> str:
     """The small markdown subset :func:`render_markdown` emits (headings, tables, code blocks, paragraphs)."""
     out: list[str] = []
@@ -199,6 +235,11 @@ def render_html(report: Mapping[str, Any], *, markdown: str | None = None) -> st
         ("False negatives per class; critical classes are hatched and labelled in red",
          plot_false_negatives(entries, classes, critical, with_artifact=fleet)),
     ]
+    found = report.get("search")
+    if isinstance(found, Mapping):
+        figures.insert(0, ("Pareto front: p90 latency against critical FNR at the FPR (colour: val top-1)",
+                           plot_pareto_front(found.get("candidates") or [], found.get("front") or [],
+                                             pick=found.get("pick"))))
     body = _md_to_html(markdown if markdown is not None else render_markdown(report))
     figs = "\n".join(
         f'<figure><img alt="{html.escape(cap)}" src="data:image/png;base64,{png}"><figcaption>{html.escape(cap)}'

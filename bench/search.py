@@ -1,0 +1,221 @@
+"""Budget search against the hand-made arms: dense FP32, INT8 PTQ alone, lite0-fast-int8, and the search's pick.
+
+One run on this host, batch 1, on the target's backend (OpenVINO on an x86 CPU). Arms:
+
+- ``dense FP32`` and ``PTQ INT8``: one pipeline run of the base recipe with ``prune.method: none`` and
+  ``quantize.method: ptq`` (its FP32 and INT8 files).
+- ``lite0-fast-int8``: the built-in recipe (structured 60 % + QAT with distillation), epochs as given.
+- ``search``: ``edgeslim search`` on the same base, latency budget = dense p90 / ``--speedup`` (default 3) and
+  critical FNR at ``--fpr`` on val at most dense's.
+
+Every arm is scored on the test split by its exported file: top-1, per-class recall, critical FN at its deployed
+threshold, and critical FNR at the same FPR for all arms (``--fpr``; the matched operating point), plus size.
+Latency is the profiler's p90 and median on the deployed files, measured interleaved in one loop at the end.
+
+    python bench/search.py [--dataset digits] [--source efficientnet_lite0] [--epochs 1] [--final-epochs 1]
+                           [--trials 6] [--time-budget 1800] [--out DIR] [--md bench/results/search.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def _cpu() -> str:
+    from edgeslim.devices.cpu import cpu_info
+
+    c = cpu_info()
+    isa = c.get("isa") or {}
+    int8 = [k for k in ("avx512_vnni", "avx_vnni", "amx_int8") if isa.get(k)]
+    return f"{c.get('model')} ({', '.join(int8) if int8 else 'no VNNI/AMX'})"
+
+
+def _score(artifact: Path, precision: str, data, fpr: float, backend: str, threads: int | None) -> dict:
+    from edgeslim.search.engine import _judge, _scores
+
+    z, y, manifest = _scores(artifact, backend, precision, "test", data, threads)
+    return _judge(z, y, manifest, fpr)
+
+
+def _latency(files: dict[str, tuple[Path, str]], backend: str, threads: int | None, rounds: int, iters: int) -> dict:
+    """p90 / median per arm, timed interleaved in ``rounds`` chunks so machine load hits every arm alike."""
+    import numpy as np
+
+    from edgeslim.devices.profiler import ProfileConfig, profile_artifact
+
+    samples: dict[str, list[float]] = {k: [] for k in files}
+    cfg = ProfileConfig(warmup=5, iterations=iters, seconds=0.0, throughput=False)
+    for _ in range(rounds):
+        for k, (art, prec) in files.items():
+            e = [x for x in profile_artifact(art, backends=[backend], precisions=[prec], cfg=cfg, threads=threads,
+                                             progress=False) if x.get("status") == "ok"][0]
+            samples[k] += e["samples_ms"]
+    return {k: {"p90": float(np.percentile(v, 90)), "median": float(np.median(v))} for k, v in samples.items()}
+
+
+def _size_mb(artifact: Path, precision: str, fmt: str) -> float:
+    from edgeslim.artifact import load_manifest
+
+    m = load_manifest(artifact)
+    mf = next(f for f in m.models if f.format == fmt and f.precision == precision)
+    p = artifact / mf.path
+    return (p.stat().st_size + (p.with_suffix(".bin").stat().st_size if p.suffix == ".xml" else 0)) / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="digits", help="data.dataset of the base recipe (digits, imagefolder:DIR, ...)")
+    ap.add_argument("--source", default="efficientnet_lite0", help="model.source of the base recipe")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=1, help="dense fine-tuning epochs of every arm")
+    ap.add_argument("--final-epochs", type=int, default=1, help="fine-tune after pruning / search fine-tune")
+    ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--ratios", default="0.5,0.6,0.7")
+    ap.add_argument("--image-sizes", default="", help="comma list the search may pick from (default: --image-size)")
+    ap.add_argument("--speedup", type=float, default=3.0, help="latency budget = dense p90 / this")
+    ap.add_argument("--fpr", type=float, default=0.05, help="the matched critical FPR")
+    ap.add_argument("--max-top1-drop", type=float, default=0.01)
+    ap.add_argument("--time-budget", type=float, default=1800.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--isa", default=None, help="cap the CPU runtime's ISA (oneDNN), e.g. sse41")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
+    ap.add_argument("--iters", type=int, default=60, help="timed calls per arm per round")
+    ap.add_argument("--int8-min-agreement", type=float, default=0.5,
+                    help="the export check's INT8 top-1 agreement floor (the bench reports INT8 accuracy itself)")
+    ap.add_argument("--skip-lite0-fast", action="store_true", help="leave out the lite0-fast-int8 arm")
+    ap.add_argument("--out", type=Path, default=Path("bench-search-out"))
+    ap.add_argument("--md", type=Path, default=None, help="write the results table here")
+    args = ap.parse_args()
+    from edgeslim.search.target import apply_isa
+
+    apply_isa(args.isa)  # before OpenVINO loads
+    from edgeslim.pipeline import run_pipeline
+    from edgeslim.recipe import load_recipe, parse_recipe
+    from edgeslim.search.config import SearchSection
+    from edgeslim.search.engine import _load_data, search
+
+    t_all = time.perf_counter()
+    hand = load_recipe("lite0-fast-int8").to_dict()
+    base = dict(hand)
+    base.update(name="bench-search", model={"source": args.source})
+    base["data"] = {**hand["data"], "dataset": args.dataset, "image_size": args.image_size}
+    base["train"] = {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
+                     "threads": args.threads}
+    base["distill"] = {"weight": 0.0, "temperature": 4.0}
+    if args.source != "efficientnet_lite0":  # the hand recipe's exclude names a Lite0 layer
+        base["prune"] = {**hand["prune"], "exclude": [], "round_to": 4}
+    base["decision"] = {"target_fpr": args.fpr, "target_fnr": None}
+    base["profile"] = {**hand["profile"], "backends": ["openvino"], "threads": args.threads}
+    base["export"] = {**hand["export"], "formats": ["onnx", "openvino"]}
+    # the bench scores every arm's INT8 file itself; the export's parity check must not refuse the PTQ arm
+    base["validate"] = {**hand["validate"], "int8_min_agreement": args.int8_min_agreement,
+                        "max_extra_critical_fn": 1000}
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    say = print
+
+    # dense FP32 + PTQ INT8 alone (one run: no pruning, PTQ of the dense model)
+    dense_r = parse_recipe({**base, "name": "bench-dense", "prune": {"method": "none"},
+                            "quantize": {**hand["quantize"], "method": "ptq"}})
+    t0 = time.perf_counter()
+    d = out / "dense"
+    dres = run_pipeline(dense_r, d, resume=(d / "run").is_dir(), progress=False, stages=("compress", "export"))
+    dense_art = dres.artifacts["compressed"]
+    wall = {"dense + PTQ": time.perf_counter() - t0}
+    _, data = _load_data(dense_r)
+    arms = {"dense FP32": (dense_art, "fp32"), "PTQ INT8": (dense_art, "int8")}
+    if not args.skip_lite0_fast:
+        prune = dict(hand["prune"])
+        if args.source != "efficientnet_lite0":  # its exclude names a Lite0 layer; keep the rest of the hand recipe
+            prune.update(exclude=[], round_to=4)
+        lf = parse_recipe({**hand, "model": base["model"], "data": base["data"], "prune": prune,
+                           "train": {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
+                                     "threads": args.threads},
+                           "quantize": {**hand["quantize"], "qat_epochs": args.qat_epochs},
+                           "decision": base["decision"], "profile": base["profile"], "export": base["export"],
+                           "validate": base["validate"]})
+        t0 = time.perf_counter()
+        lres = run_pipeline(lf, out / "lite0-fast-int8", resume=(out / "lite0-fast-int8" / "run").is_dir(),
+                            progress=False, stages=("compress", "export"))
+        wall["lite0-fast-int8"] = time.perf_counter() - t0
+        arms["lite0-fast-int8"] = (lres.artifacts["compressed"], "int8")
+
+    # the budgets from the dense model: latency / speedup; critical FNR at the FPR on val at most dense's
+    from edgeslim.search.engine import _judge, _scores
+
+    lat0 = _latency({"dense": arms["dense FP32"]}, "openvino", args.threads, 2, args.iters)["dense"]
+    zv, yv, mv = _scores(dense_art, "openvino", "fp32", "val", data, args.threads)
+    dval = _judge(zv, yv, mv, args.fpr)
+    budget = lat0["p90"] / args.speedup
+    section = SearchSection(
+        latency_ms=budget, max_critical_fnr=dval["critical_fnr_at_fpr"], at_fpr=args.fpr,
+        max_top1_drop=args.max_top1_drop, trials=args.trials, fine_tune_epochs=args.final_epochs,
+        ratios=[float(r) for r in args.ratios.split(",")], precisions=["fp32", "int8"],
+        image_sizes=[int(s) for s in args.image_sizes.split(",") if s], time_budget_s=args.time_budget,
+        threads=args.threads, isa=args.isa, measure_iterations=60, measure_seconds=0.3)
+    say(f"budgets: p90 <= {budget:.3f} ms (dense {lat0['p90']:.3f} / {args.speedup}), val critical FNR at FPR"
+        f" {args.fpr} <= {dval['critical_fnr_at_fpr']}, top-1 drop <= {args.max_top1_drop}")
+    t0 = time.perf_counter()
+    pick = None
+    try:
+        res = search(parse_recipe(base), out / "search", section=section, progress=False)
+        pick = res.pick
+        arms["search pick"] = (out / "search" / "artifact", pick["candidate"]["precision"])
+        search_note = f"pick: {pick['label']}"
+    except Exception as exc:  # noqa: BLE001 - the bench reports a search that found nothing, with its reason
+        search_note = f"search found no pick: {exc}"
+        res = None
+    wall["search"] = time.perf_counter() - t0
+    say(search_note)
+
+    lat = _latency(arms, "openvino", args.threads, args.rounds, args.iters)
+    rows = []
+    for name, (art, prec) in arms.items():
+        s = _score(art, prec, data, args.fpr, "openvino", args.threads)
+        rows.append({"arm": name, "precision": prec, **lat[name], "top1": s["top1"], "critical_fn": s["critical_fn"],
+                     "fnr_at_fpr": s["critical_fnr_at_fpr"], "recall": s["per_class_recall"],
+                     "size_mb": _size_mb(art, prec, "openvino")})
+    dense_p90 = rows[0]["p90"]
+    ptq_p90 = rows[1]["p90"]
+    cmd = "python bench/search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines = [
+        f"Command: `{cmd}`  ", f"Host CPU: {_cpu()}; {platform.python_version()}; threads {args.threads}"
+        + (f"; ISA capped at {args.isa}" if args.isa else "") + "  ",
+        f"Data: {args.dataset}, {args.source} at {args.image_size}px, dense epochs {args.epochs}, fine-tune"
+        f" {args.final_epochs}; test split scored by each exported file (OpenVINO); FNR at matched critical FPR"
+        f" {args.fpr}.  ", f"Search: {search_note}; budget p90 <= {budget:.3f} ms; {args.trials} trials; wall "
+        f"{wall['search']:.0f} s (total run {time.perf_counter() - t_all:.0f} s).", "",
+        "| arm | prec | p90 ms | median ms | x dense (p90) | x PTQ (p90) | top-1 | crit FN | crit FNR @FPR | size MB |"
+        " per-class recall |", "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rec = "/".join("-" if v is None else f"{v:.2f}" for v in r["recall"])
+        fnr = "-" if r["fnr_at_fpr"] is None else f"{r['fnr_at_fpr']:.3f}"
+        lines.append(f"| {r['arm']} | {r['precision']} | {r['p90']:.3f} | {r['median']:.3f} | "
+                     f"{dense_p90 / r['p90']:.2f} | {ptq_p90 / r['p90']:.2f} | {r['top1']:.4f} | {r['critical_fn']} | "
+                     f"{fnr} | {r['size_mb']:.2f} | {rec} |")
+    if res is not None:
+        lines += ["", "Search front (val):", ""]
+        for p in res.front:
+            lines.append(f"- {p['label']}: p90 {p['latency_ms']:.3f} ms (profiler on the trained file:"
+                         f" {p.get('measured_p90_ms', float('nan')):.3f}), top-1 {p['top1']:.4f}, crit FN"
+                         f" {p['critical_fn']}, FNR@FPR {p['critical_fnr']:.3f}, {'feasible' if p['feasible'] else 'infeasible'}")
+        lines += ["", "Ruled out:", ""] + [f"- {x}" for x in res.ruled_out]
+        lines += ["", "Latency model error (leave-one-out): " + json.dumps(res.predictor_error)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.md:
+        from edgeslim._io import atomic_write_text
+
+        atomic_write_text(args.md, text)
+
+
+if __name__ == "__main__":
+    main()

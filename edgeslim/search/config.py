@@ -1,0 +1,84 @@
+"""The ``search:`` recipe section: what the budget search may change and the budgets a pick must meet."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["SearchSection"]
+
+
+class SearchSection(BaseModel):
+    """Budgets and knobs of ``edgeslim search`` (see :func:`edgeslim.search.search`).
+
+    Budgets (every one optional, at least one of latency / throughput is needed by the search itself):
+
+    - ``latency_ms``: batch-1 p90 latency on the target, in ms; or ``throughput``: images/s at batch 1.
+    - ``max_critical_fn``: most critical-class false negatives on val at the calibrated threshold; or
+      ``max_critical_fnr`` at ``at_fpr`` (the critical FNR on val when the threshold flags ``at_fpr`` of the
+      non-critical val samples).
+    - ``max_top1_drop``: largest val top-1 drop against the dense model (absolute, 0.003 = 0.3 point).
+    - ``max_size_mb``: largest deployed model file.
+    - ``time_budget_s``: wall time of the whole search.
+
+    The space (choices the search may combine; each is filtered by what the target can run):
+    ``ratios`` (structured channel ratio, 0 = dense), ``sparsities`` (unstructured, only on targets with sparse
+    kernels), ``precisions``, ``image_sizes`` (empty: the base recipe's only), ``gammas`` (the class-dependent
+    weight; empty: the base recipe's only).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    target: str = Field(default="auto", description="auto, a name from `edgeslim devices`, or http://host:port")
+    isa: str | None = Field(
+        default=None, description="hold the CPU runtime to an older instruction set (oneDNN ONEDNN_MAX_CPU_ISA), "
+        "e.g. sse41 or avx2; None: the host's own",
+    )
+    backend: str | None = Field(default=None, description="runtime backend on the target (None: the target's)")
+    latency_ms: float | None = Field(default=None, gt=0, description="batch-1 p90 latency budget, ms")
+    throughput: float | None = Field(default=None, gt=0, description="or a batch-1 throughput budget, images/s")
+    max_critical_fn: int | None = Field(default=None, ge=0, description="most critical FN on val")
+    max_critical_fnr: float | None = Field(default=None, ge=0, le=1, description="or most critical FNR on val ...")
+    at_fpr: float = Field(default=0.05, gt=0, lt=1, description="... at this critical FPR")
+    max_top1_drop: float = Field(default=0.01, ge=0, le=1, description="largest val top-1 drop against dense")
+    max_size_mb: float | None = Field(default=None, gt=0, description="largest deployed model file, MB")
+    time_budget_s: float = Field(default=1800.0, gt=0, description="wall time of the whole search")
+    trials: int = Field(default=20, ge=1, description="most candidates fine-tuned")
+    fine_tune_epochs: int = Field(default=1, ge=0, description="epochs of each candidate's short fine-tune")
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.6, 0.7])
+    sparsities: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    image_sizes: list[int] = Field(default_factory=list)
+    gammas: list[float] = Field(default_factory=list)
+    sampler: Literal["tpe", "nsga2"] = "tpe"
+    storage: str | None = Field(default=None, description="Optuna storage URL (default: sqlite in the out dir)")
+    study: str | None = Field(default=None, description="study name (default: from the recipe)")
+    measure_iterations: int = Field(default=50, ge=5, description="timed calls per latency measurement")
+    measure_seconds: float = Field(default=0.5, ge=0, description="and at least this long")
+    threads: int | None = Field(default=None, gt=0, description="runtime threads (None: the backend's default)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_each(self) -> "SearchSection":
+        if self.latency_ms is not None and self.throughput is not None:
+            raise ValueError("give latency_ms or throughput, not both")
+        if self.max_critical_fn is not None and self.max_critical_fnr is not None:
+            raise ValueError("give max_critical_fn or max_critical_fnr (at at_fpr), not both")
+        for name in ("ratios", "sparsities"):
+            bad = [r for r in getattr(self, name) if not 0 <= r < 1]
+            if bad:
+                raise ValueError(f"{name} {bad}: every value must be in [0, 1)")
+        bad_sizes = [s for s in self.image_sizes if s <= 0]
+        if bad_sizes:
+            raise ValueError(f"image_sizes {bad_sizes}: every size must be > 0")
+        if any(g < 1 for g in self.gammas):
+            raise ValueError(f"gammas {self.gammas}: the class-dependent weight is >= 1")
+        return self
+
+    @property
+    def latency_budget_ms(self) -> float | None:
+        """The latency budget in ms (a throughput budget at batch 1 is its reciprocal)."""
+        if self.latency_ms is not None:
+            return self.latency_ms
+        return 1000.0 / self.throughput if self.throughput is not None else None

@@ -1,0 +1,354 @@
+"""Latency on the target, measured before any training, and a per-layer latency model calibrated on it.
+
+Architecture latency does not depend on the weights: a candidate is measured by pruning a random-weight copy of
+the base model, exporting it through the same exporters the pipeline uses (so the graph is the deployed one) and
+timing it with :func:`edgeslim.devices.profiler.profile_backend`. The runtime's own per-layer counters (OpenVINO
+``PERF_COUNT`` + ``get_profiling_info()``, ONNX Runtime's profiler) give the time of every layer; the
+:class:`LatencyModel` fits seconds per MAC per layer kind on them, is calibrated against the end-to-end runs, and
+reports its own error against measurement, so the search can skip measuring candidates it predicts to be far
+over the budget. TensorRT layer timings (``IProfiler``) are read by :mod:`edgeslim.runtime.tensorrt` on a GPU host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..recipe import Recipe
+
+__all__ = ["ArchMeasurement", "LatencyModel", "layer_kind", "measure_architecture"]
+
+# layer kinds the latency model fits one seconds-per-MAC coefficient for
+KINDS = ("conv", "dw", "pw", "fc")
+
+
+@dataclass
+class ArchMeasurement:
+    """What one architecture measured on the target."""
+
+    p90_ms: float
+    median_ms: float
+    size_mb: float
+    macs: dict[str, float]  # kind -> MACs (one sample)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # runtime counters: name, type, kind, ms
+    layer_sum_ms: float | None = None
+    seconds: float = 0.0
+    pid: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"p90_ms": self.p90_ms, "median_ms": self.median_ms, "size_mb": self.size_mb, "macs": self.macs,
+                "layers": self.layers, "layer_sum_ms": self.layer_sum_ms, "seconds": self.seconds, "pid": self.pid}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ArchMeasurement":
+        return cls(**d)
+
+
+def layer_kind(module: Any) -> str | None:
+    """``conv`` / ``dw`` (depthwise) / ``pw`` (1x1) / ``fc`` for a torch layer, None for others."""
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        return "fc"
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1 and module.groups == module.in_channels:
+            return "dw"
+        if module.kernel_size == (1, 1):
+            return "pw"
+        return "conv"
+    return None
+
+
+def _runtime_kind(exec_type: str, node_type: str) -> str:
+    """The kind of a runtime layer from its kernel name (oneDNN: ``brgconv_avx2_dw_f32``, ``jit_sse42_1x1``)."""
+    e, t = exec_type.lower(), node_type.lower()
+    if "groupconv" in t or "_dw" in e:
+        return "dw"
+    if "conv" in t:
+        return "pw" if "1x1" in e else "conv"
+    if t in ("fullyconnected", "matmul", "gemm"):
+        return "fc"
+    return "other"
+
+
+def macs_by_kind(model: Any, shape: tuple[int, ...]) -> dict[str, float]:
+    """MACs of one sample per layer kind (forward hooks on Conv2d / Linear)."""
+    import torch
+
+    totals = {k: 0.0 for k in KINDS}
+    hooks = []
+
+    def hook(kind: str):
+        def fn(m: Any, inp: Any, out: Any) -> None:
+            if kind == "fc":
+                totals[kind] += float(m.in_features * m.out_features)
+            else:
+                k = m.kernel_size[0] * m.kernel_size[1]
+                totals[kind] += float(out.shape[2] * out.shape[3] * m.out_channels * (m.in_channels // m.groups) * k)
+        return fn
+
+    for m in model.modules():
+        kind = layer_kind(m)
+        if kind is not None:
+            hooks.append(m.register_forward_hook(hook(kind)))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *shape[1:])))
+    finally:
+        for h in hooks:
+            h.remove()
+    return totals
+
+
+def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: int) -> tuple[Any, tuple[int, ...]]:
+    """A random-weight copy of the base model, pruned as ``candidate`` says; returns ``(model, input shape)``."""
+    import torch
+
+    from ..compress.pruning import prunable_layers
+    from ..compress.sources import load_pretrained, replace_head
+    from ..compress.structured import _ignored, prune_channels
+
+    torch.manual_seed(0)
+    src = load_pretrained(base.model.source, arch=base.model.arch, pretrained=False)
+    model = replace_head(src.model, num_classes).eval()
+    size = int(candidate["image_size"] or src.preprocessing.crop)
+    shape = (1, 3, size, size)
+    kind, _, arg = candidate["prune"].partition(":")
+    if kind == "structured" and float(arg) > 0:
+        p = base.prune
+        structured = p.method in ("structured", "channel")
+        ign = _ignored(model, prune_first_conv=p.prune_first_conv if structured else False,
+                       exclude=list(p.exclude) if structured else [])
+        prune_channels(model, torch.zeros(shape), ratio=float(arg), scope=p.scope if structured else "layer",
+                       round_to=p.round_to if structured else 8, importance=p.importance if structured else "l2",
+                       ignored_layers=ign)
+    elif kind == "nm":
+        n, m = (int(v) for v in arg.split(":"))
+        with torch.no_grad():  # keep the n largest of every m weights along the input dimension
+            for _, layer in prunable_layers(model):
+                w = layer.weight
+                flat = w.reshape(-1, m) if w.numel() % m == 0 else None
+                if flat is None:
+                    continue
+                idx = flat.abs().argsort(dim=1)[:, : m - n]
+                flat.scatter_(1, idx, 0.0)
+    elif kind == "one_shot":
+        with torch.no_grad():
+            for _, layer in prunable_layers(model):
+                w = layer.weight
+                k = int(w.numel() * float(arg))
+                if k:
+                    thr = w.abs().flatten().kthvalue(k).values
+                    w[w.abs() <= thr] = 0.0
+    return model, shape
+
+
+# export formats the pipeline writes for each backend, and the file the backend runs
+_FORMATS = {"openvino": ["onnx", "openvino"], "onnxruntime": ["onnx"], "tensorrt": ["onnx", "tensorrt"], "torch": []}
+_FILE_FORMAT = {"openvino": "openvino", "onnxruntime": "onnx", "tensorrt": "tensorrt", "torch": "torch"}
+
+
+def base_arch(base: Recipe) -> str:
+    """The architecture id of the base recipe's model (what the torch backend rebuilds)."""
+    from ..compress.sources import load_pretrained
+
+    return load_pretrained(base.model.source, arch=base.model.arch, pretrained=False).arch
+
+
+def _random_calibration(shape: tuple[int, ...], n: int = 16) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((min(8, n), *shape[1:])).astype(np.float32) for _ in range(max(1, n // 8))]
+
+
+def _openvino_layers(path: Path, shape: tuple[int, ...], threads: int | None, runs: int = 20) -> list[dict[str, Any]]:
+    """OpenVINO's per-layer counters (``PERF_COUNT``), averaged over ``runs`` inferences."""
+    import openvino as ov
+
+    core = ov.Core()
+    cfg: dict[str, Any] = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        cfg["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", cfg)
+    req = compiled.create_infer_request()
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(3):
+        req.infer({0: x})
+    acc: dict[str, dict[str, Any]] = {}
+    for _ in range(runs):
+        req.infer({0: x})
+        for p in req.get_profiling_info():
+            ms = p.real_time.total_seconds() * 1e3
+            row = acc.setdefault(p.node_name, {"name": p.node_name, "type": p.node_type, "exec": p.exec_type,
+                                               "kind": _runtime_kind(p.exec_type, p.node_type), "ms": 0.0})
+            row["ms"] += ms / runs
+    return [r for r in acc.values() if r["ms"] > 0]
+
+
+def _onnxruntime_layers(path: Path, shape: tuple[int, ...], threads: int | None, runs: int = 20) -> list[dict[str, Any]]:
+    """ONNX Runtime's profiler: the mean ``Node`` event time per node over ``runs`` inferences."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        if threads:
+            so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        name = sess.get_inputs()[0].name
+        for _ in range(runs):
+            sess.run(None, {name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    acc: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        op = (e.get("args") or {}).get("op_name", "")
+        row = acc.setdefault(node, {"name": node, "type": op, "exec": op, "kind": _onnx_kind(op, node), "ms": 0.0})
+        row["ms"] += e["dur"] / 1e3 / runs
+    return list(acc.values())
+
+
+def _onnx_kind(op: str, node: str) -> str:
+    if op in ("Conv", "FusedConv", "QLinearConv"):
+        return "conv"  # ORT's events do not tell depthwise from dense; the model fits one conv coefficient
+    if op in ("Gemm", "MatMul", "FusedGemm", "QLinearMatMul"):
+        return "fc"
+    return "other"
+
+
+def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
+                         iterations: int = 50, seconds: float = 0.5, threads: int | None = None,
+                         layers: bool = True, float_scope: list[str] = (), device: str = "cpu") -> ArchMeasurement:
+    """Measure a candidate's architecture on this host: random weights, the deployed export, the profiler.
+
+    INT8 candidates are quantized with NNCF on random calibration data: the graph (which layers run INT8, which
+    stay in float) is the deployed one; only the scales differ, which does not change the kernels' speed.
+    """
+    from ..artifact import Manifest, Preprocessing, TensorInfo
+    from ..devices.profiler import ProfileConfig, profile_backend
+    from ..export import export_artifact
+    from ..recipe import ExportSection, QuantizeSection
+    from ..runtime import load
+
+    t0 = time.perf_counter()
+    model, shape = build_candidate_model(base, candidate, num_classes)
+    macs = macs_by_kind(model, shape)
+    precision = candidate["precision"]
+    formats = _FORMATS.get(backend)
+    if formats is None:
+        raise ConfigError(f"architecture latency on backend '{backend}' is not measured by the search; use one of"
+                          f" {', '.join(_FORMATS)}")
+    manifest = Manifest(
+        name="search-arch", classes=[str(i) for i in range(num_classes)], critical=[], arch=base_arch(base),
+        input=TensorInfo(name="input", shape=[1, 3, shape[2], shape[3]]),
+        outputs=[TensorInfo(name="logits", shape=[1, num_classes])],
+        preprocessing=Preprocessing(resize=shape[2], crop=shape[2]),
+    )
+    qcfg = QuantizeSection(method="ptq", calibration_size=16,
+                           ignored_scope=list(float_scope)) \
+        if precision == "int8" else QuantizeSection(method="none")
+    with tempfile.TemporaryDirectory(prefix="edgeslim-arch-") as tmp:
+        art = Path(tmp) / "a"
+        man = export_artifact(model, art, manifest, formats=formats, precisions=[precision],
+                              calibration=_random_calibration(shape) if precision == "int8" else None,
+                              validation=None, export_cfg=ExportSection(formats=formats, dynamic_batch=False),
+                              quantize_cfg=qcfg)
+        fmt = _FILE_FORMAT[backend]
+        mf = next((m for m in man.models if m.format == fmt and m.precision == precision), None)
+        if mf is None:
+            raise ConfigError(f"the exporters wrote no {fmt} {precision} file for candidate {candidate}"
+                              f" ({'; '.join(str(e) for e in man.validation.get('errors', []))})")
+        path = art / mf.path
+        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+        with load(art, backend=backend, precision=precision, device=device, threads=threads) as pred:
+            res = profile_backend(pred.backend, batch=1,
+                                  cfg=ProfileConfig(warmup=5, iterations=iterations, seconds=seconds, throughput=False))
+        rows: list[dict[str, Any]] = []
+        # per-layer counters: OpenVINO and ONNX Runtime here; TensorRT's IProfiler and torch.profiler are not read
+        # yet, so on those backends the latency model has no points and every candidate is measured
+        if layers and backend == "openvino":
+            rows = _openvino_layers(path, shape, threads)
+        elif layers and backend == "onnxruntime":
+            rows = _onnxruntime_layers(path, shape, threads)
+    lat = res["latency_ms"]
+    return ArchMeasurement(
+        p90_ms=float(lat["p90"]), median_ms=float(lat["median"]), size_mb=size / 1e6, macs=macs, layers=rows,
+        layer_sum_ms=float(sum(r["ms"] for r in rows)) if rows else None, seconds=time.perf_counter() - t0,
+        pid=os.getpid(),
+    )
+
+
+class LatencyModel:
+    """Per-layer latency model: ``ms = sum_kind a_kind * MACs_kind + b``, fitted per precision.
+
+    The per-kind times come from the runtime's per-layer counters of the measured architectures (their sum per
+    kind), so the fit sees layer times, not only totals; ``b`` (the layers that are not conv / fc, plus per-call
+    overhead) and a final scale are calibrated against the end-to-end p90 of the same runs. Error against
+    measurement is reported leave-one-out, so it is the error on an architecture the model has not seen.
+    """
+
+    def __init__(self) -> None:
+        self.points: dict[str, list[tuple[dict[str, float], dict[str, float], float]]] = {}
+
+    def add(self, precision: str, m: ArchMeasurement) -> None:
+        per_kind = {k: 0.0 for k in (*KINDS, "other")}
+        for r in m.layers:
+            per_kind[r["kind"] if r["kind"] in per_kind else "other"] += r["ms"]
+        self.points.setdefault(precision, []).append((m.macs, per_kind, m.p90_ms))
+
+    @staticmethod
+    def _fit(pts: list[tuple[dict[str, float], dict[str, float], float]]) -> tuple[dict[str, float], float, float]:
+        coef = {}
+        for k in KINDS:  # seconds per MAC of this kind: total counter time over total MACs (a robust ratio)
+            macs = sum(p[0].get(k, 0.0) for p in pts)
+            coef[k] = sum(p[1].get(k, 0.0) for p in pts) / macs if macs > 0 else 0.0
+        layer_pred = np.array([sum(coef[k] * p[0].get(k, 0.0) for k in KINDS) for p in pts])
+        other = np.array([p[1].get("other", 0.0) for p in pts])
+        e2e = np.array([p[2] for p in pts])
+        # calibration against end to end: e2e ~ scale * conv/fc prediction + offset (the other layers and the
+        # per-call overhead); least squares, with the offset at the mean of the rest when one point is all we have
+        if len(pts) >= 2 and np.ptp(layer_pred) > 0:
+            scale, offset = np.polyfit(layer_pred, e2e, 1)
+        else:
+            scale, offset = 1.0, float(np.mean(e2e - layer_pred)) if len(pts) else float(other.mean() if len(other) else 0)
+        return coef, float(scale), float(offset)
+
+    def predict(self, precision: str, macs: dict[str, float]) -> float | None:
+        pts = self.points.get(precision) or []
+        if len(pts) < 2:
+            return None
+        coef, scale, offset = self._fit(pts)
+        return scale * sum(coef[k] * macs.get(k, 0.0) for k in KINDS) + offset
+
+    def error(self) -> dict[str, Any]:
+        """Leave-one-out relative error per precision: ``{"fp32": {"n", "mape", "max"}}``."""
+        out: dict[str, Any] = {}
+        for prec, pts in self.points.items():
+            if len(pts) < 3:
+                out[prec] = {"n": len(pts), "mape": None, "max": None}
+                continue
+            errs = []
+            for i in range(len(pts)):
+                rest = pts[:i] + pts[i + 1:]
+                coef, scale, offset = self._fit(rest)
+                pred = scale * sum(coef[k] * pts[i][0].get(k, 0.0) for k in KINDS) + offset
+                errs.append(abs(pred - pts[i][2]) / pts[i][2])
+            out[prec] = {"n": len(pts), "mape": float(np.mean(errs)), "max": float(np.max(errs))}
+        return out
+
+
+def layer_table(m: ArchMeasurement, top: int = 10) -> list[dict[str, Any]]:
+    """The slowest runtime layers of a measurement."""
+    return sorted(m.layers, key=lambda r: -r["ms"])[:top]
+

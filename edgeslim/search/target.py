@@ -1,0 +1,163 @@
+"""Which device a search measures on: this host, a named board profile, or a remote edgeslim server.
+
+The target decides the search space (a precision or a sparse format the target cannot run is never proposed)
+and where latencies are measured. ``isa`` holds this host's CPU runtime to an older instruction set through
+oneDNN's ``ONEDNN_MAX_CPU_ISA`` (read by OpenVINO's CPU plugin when the library loads), so that one machine can
+show how the pick moves between CPU generations.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BackendError, ConfigError
+from ..registry import did_you_mean
+
+__all__ = ["ISAS", "SearchTarget", "apply_isa", "resolve_target"]
+
+# oneDNN's names for ONEDNN_MAX_CPU_ISA (lower-case here), oldest first
+ISAS = ("sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni", "avx512_core_amx")
+# the cpu_info() ISA flags each cap still allows for INT8 / FP16 speed-ups
+_INT8_FAST = {"avx512_vnni", "avx_vnni", "amx_int8"}
+_FP16_FAST = {"avx512_fp16", "amx_fp16"}
+
+
+@dataclass
+class SearchTarget:
+    """A resolved target.
+
+    Attributes:
+        name: the target profile's name (``x86-cpu``, ``jetson-orin-nx``, ...).
+        kind: ``cpu``, ``gpu`` or ``jetson``.
+        backend: the runtime backend candidates are measured with.
+        precisions: precisions the target runs (``fp16`` only where it has fast FP16 kernels).
+        sparse_2_4: 2:4 sparse kernels (TensorRT on Ampere / Orin).
+        sparse_unstructured: kernels that skip unstructured zeros (none of the built-in targets' convolutions).
+        url: the remote server, if any.
+        isa: the oneDNN ISA cap in force, if any.
+        info: what detection found (CPU model, ISA flags, GPU).
+    """
+
+    name: str
+    kind: str
+    backend: str
+    precisions: tuple[str, ...]
+    sparse_2_4: bool = False
+    sparse_unstructured: bool = False
+    url: str | None = None
+    isa: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def describe(self) -> str:
+        cpu = (self.info.get("cpu") or {}).get("model")
+        where = self.url or (f"this host ({cpu})" if cpu else "this host")
+        return f"{self.name} via {self.backend} on {where}" + (f", ISA capped at {self.isa}" if self.isa else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        isa = (self.info.get("cpu") or {}).get("isa") or {}
+        return {"name": self.name, "kind": self.kind, "backend": self.backend, "precisions": list(self.precisions),
+                "sparse_2_4": self.sparse_2_4, "sparse_unstructured": self.sparse_unstructured, "url": self.url,
+                "isa_cap": self.isa, "cpu": (self.info.get("cpu") or {}).get("model"),
+                "cpu_isa": sorted(k for k, v in isa.items() if v), "gpu": self.info.get("gpu")}
+
+
+def apply_isa(isa: str | None) -> None:
+    """Cap oneDNN (OpenVINO's CPU plugin) at ``isa`` for this process.
+
+    oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once, when the CPU plugin first loads, so this must run before OpenVINO
+    compiles anything in the process; afterwards a different cap is refused rather than silently ignored.
+    """
+    if isa is None:
+        return
+    low = isa.lower()
+    if low not in ISAS:
+        raise ConfigError(f"isa '{isa}' is not a oneDNN ISA.{did_you_mean(low, ISAS)} Known: {', '.join(ISAS)}")
+    current = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if "openvino" in sys.modules and (current or "").lower() != low:
+        raise ConfigError(
+            f"isa '{isa}': OpenVINO is already loaded in this process, so oneDNN's ISA can no longer be capped;"
+            " run the search in a fresh process (the edgeslim CLI does)"
+        )
+    os.environ["ONEDNN_MAX_CPU_ISA"] = low.upper()
+
+
+def _check_remote(url: str, timeout_s: float) -> dict[str, Any]:
+    from ..devices.remote import _split_url
+    from ..errors import require
+
+    http = require("tritonclient.http", purpose="a remote search target (pip install 'tritonclient[http]')")
+    host, ssl = _split_url(url)
+    try:
+        client = http.InferenceServerClient(url=host, ssl=ssl, connection_timeout=timeout_s,
+                                            network_timeout=timeout_s)
+        if not client.is_server_live():
+            raise BackendError(f"remote target {url} answers but is not live; check `edgeslim serve` there")
+        return dict(client.get_server_metadata())
+    except BackendError:
+        raise
+    except Exception as exc:  # connection refused, timeout, DNS
+        raise BackendError(
+            f"remote target {url} does not answer ({type(exc).__name__}: {str(exc)[:200]}); start `edgeslim serve"
+            " ARTIFACT --host 0.0.0.0` on the device and check the address and port"
+        ) from None
+
+
+def resolve_target(spec: str = "auto", *, isa: str | None = None, backend: str | None = None,
+                   timeout_s: float = 5.0) -> SearchTarget:
+    """Resolve ``auto``, a target name from ``edgeslim devices``, or ``http(s)://host:port``.
+
+    Raises:
+        UnknownNameError: an unknown target name (did-you-mean).
+        BackendError: a remote target that does not answer.
+        ConfigError: a named board that is not this host (measure it through its server), an ISA cap on a
+            target that is not this host's CPU, or a remote target (candidates cannot yet be loaded there).
+    """
+    from ..devices.targets import TARGETS, detect
+
+    here = detect()
+    if spec.startswith(("http://", "https://")) or (":" in spec and spec.split(":")[-1].isdigit()):
+        meta = _check_remote(spec, timeout_s)
+        raise ConfigError(
+            f"remote target {spec} answers ({meta.get('name', 'server')} {meta.get('version', '')}), but a search"
+            " must load each candidate there and `edgeslim serve` has no model-load endpoint yet; run `edgeslim"
+            " search --target auto` on the device itself (it needs only the [serve] install to measure), or"
+            " `edgeslim profile --remote` to measure a chosen artifact"
+        )
+    name = here["name"] if spec == "auto" else TARGETS.canonical(spec)
+    if name != here["name"]:
+        raise ConfigError(
+            f"target '{spec}' ({TARGETS.get(name).title}) is not this host ({here['name']}: {here['why']}); latency"
+            " is measured on the target itself: run the search there, or give --target auto"
+        )
+    profile = TARGETS.get(name)
+    if isa is not None and profile.kind != "cpu":
+        raise ConfigError(f"isa '{isa}' caps a CPU runtime; target {name} is a {profile.kind}: drop --isa")
+    cpu_isa = {k for k, v in ((here.get("cpu") or {}).get("isa") or {}).items() if v}
+    if isa is not None:
+        # a cap below an extension removes it: sse41/avx/avx2 have no VNNI, AMX or FP16 arithmetic
+        rank = ISAS.index(isa.lower()) if isa.lower() in ISAS else len(ISAS)
+        if rank < ISAS.index("avx2_vnni"):
+            cpu_isa -= _INT8_FAST | _FP16_FAST
+    if profile.kind == "cpu":
+        chosen = backend or profile.backend
+        # INT8 runs on every x86 CPU (slower without VNNI/AMX: the search measures whether it pays);
+        # FP16 only runs natively with AVX512-FP16 / AMX-FP16, elsewhere OpenVINO computes an FP16 IR in FP32
+        precisions = ("fp32", "int8") + (("fp16",) if cpu_isa & _FP16_FAST else ())
+        sparse_24 = False
+    else:
+        import importlib.util
+
+        chosen = backend or (profile.backend if importlib.util.find_spec(profile.backend) else "torch")
+        if chosen == "torch":  # PyTorch eager on CUDA: the precision the weights are in
+            precisions = ("fp32",)
+        else:
+            precisions = ("fp32",) + (("fp16",) if profile.fp16 else ()) + (("int8",) if profile.int8 else ())
+        # 2:4 sparse tensor cores run under TensorRT only
+        sparse_24 = profile.sparsity_2_4 and chosen == "tensorrt"
+    return SearchTarget(name=name, kind=profile.kind, backend=chosen, precisions=precisions, sparse_2_4=sparse_24,
+                        sparse_unstructured=False, isa=isa.lower() if isa else None, info=here,
+                        device="cpu" if profile.kind == "cpu" else "cuda:0")

@@ -1,0 +1,53 @@
+"""Architecture latency measured without training, with the runtimes' own per-layer counters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edgeslim.recipe import parse_recipe
+from edgeslim.search.latency import LatencyModel, build_candidate_model, macs_by_kind, measure_architecture
+
+C = {"prune": "structured:0", "precision": "fp32", "image_size": 16, "gamma": 1.0}
+
+
+@pytest.fixture(scope="module")
+def base():
+    return parse_recipe({"model": {"source": "tiny"}, "data": {"image_size": 16},
+                         "prune": {"method": "structured", "round_to": 4}})
+
+
+def test_channel_ratio_shrinks_the_random_weight_copy(base):
+    dense = macs_by_kind(*build_candidate_model(base, C, 10))
+    half = macs_by_kind(*build_candidate_model(base, {**C, "prune": "structured:0.5"}, 10))
+    assert dense["dw"] > 0 and dense["pw"] > 0 and dense["conv"] > 0
+    # the stem is kept (prune_first_conv false); the convs after it lose half their channels
+    assert half["pw"] == pytest.approx(dense["pw"] / 2) and half["conv"] < 0.6 * dense["conv"]
+    big = macs_by_kind(*build_candidate_model(base, {**C, "image_size": 32}, 10))
+    assert big["conv"] == pytest.approx(4 * dense["conv"])
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_per_layer_counters_add_up_to_about_the_end_to_end_time(base, backend):
+    m = measure_architecture(base, C, backend=backend, num_classes=10, iterations=20, seconds=0.05, threads=1)
+    assert m.p90_ms >= m.median_ms > 0 and m.size_mb > 0
+    kinds = {r["kind"] for r in m.layers}
+    assert {"pw", "dw", "conv"} <= kinds if backend == "openvino" else "conv" in kinds
+    # counters time the layers only; the call adds its overhead, so the sum is below the end-to-end figure
+    assert 0 < m.layer_sum_ms < 3 * m.p90_ms
+
+
+def test_latency_model_is_fitted_on_measurements_and_reports_its_error(base):
+    lm = LatencyModel()
+    ms = {}
+    for r in ("0", "0.25", "0.5"):
+        c = {**C, "prune": f"structured:{r}"}
+        ms[r] = measure_architecture(base, c, backend="openvino", num_classes=10, iterations=20, seconds=0.05,
+                                     threads=1)
+        lm.add("fp32", ms[r])
+    err = lm.error()["fp32"]
+    assert err["n"] == 3 and math.isfinite(err["mape"]) and err["max"] >= err["mape"] >= 0
+    pred = lm.predict("fp32", ms["0.25"].macs)
+    assert pred is not None and pred > 0
+    assert lm.predict("int8", ms["0"].macs) is None  # no int8 measurements: no prediction

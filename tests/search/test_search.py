@@ -1,0 +1,115 @@
+"""The budget search end to end on TinyNet + digits: bad budgets before training, outputs, resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edgeslim.cli import app
+from edgeslim.errors import SearchError
+from edgeslim.recipe import parse_recipe
+from edgeslim.search.engine import search
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_unreachable_latency_budget_fails_before_training(tiny_base, tmp_path):
+    tiny_base["search"]["latency_ms"] = 1e-4  # 0.1 microsecond: nothing runs that fast
+    with pytest.raises(SearchError) as e:
+        search(parse_recipe(tiny_base), tmp_path / "o", progress=False)
+    msg = str(e.value)
+    assert "latency budget" in msg and "binds" in msg and "Nearest point" in msg and "ch 0.5 fp32" in msg
+    assert not (tmp_path / "o" / "candidates").exists()  # nothing was trained
+
+
+def test_cli_bad_target_is_one_line(tiny_base, tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(tiny_base))
+    r = CliRunner().invoke(app, ["search", str(p), "--target", "jetson-orin-nxx", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "Did you mean 'jetson-orin-nx'" in r.output
+    r = CliRunner().invoke(app, ["search", str(p), "--latency-ms", "-1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "latency_ms" in r.output
+
+
+@pytest.mark.slow
+def test_search_writes_front_pick_and_a_recipe_that_re_runs_to_the_same_model(tiny_base, tmp_path):
+    from edgeslim.artifact import load_manifest
+    from edgeslim.pipeline import run_pipeline
+    from edgeslim.recipe import load_recipe
+    from edgeslim.runtime import load
+
+    tiny_base["search"].update(latency_ms=50.0, max_critical_fn=40)
+    out = tmp_path / "s"
+    res = search(parse_recipe(tiny_base), out, progress=False)
+    for name in ("front.json", "report.html", "report.md", "chosen-recipe.yaml", "ruled-out.txt"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "front.json").read_text())
+    assert doc["front"] and doc["pick"] and doc["target"]["name"] == res.target["name"]
+    for p in doc["front"]:  # every front point measured end to end with the profiler on its trained file
+        assert p["measured_p90_ms"] > 0
+    assert doc["pick"]["test"]["n"] > 0 and "per_class_recall" in doc["pick"]["test"]
+    html = (out / "report.html").read_text()
+    assert "Pareto front" in html and "data:image/png;base64," in html
+    ruled = (out / "ruled-out.txt").read_text()
+    assert "2:4 sparsity" in ruled  # this host: no 2:4 kernels, said with the reason
+    # the chosen recipe is an ordinary recipe: the pipeline re-runs it to the same model
+    again = run_pipeline(load_recipe(out / "chosen-recipe.yaml"), tmp_path / "again", progress=False,
+                         stages=("compress", "export"))
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    with load(out / "artifact", backend="openvino", precision="fp32") as a, \
+            load(again.artifacts["compressed"], backend="openvino", precision="fp32") as b:
+        np.testing.assert_allclose(a.infer(x), b.infer(x), rtol=1e-4, atol=1e-4)
+    assert load_manifest(out / "artifact").recipe["prune"] == load_manifest(again.artifacts["compressed"]).recipe["prune"]
+
+
+def _measured(db: Path) -> dict[str, int]:
+    """arch cache entries in the study storage -> pid of the process that measured them."""
+    if not db.is_file():
+        return {}
+    with sqlite3.connect(db) as con:
+        try:
+            rows = con.execute("SELECT key, value_json FROM study_user_attributes WHERE key LIKE 'arch:%'").fetchall()
+        except sqlite3.OperationalError:
+            return {}
+    return {k: json.loads(v)["pid"] for k, v in rows}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_search_then_rerun_resumes_without_remeasuring(tiny_base, tmp_path):
+    tiny_base["search"].update(latency_ms=50.0, max_critical_fn=40, trials=3, ratios=[0.0, 0.25, 0.5])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_base))
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-c", "from edgeslim.cli import main; main()", "search", str(recipe), "--out", str(out),
+           "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = out / "search.db"
+    deadline = time.time() + 600
+    while time.time() < deadline and len(_measured(db)) < 2:  # the pre-pass measured two corners: kill mid-search
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _measured(db)
+    assert len(before) >= 2, "the search never got to measuring"
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    after = _measured(db)
+    assert set(before) <= set(after)
+    assert all(after[k] == pid for k, pid in before.items()), "an architecture measured before the kill was re-measured"
+    doc = json.loads((out / "front.json").read_text())
+    keys = [json.dumps(c["candidate"], sort_keys=True) for c in doc["candidates"]]
+    assert len(keys) == len(set(keys))  # no candidate fine-tuned twice
+    assert doc["pick"] is not None

@@ -1,0 +1,81 @@
+"""The search space follows the target: nothing the target cannot run is proposed; an empty space is an error."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeslim.errors import ConfigError
+from edgeslim.recipe import parse_recipe
+from edgeslim.search.config import SearchSection
+from edgeslim.search.space import arch_key, build_space, candidate_key, candidate_recipe
+from edgeslim.search.target import SearchTarget, resolve_target
+
+
+def _cpu() -> SearchTarget:
+    return SearchTarget(name="x86-cpu", kind="cpu", backend="openvino", precisions=("fp32", "int8"))
+
+
+def _orin() -> SearchTarget:
+    return SearchTarget(name="jetson-agx-orin", kind="jetson", backend="tensorrt",
+                        precisions=("fp32", "fp16", "int8"), sparse_2_4=True)
+
+
+def test_this_host_never_gets_2_4_or_unstructured_sparsity(tiny_base):
+    base = parse_recipe(tiny_base)
+    target = resolve_target("auto")  # this host is a CPU: no 2:4 kernels, no zero-skipping convolutions
+    assert target.kind == "cpu" and not target.sparse_2_4
+    space = build_space(base, SearchSection(ratios=[0.0, 0.5], sparsities=[0.5]), target)
+    prune = space.dim("prune").choices
+    assert prune == ["structured:0", "structured:0.5"]
+    assert not any(p.startswith(("nm:", "one_shot:")) for p in prune)
+    assert any("2:4" in line and "TensorRT" in line for line in space.ruled_out)
+    assert any("unstructured" in line for line in space.ruled_out)
+
+
+def test_fp16_only_where_the_cpu_has_fp16_kernels(tiny_base):
+    target = resolve_target("auto")
+    isa = (target.info.get("cpu") or {}).get("isa") or {}
+    has_fp16 = bool(isa.get("avx512_fp16") or isa.get("amx_fp16"))
+    space = build_space(parse_recipe(tiny_base), SearchSection(), target)
+    assert ("fp16" in space.dim("precision").choices) == has_fp16
+    if not has_fp16:
+        assert any(line.startswith("FP16") for line in space.ruled_out)
+
+
+def test_2_4_is_proposed_on_an_ampere_tensorrt_target(tiny_base):
+    space = build_space(parse_recipe(tiny_base), SearchSection(ratios=[0.0, 0.3]), _orin())
+    assert "nm:2:4" in space.dim("prune").choices
+    assert space.dim("precision").choices == ["fp32", "fp16", "int8"]
+
+
+def test_empty_space_is_a_clear_error(tiny_base):
+    with pytest.raises(ConfigError, match="search space is empty for target x86-cpu.*fp16.*runs fp32, int8"):
+        build_space(parse_recipe(tiny_base), SearchSection(precisions=["fp16"]), _cpu())
+    with pytest.raises(ConfigError, match="no pruning choice"):
+        build_space(parse_recipe(tiny_base), SearchSection(ratios=[]), _cpu())
+
+
+def test_candidate_is_an_ordinary_recipe(tiny_base):
+    base = parse_recipe({**tiny_base, "prune": {"method": "lottery_ticket", "rounds": 1, "rate": 0.5}})
+    section = SearchSection(ratios=[0.0, 0.6], gammas=[2.0, 5.0])
+    space = build_space(base, section, _cpu(), stem="node_Conv_0")
+    c = {"prune": "structured:0.6", "precision": "int8", "float_layers": "stem", "image_size": 16, "gamma": 2.0}
+    r = candidate_recipe(base, c, section, _cpu(), space)
+    assert r.prune.method == "structured" and r.prune.ratio == 0.6
+    assert r.prune.rounds == 2  # the base's lottery-ticket fields did not leak in (2 is the default)
+    assert r.quantize.method == "ptq" and r.quantize.ignored_scope == ["node_Conv_0"]
+    assert r.loss.gamma == 2.0 and r.train.final_epochs == section.fine_tune_epochs
+    assert r.export.formats == ["onnx", "openvino"] and r.profile.backends == ["openvino"]
+    assert r.search is None  # the chosen recipe re-runs with `edgeslim pipeline`, not another search
+    fp32 = candidate_recipe(base, {**c, "precision": "fp32"}, section, _cpu(), space)
+    assert fp32.quantize.method == "none"
+    # latency does not depend on the loss weight: one measurement serves both gammas
+    assert arch_key(c) == arch_key({**c, "gamma": 5.0}) and candidate_key(c) != candidate_key({**c, "gamma": 5.0})
+
+
+def test_section_validation():
+    with pytest.raises(ValueError, match="latency_ms or throughput"):
+        SearchSection(latency_ms=2, throughput=100)
+    with pytest.raises(ValueError, match="ratios"):
+        SearchSection(ratios=[1.0])
+    assert SearchSection(throughput=250).latency_budget_ms == pytest.approx(4.0)
