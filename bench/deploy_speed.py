@@ -62,6 +62,7 @@ def main() -> None:
     from edgeslim._io import atomic_write_json, atomic_write_text
     from edgeslim.artifact import Manifest, TensorInfo
     from edgeslim.compress.data import load_data_from_recipe
+    from edgeslim.compress.quant import with_method
     from edgeslim.compress.quantize import calibration_batches
     from edgeslim.compress.sources import load_pretrained, replace_head
     from edgeslim.compress.api import compress
@@ -132,7 +133,7 @@ def main() -> None:
     lenient = ValidateSection(int8_min_agreement=0.0, max_extra_critical_fn=10_000)
     files: dict[tuple[str, int], dict] = {}
     for name, v in variants.items():
-        qcfg = recipe.quantize.model_copy(update={"method": v["int8"]})
+        qcfg = with_method(recipe.quantize, v["int8"])
         sides = [(size, calib, (test_x, test_y))] if v.get("trained", True) else []
         for side, cal, val in sides + [(args.deploy_size, calib_deploy, None)]:
             art = out / "artifacts" / f"{name}-{side}"

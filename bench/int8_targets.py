@@ -51,6 +51,7 @@ def main() -> None:
     from edgeslim.artifact import load_manifest
     from edgeslim.compress.data import calibration_arrays, load_data_from_recipe, split_arrays
     from edgeslim.compress.metrics import evaluate
+    from edgeslim.compress.quant import with_method
     from edgeslim.compress.quantize import accuracy_aware_onnx, accuracy_aware_openvino, ptq_onnx, ptq_openvino
     from edgeslim.export import export_artifact
     from edgeslim.hardware import int8_scheme
@@ -87,7 +88,7 @@ def main() -> None:
     files: dict[tuple[str, str], Path] = {("fp32", "onnx"): fp32_dir / fp32.model("onnx", "fp32").path,
                                           ("fp32", "openvino"): fp32_dir / fp32.model("openvino", "fp32").path}
     notes: dict[tuple[str, str], dict] = {}
-    qcfg = recipe.quantize.model_copy(update={"method": "ptq"})
+    qcfg = with_method(recipe.quantize, "ptq")
     for arm in ("nncf-default", "target-aware", "accuracy-controlled"):
         for fmt in ("onnx", "openvino"):
             scheme = int8_scheme("x86-vnni" if arm == "nncf-default" else "auto", fmt)
@@ -97,7 +98,7 @@ def main() -> None:
             info: dict = {"scheme": scheme.to_dict()}
             if arm == "accuracy-controlled":
                 fn = accuracy_aware_onnx if fmt == "onnx" else accuracy_aware_openvino
-                q, report = fn(graph, calib, val, list(man.critical), qcfg.model_copy(update={"method": "accuracy_aware"}),
+                q, report = fn(graph, calib, val, list(man.critical), with_method(qcfg, "accuracy_aware"),
                                scheme=scheme, thresholds=dict(man.thresholds), rule=man.decision_rule)
                 info["kept_in_float"] = report["reverted_to_fp32"]
                 info["val"] = {"fp32": report["fp32"], "int8": report["int8"]}

@@ -251,3 +251,7 @@ class MethodRegistry:
 # The pruning methods: configs and handlers live in edgeslim.compress.prune (one module per method), which registers
 # them on the first lookup; the recipe parses its ``prune`` section through this registry.
 PRUNE_METHODS = MethodRegistry("pruning method", plugins="edgeslim.compress.prune", where="prune")
+
+# The quantization methods (INT8): configs and handlers live in edgeslim.compress.quant; the recipe parses its
+# ``quantize`` section through this registry.
+QUANT_METHODS = MethodRegistry("quantization method", plugins="edgeslim.compress.quant", where="quantize")

@@ -170,42 +170,23 @@ class TrainSection(_Section):
 QUANTIZE_METHODS = ("none", "ptq", "qat", "accuracy_aware")
 
 
-class QuantizeSection(_Section):
-    """INT8 quantization with NNCF (see :mod:`edgeslim.compress.quantize` and :mod:`edgeslim.compress.qat`).
+def QuantizeSection(**data: Any) -> MethodConfig:  # noqa: N802 - the section's name, kept for callers of version 1
+    """The ``quantize`` section: the chosen INT8 method's config (:mod:`edgeslim.compress.quant`), e.g.
+    ``QuantizeSection(method="qat", qat_epochs=2)`` is ``QAT(qat_epochs=2)``; without ``method``, ``PTQ``.
 
-    - ``ptq``: post-training quantization of the exported FP32 graph, calibrated on ``calibration_size`` training
-      samples; ``preset``, ``ignored_scope``, ``fast_bias_correction`` and ``model_type`` go to ``nncf.quantize``.
-    - ``qat``: quantization-aware training: fake-quant is inserted into the torch model (calibrated like PTQ) and the
-      model is fine-tuned ``qat_epochs`` with the recipe's loss (masks kept: pruned weights stay zero), then
-      exported to an ONNX with QuantizeLinear/DequantizeLinear pairs and an INT8 OpenVINO IR.
-    - ``accuracy_aware``: PTQ, then layers are reverted to FP32 (NNCF's accuracy control, most harmful first) until
-      the val top-1 drop is at most ``max_drop`` and the val critical FN at most FP32's + ``max_extra_critical_fn``.
+    - ``ptq`` (:class:`~edgeslim.compress.quant.PTQ`): NNCF post-training quantization of the exported FP32 graph,
+      calibrated on ``calibration_size`` training samples, in the target's INT8 scheme.
+    - ``qat`` (:class:`~edgeslim.compress.quant.QAT`): quantization-aware training for ``qat_epochs``.
+    - ``accuracy_aware`` (:class:`~edgeslim.compress.quant.AccuracyControlledPTQ`): PTQ with layers kept in float
+      until ``max_drop`` and ``max_extra_critical_fn`` hold on val.
+    - ``none``: no INT8.
+
+    A flat section with every method's fields (recipes written before the methods were typed) is accepted: fields
+    the method does not have are dropped at their old defaults and refused otherwise.
     """
+    from .compress.quant import parse_quantize
 
-    method: str = "ptq"
-    calibration_size: int = Field(default=300, gt=0, description="training samples NNCF calibrates on")
-    preset: Literal["performance", "mixed"] = "performance"
-    ignored_scope: list[str] = Field(default_factory=list, description="node names (regex) left in FP32")
-    fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (False: the full one)")
-    model_type: Literal["cnn", "transformer"] = Field(
-        default="cnn", description="transformer: NNCF's transformer scheme"
-    )
-    qat_epochs: int = Field(default=1, ge=0, description="qat: fine-tuning epochs with fake-quant")
-    qat_lr: float | None = Field(default=None, gt=0, description="qat: learning rate (default: train.lr / 10)")
-    max_drop: float = Field(default=0.01, ge=0, lt=1, description="accuracy_aware: max absolute val top-1 drop")
-    max_extra_critical_fn: int = Field(
-        default=0, ge=0, description="accuracy_aware: val critical FN allowed above the FP32 model's"
-    )
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in QUANTIZE_METHODS:
-            raise ValueError(
-                f"unknown quantize method '{v}'.{did_you_mean(v, QUANTIZE_METHODS)}"
-                f" Valid: {', '.join(QUANTIZE_METHODS)}"
-            )
-        return v
+    return parse_quantize(data)
 
 
 class DistillSection(_Section):
@@ -288,7 +269,10 @@ class Recipe(_Section):
         default_factory=lambda: PRUNE_METHODS.parse({}, default=DEFAULT_PRUNE_METHOD),
         description="the pruning method's config (edgeslim.compress.prune), chosen by its 'method'",
     )
-    quantize: QuantizeSection = Field(default_factory=QuantizeSection)
+    quantize: SerializeAsAny[MethodConfig] = Field(
+        default_factory=QuantizeSection,
+        description="the INT8 method's config (edgeslim.compress.quant), chosen by its 'method'",
+    )
     distill: DistillSection = Field(default_factory=DistillSection)
     export: ExportSection = Field(default_factory=ExportSection)
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
@@ -312,6 +296,13 @@ class Recipe(_Section):
                 " version 1 when loading: use parse_recipe / load_recipe)"
             )
         return v
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize(cls, v: Any) -> MethodConfig:
+        from .compress.quant import parse_quantize
+
+        return parse_quantize(v)
 
     @field_validator("prune", mode="before")
     @classmethod
@@ -471,7 +462,17 @@ def parse_recipe(data: dict[str, Any] | None, *, where: str = "(inline)", check_
     except ConfigError as exc:
         lines.append(str(exc))
         error = type(exc)  # UnknownNameError for an unknown method
-    rest = {k: v for k, v in data.items() if k != "prune"}
+    quantize: MethodConfig | None = None
+    try:
+        from .compress.quant import parse_quantize
+
+        quantize = parse_quantize(data.get("quantize"))
+    except ConfigError as exc:
+        lines.append(str(exc))
+        error = type(exc) if error is ConfigError else error
+    rest = {k: v for k, v in data.items() if k not in ("prune", "quantize")}
+    if quantize is not None:
+        rest["quantize"] = quantize
     try:
         recipe = Recipe.model_validate(rest if prune is None else {**rest, "prune": prune})
     except ValidationError as exc:

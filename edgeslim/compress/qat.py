@@ -37,6 +37,7 @@ from torch import nn
 
 from ..errors import ConfigError, TrainingError
 from ..recipe import QuantizeSection
+from .quant import QuantizeConfig
 from ._quiet import quiet_cuda_home_on_cpu
 from .prune.base import PruneContext
 from .prune.masks import MaskSet
@@ -64,7 +65,7 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:400]}"
 
 
-def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], cfg: QuantizeSection | None = None, *,
+def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], cfg: QuantizeConfig | None = None, *,
                 scheme: "Int8Scheme | None" = None, verbose: bool = False) -> nn.Module:
     """Insert NNCF fake-quantize modules into a copy of ``model`` and initialise their ranges.
 
@@ -101,7 +102,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], cfg: Quanti
         ) from exc
 
 
-def check_qat_traceable(model: nn.Module, input_shape: tuple[int, ...] | list[int], cfg: QuantizeSection | None = None
+def check_qat_traceable(model: nn.Module, input_shape: tuple[int, ...] | list[int], cfg: QuantizeConfig | None = None
                         ) -> None:
     """Fail fast, before any training, when NNCF cannot trace ``model`` for QAT or its output is not logits.
 

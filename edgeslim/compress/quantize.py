@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConfigError, TrainingError
 from ..hardware import Int8Scheme, int8_scheme
 from ..recipe import QuantizeSection
+from .quant import QuantizeConfig
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx
@@ -151,7 +152,7 @@ def _quiet_nncf(verbose: bool) -> Iterator[None]:
         logger.setLevel(old)
 
 
-def _nncf_kwargs(nncf: Any, cfg: QuantizeSection, n_samples: int, scheme: Int8Scheme) -> dict[str, Any]:
+def _nncf_kwargs(nncf: Any, cfg: QuantizeConfig, n_samples: int, scheme: Int8Scheme) -> dict[str, Any]:
     """``nncf.quantize`` keyword arguments for the recipe's options and the target's INT8 scheme."""
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -192,7 +193,7 @@ def _node_names(model: Any) -> list[str]:
     return [op.get_friendly_name() for op in model.get_ops()]  # ov.Model
 
 
-def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: QuantizeSection, *, what: str,
+def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: QuantizeConfig, *, what: str,
               scheme: Int8Scheme, verbose: bool) -> Any:
     if cfg.method == "none":
         raise ConfigError(
@@ -220,14 +221,14 @@ def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: Quanti
         raise TrainingError(f"NNCF post-training quantization of the {what} model failed: {message}{hint}") from exc
 
 
-def ptq_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray], cfg: QuantizeSection | None = None, *,
+def ptq_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray], cfg: QuantizeConfig | None = None, *,
              scheme: Int8Scheme | None = None, verbose: bool = False) -> "onnx.ModelProto":
     """Quantize an FP32 ONNX model to INT8 with explicit QuantizeLinear/DequantizeLinear nodes.
 
     Args:
         model: the FP32 model (one float32 NCHW input).
         calibration: preprocessed float32 NCHW batches from the training split.
-        cfg: calibration size, preset and ignored scope (default :class:`~edgeslim.recipe.QuantizeSection`).
+        cfg: calibration size, preset and ignored scope (default :class:`~edgeslim.compress.quant.PTQ`).
         scheme: the target's INT8 scheme (default: this host's, :func:`edgeslim.hardware.int8_scheme`).
         verbose: show NNCF's logs and progress bars.
 
@@ -243,14 +244,14 @@ def ptq_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray], cfg: Q
                      scheme=scheme or int8_scheme("auto", "onnx"), verbose=verbose)
 
 
-def ptq_openvino(model: "ov.Model", calibration: Iterable[np.ndarray], cfg: QuantizeSection | None = None, *,
+def ptq_openvino(model: "ov.Model", calibration: Iterable[np.ndarray], cfg: QuantizeConfig | None = None, *,
                  scheme: Int8Scheme | None = None, verbose: bool = False) -> "ov.Model":
     """Quantize an OpenVINO model to INT8 (FakeQuantize nodes the CPU plugin runs as INT8 kernels).
 
     Args:
         model: the FP32 ``openvino.Model`` (one input).
         calibration: preprocessed float32 NCHW batches from the training split.
-        cfg: calibration size, preset and ignored scope (default :class:`~edgeslim.recipe.QuantizeSection`).
+        cfg: calibration size, preset and ignored scope (default :class:`~edgeslim.compress.quant.PTQ`).
         scheme: the target's INT8 scheme (default: this host's, :func:`edgeslim.hardware.int8_scheme`).
         verbose: show NNCF's logs and progress bars.
 
@@ -319,7 +320,7 @@ def _predict(model: Any, xs: np.ndarray, batch: int = 1) -> np.ndarray:
 
 
 def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, validation: tuple[np.ndarray, np.ndarray],
-                    critical: list[int], cfg: QuantizeSection, *, what: str, scheme: Int8Scheme,
+                    critical: list[int], cfg: QuantizeConfig, *, what: str, scheme: Int8Scheme,
                     thresholds: dict[str, float] | None, rule: str, verbose: bool) -> tuple[Any, dict[str, Any]]:
     import nncf
 
@@ -419,7 +420,7 @@ def _reverted(logs: list[str]) -> list[str]:
 
 def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray],
                         validation: tuple[np.ndarray, np.ndarray], critical: list[int],
-                        cfg: QuantizeSection | None = None, *, scheme: Int8Scheme | None = None,
+                        cfg: QuantizeConfig | None = None, *, scheme: Int8Scheme | None = None,
                         thresholds: dict[str, float] | None = None, rule: str = "threshold", verbose: bool = False
                         ) -> tuple["onnx.ModelProto", dict[str, Any]]:
     """PTQ INT8 (Q/DQ) with layers reverted to FP32 until the val top-1 drop and critical-FN budget hold.
@@ -448,7 +449,7 @@ def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarr
 
 def accuracy_aware_openvino(model: "ov.Model", calibration: Iterable[np.ndarray],
                             validation: tuple[np.ndarray, np.ndarray], critical: list[int],
-                            cfg: QuantizeSection | None = None, *, scheme: Int8Scheme | None = None,
+                            cfg: QuantizeConfig | None = None, *, scheme: Int8Scheme | None = None,
                             thresholds: dict[str, float] | None = None, rule: str = "threshold",
                             verbose: bool = False) -> tuple["ov.Model", dict[str, Any]]:
     """The OpenVINO counterpart of :func:`accuracy_aware_onnx` (FakeQuantize nodes; reverted layers stay FP32)."""

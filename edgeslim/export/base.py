@@ -17,7 +17,7 @@ An exporter is a subclass of :class:`Exporter` registered by name::
 :class:`~edgeslim.artifact.ModelFile` are relative to it) and returns what it wrote. The context carries the
 eval-mode CPU torch model, the input shape ``(C, H, W)``, the number of classes, opset, dynamic batch, the
 requested precisions (``ctx.wants("int8")``), the calibration batches (float32 NCHW, preprocessed, from the
-training split), the :class:`~edgeslim.recipe.QuantizeSection`, and ``ctx.written``: the model files earlier
+training split), the quantization method's config (:mod:`edgeslim.compress.quant`), and ``ctx.written``: the model files earlier
 exporters produced (``ctx.find("onnx", "fp32")``), so OpenVINO or TensorRT can start from the ONNX.
 
 Failures: an exception escaping ``export`` fails that exporter only; :func:`export_artifact` records it, removes
@@ -46,6 +46,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from ..artifact import Manifest, ModelFile, TensorInfo, load_manifest, write_artifact
 from ..errors import ArtifactError, ConfigError, EdgeslimError, ExportError, ValidationError
+from ..compress.quant import QuantizeConfig
 from ..recipe import ExportSection, QuantizeSection, ValidateSection
 from ..registry import Registry
 
@@ -94,7 +95,7 @@ class ExportContext:
     dynamic_batch: bool = True
     precisions: tuple[str, ...] = ("fp32",)
     calibration: list[np.ndarray] | None = None
-    quantize: QuantizeSection = field(default_factory=QuantizeSection)
+    quantize: QuantizeConfig = field(default_factory=QuantizeSection)
     target: str = "auto"
     qat_model: Any = None
     val_split: tuple[np.ndarray, np.ndarray] | None = None
@@ -298,14 +299,14 @@ def _input_shape(manifest: Manifest) -> tuple[int, int, int]:
 
 
 def _check_request(formats: Sequence[str], precisions: Sequence[str], calibration: Any,
-                   quantize_cfg: QuantizeSection) -> tuple[list[str], tuple[str, ...]]:
+                   quantize_cfg: QuantizeConfig) -> tuple[list[str], tuple[str, ...]]:
     if isinstance(formats, str) or isinstance(precisions, str):
         raise ConfigError("formats and precisions must be sequences such as ('onnx',), not a single string")
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise ConfigError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(PRECISIONS)}")
     if "int8" in precisions:
-        if quantize_cfg.method == "none":
+        if quantize_cfg.method == "none":  # NoQuantization
             raise ConfigError("int8 was requested but quantize.method is 'none'; set it to 'ptq' or drop int8")
         if calibration is None:
             raise ConfigError(
@@ -344,7 +345,7 @@ def export_artifact(
     calibration: Iterable[np.ndarray] | None = None,
     validation: tuple[np.ndarray, np.ndarray | None] | None = None,
     export_cfg: ExportSection | None = None,
-    quantize_cfg: QuantizeSection | None = None,
+    quantize_cfg: QuantizeConfig | None = None,
     validate_cfg: ValidateSection | None = None,
     strict: bool = False,
     target: str = "auto",
@@ -402,7 +403,7 @@ def export_artifact(
 
 def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[str] | None,
             precisions: Sequence[str], calibration: Any, validation: Any, export_cfg: ExportSection | None,
-            quantize_cfg: QuantizeSection | None, validate_cfg: ValidateSection | None, strict: bool,
+            quantize_cfg: QuantizeConfig | None, validate_cfg: ValidateSection | None, strict: bool,
             existing: Path | None, target: str = "auto", qat_model: Any = None,
             val_split: tuple[np.ndarray, np.ndarray] | None = None) -> Manifest:
     import torch
@@ -587,9 +588,9 @@ def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], refe
         stash = {p: p.read_bytes() for p in old_paths if p.exists()}
         for p in stash:
             p.unlink()
-        cfg = ctx.quantize.model_copy(update={
-            "method": "accuracy_aware", "max_extra_critical_fn": validate_cfg.max_extra_critical_fn,
-        })
+        from ..compress.quant import with_method
+
+        cfg = with_method(ctx.quantize, "accuracy_aware", max_extra_critical_fn=validate_cfg.max_extra_critical_fn)
         sub = dataclasses.replace(ctx, precisions=("int8",), quantize=cfg, errors=[], skipped=[],
                                   written=[w for w in ctx.written if w is not mf])
         files = sub.attempt(mf.format, "int8", lambda: EXPORTERS.get(mf.format)().export(sub))
@@ -681,7 +682,7 @@ def export_existing(
     calibration: Iterable[np.ndarray] | None = None,
     validation: tuple[np.ndarray, np.ndarray | None] | None = None,
     export_cfg: ExportSection | None = None,
-    quantize_cfg: QuantizeSection | None = None,
+    quantize_cfg: QuantizeConfig | None = None,
     validate_cfg: ValidateSection | None = None,
     strict: bool = False,
     target: str | None = None,

@@ -15,7 +15,7 @@ from edgeslim.compress.quantize import calibration_batches
 from edgeslim.compress.api import compress
 from edgeslim.errors import ConfigError, ExportError, TrainingError
 from edgeslim.export.base import export_artifact
-from edgeslim.recipe import ValidateSection
+from edgeslim.recipe import QuantizeSection, ValidateSection
 from edgeslim.testing import TinyNet
 
 from _digits import CRITICAL, digits, manifest, recipe, sample_inputs
@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 
 def _qat_recipe(**quantize):
     r = recipe({"method": "one_shot", "sparsity": 0.5}, epochs=1, final_epochs=1)
-    r.quantize = type(r.quantize)(method="qat", calibration_size=64, **quantize)
+    r.quantize = QuantizeSection(method="qat", calibration_size=64, **quantize)
     return r
 
 
