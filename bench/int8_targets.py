@@ -128,7 +128,8 @@ def main() -> None:
             ref_pred[fmt] = pred
         rows.append({"arm": arm, "format": fmt, "runtime": runtimes[fmt], "top1": met.accuracy,
                      "critical_fn": met.critical_fn(), "agreement": float((pred == ref_pred[fmt]).mean()),
-                     "per_class_recall": {data.classes[c]: (None if pc["recall"] is None else round(float(pc["recall"]), 4)) for c, pc in enumerate(met.per_class)},
+                     "per_class_recall": {data.classes[c]: (None if pc["recall"] is None else round(float(pc["recall"]), 4))
+                                          for c, pc in enumerate(met.per_class)},
                      **({"kept_in_float": len(notes[(arm, fmt)].get("kept_in_float", []))}
                         if (arm, fmt) in notes and "kept_in_float" in notes[(arm, fmt)] else {})})
 

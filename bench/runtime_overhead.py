@@ -118,7 +118,7 @@ def bench_openvino(path: Path, x: np.ndarray, args: argparse.Namespace) -> dict:
     def raw(a: np.ndarray):
         # What a user of OpenVINO writes: infer and read the output. Copy it, as anyone keeping the result must
         # (the request reuses its output tensor), and as edgeslim does.
-        return np.array(request.infer({0: a})[port], copy=True)
+        return np.array(request.infer({0: a})[port], copy=True)  # noqa: F821 - deleted only after the timing
 
     np.testing.assert_array_equal(raw(x), backend.infer(x)["logits"])
     t_raw, t_es = interleave(raw, backend.infer, x, calls=args.calls, block=args.block, warmup=args.warmup)

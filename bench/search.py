@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 def _cpu() -> str:
-    from edgeslim.devices.cpu import cpu_info
+    from edgeslim.hardware import cpu_info
 
     c = cpu_info()
     isa = c.get("isa") or {}
@@ -93,9 +93,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-search-out"))
     ap.add_argument("--md", type=Path, default=None, help="write the results table here")
     args = ap.parse_args()
-    from edgeslim.search.target import apply_isa
+    from edgeslim.search.target import apply_isa, resolve_target
 
-    apply_isa(args.isa)  # before OpenVINO loads
+    target = resolve_target("auto", isa=args.isa)
+    apply_isa(target.isa)  # before OpenVINO loads
+    from edgeslim.compress.quant import with_method
     from edgeslim.pipeline import run_pipeline
     from edgeslim.recipe import load_recipe, parse_recipe
     from edgeslim.search.config import SearchSection
@@ -104,7 +106,8 @@ def main() -> None:
     t_all = time.perf_counter()
     hand = load_recipe("lite0-fast-int8").to_dict()
     base = dict(hand)
-    base.update(name="bench-search", model={"source": args.source})
+    # every arm compresses for the searched target (its INT8 scheme; with --isa below VNNI that is x86-avx2)
+    base.update(name="bench-search", model={"source": args.source}, target=target.name)
     base["data"] = {**hand["data"], "dataset": args.dataset, "image_size": args.image_size}
     base["train"] = {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                      "threads": args.threads}
@@ -122,8 +125,8 @@ def main() -> None:
     say = print
 
     # dense FP32 + PTQ INT8 alone (one run: no pruning, PTQ of the dense model)
-    dense_r = parse_recipe({**base, "name": "bench-dense", "prune": {"method": "none"},
-                            "quantize": {**hand["quantize"], "method": "ptq"}})
+    ptq = with_method(load_recipe("lite0-fast-int8").quantize, "ptq").model_dump(mode="json")
+    dense_r = parse_recipe({**base, "name": "bench-dense", "prune": {"method": "none"}, "quantize": ptq})
     t0 = time.perf_counter()
     d = out / "dense"
     dres = run_pipeline(dense_r, d, resume=(d / "run").is_dir(), progress=False, stages=("compress", "export"))
@@ -135,7 +138,7 @@ def main() -> None:
         prune = dict(hand["prune"])
         if args.source != "efficientnet_lite0":  # its exclude names a Lite0 layer; keep the rest of the hand recipe
             prune.update(exclude=[], round_to=4)
-        lf = parse_recipe({**hand, "model": base["model"], "data": base["data"], "prune": prune,
+        lf = parse_recipe({**hand, "target": target.name, "model": base["model"], "data": base["data"], "prune": prune,
                            "train": {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                                      "threads": args.threads},
                            "quantize": {**hand["quantize"], "qat_epochs": args.qat_epochs},
@@ -186,7 +189,8 @@ def main() -> None:
     ptq_p90 = rows[1]["p90"]
     cmd = "python bench/search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = [
-        f"Command: `{cmd}`  ", f"Host CPU: {_cpu()}; {platform.python_version()}; threads {args.threads}"
+        f"Command: `{cmd}`  ", f"Host CPU: {_cpu()}; target {target.name}; Python {platform.python_version()};"
+        f" threads {args.threads}"
         + (f"; ISA capped at {args.isa}" if args.isa else "") + "  ",
         f"Data: {args.dataset}, {args.source} at {args.image_size}px, dense epochs {args.epochs}, fine-tune"
         f" {args.final_epochs}; test split scored by each exported file (OpenVINO); FNR at matched critical FPR"

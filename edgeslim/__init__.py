@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .compress.data import load_data as load_data
     from .compress.sources import load_pretrained as load_pretrained
     from . import compress as compress, export as export, pipeline as pipeline
-    from .devices.profiler import profile_artifact as profile, profile_artifact as profile_artifact
+    from .devices.profiler import profile_artifact as profile  # noqa: F401 - the verb, re-exported
+    from .devices.profiler import profile_artifact as profile_artifact
     from .errors import EdgeslimError as EdgeslimError
     from .export import export_artifact as export_artifact
     from .pipeline import run_pipeline as run_pipeline

@@ -139,7 +139,7 @@ def run_pipeline(
         "dense": (res.dense_model, res.dense_metrics, None),
         "compressed": (res.model, res.metrics, res.sparsity_table),
     }
-    for key, (m, metrics, table) in variants.items():
+    for key, (m, metrics, _table) in variants.items():
         params, macs = count_params_macs(m, input_shape)
         result.metrics[key] = {
             **metrics.to_dict(),
@@ -187,7 +187,7 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
     # on the val split; the test split stays for the final numbers
     val_split = split_arrays(data, "val") if int8 and recipe.data.val_fraction > 0 else None
     test_x, test_y = split_arrays(data, "test")
-    for key, (m, metrics, table) in variants.items():
+    for key, (m, _metrics, table) in variants.items():
         if key == "dense" and "profile" not in stages and not formats:
             continue
         precisions = ["fp32"] + (["int8"] if key == "compressed" and int8 else [])

@@ -80,8 +80,8 @@ def resize_crop(im: Image.Image, pre: Preprocessing) -> Image.Image:
 def normalize(pixels: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """HxWx3 (or NxHxWx3) pixels in [0, 255] -> normalised float32 CHW (or NCHW)."""
     x = pixels.astype(np.float32)
-    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    y = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(y, -1, -3).astype(np.float32, copy=False))
 
 
 def preprocess(images: ImageLike | Iterable[ImageLike], pre: Preprocessing) -> np.ndarray:

@@ -214,4 +214,6 @@ def with_method(cfg: QuantizeConfig, method: str, **options: Any) -> QuantizeCon
 def parse_quantize(data: Any) -> QuantizeConfig:
     """A quantize section (typed, flat or a config) as its method's config (default method: ``ptq``)."""
     cfg = QUANT_METHODS.parse(upgrade_flat(data) if isinstance(data, dict) or data is None else data, default="ptq")
-    return cfg  # type: ignore[return-value]
+    if not isinstance(cfg, QuantizeConfig):
+        raise ConfigError(f"{type(cfg).__name__} is not a quantization method's config; subclass QuantizeConfig")
+    return cfg

@@ -230,7 +230,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         names = classes or [str(i) for i in range(n)]
         recalls = [per_class_recall(e["accuracy"], names) for e in acc_entries]
         rows = []
-        for i, name in enumerate(names):
+        for i in range(len(names)):
             mark = " (critical)" if i in critical else ""
             rows.append((class_label(i, names) + mark, *[_fmt(r[i] if i < len(r) else None, 3) for r in recalls]))
         parts += [

@@ -712,7 +712,7 @@ def add_accuracy_deltas(entries: list[dict[str, Any]]) -> None:
     with_acc = [e for e in entries if isinstance(e.get("accuracy"), dict) and "accuracy" in e["accuracy"]]
     fp32 = [r for r in with_acc if r["model"]["precision"] == "fp32"]
     for e in with_acc:
-        same = lambda r: (r["model"]["path"], r["backend"]["name"]) == (e["model"]["path"], e["backend"]["name"])  # noqa: E731
+        same = lambda r, e=e: (r["model"]["path"], r["backend"]["name"]) == (e["model"]["path"], e["backend"]["name"])  # noqa: E731
         # Prefer a different FP32 run on the same backend, then any other FP32 run (an FP32 model on a second
         # backend is compared with the first, which shows cross-backend drift), then itself.
         ref = (

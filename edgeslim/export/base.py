@@ -459,7 +459,8 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             kept = _copy_existing(existing, tmp, names, precisions)
             ctx.written.extend(kept)
         if not any(m.format == "torch" for m in kept):
-            ctx.written.extend(ctx.attempt("torch", "fp32", lambda: [write_torch_weights(model, tmp / TORCH_WEIGHTS, arch=manifest.arch, num_classes=num_classes)]))
+            ctx.written.extend(ctx.attempt("torch", "fp32", lambda: [write_torch_weights(
+                model, tmp / TORCH_WEIGHTS, arch=manifest.arch, num_classes=num_classes)]))
         _run_exporters(ctx, names)
 
         m = manifest.model_copy(deep=True)
@@ -593,7 +594,7 @@ def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], refe
         cfg = with_method(ctx.quantize, "accuracy_aware", max_extra_critical_fn=validate_cfg.max_extra_critical_fn)
         sub = dataclasses.replace(ctx, precisions=("int8",), quantize=cfg, errors=[], skipped=[],
                                   written=[w for w in ctx.written if w is not mf])
-        files = sub.attempt(mf.format, "int8", lambda: EXPORTERS.get(mf.format)().export(sub))
+        files = sub.attempt(mf.format, "int8", lambda mf=mf, sub=sub: EXPORTERS.get(mf.format)().export(sub))
         new = next((f for f in files if f.precision == "int8"), None)
         if new is None:
             for p, data in stash.items():  # keep the failed file for _drop_failed / strict to judge as before

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..compress.quant import Int8Job
+from ..compress.quant import Int8Job, parse_quantize
 from ..methods import QUANT_METHODS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +44,7 @@ def quantize_graph(ctx: "ExportContext", fmt: str, graph: Any) -> tuple[Any, dic
         ``(int8_graph, extra)``; ``extra`` records the quantizer, its settings and the INT8 scheme (the target the
         file is made for), and goes into the model file's manifest entry.
     """
-    cfg = QUANT_METHODS.parse(ctx.quantize) if not hasattr(ctx.quantize, "method") else ctx.quantize
+    cfg = parse_quantize(ctx.quantize)
     job = int8_job(ctx, fmt)
     quantized, extra = QUANT_METHODS.handler(cfg)(cfg, job, fmt, graph)
     extra = {**extra, "int8_scheme": job.scheme.to_dict()}

@@ -84,7 +84,7 @@ class Backend(abc.ABC):
         """Version of the underlying runtime library."""
         return ""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most backends hold nothing to release
         """Release the model; idempotent."""
 
     # -- public ----------------------------------------------------------------------------------------------

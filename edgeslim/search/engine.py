@@ -72,6 +72,13 @@ class _Context:
     say: Callable[[str], None]
 
 
+def _optuna() -> Any:
+    """Optuna, or a MissingDependencyError naming the ``search`` extra."""
+    from ..errors import require
+
+    return require("optuna", extra="search", purpose="edgeslim search (its trials, samplers and storage)")
+
+
 def _digest(s: str) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:12]
 
@@ -90,8 +97,8 @@ def prepare(base: Recipe, section: SearchSection | None = None, *, progress: boo
     if section is None:
         raise ConfigError("the recipe has no 'search:' section; add one (at least search.latency_ms) or pass one")
     base.check_names()
-    apply_isa(section.isa)
     target = resolve_target(section.target, isa=section.isa, backend=section.backend)
+    apply_isa(target.isa)  # the asked cap, or the one the target implies (x86-avx2 on a VNNI host); before OpenVINO
     space = build_space(base, section, target)
     return section, target, space
 
@@ -116,7 +123,7 @@ def _measure(ctx: _Context, study: Any, c: dict[str, Any]) -> dict[str, Any]:
     m = measure_architecture(ctx.base, c, backend=ctx.target.backend, num_classes=ctx.num_classes,
                              iterations=s.measure_iterations, seconds=s.measure_seconds, threads=s.threads,
                              float_scope=ctx.space.float_scope.get(c.get("float_layers", "none"), []),
-                             device=ctx.target.device)
+                             device=ctx.target.device, target=ctx.target.name)
     d = {**m.to_dict(), "candidate": {k: v for k, v in c.items() if k != "gamma"}}
     study.set_user_attr(_arch_attr(key), d)
     ctx.say(f"measured {_short(c)}: p90 {m.p90_ms:.3f} ms, {m.size_mb:.2f} MB ({m.seconds:.1f} s)")
@@ -148,11 +155,11 @@ def _scores(artifact: Path, backend: str, precision: str, split: str, data: Any,
             device: str = "cpu"):
     """Probabilities of the deployed file on a split, with the artifact's manifest."""
     from ..artifact import load_manifest
-    from ..pipeline import _split_arrays
+    from ..compress.data import split_arrays
     from ..runtime import load
 
     manifest = load_manifest(artifact)
-    x, y = _split_arrays(data, split)
+    x, y = split_arrays(data, split)
     with load(artifact, backend=backend, precision=precision, threads=threads, device=device) as pred:
         z = pred.infer(x)
     return z, y, manifest
@@ -274,7 +281,7 @@ def _constraints(ctx: _Context, lat: dict[str, Any], acc: dict[str, Any] | None,
 
 
 def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[float, float, float]]:
-    import optuna
+    optuna = _optuna()
 
     def objective(trial: Any) -> tuple[float, float, float]:
         study = study_ref[0]
@@ -345,8 +352,9 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
 
 # -- the study ----------------------------------------------------------------------------------------------------
 def _study(ctx: _Context):
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    optuna = _optuna()
+    RDBStorage, RetryHeartbeatStaleTrialCallback = (  # noqa: N806 - Optuna's class names
+        optuna.storages.RDBStorage, optuna.storages.RetryHeartbeatStaleTrialCallback)
 
     s = ctx.section
     url = s.storage or f"sqlite:///{(ctx.out_dir / 'search.db').resolve()}"
@@ -366,8 +374,9 @@ def _study(ctx: _Context):
 
 
 def _dense_candidate(space: SearchSpace, base: Recipe) -> dict[str, Any]:
-    prune = space.dim("prune").choices  # type: ignore[union-attr]
-    dense = "structured:0" if "structured:0" in prune else prune[0]
+    """The dense reference: channel ratio 0, so it trains on the pruned candidates' schedule (dense round, then the
+    short fine-tune); a candidate only when ``search.ratios`` holds 0, the reference of the top-1 drop always."""
+    dense = "structured:0"
     sizes = space.dim("image_size").choices  # type: ignore[union-attr]
     size = base.data.image_size if base.data.image_size in sizes else max(sizes)
     gammas = space.dim("gamma").choices  # type: ignore[union-attr]
@@ -425,7 +434,7 @@ def _point(t: Any) -> dict[str, Any]:
 
 
 def _ruled_out_lines(ctx: _Context, study: Any, complete: list[dict[str, Any]], dense: dict[str, Any]) -> list[str]:
-    import optuna
+    optuna = _optuna()
 
     lines = list(ctx.space.ruled_out)
     seen = set()
@@ -506,7 +515,7 @@ def search(
         ConfigError / UnknownNameError / BackendError: bad inputs, before any training (see :func:`prepare`).
         SearchError: a budget no candidate can meet (the binding constraint and the nearest point are named).
     """
-    import optuna
+    optuna = _optuna()
 
     t0 = time.perf_counter()
     section, target, space = prepare(base, section)
@@ -597,7 +606,7 @@ class _Bar:
 
 
 def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners: dict[str, Any], t0: float):
-    import optuna
+    optuna = _optuna()
 
     from ..devices.profiler import ProfileConfig, profile_backend
     from ..runtime import load

@@ -109,45 +109,41 @@ def macs_by_kind(model: Any, shape: tuple[int, ...]) -> dict[str, float]:
 
 
 def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: int) -> tuple[Any, tuple[int, ...]]:
-    """A random-weight copy of the base model, pruned as ``candidate`` says; returns ``(model, input shape)``."""
+    """A random-weight copy of the base model, pruned as ``candidate`` says; returns ``(model, input shape)``.
+
+    The candidate's method config (:func:`edgeslim.search.space.prune_config`) is applied with the pruning
+    package's own functions (Torch-Pruning for channels, the N:M and magnitude masks), so the structure is the one
+    the pipeline would produce; only the weights (random here) differ.
+    """
     import torch
 
-    from ..compress.pruning import prunable_layers
+    from ..compress.prune import NM, LayerPruneConfig, OneShot, Structured
+    from ..compress.prune.base import mask_options
+    from ..compress.prune.masks import MaskSet
+    from ..compress.prune.nm import apply_nm
+    from ..compress.prune.structured import _ignored, prune_channels
     from ..compress.sources import load_pretrained, replace_head
-    from ..compress.structured import _ignored, prune_channels
+    from .space import prune_config
 
     torch.manual_seed(0)
     src = load_pretrained(base.model.source, arch=base.model.arch, pretrained=False)
     model = replace_head(src.model, num_classes).eval()
     size = int(candidate["image_size"] or src.preprocessing.crop)
     shape = (1, 3, size, size)
-    kind, _, arg = candidate["prune"].partition(":")
-    if kind == "structured" and float(arg) > 0:
-        p = base.prune
-        structured = p.method in ("structured", "channel")
-        ign = _ignored(model, prune_first_conv=p.prune_first_conv if structured else False,
-                       exclude=list(p.exclude) if structured else [])
-        prune_channels(model, torch.zeros(shape), ratio=float(arg), scope=p.scope if structured else "layer",
-                       round_to=p.round_to if structured else 8, importance=p.importance if structured else "l2",
-                       ignored_layers=ign)
-    elif kind == "nm":
-        n, m = (int(v) for v in arg.split(":"))
-        with torch.no_grad():  # keep the n largest of every m weights along the input dimension
-            for _, layer in prunable_layers(model):
-                w = layer.weight
-                flat = w.reshape(-1, m) if w.numel() % m == 0 else None
-                if flat is None:
-                    continue
-                idx = flat.abs().argsort(dim=1)[:, : m - n]
-                flat.scatter_(1, idx, 0.0)
-    elif kind == "one_shot":
-        with torch.no_grad():
-            for _, layer in prunable_layers(model):
-                w = layer.weight
-                k = int(w.numel() * float(arg))
-                if k:
-                    thr = w.abs().flatten().kthvalue(k).values
-                    w[w.abs() <= thr] = 0.0
+    cfg = prune_config(candidate["prune"], base)
+    if isinstance(cfg, Structured) and cfg.ratio > 0:
+        ign = _ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude)
+        prune_channels(model, torch.zeros(shape), ratio=cfg.ratio, scope=cfg.scope, round_to=cfg.round_to,
+                       iterative_steps=cfg.iterative_steps, importance=cfg.importance, ignored_layers=ign)
+    elif isinstance(cfg, NM):
+        apply_nm(MaskSet.for_model(model, **mask_options(cfg)), model, cfg.n, cfg.m)
+    elif isinstance(cfg, OneShot):
+        masks = MaskSet.for_model(model, **mask_options(cfg))
+        masks.prune_to(model, cfg.sparsity, scope=cfg.scope)
+        masks.apply(model)
+    elif isinstance(cfg, LayerPruneConfig) and not isinstance(cfg, Structured):
+        raise ConfigError(f"prune choice '{candidate['prune']}': the search builds no architecture for method"
+                          f" '{cfg.method}'")
     return model, shape
 
 
@@ -229,16 +225,20 @@ def _onnx_kind(op: str, node: str) -> str:
 
 def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
                          iterations: int = 50, seconds: float = 0.5, threads: int | None = None,
-                         layers: bool = True, float_scope: list[str] = (), device: str = "cpu") -> ArchMeasurement:
+                         layers: bool = True, float_scope: list[str] = (), device: str = "cpu",
+                         target: str | None = None) -> ArchMeasurement:
     """Measure a candidate's architecture on this host: random weights, the deployed export, the profiler.
 
-    INT8 candidates are quantized with NNCF on random calibration data: the graph (which layers run INT8, which
-    stay in float) is the deployed one; only the scales differ, which does not change the kernels' speed.
+    INT8 candidates are quantized with NNCF (PTQ) on random calibration data, in the INT8 scheme of ``target``
+    (a name from :mod:`edgeslim.hardware`; default: the base recipe's ``target``): the graph (which layers run
+    INT8, which stay in float) is the deployed one; only the scales differ, which does not change the kernels'
+    speed.
     """
     from ..artifact import Manifest, Preprocessing, TensorInfo
     from ..devices.profiler import ProfileConfig, profile_backend
+    from ..compress.quant import PTQ, NoQuantization
     from ..export import export_artifact
-    from ..recipe import ExportSection, QuantizeSection
+    from ..recipe import ExportSection
     from ..runtime import load
 
     t0 = time.perf_counter()
@@ -255,15 +255,13 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
         outputs=[TensorInfo(name="logits", shape=[1, num_classes])],
         preprocessing=Preprocessing(resize=shape[2], crop=shape[2]),
     )
-    qcfg = QuantizeSection(method="ptq", calibration_size=16,
-                           ignored_scope=list(float_scope)) \
-        if precision == "int8" else QuantizeSection(method="none")
+    qcfg = PTQ(calibration_size=16, ignored_scope=list(float_scope)) if precision == "int8" else NoQuantization()
     with tempfile.TemporaryDirectory(prefix="edgeslim-arch-") as tmp:
         art = Path(tmp) / "a"
         man = export_artifact(model, art, manifest, formats=formats, precisions=[precision],
                               calibration=_random_calibration(shape) if precision == "int8" else None,
                               validation=None, export_cfg=ExportSection(formats=formats, dynamic_batch=False),
-                              quantize_cfg=qcfg)
+                              quantize_cfg=qcfg, target=target or base.target)
         fmt = _FILE_FORMAT[backend]
         mf = next((m for m in man.models if m.format == fmt and m.precision == precision), None)
         if mf is None:

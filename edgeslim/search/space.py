@@ -1,13 +1,17 @@
-"""The search space: which recipe changes a candidate may combine on a target, as overlays on a base recipe.
+"""The search space: which recipe changes a candidate may combine on a target, as typed method configs.
 
-A candidate is a small dict of choices (``prune``, ``precision``, ``float_layers``, ``image_size``, ``gamma``).
-:func:`overlay` turns it into a plain-dict overlay of recipe sections, and :func:`candidate_recipe` merges that
-into the base recipe, so the chosen candidate is an ordinary recipe that ``edgeslim pipeline`` re-runs.
+A candidate is a small dict of choices (``prune``, ``precision``, ``float_layers``, ``image_size``, ``gamma``); the
+``prune`` choice is ``<method>:<argument>`` (``structured:0.5``, ``nm:2:4``, ``one_shot:0.75``). The choices come
+from the registered method configs: :func:`build_space` walks :data:`edgeslim.methods.PRUNE_METHODS` and proposes
+every method whose result the target runs faster (channel pruning everywhere, 2:4 where TensorRT has sparse
+kernels, unstructured sparsity where the kernels skip zeros), listing the others as ruled out with why.
+:func:`prune_config` and :func:`quantize_config` turn a candidate into the method configs
+(:class:`~edgeslim.compress.prune.Structured`, :class:`~edgeslim.compress.quant.PTQ`, ...), :func:`overlay` into
+version-2 recipe sections, and :func:`candidate_recipe` merges that into the base recipe, so the chosen candidate
+is an ordinary recipe that ``edgeslim pipeline`` re-runs, with ``target:`` set to the searched target (the same
+INT8 scheme).
 
-This module is the one place that knows how a choice maps onto recipe fields. It writes version-1 recipe
-sections (``prune.method`` + flat fields, ``quantize.method``); when the methods become typed configs (recipe
-version 2, one pydantic model per method discriminated by ``method``), only :func:`overlay` and
-:func:`build_space` change.
+This module is the one place that knows how a choice maps onto recipe fields.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..methods import PRUNE_METHODS, QUANT_METHODS, MethodConfig
 from ..recipe import Recipe, parse_recipe
 from .config import SearchSection
 from .target import SearchTarget
 
-__all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key", "overlay", "candidate_recipe"]
+__all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key", "overlay", "candidate_recipe",
+           "prune_config", "quantize_config"]
 
 # float-kept layers of an INT8 candidate: "stem" keeps the first convolution (the layer INT8 most often hurts:
 # it sees raw pixels) in float. The node name comes from the exported graph (see stem_node); the classifier is
@@ -49,6 +55,8 @@ class SearchSpace:
     dims: list[Dimension]
     ruled_out: list[str] = field(default_factory=list)
     float_scope: dict[str, list[str]] = field(default_factory=lambda: {"none": []})
+    # every registered pruning method -> how the search uses it on this target (proposed, or why not)
+    methods: dict[str, str] = field(default_factory=dict)
 
     def dim(self, name: str) -> Dimension | None:
         return next((d for d in self.dims if d.name == name), None)
@@ -81,7 +89,8 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dims": [{"name": d.name, "choices": d.choices, "when": list(d.when) if d.when else None}
-                         for d in self.dims], "ruled_out": self.ruled_out, "float_scope": self.float_scope}
+                         for d in self.dims], "ruled_out": self.ruled_out, "float_scope": self.float_scope,
+                "methods": self.methods}
 
 
 def stem_node(base: Recipe, num_classes: int = 10) -> str | None:
@@ -108,25 +117,76 @@ def stem_node(base: Recipe, num_classes: int = 10) -> str | None:
     return next((n.name for n in program.model_proto.graph.node if n.op_type == "Conv"), None)
 
 
+def _kind(config: type[MethodConfig]) -> str | None:
+    """What a pruning method's result is, from its config class (a subclass registered by a plugin counts too):
+    ``channels`` (a narrower dense model), ``n:m``, ``unstructured``, ``dense``, ``source`` (the zeros of a sparse
+    source checkpoint), or None (the search does not know what it runs like)."""
+    from ..compress.prune import NM, Gradual, LotteryTicket, NoPruning, OneShot, SparseTransfer, Structured
+
+    for klass, kind in ((Structured, "channels"), (NM, "n:m"), (OneShot, "unstructured"), (Gradual, "unstructured"),
+                        (LotteryTicket, "unstructured"), (NoPruning, "dense"), (SparseTransfer, "source")):
+        if issubclass(config, klass):
+            return kind
+    return None
+
+
+def _prune_choices(section: SearchSection, target: SearchTarget) -> tuple[list[str], list[str], dict[str, str]]:
+    """The ``prune`` choices of the registered methods the target runs faster; the ruled-out lines; a note per
+    registered method."""
+    from ..compress.prune import NM, OneShot
+
+    choices: list[str] = []
+    ruled: list[str] = []
+    notes: dict[str, str] = {}
+    unstructured: list[str] = []
+    for name in PRUNE_METHODS.names():
+        config = PRUNE_METHODS.config_class(name)
+        kind = _kind(config)
+        if kind == "channels":
+            mine = [f"{name}:{r:g}" for r in sorted(set(section.ratios))]
+            choices += mine
+            notes[name] = f"proposed: channel ratio {', '.join(c.split(':')[1] for c in mine) or '(search.ratios empty)'}"
+        elif kind == "n:m":
+            n, m = NM.model_fields["n"].default, NM.model_fields["m"].default
+            if target.sparse_2_4:
+                choices.append(f"{name}:{n}:{m}")
+                notes[name] = f"proposed: {n}:{m}"
+            else:
+                why = (f"{target.name} via {target.backend} has no {n}:{m} sparse kernels (TensorRT on Ampere / Orin"
+                       " only)")
+                ruled.append(f"{n}:{m} sparsity (method {name}): {why}")
+                notes[name] = f"not proposed: {why}"
+        elif kind == "unstructured":
+            unstructured.append(name)
+            if not target.sparse_unstructured:
+                notes[name] = f"not proposed: {target.backend} on {target.name} runs zeros as dense weights"
+            elif issubclass(config, OneShot):
+                mine = [f"{name}:{s:g}" for s in sorted(set(section.sparsities))]
+                choices += mine
+                notes[name] = f"proposed: sparsity {', '.join(c.split(':')[1] for c in mine) or '(none asked)'}"
+            else:  # the latency depends on the sparsity only: the one-shot method reaches it with one fine-tune
+                notes[name] = "not proposed: one_shot reaches the same sparsities with one fine-tune"
+        elif kind == "dense":
+            notes[name] = "the dense reference is structured:0 (trained on the pruned candidates' schedule)"
+        elif kind == "source":
+            notes[name] = "not a search choice: it keeps the zeros of a sparse source checkpoint"
+        else:
+            notes[name] = "not proposed: the search does not know what its result runs like on a target"
+    if unstructured and not target.sparse_unstructured and section.sparsities:
+        ruled.append(f"unstructured sparsity (methods {', '.join(unstructured)}): {target.backend} on {target.name}"
+                     " runs zeros as dense weights, so it saves no time there")
+    return choices, ruled, notes
+
+
 def build_space(base: Recipe, section: SearchSection, target: SearchTarget, *,
                 stem: str | None = None) -> SearchSpace:
-    """The candidates ``target`` can run, from the section's choices and the base recipe.
+    """The candidates ``target`` can run: the registered pruning methods it runs faster (at the section's ratios
+    and sparsities), the precisions it has kernels for, and the base recipe's sizes and loss weights.
 
     Raises:
         ConfigError: the space is empty for the target (e.g. only FP16 asked for on a CPU without FP16 kernels).
     """
-    ruled: list[str] = []
-    prune = [f"structured:{r:g}" for r in sorted(set(section.ratios))]
-    if target.sparse_2_4:
-        prune.append("nm:2:4")
-    else:
-        ruled.append(f"2:4 sparsity: {target.name} via {target.backend} has no 2:4 sparse kernels (TensorRT on"
-                     " Ampere / Orin only)")
-    if target.sparse_unstructured:
-        prune += [f"one_shot:{s:g}" for s in sorted(set(section.sparsities))]
-    elif section.sparsities:
-        ruled.append(f"unstructured sparsity: {target.backend} on {target.name} runs zeros as dense weights, so it"
-                     " saves no time there")
+    prune, ruled, notes = _prune_choices(section, target)
     precisions = [p for p in section.precisions if p in target.precisions]
     for p in section.precisions:
         if p not in target.precisions:
@@ -153,7 +213,7 @@ def build_space(base: Recipe, section: SearchSection, target: SearchTarget, *,
         if stem is not None:
             scope["stem"] = [stem]
         dims.append(Dimension("float_layers", list(scope), when=("precision", "int8")))
-    return SearchSpace(dims=dims, ruled_out=ruled, float_scope=scope)
+    return SearchSpace(dims=dims, ruled_out=ruled, float_scope=scope, methods=notes)
 
 
 def candidate_key(c: dict[str, Any]) -> str:
@@ -166,36 +226,69 @@ def arch_key(c: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in c.items() if k != "gamma"}, sort_keys=True)
 
 
-def _prune_overlay(choice: str, base: Recipe) -> dict[str, Any]:
-    kind, _, arg = choice.partition(":")
-    if kind == "structured":
-        keep = base.prune if base.prune.method in ("structured", "channel") else None
-        out: dict[str, Any] = {"method": "structured", "ratio": float(arg)}
-        if keep is not None:
-            out.update(scope=keep.scope, round_to=keep.round_to, importance=keep.importance,
-                       iterative_steps=keep.iterative_steps, prune_first_conv=keep.prune_first_conv,
-                       exclude=list(keep.exclude))
-        return out
-    if kind == "nm":
-        n, m = (int(v) for v in arg.split(":"))
-        return {"method": "nm", "n": n, "m": m}
-    if kind == "one_shot":
-        return {"method": "one_shot", "sparsity": float(arg)}
-    raise ConfigError(f"unknown prune choice '{choice}'")
+def prune_config(choice: str, base: Recipe) -> MethodConfig:
+    """The pruning method config of a ``prune`` choice (``structured:0.5`` -> ``Structured(ratio=0.5, ...)``).
+
+    Options of the base recipe's method are kept where they mean the same: all of them when the choice is the
+    base's method (scope, round_to, importance, ...), the layer choice (``exclude``, ``prune_first_conv``,
+    ``prune_classifier``) otherwise; other methods' fields do not exist in the config, so none can leak in.
+
+    Raises:
+        ConfigError / UnknownNameError: a choice of an unknown method, or one the search cannot express.
+    """
+    from ..compress.prune import LayerPruneConfig
+
+    name, _, arg = choice.partition(":")
+    config = PRUNE_METHODS.config_class(name)
+    kind = _kind(config)
+    try:
+        if kind == "channels":
+            data: dict[str, Any] = {"ratio": float(arg)}
+        elif kind == "n:m":
+            n, m = arg.split(":")
+            data = {"n": int(n), "m": int(m)}
+        elif kind == "unstructured":
+            data = {"sparsity": float(arg)}
+        elif kind == "dense":
+            data = {}
+        else:
+            raise ConfigError(f"prune choice '{choice}': the search cannot build method '{name}'")
+    except ValueError:
+        raise ConfigError(f"prune choice '{choice}': expected <method>:<ratio>, nm:<n>:<m> or <method>:<sparsity>"
+                          ) from None
+    own = base.prune
+    same = PRUNE_METHODS.canonical(own.method) == PRUNE_METHODS.canonical(name)
+    layer_choice = set(LayerPruneConfig.model_fields) - {"method"}
+    keep = {k: getattr(own, k) for k in config.model_fields
+            if k != "method" and k not in data and k in type(own).model_fields and (same or k in layer_choice)}
+    return PRUNE_METHODS.parse({"method": name, **keep, **data})
+
+
+def quantize_config(c: dict[str, Any], base: Recipe, space: SearchSpace) -> MethodConfig:
+    """The quantization method config of a candidate, from the base recipe's (its calibration options kept).
+
+    FP32 / FP16: ``none``. INT8: the base's post-training method (``ptq`` or ``accuracy_aware``, with its own
+    options) with the candidate's float-kept layers; a base with ``none`` or ``qat`` gets ``ptq`` (QAT trains
+    again after the short fine-tune, which the search does not spend on every candidate).
+    """
+    from ..compress.quant import with_method
+
+    q = base.quantize
+    if c["precision"] != "int8":
+        return with_method(q, "none", ignored_scope=[])  # type: ignore[arg-type]
+    scope = list(space.float_scope.get(c.get("float_layers", "none"), []))
+    if QUANT_METHODS.canonical(q.method) in ("none", "qat"):
+        return with_method(q, "ptq", ignored_scope=scope)  # type: ignore[arg-type]
+    return QUANT_METHODS.parse({**q.model_dump(mode="json"), "ignored_scope": scope})
 
 
 def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: SearchTarget,
             space: SearchSpace) -> dict[str, Any]:
-    """The recipe sections a candidate changes, as plain data."""
-    q = base.quantize.model_dump(mode="json")
-    if c["precision"] == "int8":
-        q.update(method="ptq" if base.quantize.method in ("none", "qat") else base.quantize.method,
-                 ignored_scope=list(space.float_scope.get(c.get("float_layers", "none"), [])))
-    else:
-        q.update(method="none", ignored_scope=[])
+    """The version-2 recipe sections a candidate changes, as plain data (``prune`` and ``quantize`` whole)."""
     out: dict[str, Any] = {
-        "prune": _prune_overlay(c["prune"], base),
-        "quantize": q,
+        "target": target.name,  # the searched target decides the INT8 scheme of the candidate and of its re-run
+        "prune": prune_config(c["prune"], base).model_dump(mode="json"),
+        "quantize": quantize_config(c, base, space).model_dump(mode="json"),
         "data": {"image_size": c["image_size"]},
         "loss": {"gamma": c["gamma"]},
         "train": {"final_epochs": section.fine_tune_epochs},
@@ -210,10 +303,10 @@ def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: Sea
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "prune":
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("prune", "quantize"):
             out[k] = _merge(out[k], v)
         else:
-            out[k] = copy.deepcopy(v)  # prune is replaced whole: another method's fields must not leak in
+            out[k] = copy.deepcopy(v)  # a method config is replaced whole: another method's fields must not leak in
     return out
 
 

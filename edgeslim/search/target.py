@@ -3,7 +3,9 @@
 The target decides the search space (a precision or a sparse format the target cannot run is never proposed)
 and where latencies are measured. ``isa`` holds this host's CPU runtime to an older instruction set through
 oneDNN's ``ONEDNN_MAX_CPU_ISA`` (read by OpenVINO's CPU plugin when the library loads), so that one machine can
-show how the pick moves between CPU generations.
+show how the pick moves between CPU generations. Target names are those of :mod:`edgeslim.hardware` (a recipe's
+``target:``): the name a search resolves is written into every candidate recipe, so the INT8 files it measures
+and the chosen recipe's re-run use the same INT8 scheme.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class SearchTarget:
     """A resolved target.
 
     Attributes:
-        name: the target profile's name (``x86-cpu``, ``jetson-orin-nx``, ...).
+        name: the :mod:`edgeslim.hardware` target profile's name (``x86-avx2``, ``jetson-orin-nx``, ...); the
+            ``target:`` of every candidate recipe, so the chosen recipe re-runs with the same INT8 scheme.
         kind: ``cpu``, ``gpu`` or ``jetson``.
         backend: the runtime backend candidates are measured with.
         precisions: precisions the target runs (``fp16`` only where it has fast FP16 kernels).
@@ -106,9 +109,39 @@ def _check_remote(url: str, timeout_s: float) -> dict[str, Any]:
         ) from None
 
 
+def _cpu_targets(here: dict[str, Any]) -> dict[str, str | None]:
+    """The CPU target names a search can measure on this host, each with the ISA cap it needs (None: none).
+
+    Follows :mod:`edgeslim.hardware`: this CPU's own profile (``x86-vnni`` / ``x86-avx2`` / ``arm-cpu``), the
+    generic ``x86-cpu`` on any x86 host (its INT8 scheme holds on every x86 CPU), and ``x86-avx2`` on a VNNI host
+    held below VNNI (oneDNN capped at ``avx2``), which is how an AVX2 machine runs.
+    """
+    from ..hardware import cpu_target
+
+    own = cpu_target(here.get("cpu") or {}).name
+    out: dict[str, str | None] = {own: None}
+    if own.startswith("x86-"):
+        out["x86-cpu"] = None
+        out["x86-avx2"] = None if own == "x86-avx2" else "avx2"
+    return out
+
+
+def _capped_name(name: str, isa: str | None) -> str:
+    """The hardware target a capped x86 host runs as: below ``avx2_vnni`` it has no VNNI (INT8 scheme ``x86-avx2``)."""
+    if isa is not None and name == "x86-vnni" and isa.lower() in ISAS and ISAS.index(isa.lower()) < ISAS.index(
+            "avx2_vnni"):
+        return "x86-avx2"
+    return name
+
+
 def resolve_target(spec: str = "auto", *, isa: str | None = None, backend: str | None = None,
                    timeout_s: float = 5.0) -> SearchTarget:
     """Resolve ``auto``, a target name from ``edgeslim devices``, or ``http(s)://host:port``.
+
+    The name is the :mod:`edgeslim.hardware` target this host is measured as, and the ``target:`` of every
+    candidate recipe (it decides the INT8 scheme, :func:`edgeslim.hardware.int8_scheme`): ``auto`` is the host
+    (``nvidia-gpu``, a Jetson board, or its CPU profile); an x86 host also answers to ``x86-cpu`` (the generic
+    profile) and ``x86-avx2`` (a VNNI host is then capped at ``avx2``); a host with a GPU also to its CPU's names.
 
     Raises:
         UnknownNameError: an unknown target name (did-you-mean).
@@ -127,15 +160,29 @@ def resolve_target(spec: str = "auto", *, isa: str | None = None, backend: str |
             " search --target auto` on the device itself (it needs only the [serve] install to measure), or"
             " `edgeslim profile --remote` to measure a chosen artifact"
         )
+    cpus = _cpu_targets(here)
     name = here["name"] if spec == "auto" else TARGETS.canonical(spec)
-    if name != here["name"]:
+    if name != here["name"] and name not in cpus:
+        here_too = ", ".join(n for n in dict.fromkeys([here["name"], *cpus]) if n != name)
         raise ConfigError(
-            f"target '{spec}' ({TARGETS.get(name).title}) is not this host ({here['name']}: {here['why']}); latency"
-            " is measured on the target itself: run the search there, or give --target auto"
+            f"target '{spec}' ({TARGETS.get(name).title}) is not this host ({here['name']}: {here['why']}; it can"
+            f" be measured as {here_too}); latency is measured on the target itself: run the search there, or give"
+            " --target auto"
         )
     profile = TARGETS.get(name)
     if isa is not None and profile.kind != "cpu":
         raise ConfigError(f"isa '{isa}' caps a CPU runtime; target {name} is a {profile.kind}: drop --isa")
+    needed = cpus.get(name)
+    if needed is not None:  # x86-avx2 on a VNNI host: oneDNN held below VNNI
+        if isa is None:
+            isa = needed
+        elif isa.lower() in ISAS and ISAS.index(isa.lower()) >= ISAS.index("avx2_vnni"):
+            raise ConfigError(
+                f"target {name} has no VNNI but isa '{isa}' allows it; give --isa {needed} (or lower), or drop --isa"
+            )
+    if spec == "auto":
+        name = _capped_name(name, isa)
+        profile = TARGETS.get(name)
     cpu_isa = {k for k, v in ((here.get("cpu") or {}).get("isa") or {}).items() if v}
     if isa is not None:
         # a cap below an extension removes it: sse41/avx/avx2 have no VNNI, AMX or FP16 arithmetic

@@ -214,7 +214,7 @@ def _json_array(data: Any, dt: np.dtype, shape: tuple[int, ...], name: str) -> n
     where = f"input '{name}'"
     if not isinstance(data, list):
         raise InputError(f"{where}: 'data' must be a (flat or nested) JSON list, got {type(data).__name__}")
-    if dt == object:
+    if dt.kind == "O":  # BYTES tensors
         flat = np.asarray(data, dtype=object).reshape(-1)
         if not all(isinstance(x, str) for x in flat):
             raise InputError(f"{where}: BYTES data must be JSON strings")
@@ -250,7 +250,7 @@ def _raw_tensor(buf: bytes | memoryview, datatype: str, dt: np.dtype, shape: tup
     """A tensor over raw little-endian bytes (a view, no copy; BYTES elements deserialized), which must be exactly
     the size ``shape`` of ``datatype`` needs; ``size_field`` names the request field that gave the size."""
     count = math.prod(shape)
-    if dt == object:
+    if dt.kind == "O":  # BYTES tensors
         return deserialize_bytes_tensor(buf, count, name).reshape(shape)
     expected = count * dt.itemsize
     if len(buf) != expected:

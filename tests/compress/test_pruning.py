@@ -178,7 +178,7 @@ def test_prune_to_reaches_absolute_targets_and_never_revives_weights():
     masks = MaskSet.for_model(model)
     masks.prune_to(model, 0.3)
     first = {n: m.clone() for n, m in masks.masks.items()}
-    for name, m in masks.masks.items():  # per layer: each layer at the target
+    for _name, m in masks.masks.items():  # per layer: each layer at the target
         assert 1 - m.float().mean().item() == pytest.approx(0.3, abs=1.5 / m.numel() + 1e-6)
     masks.prune_to(model, 0.2)  # below the current sparsity: nothing changes
     assert all(torch.equal(first[n], masks.masks[n]) for n in first)

@@ -171,7 +171,7 @@ def test_untraceable_models_fail_before_training_with_the_reason():
 def test_bad_quantize_options_are_config_errors_naming_the_valid_ones():
     from edgeslim.recipe import parse_recipe
 
-    with pytest.raises(ConfigError, match="unknown quantize method 'qta'. Did you mean 'qat'.*accuracy_aware"):
+    with pytest.raises(ConfigError, match="unknown quantization method 'qta'. Did you mean 'qat'.*accuracy_aware"):
         parse_recipe({"quantize": {"method": "qta"}})
     with pytest.raises(ConfigError, match="quantize.qat_epochs"):
         parse_recipe({"quantize": {"method": "qat", "qat_epochs": -1}})

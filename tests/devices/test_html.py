@@ -102,7 +102,8 @@ def test_compare_reports_merges_targets_into_one_table_and_page(report_dir, tmp_
     labels = {e["_target"] for e in merged["entries"]}
     assert len(labels) == 2 and any(lbl.startswith("jetson-orin-nx @ orin") for lbl in labels)
     md = (tmp_path / "fleet" / "report.md").read_text()
-    assert md.startswith("# fleet") and md.count("| jetson-orin-nx @ orin |") == len(a["entries"]) + 1  # its rows + its line in the list of reports
+    # its rows + its line in the list of reports
+    assert md.startswith("# fleet") and md.count("| jetson-orin-nx @ orin |") == len(a["entries"]) + 1
     page = (tmp_path / "fleet" / "report.html").read_text()
     assert len(_pngs(page)) == 3
     assert load_report(tmp_path / "fleet")["fleet"] is True

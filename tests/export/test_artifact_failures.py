@@ -43,9 +43,8 @@ def test_failing_int8_is_recorded_when_not_strict(trained, tmp_path):
 
 def test_a_file_that_fails_validation_is_left_out_and_the_rest_is_written(trained, tmp_path):
     # the default (not strict): the FP32 ONNX misses an impossible tolerance and is left out; the torch weights stay
-    m = export_artifact(trained.model, tmp_path / "v", tiny_manifest(), formats=("onnx",), precisions=("fp32",),
-                        validation=(trained.test_x[:50], trained.test_y[:50]),
-                        validate_cfg=ValidateSection(fp32_atol=1e-12))
+    export_artifact(trained.model, tmp_path / "v", tiny_manifest(), formats=("onnx",), precisions=("fp32",),
+                    validation=(trained.test_x[:50], trained.test_y[:50]), validate_cfg=ValidateSection(fp32_atol=1e-12))
     loaded = load_manifest(tmp_path / "v")
     assert [x.format for x in loaded.models] == ["torch"]
     assert not (tmp_path / "v" / "model.onnx").exists()

@@ -4,7 +4,6 @@ GPU) run everywhere; real engine builds are marked ``tensorrt``."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shlex
 import stat
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeslim.artifact import Manifest, ModelFile, Preprocessing, TensorInfo, load_manifest
+from edgeslim.artifact import Manifest, ModelFile, Preprocessing, TensorInfo
 from edgeslim.errors import ConfigError, ExportError
 from edgeslim.export import EXPORTERS, ExportContext, export_artifact
 from edgeslim.export.tensorrt import (

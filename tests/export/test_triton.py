@@ -19,7 +19,7 @@ import pytest
 
 from edgeslim.artifact import ModelFile, load_manifest
 from edgeslim.errors import ConfigError, ExportError
-from edgeslim.export import EXPORTERS, ExportContext, export_artifact
+from edgeslim.export import EXPORTERS, export_artifact
 from edgeslim.export.triton import (
     TritonExporter,
     TritonSettings,

@@ -56,21 +56,84 @@ def test_empty_space_is_a_clear_error(tiny_base):
 
 
 def test_candidate_is_an_ordinary_recipe(tiny_base):
-    base = parse_recipe({**tiny_base, "prune": {"method": "lottery_ticket", "rounds": 1, "rate": 0.5}})
+    from edgeslim.compress.prune import OneShot, Structured
+    from edgeslim.compress.quant import PTQ, NoQuantization
+
+    base = parse_recipe({**tiny_base, "prune": {"method": "lottery_ticket", "rounds": 3, "rate": 0.5,
+                                                 "prune_first_conv": True, "exclude": ["blocks.0.*"]},
+                         "quantize": {"method": "qat", "calibration_size": 64, "qat_epochs": 2}})
     section = SearchSection(ratios=[0.0, 0.6], gammas=[2.0, 5.0])
     space = build_space(base, section, _cpu(), stem="node_Conv_0")
     c = {"prune": "structured:0.6", "precision": "int8", "float_layers": "stem", "image_size": 16, "gamma": 2.0}
     r = candidate_recipe(base, c, section, _cpu(), space)
-    assert r.prune.method == "structured" and r.prune.ratio == 0.6
-    assert r.prune.rounds == 2  # the base's lottery-ticket fields did not leak in (2 is the default)
-    assert r.quantize.method == "ptq" and r.quantize.ignored_scope == ["node_Conv_0"]
+    assert isinstance(r.prune, Structured) and r.prune.ratio == 0.6 and r.version == 2
+    # the layer choice carries over; the lottery ticket's own fields do not exist on a Structured config
+    assert r.prune.prune_first_conv is True and r.prune.exclude == ["blocks.0.*"]
+    assert "rounds" not in type(r.prune).model_fields and r.prune.round_to == 8  # Structured's default
+    # QAT in the base: the short fine-tunes score its post-training form, with the base's calibration options
+    assert isinstance(r.quantize, PTQ) and r.quantize.ignored_scope == ["node_Conv_0"]
+    assert r.quantize.calibration_size == 64
+    assert r.target == "x86-cpu"  # the searched target: the chosen recipe re-runs with the same INT8 scheme
     assert r.loss.gamma == 2.0 and r.train.final_epochs == section.fine_tune_epochs
     assert r.export.formats == ["onnx", "openvino"] and r.profile.backends == ["openvino"]
     assert r.search is None  # the chosen recipe re-runs with `edgeslim pipeline`, not another search
     fp32 = candidate_recipe(base, {**c, "precision": "fp32"}, section, _cpu(), space)
-    assert fp32.quantize.method == "none"
+    assert isinstance(fp32.quantize, NoQuantization) and fp32.quantize.calibration_size == 64
+    # the recipe round-trips through YAML as version 2 (what chosen-recipe.yaml holds)
+    import yaml
+
+    again = parse_recipe(yaml.safe_load(r.to_yaml()))
+    assert again.prune == r.prune and again.quantize == r.quantize and again.target == "x86-cpu"
     # latency does not depend on the loss weight: one measurement serves both gammas
     assert arch_key(c) == arch_key({**c, "gamma": 5.0}) and candidate_key(c) != candidate_key({**c, "gamma": 5.0})
+    # a sparse candidate is the method's own config
+    sparse = candidate_recipe(base, {**c, "prune": "one_shot:0.75"}, section, _cpu(), space)
+    assert isinstance(sparse.prune, OneShot) and sparse.prune.sparsity == 0.75 and sparse.prune.exclude == ["blocks.0.*"]
+
+
+def test_accuracy_controlled_int8_of_the_base_is_kept(tiny_base):
+    from edgeslim.compress.quant import AccuracyControlledPTQ
+
+    base = parse_recipe({**tiny_base, "quantize": {"method": "accuracy_aware", "max_drop": 0.02}})
+    section = SearchSection(ratios=[0.5])
+    space = build_space(base, section, _cpu())
+    c = {"prune": "structured:0.5", "precision": "int8", "float_layers": "none", "image_size": 16, "gamma": 1.0}
+    r = candidate_recipe(base, c, section, _cpu(), space)
+    assert isinstance(r.quantize, AccuracyControlledPTQ) and r.quantize.max_drop == 0.02
+    # the base's structured options are kept for its own method
+    assert r.prune.round_to == 4
+
+
+def test_the_space_walks_the_registered_methods(tiny_base):
+    from edgeslim.methods import PRUNE_METHODS
+
+    base = parse_recipe(tiny_base)
+    cpu = build_space(base, SearchSection(ratios=[0.0, 0.5], sparsities=[0.5]), _cpu())
+    assert set(cpu.methods) == set(PRUNE_METHODS.names())  # every registered method is accounted for
+    assert cpu.methods["structured"].startswith("proposed") and cpu.methods["nm"].startswith("not proposed")
+    assert all(cpu.methods[m].startswith("not proposed") for m in ("one_shot", "gradual", "lottery_ticket"))
+    # a target whose kernels skip zeros gets the one-shot sparsities (the cheapest way to reach them)
+    sparse = SearchTarget(name="x", kind="gpu", backend="tensorrt", precisions=("fp32",), sparse_unstructured=True)
+    s = build_space(base, SearchSection(ratios=[0.5], sparsities=[0.5, 0.75]), sparse)
+    assert set(s.dim("prune").choices) == {"structured:0.5", "one_shot:0.5", "one_shot:0.75"}
+    assert s.methods["one_shot"].startswith("proposed") and s.methods["gradual"].startswith("not proposed")
+
+
+def test_a_plugin_method_the_search_cannot_model_is_listed_not_proposed(tiny_base):
+    from typing import Literal
+
+    from edgeslim.compress.prune import PRUNE_METHODS, LayerPruneConfig
+
+    class Mystery(LayerPruneConfig):
+        method: Literal["mystery_test"] = "mystery_test"
+
+    PRUNE_METHODS.register(Mystery)(lambda cfg, ctx: None)
+    try:
+        space = build_space(parse_recipe(tiny_base), SearchSection(ratios=[0.5]), _cpu())
+        assert space.methods["mystery_test"].startswith("not proposed")
+        assert not any(p.startswith("mystery_test") for p in space.dim("prune").choices)
+    finally:
+        PRUNE_METHODS.unregister("mystery_test")
 
 
 def test_section_validation():

@@ -56,3 +56,32 @@ def test_isa_cap_reaches_openvino_kernels():
     assert out.returncode == 0, out.stderr[-2000:]
     kernels = out.stdout.strip().splitlines()[-1]
     assert "sse" in kernels and "avx2" not in kernels, kernels
+
+
+def test_target_names_follow_edgeslim_hardware():
+    """auto is this host's hardware target (the recipe's INT8 scheme); an x86 host also answers to x86-cpu."""
+    from edgeslim.hardware import cpu_target, host_target
+
+    here = resolve_target("auto")
+    assert here.name == host_target().name
+    cpu = cpu_target().name
+    if cpu.startswith("x86-"):
+        generic = resolve_target("x86-cpu")
+        assert generic.name == "x86-cpu" and generic.isa is None
+        avx2 = resolve_target("x86-avx2")  # a VNNI host is held below VNNI to run as one
+        assert avx2.name == "x86-avx2" and avx2.isa == (None if cpu == "x86-avx2" else "avx2")
+        # capped below VNNI, this host is an AVX2 target whatever its own ISA
+        assert resolve_target("auto", isa="sse41").name == ("x86-avx2" if here.kind == "cpu" else here.name)
+        other = "x86-vnni" if cpu == "x86-avx2" else None
+        if other:
+            with pytest.raises(ConfigError, match="x86-vnni.*is not this host.*x86-avx2"):
+                resolve_target(other)
+
+
+def test_missing_optuna_names_the_search_extra(monkeypatch):
+    from edgeslim.errors import MissingDependencyError
+    from edgeslim.search.engine import _optuna
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"edgeslim\[search\]"):
+        _optuna()

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pytest
 
 CLASSES = ["cat", "dog", "person", "bike"]
 CRITICAL = [2]
