@@ -29,6 +29,9 @@ from edgeslim.compress.api import compress
 from edgeslim.recipe import parse_recipe
 from edgeslim.testing import TinyNet
 
+# a live server / real subprocesses: the second step of .ci/run (python -m pytest -m live)
+pytestmark = pytest.mark.live
+
 torch.set_num_threads(1)
 CRITICAL = 8
 DATA = dict(image_size=16, critical=[CRITICAL], imbalance={str(CRITICAL): 0.25}, val_fraction=0.15,

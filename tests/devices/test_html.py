@@ -17,7 +17,12 @@ from edgeslim.devices.report import compare_reports, load_report, make_report, w
 from edgeslim.errors import ConfigError
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
+_no_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install -y chromium)")
+
+
+def needs_chromium(fn):
+    """A browser test: skipped without Chromium, and run in .ci/run's second step (-m live)."""
+    return pytest.mark.live(_no_chromium(fn))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,9 @@ from edgeslim.devices.loadgen import LoadGenConfig, parse_summary, run_loadgen
 from edgeslim.devices.profiler import ProfileConfig
 from edgeslim.errors import BackendError, ConfigError
 
+# a live server / real subprocesses: the second step of .ci/run (python -m pytest -m live)
+pytestmark = pytest.mark.live
+
 SUMMARY = """================================================
 MLPerf Results Summary
 ================================================

@@ -14,6 +14,9 @@ from server_helpers import batch, live_server
 
 from edgeslim.server.app import BusyPoller
 
+# a live server / real subprocesses: the second step of .ci/run (python -m pytest -m live)
+pytestmark = pytest.mark.live
+
 
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -17,6 +17,9 @@ from server_helpers import batch, live_server
 
 from edgeslim.server.guard import aligned_buffer
 
+# a live server / real subprocesses: the second step of .ci/run (python -m pytest -m live)
+pytestmark = pytest.mark.live
+
 TOKEN = "proto-token"
 
 

@@ -14,6 +14,9 @@ import tritonclient.http as httpclient
 from server_helpers import CLASSES, batch, live_server, png_bytes
 from tritonclient.utils import InferenceServerException
 
+# a live server / real subprocesses: the second step of .ci/run (python -m pytest -m live)
+pytestmark = pytest.mark.live
+
 TOKEN = "live-token-123"
 
 

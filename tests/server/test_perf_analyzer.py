@@ -31,9 +31,9 @@ def _perf_analyzer() -> str | None:
 
 
 PERF_ANALYZER = _perf_analyzer()
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.live, pytest.mark.skipif(
     PERF_ANALYZER is None, reason="perf_analyzer not found: run bench/get_perf_analyzer.sh (or set EDGESLIM_PERF_ANALYZER)"
-)
+)]
 
 
 @pytest.fixture(scope="module")
