@@ -165,7 +165,7 @@ def _random_calibration(shape: tuple[int, ...], n: int = 16) -> list[np.ndarray]
 
 
 def _openvino_layers(path: Path, shape: tuple[int, ...], threads: int | None, runs: int = 20) -> list[dict[str, Any]]:
-    """OpenVINO's per-layer counters (``PERF_COUNT``), averaged over ``runs`` inferences."""
+    """OpenVINO's per-layer counters (``PERF_COUNT``): each layer's median over ``runs`` inferences."""
     import openvino as ov
 
     core = ov.Core()
@@ -181,15 +181,19 @@ def _openvino_layers(path: Path, shape: tuple[int, ...], threads: int | None, ru
     for _ in range(runs):
         req.infer({0: x})
         for p in req.get_profiling_info():
-            ms = p.real_time.total_seconds() * 1e3
             row = acc.setdefault(p.node_name, {"name": p.node_name, "type": p.node_type, "exec": p.exec_type,
-                                               "kind": _runtime_kind(p.exec_type, p.node_type), "ms": 0.0})
-            row["ms"] += ms / runs
-    return [r for r in acc.values() if r["ms"] > 0]
+                                               "kind": _runtime_kind(p.exec_type, p.node_type), "ms": []})
+            row["ms"].append(p.real_time.total_seconds() * 1e3)
+    return [r for r in map(_median_row, acc.values()) if r["ms"] > 0]
+
+
+def _median_row(row: dict[str, Any]) -> dict[str, Any]:
+    # the median over the runs: one run descheduled on a loaded host must not inflate a layer (a mean would)
+    return {**row, "ms": float(np.median(row["ms"])) if row["ms"] else 0.0}
 
 
 def _onnxruntime_layers(path: Path, shape: tuple[int, ...], threads: int | None, runs: int = 20) -> list[dict[str, Any]]:
-    """ONNX Runtime's profiler: the mean ``Node`` event time per node over ``runs`` inferences."""
+    """ONNX Runtime's profiler: the median ``Node`` event time per node over ``runs`` inferences."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -210,9 +214,9 @@ def _onnxruntime_layers(path: Path, shape: tuple[int, ...], threads: int | None,
             continue
         node = e["name"][: -len("_kernel_time")]
         op = (e.get("args") or {}).get("op_name", "")
-        row = acc.setdefault(node, {"name": node, "type": op, "exec": op, "kind": _onnx_kind(op, node), "ms": 0.0})
-        row["ms"] += e["dur"] / 1e3 / runs
-    return list(acc.values())
+        row = acc.setdefault(node, {"name": node, "type": op, "exec": op, "kind": _onnx_kind(op, node), "ms": []})
+        row["ms"].append(e["dur"] / 1e3)
+    return [_median_row(r) for r in acc.values()]
 
 
 def _onnx_kind(op: str, node: str) -> str:
