@@ -707,6 +707,10 @@ def _markdown(doc: dict[str, Any]) -> str:
         mape = "n/a (fewer than 3 points)" if e["mape"] is None else f"{100 * e['mape']:.1f} % mean, {100 * e['max']:.1f} % max"
         lines.append(f"- {prec}: {e['n']} architectures, {mape}")
     lines += ["", "## Ruled out", ""] + [f"- {x}" for x in doc["ruled_out"]]
+    methods = (doc.get("space") or {}).get("methods") or {}
+    if methods:
+        lines += ["", "## Registered pruning methods on this target", ""]
+        lines += [f"- {name}: {note}" for name, note in methods.items()]
     lines += ["", f"Search wall time {doc['seconds']:.1f} s, {doc['trials']} trials; storage {doc['storage']}", ""]
     return "\n".join(lines)
 
