@@ -12,7 +12,7 @@ Every arm is scored on the test split by its exported file: top-1, per-class rec
 threshold, and critical FNR at the same FPR for all arms (``--fpr``; the matched operating point), plus size.
 Latency is the profiler's p90 and median on the deployed files, measured interleaved in one loop at the end.
 
-    python bench/search.py [--dataset digits] [--source efficientnet_lite0] [--epochs 1] [--final-epochs 1]
+    python bench/search.py [--data-from lite0-fast-int8|default] [--dataset digits] [--source efficientnet_lite0] [--epochs 1] [--final-epochs 1]
                            [--trials 6] [--time-budget 1800] [--out DIR] [--md bench/results/search.md]
 """
 
@@ -70,9 +70,12 @@ def _size_mb(artifact: Path, precision: str, fmt: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="digits", help="data.dataset of the base recipe (digits, imagefolder:DIR, ...)")
+    ap.add_argument("--data-from", default="lite0-fast-int8",
+                    help="recipe whose data and loss sections every arm uses (default: the hand recipe's, digits; "
+                    "'default' is the main job, ELPV)")
+    ap.add_argument("--dataset", default=None, help="override data.dataset (digits, elpv, imagefolder:DIR, ...)")
     ap.add_argument("--source", default="efficientnet_lite0", help="model.source of the base recipe")
-    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=None, help="override data.image_size")
     ap.add_argument("--epochs", type=int, default=1, help="dense fine-tuning epochs of every arm")
     ap.add_argument("--final-epochs", type=int, default=1, help="fine-tune after pruning / search fine-tune")
     ap.add_argument("--qat-epochs", type=int, default=1)
@@ -108,7 +111,11 @@ def main() -> None:
     base = dict(hand)
     # every arm compresses for the searched target (its INT8 scheme; with --isa below VNNI that is x86-avx2)
     base.update(name="bench-search", model={"source": args.source}, target=target.name)
-    base["data"] = {**hand["data"], "dataset": args.dataset, "image_size": args.image_size}
+    job = load_recipe(args.data_from).to_dict()
+    base["data"] = {**job["data"], **({"dataset": args.dataset} if args.dataset else {}),
+                    **({"image_size": args.image_size} if args.image_size else {})}
+    base["loss"] = job["loss"]
+    args.dataset, args.image_size = base["data"]["dataset"], base["data"]["image_size"]
     base["train"] = {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                      "threads": args.threads}
     base["distill"] = {"weight": 0.0, "temperature": 4.0}

@@ -124,10 +124,8 @@ def _summary_title(result: Any, rows: list[dict[str, Any]]) -> str:
 
 
 def _summary_cells(r: dict[str, Any], backends: list[str]) -> list[str]:
-    if r.get("left_out"):  # a format or precision the artifact was written without: the row says why
-        why = r["left_out"]
-        return [r["model"], r["format"], r["precision"], "left out: " + (why if len(why) <= 160 else why[:157] + "...")
-                ] + [""] * (7 + len(backends))
+    if r.get("left_out"):  # a format or precision the artifact was written without: the row says so, the lines below why
+        return [r["model"], r["format"], r["precision"], "left out"] + ["-"] * (7 + len(backends))
     return [
         r["model"], r["format"], r["precision"], _f(r["accuracy"]), _f(r.get("critical_recall"), ".3f"),
         str(r["critical_fn"]), _f(r["critical_fpr"], ".3f"), _f(r["critical_auc"], ".4f"),
@@ -141,6 +139,8 @@ def _summary_markdown(rows: list[dict[str, Any]], result: "PipelineResult") -> s
     lines = ["## Dense vs compressed", "", _summary_title(result, rows), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_summary_cells(r, backends)) + " |" for r in rows]
+    lines += [""] + [f"- left out: {r['model']}/{r['format']}/{r['precision']}: {r['left_out']}" for r in rows
+                     if r.get("left_out")]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()), ""]
     return "\n".join(lines)
 
@@ -167,6 +167,12 @@ def print_summary(result: "PipelineResult", *, console=None) -> None:
 
         console = _C(file=console.file, width=200, force_terminal=console.is_terminal, no_color=console.no_color)
     console.print(table)
+    from rich.text import Text
+
+    for r in rows:
+        if r.get("left_out"):
+            console.print(Text(f"left out: {r['model']}/{r['format']}/{r['precision']}: {r['left_out']}",
+                               style="yellow"), soft_wrap=True)
     console.print(
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
         + f"; outputs in {result.out_dir} (report.json, report.md, recipe.yaml, "

@@ -38,12 +38,27 @@ def _critical_fn(pred: np.ndarray, labels: np.ndarray, critical: list[int]) -> d
     return {str(c): int(((labels == c) & (pred != c)).sum()) for c in critical}
 
 
-def classification_summary(logits: np.ndarray, labels: np.ndarray | None, critical: list[int]) -> dict[str, Any]:
-    """Accuracy and critical-class false negatives of ``logits`` (empty when there are no labels)."""
+def classification_summary(logits: np.ndarray, labels: np.ndarray | None, critical: list[int], *,
+                           thresholds: Mapping[str, float] | None = None, rule: str = "threshold") -> dict[str, Any]:
+    """Accuracy (top-1) and the critical classes' false negatives of ``logits`` (empty when there are no labels).
+
+    With ``thresholds`` (the manifest's calibrated critical thresholds) the false negatives are counted as the
+    artifact decides when deployed (:func:`edgeslim.decision.predict` under ``rule``), not at the argmax.
+    """
     if labels is None:
         return {}
-    pred = logits.argmax(1)
-    return {"accuracy": round(float((pred == labels).mean()), 6), "critical_fn": _critical_fn(pred, labels, critical)}
+    top1 = logits.argmax(1)
+    decided = top1
+    if thresholds:
+        from ..decision import predict
+
+        z = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+        decided = predict(z / z.sum(axis=1, keepdims=True), thresholds, rule)
+    out: dict[str, Any] = {"accuracy": round(float((top1 == labels).mean()), 6),
+                           "critical_fn": _critical_fn(decided, labels, critical)}
+    if thresholds:
+        out["critical_fn_at"] = "calibrated thresholds"
+    return out
 
 
 def _run(backend: Any, inputs: np.ndarray, max_batch: int = 64) -> np.ndarray:
@@ -73,7 +88,9 @@ def _limits(precision: str, cfg: ValidateSection) -> dict[str, float]:
 
 
 def _compare(mf: ModelFile, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
-             critical: list[int], ref_summary: dict[str, Any], cfg: ValidateSection) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             critical: list[int], ref_summary: dict[str, Any], cfg: ValidateSection, *,
+             thresholds: Mapping[str, float] | None = None, rule: str = "threshold",
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
     finite = bool(np.isfinite(logits).all())
     result: dict[str, Any] = {
@@ -83,7 +100,7 @@ def _compare(mf: ModelFile, logits: np.ndarray, reference: np.ndarray, labels: n
         "mean_abs_diff": float(diff.mean()) if finite else float("inf"),
         "top1_agreement": round(float((logits.argmax(1) == reference.argmax(1)).mean()), 6),
     }
-    summary = classification_summary(logits, labels, critical)
+    summary = classification_summary(logits, labels, critical, thresholds=thresholds, rule=rule)
     result.update(summary)
     if summary and ref_summary:
         result["extra_critical_fn"] = int(sum(summary["critical_fn"].values()) - sum(ref_summary["critical_fn"].values()))
@@ -158,7 +175,8 @@ def validate_exports(
     backends = {**DEFAULT_BACKENDS, **dict(backend_for or {})}
     options = {**VALIDATION_OPTIONS, **dict(backend_options or {})}
     critical = list(manifest.critical)
-    ref_summary = classification_summary(reference, labels, critical)
+    thresholds, rule = dict(manifest.thresholds), manifest.decision_rule
+    ref_summary = classification_summary(reference, labels, critical, thresholds=thresholds, rule=rule)
 
     report: dict[str, Any] = {"samples": int(len(inputs)), "reference": ref_summary, "models": {}, "skipped": {}}
     problems: list[dict[str, Any]] = []
@@ -189,7 +207,8 @@ def validate_exports(
             problems.append({"file": mf.path, "metric": "output_shape", "value": list(logits.shape),
                              "limit": list(reference.shape)})
             continue
-        result, found = _compare(mf, logits, reference, labels, critical, ref_summary, cfg)
+        result, found = _compare(mf, logits, reference, labels, critical, ref_summary, cfg, thresholds=thresholds,
+                                 rule=rule)
         result["backend"] = name
         report["models"][mf.path] = result
         problems += found
