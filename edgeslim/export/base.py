@@ -564,7 +564,8 @@ def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], refe
     within ``max_drop`` (1 point by default) and the val critical FN, counted at the calibrated thresholds, are no
     more than FP32's, so that the test split's budget (``validate.max_extra_critical_fn``) holds with a margin. The
     new file replaces the failed one only when it passes validation; its manifest entry says which layers stayed in
-    float and the batch-1 latency of FP32, of the failed INT8 and of the new file on this CPU. ``report["int8_fallback"]`` records every attempt.
+    float and the batch-1 latency of FP32, of the failed INT8 and of the new file on this CPU;
+    ``report["int8_fallback"]`` records every attempt.
     """
     bad = {p["file"] for p in report.get("problems", []) if isinstance(p, dict)}
     failing = [mf for mf in m.models if mf.precision == "int8" and mf.path in bad and mf.format in EXPORTERS]
