@@ -133,7 +133,11 @@ def main() -> None:
 
     # dense FP32 + PTQ INT8 alone (one run: no pruning, PTQ of the dense model)
     ptq = with_method(load_recipe("lite0-fast-int8").quantize, "ptq").model_dump(mode="json")
-    dense_r = parse_recipe({**base, "name": "bench-dense", "prune": {"method": "none"}, "quantize": ptq})
+    # prune: none trains final_epochs only: give it the pruned arms' total (dense round + fine-tune), so the
+    # baseline is not under-trained against them (the search's own reference, ratio 0, trains both rounds)
+    dense_train = {**base["train"], "final_epochs": args.epochs + args.final_epochs}
+    dense_r = parse_recipe({**base, "name": "bench-dense", "prune": {"method": "none"}, "quantize": ptq,
+                            "train": dense_train})
     t0 = time.perf_counter()
     d = out / "dense"
     dres = run_pipeline(dense_r, d, resume=(d / "run").is_dir(), progress=False, stages=("compress", "export"))
