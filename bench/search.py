@@ -12,7 +12,8 @@ Every arm is scored on the test split by its exported file: top-1, per-class rec
 threshold, and critical FNR at the same FPR for all arms (``--fpr``; the matched operating point), plus size.
 Latency is the profiler's p90 and median on the deployed files, measured interleaved in one loop at the end.
 
-    python bench/search.py [--data-from lite0-fast-int8|default] [--dataset digits] [--source efficientnet_lite0] [--epochs 1] [--final-epochs 1]
+    python bench/search.py [--data-from lite0-fast-int8|default] [--dataset digits] [--source efficientnet_lite0]
+                           [--epochs 1] [--final-epochs 1]
                            [--trials 6] [--time-budget 1800] [--out DIR] [--md bench/results/search.md]
 """
 

@@ -75,7 +75,7 @@ def main() -> None:
         picks[isa] = min(ok, key=lambda c: r[c]["p90"]) if ok else None
     for c in cands:
         cells = []
-        for isa, r in res.items():
+        for r in res.values():
             dense = r[f"{args.ratios.split(',')[0]} fp32"]["p90"]
             cells += [f"{r[c]['p90']:.3f}", f"{dense / r[c]['p90']:.2f}", "yes" if r[c]["p90"] <= dense / args.speedup
                       else "no"]
