@@ -373,6 +373,34 @@ def _study(ctx: _Context):
     return study, url
 
 
+def _drop_refused_ratios(ctx: _Context) -> None:
+    """Drop the channel ratios the pruning package refuses on this model (one that would empty a layer), each with
+    its reason in the ruled-out lines, before anything is measured or trained.
+
+    Raises:
+        ConfigError: every pruning choice is refused (the space is empty).
+    """
+    from .latency import build_candidate_model
+
+    dim = ctx.space.dim("prune")
+    size = min(ctx.space.dim("image_size").choices)  # type: ignore[union-attr]
+    keep = []
+    for choice in dim.choices:  # type: ignore[union-attr]
+        kind, _, arg = choice.partition(":")
+        if kind == "structured" and float(arg) > 0:
+            try:
+                build_candidate_model(ctx.base, {"prune": choice, "precision": "fp32", "image_size": size},
+                                      ctx.num_classes)
+            except ConfigError as exc:
+                ctx.space.ruled_out.append(f"ch {arg}: {' '.join(str(exc).split())}")
+                continue
+        keep.append(choice)
+    if not keep:
+        raise ConfigError(f"the search space is empty for target {ctx.target.name}: every pruning choice is refused"
+                          " on this model (see the reasons above); give lower search.ratios")
+    dim.choices = keep  # type: ignore[union-attr]
+
+
 def _dense_candidate(space: SearchSpace, base: Recipe) -> dict[str, Any]:
     """The dense reference: channel ratio 0, so it trains on the pruned candidates' schedule (dense round, then the
     short fine-tune); a candidate only when ``search.ratios`` holds 0, the reference of the top-1 drop always."""
@@ -529,6 +557,7 @@ def search(
     src, data = _load_data(base)
     ctx = _Context(base=base, section=section, target=target, space=space, out_dir=out,
                    num_classes=len(data.classes), say=say)
+    _drop_refused_ratios(ctx)
     say(f"target: {target.describe()}; space: {space.size()} candidates")
     for line in space.ruled_out:
         say(f"  ruled out: {line}")
