@@ -79,8 +79,13 @@ def test_recipes_lists_and_prints_default():
     # version 2: the prune section holds the chosen method's keys only, method first
     printed = yaml.safe_load(r.output)
     assert printed["version"] == 2
-    assert list(printed["prune"]) == ["method", "rounds", "rate", "scope", "score", "rewind", "prune_first_conv",
-                                      "prune_classifier", "exclude"]
+    # the default (ELPV) job prunes channels: the structured method's keys, none of the other methods'
+    assert list(printed["prune"]) == ["method", "ratio", "scope", "round_to", "iterative_steps", "importance",
+                                      "prune_first_conv", "prune_classifier", "exclude"]
+    assert printed["data"]["dataset"] == "elpv" and printed["quantize"]["method"] == "ptq"
+    r = runner.invoke(app, ["recipes", "digits"])  # a lottery-ticket recipe prints the lottery ticket's keys
+    assert list(yaml.safe_load(r.output)["prune"]) == ["method", "rounds", "rate", "scope", "score", "rewind",
+                                                       "prune_first_conv", "prune_classifier", "exclude"]
     r = runner.invoke(app, ["recipes", "lite0-fast-int8"])
     assert r.exit_code == 0 and "ratio" in yaml.safe_load(r.output)["prune"]
     assert "rounds" not in yaml.safe_load(r.output)["prune"]

@@ -19,6 +19,8 @@ SHARED = {
     "edgeslim.errors", "edgeslim.registry", "edgeslim._io", "edgeslim.artifact", "edgeslim.preprocess",
     "edgeslim.decision", "edgeslim.recipe", "edgeslim.methods", "edgeslim.models", "edgeslim.testing",
     "edgeslim._verbs", "edgeslim.recipes", "edgeslim.hardware",
+    # the recipe's optional search: section (pydantic only); the search itself is its own layer, above the composer
+    "edgeslim.search.config",
 }
 LAYERS = [
     ("shared", lambda m: m in SHARED),
@@ -28,6 +30,8 @@ LAYERS = [
     ("export", lambda m: m.startswith("edgeslim.export")),
     ("devices", lambda m: m.startswith("edgeslim.devices")),
     ("server/pipeline", lambda m: m.startswith(("edgeslim.server", "edgeslim.pipeline", "edgeslim.summary"))),
+    # the search runs whole pipelines (candidates) and profiles them: it sits on top of the composer
+    ("search", lambda m: m.startswith("edgeslim.search")),
     ("cli", lambda m: m.startswith(("edgeslim.cli", "edgeslim.__main__"))),
 ]
 
@@ -41,6 +45,10 @@ ALLOWED_UPWARD = {
     ("edgeslim.recipe", "edgeslim.compress.sources"),
     ("edgeslim.recipe", "edgeslim.export"),
     ("edgeslim.recipe", "edgeslim.runtime"),
+    # the quantize section is parsed by compress.quant.parse_quantize (pydantic only, no torch), which keeps the
+    # version-1 flat-section upgrade beside the typed configs it produces; the prune configs come in the same way,
+    # through PRUNE_METHODS' lazy plugin import (a string, so this walk does not see it)
+    ("edgeslim.recipe", "edgeslim.compress.quant"),
 }
 
 

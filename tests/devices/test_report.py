@@ -47,6 +47,10 @@ def test_markdown_has_latency_accuracy_recall_and_failures():
     from edgeslim.devices.profiler import add_accuracy_deltas
 
     report = json.loads(json.dumps(REPORT))
+    # the INT8 file was made for a VNNI host and is profiled on another one: the table says so, with a note
+    report["entries"][1]["model"].update(
+        made_for="x86-vnni", foreign_target="m.int8.onnx was quantized for x86-vnni; this host is x86-avx2"
+    )
     add_accuracy_deltas(report["entries"])
     md = render_markdown(report)
     assert md.startswith("# fleet\n")
@@ -54,8 +58,11 @@ def test_markdown_has_latency_accuracy_recall_and_failures():
     assert "| 2.000 | - | 2.000 | 2.200 |" in lat_row and "| 500.0 |" in lat_row and "| 123.4 |" in lat_row
     assert "Power not available: no RAPL" in md
     # the int8 row shows its delta against fp32 on the same backend
-    acc_row = next(ln for ln in md.splitlines() if ln.startswith("| m.int8.onnx | int8 | onnxruntime | - | 0.8800 |"))
+    acc_row = next(ln for ln in md.splitlines()
+                   if ln.startswith("| m.int8.onnx | int8 | x86-vnni (not this host) | onnxruntime | - | 0.8800 |"))
     assert "-0.0200" in acc_row and "1 dog: FN 3" in acc_row and "ΔFN +1" in acc_row
+    assert "| m.fp32.onnx | fp32 | - | onnxruntime |" in md
+    assert "Note: m.int8.onnx was quantized for x86-vnni; this host is x86-avx2" in md
     assert "| 1 dog (critical) | 0.800 | 0.700 |" in md
     assert "| m.plan | tensorrt | 1 | skipped | install edgeslim[tensorrt] |" in md
     assert render_markdown(report) == md  # pure: same input, same output
