@@ -92,6 +92,17 @@ class Manifest(BaseModel):
             data = {**data, "decision_rule": "argmax_or_threshold"}
         return data
 
+    def thresholds_for(self, model_file: ModelFile | None) -> dict[str, float]:
+        """The critical-class thresholds that deploy ``model_file``.
+
+        A reduced-precision file (INT8, FP16) shifts the scores a little, so the export calibrates its own
+        thresholds on the val split to the same target FPR / FNR as the manifest's (``extra["thresholds"]``):
+        every file is then deployed at the same operating point, not at another file's threshold. Files without
+        their own use the manifest's.
+        """
+        own = model_file.extra.get("thresholds") if model_file is not None else None
+        return dict(own) if isinstance(own, dict) else dict(self.thresholds)
+
     def model(self, format: str, precision: str | None = None) -> ModelFile:
         """The model file of a format (and precision: the most precise one when omitted)."""
         order = {"fp32": 0, "fp16": 1, "int8": 2}

@@ -587,7 +587,9 @@ def profile_artifact(
             accuracy = None
             if data is not None:
                 try:
-                    accuracy = _accuracy(backend, data, manifest)
+                    # scored as deployed: at this file's own thresholds where it has them
+                    accuracy = _accuracy(backend, data, manifest.model_copy(
+                        update={"thresholds": manifest.thresholds_for(m)}))
                 except EdgeslimError as exc:
                     accuracy = {"error": str(exc)}
             for batch in cfg.batch_sizes:

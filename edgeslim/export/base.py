@@ -472,6 +472,8 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             sparsity["onnx"] = onnx_weight_sparsity(tmp / onnx_fp32.path)
         m.sparsity = sparsity
 
+        if val_split is not None:
+            _calibrate_file_thresholds(tmp, m, m.models, val_split)
         report: dict[str, Any] = {}
         if validation is not None:
             reference = _reference_logits(model, inputs)
@@ -510,6 +512,44 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
         return m
 
     return write_artifact(out_dir, manifest, writer)
+
+
+def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[ModelFile],
+                               val_split: tuple[np.ndarray, np.ndarray]) -> None:
+    """Give each reduced-precision file (INT8, FP16) its own critical-class thresholds, calibrated on the val split
+    to the recipe's decision target (``decision.target_fpr`` / ``target_fnr``), in ``extra["thresholds"]``.
+
+    Why: quantization shifts the scores a little. At the FP32 file's threshold an INT8 file then runs at another
+    operating point (here on ELPV: 4 more missed defective cells of 190 at a lower false-alarm rate), and the
+    validation would charge the shift to quantization. Calibrated like FP32, every file is deployed, validated and
+    compared at the same val FPR (or FNR), which is the comparison the critical-class budget means. The runtime,
+    the server and the profiler apply a file's own thresholds (:meth:`Manifest.thresholds_for`). Nothing happens
+    without manifest thresholds, without a decision target in the manifest's recipe, or under the format-1
+    ``argmax_or_threshold`` rule.
+    """
+    from ..compress.thresholds import calibrate_thresholds, manifest_thresholds
+    from ..runtime import BACKENDS, BackendOptions
+    from ..runtime.predictor import softmax
+    from .validate import DEFAULT_BACKENDS, VALIDATION_OPTIONS, _run
+
+    decision = (m.recipe or {}).get("decision") or {}
+    targets = {k: decision.get(k) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
+    if not m.thresholds or not m.critical or len(targets) != 1 or m.decision_rule != "threshold":
+        return
+    x, y = np.asarray(val_split[0], dtype=np.float32), np.asarray(val_split[1]).astype(np.int64)
+    for mf in files:
+        name = DEFAULT_BACKENDS.get(mf.format)
+        if mf.precision not in ("int8", "fp16") or name is None or name not in BACKENDS:
+            continue
+        try:
+            with BACKENDS.get(name)(directory / mf.path, BackendOptions(**VALIDATION_OPTIONS.get(name, {}))) as b:
+                probs = softmax(_run(b, x))
+            thr = calibrate_thresholds(probs, y, m.critical, **targets)
+        except EdgeslimError as exc:  # cannot run here, or no threshold reaches the target: the manifest's apply
+            mf.extra["thresholds_note"] = f"the manifest's thresholds apply: {exc}"
+            continue
+        mf.extra["thresholds"] = manifest_thresholds(thr)
+        mf.extra["thresholds_calibrated_on"] = {"split": "val", "samples": int(len(y)), **targets}
 
 
 def _validate(directory: Path, m: Manifest, reference: np.ndarray, inputs: np.ndarray, labels: Any,
@@ -609,6 +649,7 @@ def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], refe
         kept_float = list(new.extra.get("reverted_to_fp32", []))
         new.extra["accuracy_control"] = {"fallback_from": mf.extra.get("quantizer"), "failed_validation": old_problems,
                                          "kept_in_float": kept_float, "latency_ms": latency}
+        _calibrate_file_thresholds(ctx.directory, m, [new], ctx.val_split)
         sub_manifest = m.model_copy(update={"models": [new]})
         r = _validate(ctx.directory, sub_manifest, reference, inputs, labels, validate_cfg)
         m.models[m.models.index(mf)] = new

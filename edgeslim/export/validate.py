@@ -207,8 +207,11 @@ def validate_exports(
             problems.append({"file": mf.path, "metric": "output_shape", "value": list(logits.shape),
                              "limit": list(reference.shape)})
             continue
-        result, found = _compare(mf, logits, reference, labels, critical, ref_summary, cfg, thresholds=thresholds,
-                                 rule=rule)
+        # each file at the thresholds it is deployed with (its own, calibrated on val, for INT8 / FP16)
+        result, found = _compare(mf, logits, reference, labels, critical, ref_summary, cfg,
+                                 thresholds=manifest.thresholds_for(mf), rule=rule)
+        if "thresholds" in mf.extra:
+            result["thresholds"] = dict(mf.extra["thresholds"])
         result["backend"] = name
         report["models"][mf.path] = result
         problems += found

@@ -84,7 +84,8 @@ class Predictor:
     Build one with :func:`load`. Use it as a context manager or call :meth:`close`.
 
     Attributes:
-        manifest: the artifact's :class:`~edgeslim.artifact.Manifest`.
+        manifest: the artifact's :class:`~edgeslim.artifact.Manifest`, with the loaded file's own critical-class
+            thresholds where it has them (:meth:`~edgeslim.artifact.Manifest.thresholds_for`).
         backend: the running :class:`~edgeslim.runtime.base.Backend`.
         model_file: the manifest entry being run.
         directory: the artifact directory.
@@ -92,7 +93,10 @@ class Predictor:
 
     def __init__(self, directory: Path, manifest: Manifest, model_file: ModelFile, backend: Backend) -> None:
         self.directory = directory
-        self.manifest = manifest
+        # the manifest as this file deploys it: a reduced-precision file carries its own calibrated thresholds
+        # (Manifest.thresholds_for), which the decisions, the server and the reports then use
+        own = manifest.thresholds_for(model_file)
+        self.manifest = manifest if own == manifest.thresholds else manifest.model_copy(update={"thresholds": own})
         self.model_file = model_file
         self.backend = backend
         self._input = backend.inputs[0].name

@@ -154,14 +154,13 @@ def _short(c: dict[str, Any]) -> str:
 def _scores(artifact: Path, backend: str, precision: str, split: str, data: Any, threads: int | None,
             device: str = "cpu"):
     """Probabilities of the deployed file on a split, with the artifact's manifest."""
-    from ..artifact import load_manifest
     from ..compress.data import split_arrays
     from ..runtime import load
 
-    manifest = load_manifest(artifact)
     x, y = split_arrays(data, split)
     with load(artifact, backend=backend, precision=precision, threads=threads, device=device) as pred:
         z = pred.infer(x)
+        manifest = pred.manifest  # with the file's own calibrated thresholds, as deployed
     return z, y, manifest
 
 
@@ -242,12 +241,36 @@ def _train_and_score_claimed(ctx: _Context, c: dict[str, Any], trial_dir: Path) 
     resume = (trial_dir / "run").is_dir()
     t0 = time.perf_counter()
     run_pipeline(recipe, trial_dir, resume=resume, progress=False, stages=("compress", "export"))
+    _raise_if_left_out(trial_dir / "compressed", ctx.target.backend, c["precision"])
     _, data = _load_data(recipe)
     z, y, manifest = _scores(trial_dir / "compressed", ctx.target.backend, c["precision"], "val", data,
                              ctx.section.threads, ctx.target.device)
     out = _judge(z, y, manifest, ctx.section.at_fpr)
     out.update(dir=str(trial_dir), train_s=time.perf_counter() - t0)
     return out
+
+
+def _raise_if_left_out(artifact: Path, backend: str, precision: str) -> None:
+    """A partial export (the default) leaves a file out that failed validation, e.g. an INT8 file that even
+    accuracy control could not bring within the critical-FN budget: that rules the candidate out, with the export's
+    own reason, instead of stopping the search at load time.
+
+    Raises:
+        ExportError: the candidate's file (``precision`` in a format ``backend`` runs) is not in the artifact.
+    """
+    from ..artifact import load_manifest
+    from ..runtime.base import BACKENDS
+
+    manifest = load_manifest(artifact)
+    formats = BACKENDS.get(backend).formats
+    if any(mf.precision == precision and mf.format in formats for mf in manifest.models):
+        return
+    reasons = [f"{f.get('file')}: {f.get('reason')}" for f in (manifest.validation or {}).get("failed", [])
+               if f.get("precision") == precision and f.get("format") in formats]
+    raise ExportError(
+        f"the export left the {precision} {backend} file out"
+        + (f" ({'; '.join(reasons)})" if reasons else " (no such file in the artifact)")
+    )
 
 
 # -- the objective ------------------------------------------------------------------------------------------------

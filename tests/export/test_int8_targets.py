@@ -16,11 +16,12 @@ import torch
 from onnx import numpy_helper
 
 from edgeslim.artifact import load_manifest
+from edgeslim.errors import ExportError
 from edgeslim.export import export_artifact
 from edgeslim.hardware import Int8TargetWarning, host_target
 from edgeslim.recipe import QuantizeSection, ValidateSection
 from edgeslim.runtime import load
-from export_testlib import tiny_manifest
+from export_testlib import CRITICAL, tiny_manifest
 
 torch.set_num_threads(1)
 
@@ -147,3 +148,45 @@ def test_int8_is_left_out_only_when_accuracy_control_fails_too(trained, tmp_path
     assert {f["file"] for f in m.validation["failed"]} == {"model_int8.onnx", "openvino_int8/model.xml"}
     assert all("top1_agreement" in f["reason"] for f in m.validation["failed"])
     assert all("needs the val split" in e["result"] for e in m.validation["int8_fallback"])
+    # a search candidate on this file is ruled out with the export's reason; the search goes on (it stopped before)
+    from edgeslim.search.engine import _raise_if_left_out
+
+    with pytest.raises(ExportError, match=r"left the int8 openvino file out \(openvino_int8/model.xml: .*top1_agr"):
+        _raise_if_left_out(tmp_path / "a", "openvino", "int8")
+    with pytest.raises(ExportError, match=r"left the int8 onnxruntime file out \(model_int8.onnx"):
+        _raise_if_left_out(tmp_path / "a", "onnxruntime", "int8")
+    _raise_if_left_out(tmp_path / "a", "openvino", "fp32")  # what passed is there
+
+
+def test_an_int8_file_is_deployed_at_its_own_threshold_calibrated_to_the_recipes_fpr(trained, tmp_path):
+    # quantization shifts the scores: at the FP32 file's threshold the INT8 file would run at another operating
+    # point. Each reduced-precision file is calibrated on val to the recipe's decision target, and the runtime and
+    # the validation deploy it there; the FP32 files keep the manifest's threshold.
+    from edgeslim.compress.thresholds import calibrate_thresholds, manifest_thresholds
+    from edgeslim.runtime.predictor import softmax
+
+    val = (trained.train_x[1000:1200], trained.train_y[1000:1200])
+    fpr = 0.02
+    fp32_thr = calibrate_thresholds(softmax(trained.reference(val[0])), val[1], [CRITICAL], target_fpr=fpr)
+    manifest = tiny_manifest().model_copy(update={"thresholds": manifest_thresholds(fp32_thr),
+                                                  "recipe": {"decision": {"target_fpr": fpr}}})
+    export_artifact(trained.model, tmp_path / "a", manifest, formats=("onnx", "openvino"),
+                    precisions=("fp32", "int8"), calibration=trained.calibration(32), quantize_cfg=QUANT,
+                    validation=(trained.test_x, trained.test_y), val_split=val, strict=True)
+    loaded = load_manifest(tmp_path / "a")
+    negatives = val[1] != CRITICAL
+    for fmt, backend in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        fp32, int8 = loaded.model(fmt, "fp32"), loaded.model(fmt, "int8")
+        own = int8.extra["thresholds"]
+        assert "thresholds" not in fp32.extra and set(own) == {str(CRITICAL)}
+        assert int8.extra["thresholds_calibrated_on"] == {"split": "val", "samples": 200, "target_fpr": fpr}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Int8TargetWarning)
+            with load(tmp_path / "a", backend=backend, precision="int8") as pred:
+                assert pred.thresholds == own and pred.manifest.thresholds == own
+                p = softmax(pred.infer(val[0]))[:, CRITICAL]
+        assert (p[negatives] >= own[str(CRITICAL)]).mean() <= fpr  # the recipe's FPR holds on val for INT8 too
+        with load(tmp_path / "a", backend=backend, precision="fp32") as pred:
+            assert pred.thresholds == loaded.thresholds
+        # validated at its own threshold, and the report says which
+        assert loaded.validation["models"][int8.path]["thresholds"] == own
