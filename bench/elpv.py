@@ -124,9 +124,9 @@ def _score(pv, yv, pt, yt, c: int, thresholds: dict[int, float]) -> dict[str, An
 def run_one(name: str, recipe: dict, seed: int, out: Path) -> dict[str, Any]:
     """One whole pipeline run; returns per-model-file metrics, sizes and latencies."""
     from edgeslim.artifact import load_manifest
-    from edgeslim.compress.data import load_data_from_recipe
+    from edgeslim.compress.data import load_data_from_recipe, split_arrays
     from edgeslim.compress.sources import load_pretrained
-    from edgeslim.pipeline import _split_arrays, run_pipeline
+    from edgeslim.pipeline import run_pipeline
     from edgeslim.recipe import parse_recipe
 
     r = parse_recipe({**recipe, "seed": seed})
@@ -138,16 +138,17 @@ def run_one(name: str, recipe: dict, seed: int, out: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     src = load_pretrained(r.model.source, arch=r.model.arch, pretrained=r.model.pretrained)
     data = load_data_from_recipe(r.data, src.preprocessing, seed=r.seed)
-    xv, yv = _split_arrays(data, "val")
-    xt, yt = _split_arrays(data, "test")
+    xv, yv = split_arrays(data, "val")
+    xt, yt = split_arrays(data, "test")
     c = data.critical[0]
     rows = {}
     for key in ("dense", "compressed"):
         man = load_manifest(run_dir / key)
-        thresholds = {int(k): float(v) for k, v in man.thresholds.items()}
         for mf in man.models:
             if mf.format != "onnx":
                 continue
+            # as deployed: an INT8 file at its own threshold, calibrated on val to the recipe's FPR
+            thresholds = {int(k): float(v) for k, v in man.thresholds_for(mf).items()}
             scored = _score(_probs(run_dir / key / mf.path, xv), yv, _probs(run_dir / key / mf.path, xt), yt, c,
                             thresholds)
             paths = {f"{key}/{m2.path}" for m2 in man.models if m2.precision == mf.precision}
