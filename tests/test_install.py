@@ -1,6 +1,7 @@
 """The device-side install: ``pip install edgeslim[serve]`` into a clean venv (no torch, no NNCF) serves and profiles
-an ONNX / OpenVINO artifact that a full install built. Marked ``install`` (deselected by default: it installs
-onnxruntime, openvino, fastapi and uvicorn into a new venv, a few minutes); run it with ``-m install``."""
+an ONNX / OpenVINO artifact that a full install built. Marked ``install`` (deselected from the default suite: it installs
+onnxruntime, openvino, fastapi and uvicorn into a new venv, about 1.5 minutes); .ci/run runs it in its second step
+(``-m "live or install"``)."""
 
 from __future__ import annotations
 
