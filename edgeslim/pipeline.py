@@ -119,8 +119,10 @@ def run_pipeline(
     if res.info.get("fpr_budget"):
         result.training["fpr_budget"] = fb = res.info["fpr_budget"]
         if not fb["held"]:
-            say(f"[yellow]warning: the loss could not hold the critical FPR budget {fb['budget']:g} on val in"
-                f" {len(fb['unheld'])} epoch(s) with gamma, lambda and the critical balance at their floors;"
+            why = (f"in {len(fb['unheld'])} epoch(s) with gamma, lambda and the critical balance at their floors"
+                   if fb["unheld"] else f"at the end of training (val FPR {fb['last']['val_fpr']:.3f}; the epochs ran"
+                   " out while it was still lowering the critical terms)")
+            say(f"[yellow]warning: the loss did not hold the critical FPR budget {fb['budget']:g} on val {why};"
                 " the calibrated threshold (decision.target_fpr) is what holds it[/yellow]")
     c, h, w = next(iter(data.loader("test", batch_size=1)))[0].shape[1:]
     input_shape = (1, int(c), int(h), int(w))

@@ -529,11 +529,18 @@ class FprBudgetGamma:
         return [r for r in self.trajectory if r.get("held") is False]
 
     def summary(self) -> dict[str, Any]:
-        """What the budget did, for reports and manifests."""
+        """What the budget did, for reports and manifests.
+
+        ``held`` is True only when no epoch ran out of terms (``unheld``) and the last epoch ended within the budget:
+        a training that ends over it (``over_at_end``: the controller was still lowering a term when the epochs ran
+        out) did not hold it either.
+        """
         last = self.trajectory[-1] if self.trajectory else None
+        final = None if last is None else last.get("val_fpr")
+        over_at_end = final is not None and final > self._rule["budget"]
         return {
             "budget": self._rule["budget"], "governs": list(GOVERNED), "epochs": len(self.trajectory),
-            "held": not self.unheld,
+            "held": not self.unheld and not over_at_end, "over_at_end": over_at_end,
             "unheld": [{k: r[k] for k in ("tag", "epoch", "val_fpr")} for r in self.unheld],
             "last": None if last is None else {k: last.get(k) for k in ("tag", "epoch", "val_fpr", "gamma",
                                                                         "rank_weight", "balance")},

@@ -392,6 +392,9 @@ def test_budget_acts_in_round_one_of_the_paper_schedule_and_warns_when_it_cannot
     out = ctl(1, all_eight)  # ... but the budget acts: lambda halves
     assert loss.rank_weight == 1.0 and loss.gamma == 1.0
     assert out["budget_held"] is True and out["val_critical_fpr"] == 1.0 and out["fpr_budget"] == 0.05
+    # a training that stopped here ended over the budget: its summary does not call that held
+    early = ctl.summary()
+    assert early["held"] is False and early["over_at_end"] is True and early["unheld"] == []
     with caplog.at_level("WARNING", logger="edgeslim.compress.loss"):
         for epoch in range(2, 9):
             out = ctl(epoch, all_eight)
