@@ -103,6 +103,13 @@ class Manifest(BaseModel):
         own = model_file.extra.get("thresholds") if model_file is not None else None
         return dict(own) if isinstance(own, dict) else dict(self.thresholds)
 
+    def deployed_as(self, model_file: ModelFile | None) -> "Manifest":
+        """This manifest as ``model_file`` is deployed: with the file's own thresholds (:meth:`thresholds_for`),
+        so that every decision made from it (runtime, server, profiler) is the file's. ``self`` when they are the
+        manifest's."""
+        own = self.thresholds_for(model_file)
+        return self if own == self.thresholds else self.model_copy(update={"thresholds": own})
+
     def model(self, format: str, precision: str | None = None) -> ModelFile:
         """The model file of a format (and precision: the most precise one when omitted)."""
         order = {"fp32": 0, "fp16": 1, "int8": 2}

@@ -588,8 +588,7 @@ def profile_artifact(
             if data is not None:
                 try:
                     # scored as deployed: at this file's own thresholds where it has them
-                    accuracy = _accuracy(backend, data, manifest.model_copy(
-                        update={"thresholds": manifest.thresholds_for(m)}))
+                    accuracy = _accuracy(backend, data, manifest.deployed_as(m))
                 except EdgeslimError as exc:
                     accuracy = {"error": str(exc)}
             for batch in cfg.batch_sizes:

@@ -472,8 +472,8 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             sparsity["onnx"] = onnx_weight_sparsity(tmp / onnx_fp32.path)
         m.sparsity = sparsity
 
-        if val_split is not None:
-            _calibrate_file_thresholds(tmp, m, m.models, val_split)
+        if val_split is not None:  # the files just written; those copied from an existing artifact keep theirs
+            _calibrate_file_thresholds(tmp, m, [f for f in m.models if not any(f is k for k in kept)], val_split)
         report: dict[str, Any] = {}
         if validation is not None:
             reference = _reference_logits(model, inputs)

@@ -85,7 +85,7 @@ class Predictor:
 
     Attributes:
         manifest: the artifact's :class:`~edgeslim.artifact.Manifest`, with the loaded file's own critical-class
-            thresholds where it has them (:meth:`~edgeslim.artifact.Manifest.thresholds_for`).
+            thresholds where it has them (:meth:`~edgeslim.artifact.Manifest.deployed_as`).
         backend: the running :class:`~edgeslim.runtime.base.Backend`.
         model_file: the manifest entry being run.
         directory: the artifact directory.
@@ -93,10 +93,9 @@ class Predictor:
 
     def __init__(self, directory: Path, manifest: Manifest, model_file: ModelFile, backend: Backend) -> None:
         self.directory = directory
-        # the manifest as this file deploys it: a reduced-precision file carries its own calibrated thresholds
-        # (Manifest.thresholds_for), which the decisions, the server and the reports then use
-        own = manifest.thresholds_for(model_file)
-        self.manifest = manifest if own == manifest.thresholds else manifest.model_copy(update={"thresholds": own})
+        # a reduced-precision file carries its own calibrated thresholds, which the decisions, the server and the
+        # reports then use
+        self.manifest = manifest.deployed_as(model_file)
         self.model_file = model_file
         self.backend = backend
         self._input = backend.inputs[0].name
