@@ -320,7 +320,9 @@ def _cpu_list(value: Optional[str]) -> Optional[tuple]:
 @app.command()
 @_handled
 def serve(
-    models: List[Path] = typer.Argument(..., help="Artifact directories, or directories of artifacts."),
+    models: Optional[List[Path]] = typer.Argument(
+        None, help="Artifact directories, or directories of artifacts (none: only with --model-control explicit)."
+    ),
     backend: str = typer.Option("onnxruntime", "--backend", help="openvino, onnxruntime, tensorrt or torch."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: most precise)."),
     device: str = typer.Option("cpu", "--device", help="Backend device (cpu, cuda:0, GPU, AUTO, ...)."),
@@ -354,6 +356,15 @@ def serve(
         help="After the last request, poll the sockets this long instead of sleeping (lower latency for a "
         "one-at-a-time client, one core busy meanwhile); 0 = off.",
     ),
+    model_control: str = typer.Option(
+        "none", "--model-control",
+        help="none: serve the given artifacts; explicit: also load/unload (and upload) models over Triton's "
+        "repository API, e.g. for `edgeslim search --target http://THIS:PORT` (needs --token off loopback).",
+    ),
+    upload_dir: Optional[Path] = typer.Option(
+        None, "--upload-dir", help="Where uploaded artifacts go (default: a temporary directory removed at exit)."
+    ),
+    max_upload_mb: float = typer.Option(512.0, "--max-upload-mb", help="Largest model load request (base64 files)."),
 ) -> None:
     """Serve artifacts over KServe v2 / Open Inference Protocol (tritonclient and perf_analyzer work)."""
     from .server import ServerSettings, serve as _serve
@@ -361,10 +372,12 @@ def serve(
 
     settings = ServerSettings(
         backend_options={backend: parse_backend_options(backend_option)} if backend_option else {},
-        models=tuple(models), backend=backend, precision=precision, device=device, threads=threads, host=host,
+        models=tuple(models or ()), backend=backend, precision=precision, device=device, threads=threads, host=host,
         port=port, max_batch=max_batch, dynamic_batching=not no_batching, batch_delay_ms=batch_delay_ms,
         queue_size=queue_size, request_timeout_s=timeout, token=token, max_body_bytes=int(max_body_mb * 2**20),
         inference_cpus=_cpu_list(inference_cpus), shared_memory=shared_memory, busy_poll_us=busy_poll_us,
+        model_control=model_control, upload_dir=upload_dir,  # type: ignore[arg-type]  # checked by ServerSettings
+        max_upload_bytes=int(max_upload_mb * 2**20),
     )
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         err_console.print(f"[yellow]warning: serving on {host} without --token: anyone who reaches it can use it[/yellow]")

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import ConfigError, EdgeslimError
-from . import classify, health, infer, metrics, model_repository, models, sharedmem
+from . import classify, device, health, infer, metrics, model_repository, models, sharedmem
 from .errors import error_response, json_error, validation_message
 from .guard import OPEN_PREFIXES, Guard, GuardMiddleware
 from .infer import InferEndpoint
@@ -187,10 +187,11 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
     app.state.metrics_registry = build_registry(repository, power_reader)
     app.state.startup_error = None
     app.state.shared_memory = sharedmem.SharedMemoryRegistry() if settings.shared_memory else None
-    for module in (health, models, model_repository, infer, classify, metrics, sharedmem):
+    for module in (health, models, model_repository, device, infer, classify, metrics, sharedmem):
         app.include_router(module.router)
     _install_error_handlers(app)
-    guard = Guard(token=settings.token, max_body_bytes=settings.max_body_bytes)
+    guard = Guard(token=settings.token, max_body_bytes=settings.max_body_bytes,
+                  max_upload_bytes=settings.max_upload_bytes if settings.model_control == "explicit" else None)
     app.add_middleware(GuardMiddleware, guard=guard)
     app.fast_infer = InferEndpoint(repository, settings, guard, app.state.shared_memory)
     app.poller = BusyPoller(settings.busy_poll_us / 1e6) if settings.busy_poll_us else None

@@ -17,6 +17,7 @@ from .errors import BodyTooLargeError, json_error
 
 #: Routes that never need the token.
 OPEN_PREFIXES = ("/v2/health/",)
+_REPOSITORY = "/v2/repository/models/"
 
 Receive = Callable[[], Awaitable[dict]]
 
@@ -40,11 +41,20 @@ class Guard:
     Args:
         token: the bearer token every route outside :data:`OPEN_PREFIXES` requires; None: no auth.
         max_body_bytes: largest request body, by ``Content-Length`` up front or counted while it streams in.
+        max_upload_bytes: the same for a model load request (an artifact uploaded as base64 JSON); None: the
+            server has no model control, and a load request gets ``max_body_bytes`` like any other.
     """
 
-    def __init__(self, *, token: str | None, max_body_bytes: int) -> None:
+    def __init__(self, *, token: str | None, max_body_bytes: int, max_upload_bytes: int | None = None) -> None:
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
+
+    def limit_for(self, path: str) -> int:
+        """The body limit of a route: the upload limit for ``/v2/repository/models/{m}/load``, else the body's."""
+        if self.max_upload_bytes is not None and path.startswith(_REPOSITORY) and path.endswith("/load"):
+            return self.max_upload_bytes
+        return self.max_body_bytes
 
     def reject(self, scope: dict) -> JSONResponse | None:
         """The 401/400/413 answer for a request whose headers already break a rule, else None."""
@@ -71,18 +81,17 @@ class Guard:
                 n = int(length)
             except ValueError:
                 return json_error(400, f"Content-Length {length[:40]!r} is not an integer")
-            if n > self.max_body_bytes:
-                return json_error(
-                    413, f"request body of {n} bytes exceeds the server limit of {self.max_body_bytes} bytes"
-                )
+            limit = self.limit_for(scope["path"])
+            if n > limit:
+                return json_error(413, f"request body of {n} bytes exceeds the server limit of {limit} bytes")
         return None
 
-    def limited(self, receive: Receive) -> Receive:
-        """``receive`` that raises :class:`BodyTooLargeError` once the streamed body passes the limit.
+    def limited(self, receive: Receive, path: str = "") -> Receive:
+        """``receive`` that raises :class:`BodyTooLargeError` once the streamed body passes the route's limit.
 
         Chunked bodies have no Content-Length: they are counted as they stream in.
         """
-        limit = self.max_body_bytes
+        limit = self.limit_for(path)
         seen = 0
 
         async def limited_receive() -> dict:
@@ -144,4 +153,4 @@ class GuardMiddleware:
         rejected = self.guard.reject(scope)
         if rejected is not None:
             return await rejected(scope, receive, send)
-        await self.app(scope, self.guard.limited(receive), send)
+        await self.app(scope, self.guard.limited(receive, scope["path"]), send)

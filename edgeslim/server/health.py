@@ -19,5 +19,7 @@ async def live() -> Response:
 )
 async def ready(request: Request) -> Response:
     repo = request.app.state.repository
-    ok = bool(repo.models) and all(m.ready for m in repo.models.values())
+    # under explicit model control a server with no model yet is ready: it is waiting for load requests
+    some = bool(repo.models) or (repo.settings.model_control == "explicit" and repo.loaded)
+    ok = some and not repo.closing and all(m.ready for m in repo.models.values())
     return Response(status_code=200 if ok else 503)

@@ -11,7 +11,8 @@ from .. import __version__
 from .errors import ModelNotReadyError
 from .schemas import ERRORS, ModelConfig, ModelMetadata, ServerMetadata, Stats
 
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics",
+              "edgeslim_device"]
 
 router = APIRouter(tags=["models"], responses={k: v for k, v in ERRORS.items() if k in (401, 404)})
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
 
 from ..artifact import MANIFEST, Manifest
-from ..errors import ConfigError, InputError
+from ..errors import ArtifactError, ConfigError, InputError
 from ..registry import did_you_mean
 from .batcher import BatchRecord, DynamicBatcher, Timing
 from .errors import ModelNotFoundError
@@ -90,6 +93,18 @@ class ModelStats:
         }
 
 
+def _safe_relpath(rel: str) -> PurePosixPath:
+    """An uploaded file's path, refused unless it stays inside the artifact directory."""
+    p = PurePosixPath(rel)
+    if (not rel or "\\" in rel or "\x00" in rel or p.is_absolute() or any(part in ("", ".", "..") for part in p.parts)
+            or len(p.parts) > 8 or len(rel) > 512):
+        raise InputError(
+            f"uploaded file path {rel[:80]!r} is not a relative path inside the artifact (no '..', no leading '/',"
+            " '/' as separator); use the paths of its manifest, e.g. 'openvino/model_int8.xml'"
+        )
+    return p
+
+
 def find_artifacts(paths: tuple[Path, ...]) -> list[Path]:
     """Each path that is an artifact, plus every artifact one level below a path that is not."""
     found: list[Path] = []
@@ -132,17 +147,18 @@ def backend_options(settings: ServerSettings, backend: str) -> dict[str, Any]:
     return options
 
 
-def _open(path: Path, settings: ServerSettings, backend: str) -> tuple[Manifest, Any]:
+def _open(path: Path, settings: ServerSettings, backend: str, *, precision: str | None = None,
+          verify: bool | None = None) -> tuple[Manifest, Any]:
     """Load an artifact through the runtime: its manifest and a :class:`~edgeslim.runtime.base.Backend`."""
     from .. import runtime
 
     predictor = runtime.load(
         path,
         backend=backend,
-        precision=settings.precision,
+        precision=precision or settings.precision,
         device=settings.device,
         threads=settings.threads,
-        verify=settings.verify,
+        verify=settings.verify if verify is None else verify,
         **backend_options(settings, backend),
     )
     return predictor.manifest, predictor.backend
@@ -151,8 +167,9 @@ def _open(path: Path, settings: ServerSettings, backend: str) -> tuple[Manifest,
 class ServedModel:
     """One loaded model: manifest, backend, batcher, statistics and the request checks that need the model."""
 
-    def __init__(self, manifest: Manifest, backend: Any, settings: ServerSettings, path: Path) -> None:
-        self.name = manifest.name
+    def __init__(self, manifest: Manifest, backend: Any, settings: ServerSettings, path: Path,
+                 name: str | None = None) -> None:
+        self.name = name or manifest.name
         self.version = VERSION
         self.manifest = manifest
         self.backend = backend
@@ -160,6 +177,7 @@ class ServedModel:
         self.settings = settings
         self.stats = ModelStats()
         self.ready = False
+        self.uploaded = False  # its files came in a load request (removed when it is unloaded)
         # Batching needs a dynamic leading axis on every input; otherwise each request runs alone.
         self.batchable = all(i.shape and i.shape[0] == -1 for i in backend.inputs)
         self.max_batch = settings.max_batch if self.batchable else 0
@@ -320,6 +338,11 @@ class ModelRepository:
         self.models: dict[str, ServedModel] = {}
         self.loaded = False
         self.closing = False
+        self.unloaded: dict[str, str] = {}  # name -> why, for the index (Triton lists unloaded models UNAVAILABLE)
+        self._uploads: dict[str, Path] = {}  # name -> the directory its uploaded artifact was written to
+        self._upload_root: Path | None = None
+        self._own_root = False
+        self.control = asyncio.Lock()  # one load / unload at a time
 
     def load(self) -> None:
         """Load every artifact named by the settings (once: by :func:`~edgeslim.server.app.serve` before uvicorn
@@ -359,22 +382,126 @@ class ModelRepository:
             m.ready = True
 
     async def close(self) -> None:
-        """Finish queued requests, then release every backend."""
+        """Finish queued requests, then release every backend (and remove the uploads of a temporary root)."""
         self.closing = True
         for m in self.models.values():
             m.ready = False
         for m in self.models.values():
             await m.batcher.close()
             m.backend.close()
+        if self._own_root and self._upload_root is not None:
+            shutil.rmtree(self._upload_root, ignore_errors=True)
+
+    # -- model control (Triton's explicit mode) ----------------------------------------------------------------
+    def _root(self) -> Path:
+        if self._upload_root is None:
+            if self.settings.upload_dir is not None:
+                self.settings.upload_dir.mkdir(parents=True, exist_ok=True)
+                self._upload_root = self.settings.upload_dir
+            else:
+                self._upload_root = Path(tempfile.mkdtemp(prefix="edgeslim-uploads-"))
+                self._own_root = True
+        return self._upload_root
+
+    def _write_upload(self, name: str, files: dict[str, bytes]) -> Path:
+        """Write an uploaded artifact into a fresh directory of the upload root; every path checked first."""
+        if MANIFEST not in files:
+            raise InputError(
+                f"the upload of model '{name}' has no '{MANIFEST}': send every file of the artifact, each as a"
+                f" 'file:<path relative to the artifact>' parameter ('file:{MANIFEST}' included)"
+            )
+        paths = {rel: _safe_relpath(rel) for rel in files}
+        stage = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self._root()))
+        try:
+            for rel, data in files.items():
+                dest = stage.joinpath(*paths[rel].parts)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        return stage
+
+    def _find(self, name: str) -> Path:
+        """The artifact among the server's model paths whose manifest is named ``name``."""
+        from ..artifact import load_manifest
+
+        names: dict[str, Path] = {}
+        for path in find_artifacts(self.settings.models):
+            names.setdefault(load_manifest(path, verify=False).name, path)
+        if name not in names:
+            known = sorted(set(names) | set(self.models))
+            raise ModelNotFoundError(
+                f"no artifact named '{name}' in this server's model paths to load.{did_you_mean(name, known)}"
+                f" Known: {', '.join(known) or 'none'}; or upload it: send its files as 'file:<path>' parameters"
+            )
+        return names[name]
+
+    def prepare_model(self, name: str, files: dict[str, bytes] | None, *, backend: str | None = None,
+                      precision: str | None = None) -> ServedModel:
+        """Open model ``name`` for :meth:`swap_in`: uploaded ``files`` (checked against their manifest's sha256), or
+        the artifact of that name in the server's model paths. Blocking (I/O and compilation): run in a thread.
+
+        Raises:
+            InputError: an upload without a manifest, or with a file path outside the artifact.
+            ModelNotFoundError: no files and no artifact of that name.
+            ArtifactError: a file that fails its sha256 check (and every other reason the runtime refuses it).
+        """
+        path = self._write_upload(name, files) if files else self._find(name)
+        try:
+            chosen = backend or self.settings.model_backends.get(name, self.settings.backend)
+            with pinned(self.settings.inference_cpus):
+                # uploads are always checked against their manifest: the bytes came over the network
+                manifest, be = _open(path, self.settings, chosen, precision=precision,
+                                     verify=True if files else None)
+        except BaseException as exc:
+            if files:
+                shutil.rmtree(path, ignore_errors=True)
+                if isinstance(exc, ArtifactError):  # the client sent it: a 400, not the server's own artifact (500)
+                    raise InputError(f"the upload of model '{name}' was refused: {exc}") from None
+            raise
+        # served under the name it was loaded as (an upload's manifest may name it otherwise)
+        model = ServedModel(manifest, be, self.settings, path, name=name)
+        model.uploaded = bool(files)
+        return model
+
+    async def swap_in(self, model: ServedModel) -> None:
+        """Serve ``model`` (ready at once); the model it replaces finishes its queued requests, then is released."""
+        model.batcher.start()
+        old = self.models.get(model.name)
+        self.models[model.name] = model
+        self.unloaded.pop(model.name, None)
+        model.ready = True
+        if old is not None:
+            await self._release(old)
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving ``name``: queued requests finish first; an uploaded artifact's files are removed.
+
+        Raises:
+            ModelNotFoundError: no model of that name is served (did-you-mean).
+        """
+        model = self.get(name)
+        model.ready = False
+        del self.models[name]
+        self.unloaded[name] = "unloaded"
+        await self._release(model)
+
+    async def _release(self, model: ServedModel) -> None:
+        model.ready = False
+        await model.batcher.close()
+        model.backend.close()
+        if model.uploaded:
+            shutil.rmtree(model.path, ignore_errors=True)
 
     def index(self) -> list[dict[str, str]]:
         """Triton's repository index: every served model by name, ``READY`` or ``UNAVAILABLE`` with the reason."""
         why = "shutting down" if self.closing else "loading"
-        return [
-            {"name": name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE",
-             "reason": "" if m.ready else why}
-            for name, m in sorted(self.models.items())
-        ]
+        rows = {name: {"name": name, "version": m.version, "state": "READY" if m.ready else "UNAVAILABLE",
+                       "reason": "" if m.ready else why} for name, m in self.models.items()}
+        for name, reason in self.unloaded.items():
+            rows.setdefault(name, {"name": name, "version": VERSION, "state": "UNAVAILABLE", "reason": reason})
+        return [rows[k] for k in sorted(rows)]
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model called ``name`` (and ``version``), or :class:`ModelNotFoundError` with a did-you-mean."""

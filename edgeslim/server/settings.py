@@ -14,6 +14,9 @@ from ..errors import ConfigError
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 _NONFINITE = ("reject", "allow")
+_MODEL_CONTROL = ("none", "explicit")
+#: Bind addresses only this machine reaches.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _BACKENDS_HINT = "openvino, onnxruntime, tensorrt, torch"
 
 
@@ -71,6 +74,14 @@ class ServerSettings:
             which is why it is 0 (off) by default: edge devices are often on battery or thermally limited. The
             same trade as Linux's ``net.core.busy_poll``, ONNX Runtime's thread spinning or TensorRT's
             ``--useSpinWait``.
+        model_control: ``"none"`` (default) serves the artifacts given at start, as Triton's
+            ``--model-control-mode=none``; ``"explicit"`` also accepts ``POST /v2/repository/models/{m}/load`` and
+            ``.../unload`` (Triton's explicit mode): reload an artifact from ``models`` by name, or upload one in
+            the request (Triton's ``"file:<path>"`` parameters, which ``tritonclient``'s ``load_model(files=...)``
+            sends), so a search on a laptop can measure candidates on this device. Off a loopback address it needs
+            a ``token``: an upload makes the device parse files a client sent.
+        upload_dir: where uploaded artifacts are written (None: a temporary directory removed at shutdown).
+        max_upload_bytes: largest load request body (the files are base64 in JSON, 4/3 of their size).
     """
 
     models: tuple[Path, ...]
@@ -98,11 +109,28 @@ class ServerSettings:
     shared_memory: bool = False
     inline_when_idle: bool = True
     busy_poll_us: int = 0
+    model_control: Literal["none", "explicit"] = "none"
+    upload_dir: Path | None = None
+    max_upload_bytes: int = 512 * 1024 * 1024
 
     def __post_init__(self) -> None:
         models = (self.models,) if isinstance(self.models, (str, os.PathLike)) else tuple(self.models)
-        if not models:
-            raise ConfigError("ServerSettings.models is empty; pass at least one artifact directory")
+        if self.model_control not in _MODEL_CONTROL:
+            raise ConfigError(
+                f"ServerSettings.model_control must be one of {_MODEL_CONTROL}, got {self.model_control!r}"
+            )
+        if not models and self.model_control == "none":
+            raise ConfigError(
+                "ServerSettings.models is empty; pass at least one artifact directory, or start with"
+                " model_control='explicit' (--model-control explicit) to load models over the API"
+            )
+        if self.model_control == "explicit" and self.token is None and self.host not in LOOPBACK:
+            raise ConfigError(
+                f"model control on {self.host} needs a token: an upload makes this device parse files a client sent;"
+                " give --token (or EDGESLIM_TOKEN), or bind 127.0.0.1"
+            )
+        if self.upload_dir is not None:
+            object.__setattr__(self, "upload_dir", Path(self.upload_dir))
         object.__setattr__(self, "models", tuple(Path(m) for m in models))
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
         object.__setattr__(self, "model_backends", dict(self.model_backends))
@@ -127,6 +155,7 @@ class ServerSettings:
         positive("max_batch", self.max_batch)
         positive("queue_size", self.queue_size)
         positive("max_body_bytes", self.max_body_bytes)
+        positive("max_upload_bytes", self.max_upload_bytes)
         positive("batch_delay_ms", self.batch_delay_ms, zero_ok=True, kind=float)
         positive("request_timeout_s", self.request_timeout_s, kind=float)
         positive("graceful_timeout_s", self.graceful_timeout_s, zero_ok=True, kind=float)

@@ -94,7 +94,8 @@ def test_classify_endpoint_agrees_with_predictor(client, reference):
 
 def test_metadata_config_and_server_extensions(client):
     assert client.get("/v2").json()["extensions"] == [
-        "binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
+        "binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics",
+        "edgeslim_device"]
     meta = client.get("/v2/models/tiny").json()
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 4]}]
@@ -140,7 +141,7 @@ def test_openapi_documents_every_route_and_the_binary_body(client):
     for p in ["/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{model_name}", "/v2/models/{model_name}/ready",
               "/v2/models/{model_name}/config", "/v2/models/{model_name}/stats", "/v2/models/{model_name}/infer",
               "/v2/models/{model_name}/versions/{version}/infer", "/v1/models/{model_name}/classify", "/metrics",
-              "/v2/repository/index", "/v2/repository/models/{model_name}/load"]:
+              "/v2/repository/index", "/v2/repository/models/{model_name}/load", "/v2/edgeslim/device"]:
         assert p in paths, p
     body = paths["/v2/models/{model_name}/infer"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "application/octet-stream"}
