@@ -39,8 +39,9 @@ def _cpu() -> str:
 
 def _score(artifact: Path, precision: str, data, fpr: float, backend: str, threads: int | None) -> dict:
     from edgeslim.search.engine import _judge, _scores
+    from edgeslim.search.site import LocalSite
 
-    z, y, manifest = _scores(artifact, backend, precision, "test", data, threads)
+    z, y, manifest = _scores(LocalSite(backend, threads=threads), artifact, precision, "test", data)
     return _judge(z, y, manifest, fpr)
 
 
@@ -164,9 +165,10 @@ def main() -> None:
 
     # the budgets from the dense model: latency / speedup; critical FNR at the FPR on val at most dense's
     from edgeslim.search.engine import _judge, _scores
+    from edgeslim.search.site import LocalSite
 
     lat0 = _latency({"dense": arms["dense FP32"]}, "openvino", args.threads, 2, args.iters)["dense"]
-    zv, yv, mv = _scores(dense_art, "openvino", "fp32", "val", data, args.threads)
+    zv, yv, mv = _scores(LocalSite("openvino", threads=args.threads), dense_art, "fp32", "val", data)
     dval = _judge(zv, yv, mv, args.fpr)
     budget = lat0["p90"] / args.speedup
     section = SearchSection(

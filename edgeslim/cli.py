@@ -164,7 +164,12 @@ def search(
     recipe: Optional[str] = typer.Argument(None, help="Base recipe (YAML file or built-in name); its search: section "
                                            "gives defaults for the options below."),
     out: Path = typer.Option(Path("edgeslim-search"), "--out", "-o", help="Output directory (rerun to resume)."),
-    target: Optional[str] = typer.Option(None, "--target", help="auto, a name from `edgeslim devices`, or a URL."),
+    target: Optional[str] = typer.Option(
+        None, "--target", help="auto, a name from `edgeslim devices`, or the URL of `edgeslim serve --model-control "
+        "explicit` on the device (every candidate is then timed and scored there)."
+    ),
+    token: Optional[str] = typer.Option(None, "--token", envvar="EDGESLIM_TOKEN",
+                                        help="Bearer token of a remote --target's server."),
     isa: Optional[str] = typer.Option(None, "--isa", help="Cap the CPU runtime's ISA (oneDNN), e.g. sse41."),
     latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Batch-1 p90 latency budget (ms)."),
     throughput: Optional[float] = typer.Option(None, "--throughput", help="Or a batch-1 throughput budget (img/s)."),
@@ -213,7 +218,7 @@ def search(
             f"{'.'.join(str(p) for p in e['loc']) or 'search'}: {e['msg']}" for e in exc.errors())) from None
     from .search.engine import search as run_search
 
-    res = run_search(r, out, section=section, progress=progress, console=console, workers_only=worker)
+    res = run_search(r, out, section=section, progress=progress, console=console, workers_only=worker, token=token)
     if worker:
         console.print(f"worker done; results in the storage ({section.storage or out})")
         return

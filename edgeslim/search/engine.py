@@ -36,6 +36,7 @@ from ..errors import ConfigError, ExportError, SearchError, TrainingError
 from ..recipe import Recipe
 from .config import SearchSection
 from .space import SearchSpace, arch_key, build_space, candidate_key, candidate_recipe
+from .site import LocalSite, RemoteSite, Site
 from .target import SearchTarget, apply_isa, resolve_target
 
 __all__ = ["SearchResult", "search", "prepare"]
@@ -70,6 +71,7 @@ class _Context:
     out_dir: Path
     num_classes: int
     say: Callable[[str], None]
+    site: Site
 
 
 def _optuna() -> Any:
@@ -83,8 +85,9 @@ def _digest(s: str) -> str:
     return hashlib.sha256(s.encode()).hexdigest()[:12]
 
 
-def prepare(base: Recipe, section: SearchSection | None = None, *, progress: bool = False):
-    """Check the inputs before anything runs: the target, the space and the budgets' form.
+def prepare(base: Recipe, section: SearchSection | None = None, *, progress: bool = False, token: str | None = None):
+    """Check the inputs before anything runs: the target, the space and the budgets' form. ``token``: a remote
+    target's bearer token (default ``EDGESLIM_TOKEN``).
 
     Returns ``(section, target, space)``.
 
@@ -97,7 +100,8 @@ def prepare(base: Recipe, section: SearchSection | None = None, *, progress: boo
     if section is None:
         raise ConfigError("the recipe has no 'search:' section; add one (at least search.latency_ms) or pass one")
     base.check_names()
-    target = resolve_target(section.target, isa=section.isa, backend=section.backend)
+    target = resolve_target(section.target, isa=section.isa, backend=section.backend,
+                            token=token if token is not None else os.environ.get("EDGESLIM_TOKEN"))
     apply_isa(target.isa)  # the asked cap, or the one the target implies (x86-avx2 on a VNNI host); before OpenVINO
     space = build_space(base, section, target)
     return section, target, space
@@ -123,7 +127,7 @@ def _measure(ctx: _Context, study: Any, c: dict[str, Any]) -> dict[str, Any]:
     m = measure_architecture(ctx.base, c, backend=ctx.target.backend, num_classes=ctx.num_classes,
                              iterations=s.measure_iterations, seconds=s.measure_seconds, threads=s.threads,
                              float_scope=ctx.space.float_scope.get(c.get("float_layers", "none"), []),
-                             device=ctx.target.device, target=ctx.target.name)
+                             device=ctx.target.device, target=ctx.target.name, site=ctx.site)
     d = {**m.to_dict(), "candidate": {k: v for k, v in c.items() if k != "gamma"}}
     study.set_user_attr(_arch_attr(key), d)
     ctx.say(f"measured {_short(c)}: p90 {m.p90_ms:.3f} ms, {m.size_mb:.2f} MB ({m.seconds:.1f} s)")
@@ -151,17 +155,21 @@ def _short(c: dict[str, Any]) -> str:
 
 
 # -- accuracy -----------------------------------------------------------------------------------------------------
-def _scores(artifact: Path, backend: str, precision: str, split: str, data: Any, threads: int | None,
-            device: str = "cpu"):
-    """Probabilities of the deployed file on a split, with the artifact's manifest."""
+def _scores(site: Site, artifact: Path, precision: str, split: str, data: Any):
+    """Outputs of the deployed file on a split, where the target runs it, with the manifest as the file deploys
+    (its own calibrated thresholds)."""
     from ..compress.data import split_arrays
-    from ..runtime import load
 
     x, y = split_arrays(data, split)
-    with load(artifact, backend=backend, precision=precision, threads=threads, device=device) as pred:
-        z = pred.infer(x)
-        manifest = pred.manifest  # with the file's own calibrated thresholds, as deployed
+    z, manifest = site.logits(artifact, precision, x)
     return z, y, manifest
+
+
+def make_site(target: SearchTarget, threads: int | None) -> Site:
+    """Where ``target``'s files are timed and scored: the remote server it names, else this process."""
+    if target.url:
+        return RemoteSite(target.url, token=target.token, backend=target.backend)
+    return LocalSite(target.backend, device=target.device, threads=threads)
 
 
 def _judge(z: np.ndarray, y: np.ndarray, manifest: Any, at_fpr: float) -> dict[str, Any]:
@@ -243,8 +251,7 @@ def _train_and_score_claimed(ctx: _Context, c: dict[str, Any], trial_dir: Path) 
     run_pipeline(recipe, trial_dir, resume=resume, progress=False, stages=("compress", "export"))
     _raise_if_left_out(trial_dir / "compressed", ctx.target.backend, c["precision"])
     _, data = _load_data(recipe)
-    z, y, manifest = _scores(trial_dir / "compressed", ctx.target.backend, c["precision"], "val", data,
-                             ctx.section.threads, ctx.target.device)
+    z, y, manifest = _scores(ctx.site, trial_dir / "compressed", c["precision"], "val", data)
     out = _judge(z, y, manifest, ctx.section.at_fpr)
     out.update(dir=str(trial_dir), train_s=time.perf_counter() - t0)
     return out
@@ -390,7 +397,8 @@ def _study(ctx: _Context):
         sampler = optuna.samplers.NSGAIISampler(seed=s.seed, population_size=8)
     else:
         sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, n_startup_trials=4)
-    name = s.study or f"{ctx.base.name}-{ctx.target.name}" + (f"-{ctx.target.isa}" if ctx.target.isa else "")
+    name = s.study or f"{ctx.base.name}-{ctx.target.name}" + (f"-{ctx.target.isa}" if ctx.target.isa else "") + (
+        f"-{_digest(ctx.target.url)}" if ctx.target.url else "")  # cached latencies belong to that device
     study = optuna.create_study(storage=storage, study_name=name, directions=_DIRECTIONS, sampler=sampler,
                                 load_if_exists=True)
     return study, url
@@ -554,13 +562,16 @@ def search(
     progress: bool = True,
     console: Any = None,
     workers_only: bool = False,
+    token: str | None = None,
 ) -> SearchResult:
     """Find the compression of ``base`` that meets the budgets of ``section`` (default: ``base.search``) on its
     target, and write the front, the chosen recipe, its artifact and the report into ``out_dir``.
 
     Re-running with the same ``out_dir`` (or storage URL) resumes: finished candidates are not repeated, and
     architectures already measured are not measured again. ``workers_only`` runs trials without writing the
-    final outputs (extra processes sharing one storage URL).
+    final outputs (extra processes sharing one storage URL). ``token``: a remote target's bearer token (default:
+    ``EDGESLIM_TOKEN``); a remote target (``search.target: http://device:8000``) times and scores every file on that
+    device, through a server started with ``--model-control explicit``.
 
     Raises:
         ConfigError / UnknownNameError / BackendError: bad inputs, before any training (see :func:`prepare`).
@@ -569,7 +580,7 @@ def search(
     optuna = _optuna()
 
     t0 = time.perf_counter()
-    section, target, space = prepare(base, section)
+    section, target, space = prepare(base, section, token=token)
     if "int8" in target.precisions and "int8" in section.precisions:
         from .space import stem_node
 
@@ -579,7 +590,7 @@ def search(
     say = (lambda m: console.print(m, highlight=False)) if console is not None else (lambda m: None)
     src, data = _load_data(base)
     ctx = _Context(base=base, section=section, target=target, space=space, out_dir=out,
-                   num_classes=len(data.classes), say=say)
+                   num_classes=len(data.classes), say=say, site=make_site(target, section.threads))
     _drop_refused_ratios(ctx)
     say(f"target: {target.describe()}; space: {space.size()} candidates")
     for line in space.ruled_out:
@@ -660,8 +671,7 @@ class _Bar:
 def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners: dict[str, Any], t0: float):
     optuna = _optuna()
 
-    from ..devices.profiler import ProfileConfig, profile_backend
-    from ..runtime import load
+    from ..devices.profiler import ProfileConfig
 
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     complete = [_point(t) for t in trials if "val" in t.user_attrs and "duplicate_of" not in t.user_attrs]
@@ -674,9 +684,7 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
                         throughput=False)
     lm = _latency_model(study)
     for p in front:
-        with load(Path(p["dir"]) / "compressed", backend=ctx.target.backend, precision=p["candidate"]["precision"],
-                  device=ctx.target.device, threads=s.threads) as pred:
-            e = profile_backend(pred.backend, batch=1, cfg=cfg)
+        e = ctx.site.latency(Path(p["dir"]) / "compressed", p["candidate"]["precision"], cfg)
         p["measured_p90_ms"] = float(e["latency_ms"]["p90"])
         p["measured_median_ms"] = float(e["latency_ms"]["median"])
     pick = None
@@ -693,11 +701,9 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
         files["artifact"] = str(out / "artifact")
         # the pick confirmed on the test split by its exported file, as deployed
         _, data = _load_data(recipe)
-        z, y, manifest = _scores(out / "artifact", ctx.target.backend, pick["candidate"]["precision"], "test", data,
-                                 s.threads, ctx.target.device)
+        z, y, manifest = _scores(ctx.site, out / "artifact", pick["candidate"]["precision"], "test", data)
         pick["test"] = _judge(z, y, manifest, s.at_fpr)
-        zd, yd, md = _scores(Path(dense["dir"]) / "compressed", ctx.target.backend, "fp32", "test", data, s.threads,
-                             ctx.target.device)
+        zd, yd, md = _scores(ctx.site, Path(dense["dir"]) / "compressed", "fp32", "test", data)
         dense["test"] = _judge(zd, yd, md, s.at_fpr)
     result = SearchResult(
         out_dir=out, target=ctx.target.to_dict(), front=front, pick=pick, ruled_out=ruled, dense=dense,

@@ -219,6 +219,25 @@ def _onnxruntime_layers(path: Path, shape: tuple[int, ...], threads: int | None,
     return [_median_row(r) for r in acc.values()]
 
 
+def _tensorrt_layers(backend: Any, shape: tuple[int, ...], runs: int = 20) -> list[dict[str, Any]]:
+    """TensorRT's per-layer times (``IProfiler``): each engine layer's median over ``runs`` inferences."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    times = backend.layer_times({backend.inputs[0].name: x}, runs=runs)
+    return [_median_row({"name": name, "type": "", "exec": "tensorrt", "kind": _tensorrt_kind(name), "ms": ms})
+            for name, ms in times.items()]
+
+
+def _tensorrt_kind(name: str) -> str:
+    """The kind of a TensorRT engine layer from its name: fused layers carry their ONNX node names
+    (``/features.0/Conv + /features.0/Relu``), which tell a convolution or a matmul, not a depthwise one."""
+    n = name.lower()
+    if "conv" in n:
+        return "conv"
+    if any(k in n for k in ("gemm", "matmul", "fully", "linear")):
+        return "fc"
+    return "other"
+
+
 def _onnx_kind(op: str, node: str) -> str:
     if op in ("Conv", "FusedConv", "QLinearConv"):
         return "conv"  # ORT's events do not tell depthwise from dense; the model fits one conv coefficient
@@ -230,8 +249,13 @@ def _onnx_kind(op: str, node: str) -> str:
 def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
                          iterations: int = 50, seconds: float = 0.5, threads: int | None = None,
                          layers: bool = True, float_scope: list[str] = (), device: str = "cpu",
-                         target: str | None = None) -> ArchMeasurement:
-    """Measure a candidate's architecture on this host: random weights, the deployed export, the profiler.
+                         target: str | None = None, site: Any = None) -> ArchMeasurement:
+    """Measure a candidate's architecture on the target: random weights, the deployed export, the profiler.
+
+    ``site`` (:mod:`edgeslim.search.site`) is where the file runs: None or a local site times it in this process
+    and reads the runtime's per-layer counters; a remote site uploads it to the device's server and times it there
+    as ``profile --remote`` does (the server does not expose per-layer counters, so remote measurements give the
+    latency model no points and every candidate is measured).
 
     INT8 candidates are quantized with NNCF (PTQ) on random calibration data, in the INT8 scheme of ``target``
     (a name from :mod:`edgeslim.hardware`; default: the base recipe's ``target``): the graph (which layers run
@@ -273,12 +297,18 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
                               f" ({'; '.join(str(e) for e in man.validation.get('errors', []))})")
         path = art / mf.path
         size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
-        with load(art, backend=backend, precision=precision, device=device, threads=threads) as pred:
-            res = profile_backend(pred.backend, batch=1,
-                                  cfg=ProfileConfig(warmup=5, iterations=iterations, seconds=seconds, throughput=False))
+        pcfg = ProfileConfig(warmup=5, iterations=iterations, seconds=seconds, throughput=False)
         rows: list[dict[str, Any]] = []
-        # per-layer counters: OpenVINO and ONNX Runtime here; TensorRT's IProfiler and torch.profiler are not read
-        # yet, so on those backends the latency model has no points and every candidate is measured
+        if site is not None and site.remote:
+            res = site.latency(art, precision, pcfg)
+            layers = False
+        else:
+            with load(art, backend=backend, precision=precision, device=device, threads=threads) as pred:
+                res = profile_backend(pred.backend, batch=1, cfg=pcfg)
+                if layers and backend == "tensorrt":  # the engine's own IProfiler, on the loaded context
+                    rows = _tensorrt_layers(pred.backend, shape)
+        # per-layer counters: OpenVINO, ONNX Runtime and TensorRT; torch.profiler is not read, so on the torch
+        # backend the latency model has no points and every candidate is measured
         if layers and backend == "openvino":
             rows = _openvino_layers(path, shape, threads)
         elif layers and backend == "onnxruntime":

@@ -54,6 +54,7 @@ class SearchTarget:
     isa: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    token: str | None = field(default=None, repr=False)  # a remote target's bearer token; never written out
 
     def describe(self) -> str:
         cpu = (self.info.get("cpu") or {}).get("model")
@@ -88,25 +89,95 @@ def apply_isa(isa: str | None) -> None:
     os.environ["ONEDNN_MAX_CPU_ISA"] = low.upper()
 
 
-def _check_remote(url: str, timeout_s: float) -> dict[str, Any]:
+def _check_remote(url: str, timeout_s: float, token: str | None = None) -> dict[str, Any]:
+    """The remote server's metadata, plus its ``device`` answer (``/v2/edgeslim/device``) when it has one."""
+    import json
+    import urllib.error
+    import urllib.request
+
     from ..devices.remote import _split_url
     from ..errors import require
 
     http = require("tritonclient.http", purpose="a remote search target (pip install 'tritonclient[http]')")
     host, ssl = _split_url(url)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         client = http.InferenceServerClient(url=host, ssl=ssl, connection_timeout=timeout_s,
                                             network_timeout=timeout_s)
-        if not client.is_server_live():
-            raise BackendError(f"remote target {url} answers but is not live; check `edgeslim serve` there")
-        return dict(client.get_server_metadata())
+        try:
+            if not client.is_server_live():
+                raise BackendError(f"remote target {url} answers but is not live; check `edgeslim serve` there")
+            meta = dict(client.get_server_metadata(headers=headers))
+        finally:
+            client.close()
     except BackendError:
         raise
-    except Exception as exc:  # connection refused, timeout, DNS
+    except Exception as exc:  # connection refused, timeout, DNS, a wrong token (401)
+        if "401" in str(exc) or "bearer token" in str(exc):
+            raise BackendError(f"remote target {url} refused the token ({str(exc)[:200]}); pass the server's --token"
+                               " as --token or EDGESLIM_TOKEN") from None
         raise BackendError(
             f"remote target {url} does not answer ({type(exc).__name__}: {str(exc)[:200]}); start `edgeslim serve"
-            " ARTIFACT --host 0.0.0.0` on the device and check the address and port"
+            " --model-control explicit --token TOKEN --host 0.0.0.0` on the device and check the address and port"
         ) from None
+    if "edgeslim_device" in (meta.get("extensions") or []):
+        req = urllib.request.Request(f"{'https' if ssl else 'http'}://{host}/v2/edgeslim/device", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 - the URL's scheme is ours
+                meta["device"] = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise BackendError(f"remote target {url}: GET /v2/edgeslim/device failed ({exc})") from None
+    return meta
+
+
+def _remote_target(spec: str, *, isa: str | None, backend: str | None, token: str | None,
+                   timeout_s: float) -> "SearchTarget":
+    """The target behind a remote edgeslim server: its own detection names the hardware profile (the INT8 scheme,
+    the precisions), the backend it serves with is the one measured; it must load candidates (explicit control)."""
+    from ..devices.targets import TARGETS
+
+    meta = _check_remote(spec, timeout_s, token)
+    dev = meta.get("device")
+    who = f"{meta.get('name', 'server')} {meta.get('version', '')}".strip()
+    if dev is None:
+        raise ConfigError(
+            f"remote target {spec} answers ({who}) but does not say what device it runs on (no edgeslim_device"
+            " extension): a search needs an edgeslim server there, `edgeslim serve --model-control explicit`"
+        )
+    if dev.get("model_control") != "explicit":
+        raise ConfigError(
+            f"remote target {spec} ({dev.get('title')}) serves a fixed set of models: a search must load each"
+            " candidate there; restart it with `edgeslim serve --model-control explicit --token TOKEN --host"
+            " 0.0.0.0` (and pass the token here as --token or EDGESLIM_TOKEN)"
+        )
+    if isa is not None:
+        raise ConfigError(f"isa '{isa}' caps this host's CPU runtime; a remote target runs its own: drop --isa")
+    served = str(dev.get("backend") or "")
+    if backend is not None and backend != served:
+        raise ConfigError(
+            f"remote target {spec} serves with backend '{served}', not '{backend}'; drop --backend or restart the"
+            f" server with --backend {backend}"
+        )
+    name = TARGETS.canonical(str(dev.get("target")))
+    profile = TARGETS.get(name)
+    cpu = dev.get("cpu") or {}
+    precisions, sparse_24 = _capabilities(profile, served, {k for k, v in (cpu.get("isa") or {}).items() if v})
+    info = {"cpu": cpu, "gpu": (dev.get("gpus") or [None])[0], "remote": dev}
+    return SearchTarget(name=name, kind=profile.kind, backend=served, precisions=precisions, sparse_2_4=sparse_24,
+                        url=spec, info=info, device=str(dev.get("device") or "cpu"), token=token)
+
+
+def _capabilities(profile: Any, backend: str, cpu_isa: set[str]) -> tuple[tuple[str, ...], bool]:
+    """The precisions a target runs on ``backend`` and whether it has 2:4 sparse kernels there."""
+    if profile.kind == "cpu":
+        # INT8 runs on every x86 CPU (slower without VNNI/AMX: the search measures whether it pays);
+        # FP16 only runs natively with AVX512-FP16 / AMX-FP16, elsewhere OpenVINO computes an FP16 IR in FP32
+        return ("fp32", "int8") + (("fp16",) if cpu_isa & _FP16_FAST else ()), False
+    if backend == "torch":  # PyTorch eager on CUDA: the precision the weights are in
+        return ("fp32",), False
+    precisions = ("fp32",) + (("fp16",) if profile.fp16 else ()) + (("int8",) if profile.int8 else ())
+    # 2:4 sparse tensor cores run under TensorRT only
+    return precisions, bool(profile.sparsity_2_4 and backend == "tensorrt")
 
 
 def _cpu_targets(here: dict[str, Any]) -> dict[str, str | None]:
@@ -135,8 +206,11 @@ def _capped_name(name: str, isa: str | None) -> str:
 
 
 def resolve_target(spec: str = "auto", *, isa: str | None = None, backend: str | None = None,
-                   timeout_s: float = 5.0) -> SearchTarget:
+                   timeout_s: float = 5.0, token: str | None = None) -> SearchTarget:
     """Resolve ``auto``, a target name from ``edgeslim devices``, or ``http(s)://host:port``.
+
+    A URL is an edgeslim server on the device (``edgeslim serve --model-control explicit``): the target is what
+    that server detects it runs on, measured with the backend it serves; ``token`` is its bearer token.
 
     The name is the :mod:`edgeslim.hardware` target this host is measured as, and the ``target:`` of every
     candidate recipe (it decides the INT8 scheme, :func:`edgeslim.hardware.int8_scheme`): ``auto`` is the host
@@ -147,19 +221,13 @@ def resolve_target(spec: str = "auto", *, isa: str | None = None, backend: str |
         UnknownNameError: an unknown target name (did-you-mean).
         BackendError: a remote target that does not answer.
         ConfigError: a named board that is not this host (measure it through its server), an ISA cap on a
-            target that is not this host's CPU, or a remote target (candidates cannot yet be loaded there).
+            target that is not this host's CPU, or a remote server that cannot load candidates (model control off).
     """
     from ..devices.targets import TARGETS, detect
 
-    here = detect()
     if spec.startswith(("http://", "https://")) or (":" in spec and spec.split(":")[-1].isdigit()):
-        meta = _check_remote(spec, timeout_s)
-        raise ConfigError(
-            f"remote target {spec} answers ({meta.get('name', 'server')} {meta.get('version', '')}), but a search"
-            " must load each candidate there and `edgeslim serve` has no model-load endpoint yet; run `edgeslim"
-            " search --target auto` on the device itself (it needs only the [serve] install to measure), or"
-            " `edgeslim profile --remote` to measure a chosen artifact"
-        )
+        return _remote_target(spec, isa=isa, backend=backend, token=token, timeout_s=timeout_s)
+    here = detect()
     cpus = _cpu_targets(here)
     name = here["name"] if spec == "auto" else TARGETS.canonical(spec)
     if name != here["name"] and name not in cpus:
@@ -191,20 +259,11 @@ def resolve_target(spec: str = "auto", *, isa: str | None = None, backend: str |
             cpu_isa -= _INT8_FAST | _FP16_FAST
     if profile.kind == "cpu":
         chosen = backend or profile.backend
-        # INT8 runs on every x86 CPU (slower without VNNI/AMX: the search measures whether it pays);
-        # FP16 only runs natively with AVX512-FP16 / AMX-FP16, elsewhere OpenVINO computes an FP16 IR in FP32
-        precisions = ("fp32", "int8") + (("fp16",) if cpu_isa & _FP16_FAST else ())
-        sparse_24 = False
     else:
         import importlib.util
 
         chosen = backend or (profile.backend if importlib.util.find_spec(profile.backend) else "torch")
-        if chosen == "torch":  # PyTorch eager on CUDA: the precision the weights are in
-            precisions = ("fp32",)
-        else:
-            precisions = ("fp32",) + (("fp16",) if profile.fp16 else ()) + (("int8",) if profile.int8 else ())
-        # 2:4 sparse tensor cores run under TensorRT only
-        sparse_24 = profile.sparsity_2_4 and chosen == "tensorrt"
+    precisions, sparse_24 = _capabilities(profile, chosen, cpu_isa)
     return SearchTarget(name=name, kind=profile.kind, backend=chosen, precisions=precisions, sparse_2_4=sparse_24,
                         sparse_unstructured=False, isa=isa.lower() if isa else None, info=here,
                         device="cpu" if profile.kind == "cpu" else "cuda:0")

@@ -145,14 +145,14 @@ def test_section_validation():
 
 
 def test_a_ratio_that_empties_a_layer_is_dropped_with_its_reason(tiny_base, tmp_path):
-    from edgeslim.search.engine import _Context, _drop_refused_ratios
+    from edgeslim.search.engine import _Context, _drop_refused_ratios, make_site
 
     base = parse_recipe(tiny_base)
     section = SearchSection(ratios=[0.0, 0.5, 0.95], precisions=["fp32"])
     target = resolve_target("auto")
     space = build_space(base, section, target)
     ctx = _Context(base=base, section=section, target=target, space=space, out_dir=tmp_path, num_classes=10,
-                   say=lambda m: None)
+                   say=lambda m: None, site=make_site(target, None))
     _drop_refused_ratios(ctx)
     assert space.dim("prune").choices == ["structured:0", "structured:0.5"]
     assert any(line.startswith("ch 0.95: structured ratio 0.95") and "would remove every channel" in line
