@@ -51,3 +51,19 @@ def test_latency_model_is_fitted_on_measurements_and_reports_its_error(base):
     pred = lm.predict("fp32", ms["0.25"].macs)
     assert pred is not None and pred > 0
     assert lm.predict("int8", ms["0"].macs) is None  # no int8 measurements: no prediction
+
+
+def test_tensorrt_layer_names_give_the_kind_the_model_fits():
+    from edgeslim.search.latency import _tensorrt_kind
+
+    assert _tensorrt_kind("/features/features.0/Conv + /features/features.0/Relu") == "conv"
+    assert _tensorrt_kind("/classifier/Gemm") == "fc" and _tensorrt_kind("MatMul_12 + Add") == "fc"
+    assert _tensorrt_kind("/pool/GlobalAveragePool") == "other" and _tensorrt_kind("17") == "other"
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_per_layer_times_come_from_its_profiler(base):
+    m = measure_architecture(base, C, backend="tensorrt", num_classes=10, iterations=20, seconds=0.05,
+                             device="cuda:0")
+    assert m.p90_ms >= m.median_ms > 0
+    assert "conv" in {r["kind"] for r in m.layers} and m.layer_sum_ms > 0
