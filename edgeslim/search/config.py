@@ -23,7 +23,8 @@ class SearchSection(BaseModel):
     - ``time_budget_s``: wall time of the whole search.
 
     The space (choices the search may combine; each is filtered by what the target can run):
-    ``ratios`` (structured channel ratio, 0 = dense), ``sparsities`` (unstructured, only on targets with sparse
+    ``ratios`` (structured channel ratio, 0 = dense) and ``allocations`` (uniform, or per stage from measured
+    sensitivity), ``sparsities`` (unstructured, only on targets with sparse
     kernels), ``precisions``, ``image_sizes`` (empty: the base recipe's only), ``gammas`` (the class-dependent
     weight; empty: the base recipe's only).
     """
@@ -47,6 +48,11 @@ class SearchSection(BaseModel):
     trials: int = Field(default=20, ge=1, description="most candidates fine-tuned")
     fine_tune_epochs: int = Field(default=1, ge=0, description="epochs of each candidate's short fine-tune")
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.5, 0.6, 0.7])
+    allocations: list[Literal["uniform", "sensitivity"]] = Field(
+        default_factory=lambda: ["uniform", "sensitivity"],
+        description="how a channel ratio is spread over the stages: the same in each (uniform), or per stage from "
+        "each stage's measured sensitivity on the dense reference, at the same mean ratio",
+    )
     sparsities: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "fp16", "int8"])
     image_sizes: list[int] = Field(default_factory=list)
@@ -69,6 +75,8 @@ class SearchSection(BaseModel):
             bad = [r for r in getattr(self, name) if not 0 <= r < 1]
             if bad:
                 raise ValueError(f"{name} {bad}: every value must be in [0, 1)")
+        if not self.allocations:
+            raise ValueError("allocations is empty: give uniform, sensitivity or both")
         bad_sizes = [s for s in self.image_sizes if s <= 0]
         if bad_sizes:
             raise ValueError(f"image_sizes {bad_sizes}: every size must be > 0")

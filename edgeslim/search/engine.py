@@ -35,7 +35,8 @@ from .._io import atomic_directory, atomic_write_json, atomic_write_text
 from ..errors import ConfigError, ExportError, SearchError, TrainingError
 from ..recipe import Recipe
 from .config import SearchSection
-from .space import SearchSpace, arch_key, build_space, candidate_key, candidate_recipe
+from .sensitivity import allocate
+from .space import SENS, SearchSpace, arch_key, build_space, candidate_key, candidate_recipe, prune_config
 from .site import LocalSite, RemoteSite, Site
 from .target import SearchTarget, apply_isa, resolve_target
 
@@ -60,6 +61,7 @@ class SearchResult:
     trials: int
     predictor_error: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    sensitivity: dict[str, Any] | None = None  # per stage, measured on the dense reference (per-stage choices)
 
 
 @dataclass
@@ -147,7 +149,7 @@ def _latency_model(study: Any):
 
 
 def _short(c: dict[str, Any]) -> str:
-    parts = [c["prune"].replace("structured:", "ch "), c["precision"]]
+    parts = [c["prune"].replace("structured:", "ch ").replace(":" + SENS, " per-stage"), c["precision"]]
     if c.get("float_layers", "none") != "none":
         parts.append(f"float {c['float_layers']}")
     parts += [f"{c['image_size']}px", f"gamma {c['gamma']:g}"]
@@ -316,6 +318,8 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
     def objective(trial: Any) -> tuple[float, float, float]:
         study = study_ref[0]
         c = _suggest(trial, ctx.space)
+        if c["prune"].endswith(":" + SENS):  # its per-stage ratios, from the dense reference's sensitivity
+            c["stage_ratios"] = allocate(study.user_attrs["sensitivity"], float(c["prune"].split(":")[1]))
         key = candidate_key(c)
         trial.set_user_attr("candidate", c)
         trial.set_user_attr("key", key)
@@ -418,7 +422,8 @@ def _drop_refused_ratios(ctx: _Context) -> None:
     keep = []
     for choice in dim.choices:  # type: ignore[union-attr]
         kind, _, arg = choice.partition(":")
-        if kind == "structured" and float(arg) > 0:
+        # a per-stage choice is capped per stage where a layer would empty (sensitivity.allocate): always valid
+        if kind == "structured" and not arg.endswith(":" + SENS) and float(arg) > 0:
             try:
                 build_candidate_model(ctx.base, {"prune": choice, "precision": "fp32", "image_size": size},
                                       ctx.num_classes)
@@ -442,6 +447,32 @@ def _dense_candidate(space: SearchSpace, base: Recipe) -> dict[str, Any]:
     g = base.loss.gamma if base.loss.gamma in gammas else gammas[0]
     prec = space.dim("precision").choices  # type: ignore[union-attr]
     return {"prune": dense, "precision": "fp32" if "fp32" in prec else prec[0], "image_size": size, "gamma": g}
+
+
+def _sens_ratios(ctx: _Context) -> list[float]:
+    return [float(p.split(":")[1]) for p in ctx.space.dim("prune").choices  # type: ignore[union-attr]
+            if p.endswith(":" + SENS)]
+
+
+def _sensitivity(ctx: _Context, dense_c: dict[str, Any], dense_artifact: Path) -> dict[str, Any]:
+    """Each stage's val loss increase when pruned alone at the largest searched ratio, on the trained dense
+    reference (:func:`edgeslim.search.sensitivity.stage_sensitivity`)."""
+    from ..compress.data import split_arrays
+    from ..runtime import load
+    from .sensitivity import stage_sensitivity
+
+    probe = max(_sens_ratios(ctx))
+    t0 = time.perf_counter()
+    _, data = _load_data(candidate_recipe(ctx.base, dense_c, ctx.section, ctx.target, ctx.space))
+    x, y = split_arrays(data, "val")  # at the dense reference's resolution
+    with load(dense_artifact, backend="torch") as pred:
+        sens = stage_sensitivity(pred.backend.model, x, y, ratio=probe,
+                                 cfg=prune_config(f"structured:{probe:g}", ctx.base))
+    ctx.say("stage sensitivity (val loss increase, each stage alone at ratio "
+            f"{probe:g}; {time.perf_counter() - t0:.0f} s): " + ", ".join(
+                f"{k} {'-' if v['loss_increase'] is None else format(v['loss_increase'], '+.3f')}"
+                for k, v in sens["stages"].items()))
+    return sens
 
 
 def _pre_pass(ctx: _Context, study: Any) -> dict[str, dict[str, Any]]:
@@ -610,6 +641,8 @@ def search(
         say(f"dense reference: {_short(dense_c)}")
         lat = _measure(ctx, study, dense_c)
         acc = _train_and_score(ctx, dense_c)
+        if "sensitivity" not in study.user_attrs and _sens_ratios(ctx):  # before "dense": workers wait for it
+            study.set_user_attr("sensitivity", _sensitivity(ctx, dense_c, Path(acc["dir"]) / "compressed"))
         study.set_user_attr("dense", {**acc, "candidate": dense_c, "latency": lat["p90_ms"],
                                       "size_mb": lat["size_mb"]})
     dense = study.user_attrs["dense"]
@@ -708,6 +741,7 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
     result = SearchResult(
         out_dir=out, target=ctx.target.to_dict(), front=front, pick=pick, ruled_out=ruled, dense=dense,
         seconds=time.perf_counter() - t0, trials=len(study.trials), predictor_error=lm.error(), files=files,
+        sensitivity=study.user_attrs.get("sensitivity"),
     )
     files.update(_write_outputs(ctx, result, url, corners, complete))
     if pick is None:
@@ -729,6 +763,7 @@ def _write_outputs(ctx: _Context, r: SearchResult, url: str, corners: dict[str, 
         "space": ctx.space.to_dict(), "dense": r.dense, "front": r.front, "pick": r.pick, "candidates": complete,
         "corners": {k: {f: v[f] for f in ("p90_ms", "median_ms", "size_mb", "candidate")} for k, v in corners.items()},
         "predictor_error": r.predictor_error, "ruled_out": r.ruled_out, "seconds": r.seconds, "trials": r.trials,
+        "sensitivity": r.sensitivity,
     }
     files = {"front": str(atomic_write_json(ctx.out_dir / "front.json", doc)),
              "ruled_out": str(atomic_write_text(ctx.out_dir / "ruled-out.txt", "\n".join(r.ruled_out) + "\n"))}
@@ -760,6 +795,17 @@ def _markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"**Pick:** {p['label']}: p90 {p['latency_ms']:.3f} ms; test (exported file): top-1 "
                   f"{te.get('top1', float('nan')):.4f}, critical FN {te.get('critical_fn')}, per-class recall "
                   + ", ".join("-" if r is None else f"{r:.3f}" for r in te.get("per_class_recall", []))]
+        if p["candidate"].get("stage_ratios"):
+            lines += ["", "Its per-stage channel ratios: " + ", ".join(
+                f"{k} {v:g}" for k, v in p["candidate"]["stage_ratios"].items())]
+    sens = doc.get("sensitivity")
+    if sens:
+        lines += ["", f"## Stage sensitivity (dense reference, each stage alone at ratio {sens['probe_ratio']:g},"
+                  " no fine-tune)", "", "| stage | val loss increase | prunable conv params | largest safe ratio |",
+                  "|---|---|---|---|"]
+        for k, v in sens["stages"].items():
+            inc = "-" if v["loss_increase"] is None else f"{v['loss_increase']:+.4f}"
+            lines.append(f"| {k} | {inc} | {v['params']} | {v['max_ratio']:g} |")
     lines += ["", "## Latency model (leave-one-out error against measurement)", ""]
     for prec, e in doc["predictor_error"].items():
         mape = "n/a (fewer than 3 points)" if e["mape"] is None else f"{100 * e['mape']:.1f} % mean, {100 * e['max']:.1f} % max"

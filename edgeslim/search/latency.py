@@ -130,11 +130,12 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     model = replace_head(src.model, num_classes).eval()
     size = int(candidate["image_size"] or src.preprocessing.crop)
     shape = (1, 3, size, size)
-    cfg = prune_config(candidate["prune"], base)
-    if isinstance(cfg, Structured) and cfg.ratio > 0:
+    cfg = prune_config(candidate["prune"], base, candidate.get("stage_ratios"))
+    if isinstance(cfg, Structured) and (cfg.ratio > 0 or cfg.stage_ratios):
         ign = _ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude)
         prune_channels(model, torch.zeros(shape), ratio=cfg.ratio, scope=cfg.scope, round_to=cfg.round_to,
-                       iterative_steps=cfg.iterative_steps, importance=cfg.importance, ignored_layers=ign)
+                       iterative_steps=cfg.iterative_steps, importance=cfg.importance, ignored_layers=ign,
+                       stage_ratios=cfg.stage_ratios)
     elif isinstance(cfg, NM):
         apply_nm(MaskSet.for_model(model, **mask_options(cfg)), model, cfg.n, cfg.m)
     elif isinstance(cfg, OneShot):

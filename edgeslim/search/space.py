@@ -34,6 +34,8 @@ __all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key
 # it sees raw pixels) in float. The node name comes from the exported graph (see stem_node); the classifier is
 # not offered because torch.onnx and OpenVINO name it differently, and NNCF's ignored scope must match both.
 FLOAT_CHOICES = ("none", "stem")
+#: the suffix of a structured choice whose ratio is spread over the stages by measured sensitivity
+SENS = "sens"
 # export formats each backend runs
 _FORMATS = {"openvino": ["onnx", "openvino"], "onnxruntime": ["onnx"], "tensorrt": ["onnx", "tensorrt"],
             "torch": []}
@@ -74,7 +76,8 @@ class SearchSpace:
         prec = self.dim("precision").choices  # type: ignore[union-attr]
         sizes = self.dim("image_size").choices  # type: ignore[union-attr]
         gammas = self.dim("gamma").choices  # type: ignore[union-attr]
-        structured = [p for p in prune if p.startswith("structured:")]
+        # uniform choices only: the per-stage ones need the dense reference's sensitivity, measured later
+        structured = [p for p in prune if p.startswith("structured:") and not p.endswith(":" + SENS)]
         fastest = max(structured, key=lambda p: float(p.split(":")[1])) if structured else prune[0]
         densest = min(structured, key=lambda p: float(p.split(":")[1])) if structured else prune[0]
         base = {"gamma": gammas[0]}
@@ -143,9 +146,14 @@ def _prune_choices(section: SearchSection, target: SearchTarget) -> tuple[list[s
         config = PRUNE_METHODS.config_class(name)
         kind = _kind(config)
         if kind == "channels":
-            mine = [f"{name}:{r:g}" for r in sorted(set(section.ratios))]
+            ratios = sorted(set(section.ratios))
+            mine = [f"{name}:{r:g}" for r in ratios if r == 0 or "uniform" in section.allocations]
+            if "sensitivity" in section.allocations:  # per-stage ratios, once the dense reference is measured
+                mine += [f"{name}:{r:g}:{SENS}" for r in ratios if r > 0]
             choices += mine
-            notes[name] = f"proposed: channel ratio {', '.join(c.split(':')[1] for c in mine) or '(search.ratios empty)'}"
+            notes[name] = (f"proposed: channel ratio {', '.join(c.split(':', 1)[1] for c in mine) or '(search.ratios empty)'}"
+                           + (f" (:{SENS} = per-stage ratios from measured sensitivity)" if any(
+                               c.endswith(SENS) for c in mine) else ""))
         elif kind == "n:m":
             n, m = NM.model_fields["n"].default, NM.model_fields["m"].default
             if target.sparse_2_4:
@@ -226,8 +234,9 @@ def arch_key(c: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in c.items() if k != "gamma"}, sort_keys=True)
 
 
-def prune_config(choice: str, base: Recipe) -> MethodConfig:
-    """The pruning method config of a ``prune`` choice (``structured:0.5`` -> ``Structured(ratio=0.5, ...)``).
+def prune_config(choice: str, base: Recipe, stage_ratios: dict[str, float] | None = None) -> MethodConfig:
+    """The pruning method config of a ``prune`` choice (``structured:0.5`` -> ``Structured(ratio=0.5, ...)``;
+    ``structured:0.5:sens`` -> the same with ``stage_ratios``, which the caller gives from the measured sensitivity).
 
     Options of the base recipe's method are kept where they mean the same: all of them when the choice is the
     base's method (scope, round_to, importance, ...), the layer choice (``exclude``, ``prune_first_conv``,
@@ -243,7 +252,15 @@ def prune_config(choice: str, base: Recipe) -> MethodConfig:
     kind = _kind(config)
     try:
         if kind == "channels":
-            data: dict[str, Any] = {"ratio": float(arg)}
+            ratio, _, alloc = arg.partition(":")
+            data: dict[str, Any] = {"ratio": float(ratio)}
+            if alloc == SENS:
+                if stage_ratios is None:
+                    raise ConfigError(f"prune choice '{choice}' needs the per-stage ratios measured on the dense"
+                                      " reference (stage_ratios)")
+                data["stage_ratios"] = dict(stage_ratios)
+            elif alloc:
+                raise ValueError(alloc)
         elif kind == "n:m":
             n, m = arg.split(":")
             data = {"n": int(n), "m": int(m)}
@@ -287,7 +304,7 @@ def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: Sea
     """The version-2 recipe sections a candidate changes, as plain data (``prune`` and ``quantize`` whole)."""
     out: dict[str, Any] = {
         "target": target.name,  # the searched target decides the INT8 scheme of the candidate and of its re-run
-        "prune": prune_config(c["prune"], base).model_dump(mode="json"),
+        "prune": prune_config(c["prune"], base, c.get("stage_ratios")).model_dump(mode="json"),
         "quantize": quantize_config(c, base, space).model_dump(mode="json"),
         "data": {"image_size": c["image_size"]},
         "loss": {"gamma": c["gamma"]},

@@ -87,3 +87,25 @@ def test_structured_fine_tunes_a_smaller_model_that_the_artifact_rebuilds(tmp_pa
         build_model("tiny", 10).load_state_dict(load_file(str(tmp_path / "art" / "model.safetensors")))
     with torch.inference_mode():
         assert torch.allclose(rebuilt.eval()(torch.from_numpy(x)), res.model.eval()(torch.from_numpy(x)))
+
+
+def test_stage_ratios_prune_each_named_stage_to_its_own_ratio():
+    from edgeslim.compress.prune import Structured
+
+    torch.manual_seed(0)
+    m = TinyNet(num_classes=10).eval()
+    prune_channels(m, X[:1], ratio=0.0, round_to=None, stage_ratios={"blocks.3": 0.5},
+                   ignored_layers=_ignored(m, prune_first_conv=False, exclude=()))
+    assert m.blocks[3].out_channels == 16 and m.blocks[6].out_channels == 32  # only the named stage shrank
+    m = TinyNet(num_classes=10).eval()
+    prune_channels(m, X[:1], ratio=0.5, round_to=None, stage_ratios={"blocks.6": 0.25},
+                   ignored_layers=_ignored(m, prune_first_conv=False, exclude=()))
+    assert m.blocks[3].out_channels == 16 and m.blocks[6].out_channels == 24  # the rest at `ratio`
+    with pytest.raises(ConfigError, match="Did you mean 'blocks.3'"):
+        prune_channels(TinyNet(num_classes=10).eval(), X[:1], ratio=0.0, stage_ratios={"block.3": 0.5})
+    with pytest.raises(ConfigError, match="would remove every channel of 'blocks.3'"):
+        prune_channels(TinyNet(num_classes=10).eval(), X[:1], ratio=0.0, round_to=16, stage_ratios={"blocks.3": 0.6})
+    with pytest.raises(ValueError, match="every ratio must be in"):
+        Structured(stage_ratios={"blocks.3": 1.0})
+    with pytest.raises(ValueError, match="use scope 'layer'"):
+        Structured(scope="global", stage_ratios={"blocks.3": 0.5})

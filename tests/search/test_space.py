@@ -26,7 +26,8 @@ def test_this_host_never_gets_2_4_or_unstructured_sparsity(tiny_base):
     assert target.kind == "cpu" and not target.sparse_2_4
     space = build_space(base, SearchSection(ratios=[0.0, 0.5], sparsities=[0.5]), target)
     prune = space.dim("prune").choices
-    assert prune == ["structured:0", "structured:0.5"]
+    # uniform ratios, and the same ratios spread over the stages by measured sensitivity
+    assert prune == ["structured:0", "structured:0.5", "structured:0.5:sens"]
     assert not any(p.startswith(("nm:", "one_shot:")) for p in prune)
     assert any("2:4" in line and "TensorRT" in line for line in space.ruled_out)
     assert any("unstructured" in line for line in space.ruled_out)
@@ -154,6 +155,8 @@ def test_a_ratio_that_empties_a_layer_is_dropped_with_its_reason(tiny_base, tmp_
     ctx = _Context(base=base, section=section, target=target, space=space, out_dir=tmp_path, num_classes=10,
                    say=lambda m: None, site=make_site(target, None))
     _drop_refused_ratios(ctx)
-    assert space.dim("prune").choices == ["structured:0", "structured:0.5"]
+    # a per-stage choice is capped stage by stage (sensitivity.allocate), so it is never refused
+    assert space.dim("prune").choices == ["structured:0", "structured:0.5", "structured:0.5:sens",
+                                          "structured:0.95:sens"]
     assert any(line.startswith("ch 0.95: structured ratio 0.95") and "would remove every channel" in line
                for line in space.ruled_out)

@@ -1,12 +1,14 @@
 """Structured channel pruning with Torch-Pruning's dependency graph.
 
 Recipe: ``prune: {method: structured, ratio: 0.3, scope: layer|global, round_to: 8, iterative_steps: 1,
-importance: l2|l1|bn_scale}``. After the dense round, Torch-Pruning removes ``ratio`` of the output channels of
-every prunable group (``layer``: the same ratio in each group; ``global``: ranked across groups) together with
-everything that depends on them (BatchNorm, the next layer's input channels, depthwise groups), keeping the widths
-multiples of ``round_to`` (8 suits the vector units of CPUs and tensor cores). The classifier (its outputs are the
-classes) is never pruned; the first conv and ``exclude`` patterns are kept at full width unless
-``prune_first_conv``. The result is a smaller *dense* model, fine-tuned afterwards.
+importance: l2|l1|bn_scale, stage_ratios: {blocks.5: 0.6}}``. After the dense round, Torch-Pruning removes
+``ratio`` of the output channels of every prunable group (``layer``: the same ratio in each group; ``global``:
+ranked across groups) together with everything that depends on them (BatchNorm, the next layer's input channels,
+depthwise groups), keeping the widths multiples of ``round_to`` (8 suits the vector units of CPUs and tensor
+cores). ``stage_ratios`` gives the layers under a module (a stage, ``blocks.5``) their own ratio, as
+Torch-Pruning's ``pruning_ratio_dict`` does; ``edgeslim search`` sets them from each stage's measured sensitivity.
+The classifier (its outputs are the classes) is never pruned; the first conv and ``exclude`` patterns are kept at
+full width unless ``prune_first_conv``. The result is a smaller *dense* model, fine-tuned afterwards.
 
 The pruned widths are recorded in ``info["structure"]`` with :func:`edgeslim.models.structure_spec`, and
 :func:`edgeslim.models.rebuild_model` builds the smaller model again from an artifact.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from ...errors import ConfigError, TrainingError
 from ...models import prunable_layers, rebuild_model, restore_structure, structure_spec  # noqa: F401 - re-exported
@@ -40,6 +42,25 @@ class Structured(LayerPruneConfig):
     importance: Literal["l2", "l1", "bn_scale"] = Field(
         default="l2", description="channel score (group L2 / L1 norm, or BatchNorm scale)"
     )
+    stage_ratios: dict[str, float] = Field(
+        default_factory=dict, description="module name -> ratio of the layers under it (e.g. blocks.5: 0.6), over"
+        " `ratio`; the layer scope only"
+    )
+
+    @field_validator("stage_ratios")
+    @classmethod
+    def _stage_ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: r for k, r in v.items() if not 0 <= r < 1}
+        if bad:
+            raise ValueError(f"stage_ratios {bad}: every ratio must be in [0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _stage_scope(self) -> "Structured":
+        if self.stage_ratios and self.scope != "layer":
+            raise ValueError("stage_ratios sets each stage's own ratio: use scope 'layer' (global ranks all layers"
+                             " against one ratio)")
+        return self
 
 # -- pruning ------------------------------------------------------------------------------------------------------
 
@@ -73,6 +94,28 @@ def _check_ratio(ratio: float, round_to: int | None, iterative_steps: int) -> No
         raise ConfigError(f"iterative_steps {iterative_steps!r}: must be an integer >= 1")
 
 
+def ratio_for(name: str, ratio: float, stage_ratios: dict[str, float] | None) -> float:
+    """The ratio of layer ``name``: that of the longest ``stage_ratios`` prefix it lies under, else ``ratio``."""
+    best = None
+    for prefix in stage_ratios or {}:
+        if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return ratio if best is None else float(stage_ratios[best])  # type: ignore[index]
+
+
+def _ratio_dict(model: nn.Module, stage_ratios: dict[str, float]) -> dict[Any, float]:
+    """Torch-Pruning's ``pruning_ratio_dict`` (module -> ratio) from module names, checked."""
+    from ...registry import did_you_mean
+
+    names = dict(model.named_modules())
+    unknown = [k for k in stage_ratios if k not in names]
+    if unknown:
+        near = [n for n in names if n.count(".") <= 1 and n]
+        raise ConfigError(f"stage_ratios names no module of the model: {unknown}.{did_you_mean(unknown[0], near)}"
+                          f" Stages look like: {', '.join(near[:12])}")
+    return {names[k]: float(r) for k, r in stage_ratios.items()}
+
+
 def _kept(channels: int, ratio: float, round_to: int | None) -> int:
     # Torch-Pruning's arithmetic for a local (per-group) scope: keep int(C * (1 - ratio)), then round down
     kept = int(channels * (1 - ratio))
@@ -82,7 +125,8 @@ def _kept(channels: int, ratio: float, round_to: int | None) -> int:
 
 
 def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, round_to: int | None = 8,
-                     ignored_layers: Iterable[nn.Module] = ()) -> list[dict[str, Any]]:
+                     ignored_layers: Iterable[nn.Module] = (),
+                     stage_ratios: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Check, before any training, that ``ratio`` leaves at least one channel in every prunable group.
 
     Torch-Pruning silently skips a group whose rounded width would be 0 (the layer would vanish), which would
@@ -101,6 +145,10 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
     from torch import nn
 
     _check_ratio(ratio, round_to, 1)
+    for r in (stage_ratios or {}).values():
+        _check_ratio(r, round_to, 1)
+    if stage_ratios:
+        _ratio_dict(model, stage_ratios)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     rows, bad = [], []
     names = {m: n for n, m in model.named_modules()}
@@ -110,9 +158,11 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
         c = dg.get_out_channels(root)
         if c is None:
             continue
-        kept = _kept(int(c), ratio, round_to)
-        rows.append({"layer": names.get(root, str(root)), "channels": int(c), "kept": kept})
-        if kept < 1 and ratio > 0:
+        name = names.get(root, str(root))
+        r = ratio_for(name, ratio, stage_ratios)
+        kept = _kept(int(c), r, round_to)
+        rows.append({"layer": name, "channels": int(c), "kept": kept, "ratio": r})
+        if kept < 1 and r > 0:
             bad.append(rows[-1])
     if bad:
         step = round_to or 1
@@ -122,7 +172,7 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
         fix = (f"use a ratio <= {best:.3f}, a smaller round_to, or exclude the layer" if best > 0 else
                f"round_to {step} is not below the layer's width: use a smaller round_to or exclude the layer")
         raise ConfigError(
-            f"structured ratio {ratio} with round_to {round_to} would remove every channel of "
+            f"structured ratio {bad[0]['ratio']} with round_to {round_to} would remove every channel of "
             + ", ".join(f"'{r['layer']}' ({r['channels']} channels)" for r in bad[:4])
             + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
             + f"; {fix}"
@@ -132,7 +182,8 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
 
 def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, scope: str = "layer",
                    round_to: int | None = 8, iterative_steps: int = 1, importance: str = "l2",
-                   ignored_layers: Iterable[nn.Module] = ()) -> nn.Module:
+                   ignored_layers: Iterable[nn.Module] = (),
+                   stage_ratios: dict[str, float] | None = None) -> nn.Module:
     """Remove ``ratio`` of the output channels with Torch-Pruning, in place; returns ``model`` (now smaller).
 
     Args:
@@ -144,6 +195,7 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: flo
         iterative_steps: reach ``ratio`` in this many pruning steps (each re-scores what is left).
         importance: ``"l2"``, ``"l1"`` (group norms) or ``"bn_scale"``.
         ignored_layers: modules whose output channels are kept (the classifier at least).
+        stage_ratios: module name -> the ratio of the layers under it (layer scope only); the rest get ``ratio``.
 
     Raises:
         ConfigError: bad arguments, or a layer would lose all its channels.
@@ -154,15 +206,19 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: flo
     _check_ratio(ratio, round_to, iterative_steps)
     if scope not in ("layer", "global"):
         raise ConfigError(f"structured scope '{scope}': use 'layer' (uniform ratio) or 'global'")
+    if stage_ratios and scope != "layer":
+        raise ConfigError("stage_ratios needs scope 'layer'")
     ignored = list(ignored_layers)
-    check_structured(model, example_inputs, ratio=ratio, round_to=round_to, ignored_layers=ignored)
-    if ratio == 0:
+    check_structured(model, example_inputs, ratio=ratio, round_to=round_to, ignored_layers=ignored,
+                     stage_ratios=stage_ratios)
+    if ratio == 0 and not any((stage_ratios or {}).values()):
         return model
     was_training = model.training
     model.eval()  # tracing must not update BatchNorm statistics
     pruner = tp.pruner.MetaPruner(
         model, example_inputs, importance=_importance(importance), pruning_ratio=ratio,
         global_pruning=scope == "global", ignored_layers=ignored, round_to=round_to, iterative_steps=iterative_steps,
+        pruning_ratio_dict=_ratio_dict(model, stage_ratios) if stage_ratios else None,
     )
     for _ in range(iterative_steps):
         pruner.step()
@@ -207,14 +263,16 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     shape = example_shape(ctx.data)
     example = torch.zeros(shape)
     ignored = _ignored(ctx.model, prune_first_conv=p.prune_first_conv, exclude=p.exclude)
-    check_structured(ctx.model, example, ratio=p.ratio, round_to=p.round_to, ignored_layers=ignored)
+    check_structured(ctx.model, example, ratio=p.ratio, round_to=p.round_to, ignored_layers=ignored,
+                     stage_ratios=p.stage_ratios)
 
     def prune(model: nn.Module, _masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
         before = copy.deepcopy(model)
         params0, macs0 = count_params_macs(model, shape)
         ign = _ignored(model, prune_first_conv=p.prune_first_conv, exclude=p.exclude)
         prune_channels(model, example, ratio=p.ratio, scope=p.scope, round_to=p.round_to,
-                       iterative_steps=p.iterative_steps, importance=p.importance, ignored_layers=ign)
+                       iterative_steps=p.iterative_steps, importance=p.importance, ignored_layers=ign,
+                       stage_ratios=p.stage_ratios)
         params1, macs1 = count_params_macs(model, shape)
         info = {"ratio": p.ratio, "scope": p.scope, "round_to": p.round_to, "params_before": params0,
                 "macs_before": macs0, "params_after": params1, "macs_after": macs1,

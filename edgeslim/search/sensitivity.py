@@ -1,0 +1,141 @@
+"""Per-stage channel ratios from each stage's measured sensitivity (the search's ``:sens`` structured choices).
+
+One global ratio prunes every stage alike, yet stages differ in how much accuracy they lose (Li et al., *Pruning
+Filters for Efficient ConvNets*, 2017, measured it layer by layer; NetAdapt and AMC allocate per layer). The search
+measures it once, on the trained dense reference: each stage pruned alone at the probe ratio (Torch-Pruning,
+no fine-tune), its increase in val loss recorded. A candidate ``structured:R:sens`` then gets per-stage ratios that
+prune the insensitive stages harder and the sensitive ones less, at the same mean ratio as the uniform ``R``
+(weighted by each stage's prunable parameters), each stage capped where a layer would lose all its channels.
+
+Written here rather than taken from Torch-Pruning: it ranks channels (globally or per layer) by weight magnitude,
+not stages by measured loss; its ``pruning_ratio_dict`` is what applies the ratios found here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+__all__ = ["allocate", "stage_names", "stage_sensitivity"]
+
+_CONTAINERS = ("blocks", "features", "layers", "stages")
+
+
+def _has_conv(m: "nn.Module") -> bool:
+    from torch import nn
+
+    return any(isinstance(x, nn.Conv2d) for x in m.modules())
+
+
+def stage_names(model: "nn.Module") -> list[str]:
+    """The model's stages: the children of its block container (timm's ``blocks``, torchvision's ``features``,
+    ``layers`` / ``stages``) that hold a convolution, else its top-level children that do (ResNet's ``layer1..4``),
+    the stem and the classifier left out."""
+    from ..models import classifier_name
+
+    for cname in _CONTAINERS:
+        cont = getattr(model, cname, None)
+        if cont is not None and hasattr(cont, "named_children"):
+            names = [f"{cname}.{n}" for n, m in cont.named_children() if _has_conv(m)]
+            if len(names) >= 2:
+                return names
+    head = (classifier_name(model) or "").split(".")[0]
+    kids = [n for n, m in model.named_children() if _has_conv(m) and n != head]
+    return kids[1:] if len(kids) > 2 else kids  # the first is the stem
+
+
+def _under(name: str, stage: str) -> bool:
+    return name == stage or name.startswith(stage + ".")
+
+
+def _nll(model: "nn.Module", x: np.ndarray, y: np.ndarray, batch: int = 128) -> float:
+    import torch
+
+    total = 0.0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            logits = model(torch.from_numpy(x[i:i + batch]))
+            total += float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[i:i + batch]),
+                                                             reduction="sum"))
+    return total / max(1, len(x))
+
+
+def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio: float, cfg: Any) -> dict[str, Any]:
+    """Each stage pruned alone at ``ratio`` (``cfg``: the :class:`~edgeslim.compress.prune.Structured` options), its
+    val loss increase, its prunable parameters and the largest ratio that leaves every layer of it a channel.
+
+    Returns:
+        ``{"probe_ratio", "base_loss", "stages": {name: {"loss_increase", "params", "max_ratio"}}}``; a stage that
+        cannot be pruned to ``ratio`` gets ``loss_increase`` None (it is then kept at its largest safe ratio).
+    """
+    import torch
+
+    from ..compress.prune.structured import _ignored, check_structured, prune_channels
+
+    model = copy.deepcopy(model).eval()
+    example = torch.from_numpy(x[:1])
+    ignored = _ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude)
+    rows = check_structured(model, example, ratio=0.0, round_to=cfg.round_to, ignored_layers=ignored)
+    step = cfg.round_to or 1
+    base = _nll(model, x, y)
+    names = dict(model.named_modules())
+    out: dict[str, Any] = {}
+    for stage in stage_names(model):
+        mine = [r for r in rows if _under(r["layer"], stage)]
+        params = sum(int(m.weight.numel()) for n, m in names.items()
+                      if _under(n, stage) and isinstance(m, torch.nn.Conv2d) and m not in ignored)
+        max_ratio = min((1 - step / r["channels"] for r in mine), default=0.0)
+        if not mine or max_ratio <= 0:
+            out[stage] = {"loss_increase": None, "params": params, "max_ratio": 0.0}
+            continue
+        probe = copy.deepcopy(model)
+        try:
+            prune_channels(probe, example, ratio=0.0, round_to=cfg.round_to, importance=cfg.importance,
+                           ignored_layers=_ignored(probe, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude),
+                           stage_ratios={stage: min(ratio, max_ratio)})
+            inc = _nll(probe.eval(), x, y) - base
+        except ConfigError:
+            inc = None
+        out[stage] = {"loss_increase": None if inc is None or not math.isfinite(inc) else float(inc),
+                      "params": params, "max_ratio": round(max(0.0, max_ratio - 0.005), 3)}
+    return {"probe_ratio": ratio, "base_loss": base, "stages": out}
+
+
+def allocate(sens: dict[str, Any], ratio: float) -> dict[str, float]:
+    """Per-stage ratios at the mean ``ratio`` (weighted by prunable parameters), inversely to the square root of
+    each stage's loss increase, each within ``[0, max_ratio]``.
+
+    The square root softens the measured spread (one probe ratio, no fine-tune: a coarse signal); a small floor
+    (5 % of the mean increase) keeps a stage that lost nothing from taking the whole budget.
+    """
+    stages = {k: v for k, v in sens["stages"].items() if v["params"] > 0 and v["max_ratio"] > 0}
+    if ratio <= 0 or not stages:
+        return {}
+    incs = [v["loss_increase"] for v in stages.values() if v["loss_increase"] is not None]
+    floor = 0.05 * (float(np.mean([max(i, 0.0) for i in incs])) if incs else 1.0) + 1e-6
+    worst = max(incs, default=1.0)
+    w = {k: 1.0 / math.sqrt(max(v["loss_increase"] if v["loss_increase"] is not None else worst, 0.0) + floor)
+         for k, v in stages.items()}
+    total = sum(v["params"] for v in stages.values())
+
+    def ratios(scale: float) -> dict[str, float]:
+        return {k: min(v["max_ratio"], scale * w[k]) for k, v in stages.items()}
+
+    def mean(scale: float) -> float:
+        return sum(stages[k]["params"] * r for k, r in ratios(scale).items()) / total
+
+    lo, hi = 0.0, 1.0
+    while mean(hi) < ratio and hi < 1e6:
+        hi *= 2
+    for _ in range(60):  # mean() is non-decreasing in the scale: bisection
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mean(mid) < ratio else (lo, mid)
+    return {k: round(r, 3) for k, r in ratios(hi).items()}

@@ -1,0 +1,56 @@
+"""Per-stage channel ratios from measured sensitivity: the stages, the measurement, the allocation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeslim.compress.prune import Structured
+from edgeslim.search.sensitivity import allocate, stage_names, stage_sensitivity
+
+
+def test_stages_are_the_block_containers_children():
+    from edgeslim.compress.sources import load_pretrained, replace_head
+    from edgeslim.testing import TinyNet
+
+    lite0 = replace_head(load_pretrained("efficientnet_lite0", pretrained=False).model, 2)
+    assert stage_names(lite0) == [f"blocks.{i}" for i in range(7)]
+    assert stage_names(TinyNet(num_classes=10)) == ["blocks.0", "blocks.3", "blocks.6"]
+
+
+def test_allocation_keeps_the_mean_ratio_and_prunes_the_insensitive_stage_harder():
+    sens = {"probe_ratio": 0.5, "base_loss": 1.0, "stages": {
+        "a": {"loss_increase": 0.40, "params": 1000, "max_ratio": 0.9},
+        "b": {"loss_increase": 0.01, "params": 1000, "max_ratio": 0.9},
+        "c": {"loss_increase": None, "params": 500, "max_ratio": 0.3},   # could not be probed: as the worst
+        "d": {"loss_increase": 0.10, "params": 0, "max_ratio": 0.0},     # nothing prunable: left out
+    }}
+    r = allocate(sens, 0.4)
+    assert set(r) == {"a", "b", "c"}
+    mean = (1000 * r["a"] + 1000 * r["b"] + 500 * r["c"]) / 2500
+    assert mean == pytest.approx(0.4, abs=2e-3)  # the same mean ratio as the uniform choice
+    assert r["b"] > 0.4 > r["a"] and r["c"] <= 0.3  # insensitive harder, sensitive softer, caps kept
+    assert allocate(sens, 0.0) == {}
+
+
+def test_stage_sensitivity_measures_every_stage_on_real_data():
+    import torch
+
+    from edgeslim.artifact import Preprocessing
+    from edgeslim.compress.data import load_data, split_arrays
+    from edgeslim.testing import TinyNet
+
+    torch.manual_seed(0)
+    data = load_data("digits", preprocessing=Preprocessing(resize=16, crop=16), image_size=16, critical=[8])
+    x, y = split_arrays(data, "val")
+    model = TinyNet(num_classes=10).eval()
+    s = stage_sensitivity(model, x[:128], y[:128], ratio=0.5, cfg=Structured(ratio=0.5, round_to=4))
+    assert s["probe_ratio"] == 0.5 and np.isfinite(s["base_loss"])
+    st = s["stages"]
+    assert set(st) == {"blocks.0", "blocks.3", "blocks.6"}
+    # blocks.0 is the depthwise conv right after the kept stem: its channels follow the stem, nothing to prune
+    assert st["blocks.3"]["params"] > 0 and 0 < st["blocks.3"]["max_ratio"] < 1
+    assert st["blocks.3"]["loss_increase"] is not None and np.isfinite(st["blocks.3"]["loss_increase"])
+    r = allocate(s, 0.5)
+    assert r and all(0 <= v <= st[k]["max_ratio"] for k, v in r.items())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in TinyNet(10).parameters())  # not pruned
