@@ -96,6 +96,29 @@ def _digest(options: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
+def _same_but_new_defaults(stored: Any, options: dict[str, Any], sections: dict[str, Any]) -> bool:
+    """Whether a run's stored options are ``options`` but for fields a newer edgeslim added to a config section,
+    at their defaults (such a field did not exist when the run was checkpointed, so it cannot have changed it)."""
+    from pydantic_core import to_jsonable_python
+
+    if not isinstance(stored, dict):
+        return False
+    ours = dict(options)
+    for key, model in sections.items():
+        old, new = stored.get(key), ours.get(key)
+        if model is None or not isinstance(old, dict) or not isinstance(new, dict):
+            continue
+        fields = type(model).model_fields
+        added_defaults = {
+            k for k, v in new.items()
+            if k not in old and k in fields and not fields[k].is_required()
+            and json.dumps(v, sort_keys=True) == json.dumps(
+                to_jsonable_python(fields[k].get_default(call_default_factory=True)), sort_keys=True)
+        }
+        ours[key] = {k: v for k, v in new.items() if k not in added_defaults}
+    return json.dumps(ours, sort_keys=True) == json.dumps(stored, sort_keys=True)
+
+
 def compress(
     model: nn.Module | str,
     data: Any,
@@ -196,8 +219,9 @@ def compress(
         options["distill"] = distill.model_dump(mode="json")
     digest = _digest(options)
     if resume and marker.is_file():
-        old = json.loads(marker.read_text()).get("digest")
-        if old != digest:
+        stored = json.loads(marker.read_text())
+        sections = {"prune": cfg, "train": train, "loss": loss, "distill": distill}
+        if stored.get("digest") != digest and not _same_but_new_defaults(stored.get("options"), options, sections):
             raise TrainingError(
                 f"{work} holds a run of a different recipe (its model/data/loss/train/prune/distill differ); resume"
                 " with the same recipe, pick another run_dir, or pass resume=False to start over"

@@ -260,6 +260,19 @@ def test_compress_two_lottery_rounds_reach_the_expected_sparsity_and_resume(digi
     with pytest.raises(TrainingError, match="different recipe"):
         compress(_w0(pretrained), digits, _recipe(rate=0.3), run_dir=tmp_path / "b", resume=True, progress=False)
 
+    # checkpointed by an older edgeslim whose method config lacked a field (now at its default): it resumes
+    marker = tmp_path / "b" / "compress" / "recipe.json"
+    doc = json.loads(marker.read_text())
+    doc["options"]["prune"].pop("prune_classifier")
+    doc["digest"] = "written-by-an-older-version"
+    marker.write_text(json.dumps(doc))
+    again = compress(_w0(pretrained), digits, recipe, run_dir=tmp_path / "b", resume=True, progress=False)
+    assert round1.stat().st_mtime_ns == stamp and _same_state(again.model, res.model)
+    doc["options"]["seed"] = 12345  # but a stored value that differs is still another recipe
+    marker.write_text(json.dumps(doc))
+    with pytest.raises(TrainingError, match="different recipe"):
+        compress(_w0(pretrained), digits, recipe, run_dir=tmp_path / "b", resume=True, progress=False)
+
 
 def test_compress_global_late_rewinding_and_dense_method(digits, pretrained, tmp_path):
     res = compress(_w0(pretrained), digits, _recipe(rounds=1, rate=0.6, scope="global", rewind=1,
