@@ -88,7 +88,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], cfg: Quanti
     samples = [torch.from_numpy(s) for s in _samples(calibration, cfg.calibration_size)]
     from ..hardware import int8_scheme
 
-    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme or int8_scheme("auto", "onnx"))
+    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme or int8_scheme("auto", "onnx"), model)
     work = copy.deepcopy(model).eval().cpu()
     try:
         with _quiet_nncf(verbose), warnings.catch_warnings():

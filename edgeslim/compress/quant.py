@@ -34,12 +34,20 @@ from ..methods import QUANT_METHODS, MethodConfig
 __all__ = ["AccuracyControlledPTQ", "Int8Job", "NoQuantization", "PTQ", "QAT", "QUANT_METHODS", "QuantizeConfig"]
 
 
+#: ``ignored_scope`` alias for the model's first convolution (the stem: it sees raw pixels, the layer INT8 hurts
+#: most), resolved on the graph being quantized (:func:`edgeslim.compress.quantize.first_conv_name`). Node names
+#: differ between exports of one architecture (a dynamic or a fixed batch axis, ONNX or OpenVINO), so a name taken
+#: from one export misses in another.
+FIRST_CONV = "@first_conv"
+
+
 class QuantizeConfig(MethodConfig):
     """What every INT8 method shares: NNCF's calibration options (see :mod:`edgeslim.compress.quantize`)."""
 
     calibration_size: int = Field(default=300, gt=0, description="training samples NNCF calibrates on")
     preset: Literal["performance", "mixed"] = "performance"
-    ignored_scope: list[str] = Field(default_factory=list, description="node names (regex) left in FP32")
+    ignored_scope: list[str] = Field(default_factory=list, description="node names (regex) left in FP32;"
+                                     " '@first_conv' is the graph's first convolution")
     fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (False: the full one)")
     model_type: Literal["cnn", "transformer"] = Field(default="cnn", description="transformer: NNCF's transformer scheme")
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError, TrainingError
 from ..hardware import Int8Scheme, int8_scheme
 from ..recipe import QuantizeSection
-from .quant import QuantizeConfig
+from .quant import FIRST_CONV, QuantizeConfig
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx
@@ -152,8 +152,37 @@ def _quiet_nncf(verbose: bool) -> Iterator[None]:
         logger.setLevel(old)
 
 
-def _nncf_kwargs(nncf: Any, cfg: QuantizeConfig, n_samples: int, scheme: Int8Scheme) -> dict[str, Any]:
-    """``nncf.quantize`` keyword arguments for the recipe's options and the target's INT8 scheme."""
+
+
+def first_conv_name(model: Any) -> str:
+    """The name of the first convolution of an ONNX ``ModelProto`` or an ``openvino.Model``, in execution order.
+
+    Raises:
+        ConfigError: the graph has no convolution, or is of another kind (a torch module: name the layer).
+    """
+    if hasattr(model, "graph"):  # ONNX keeps its nodes topologically sorted
+        found = next((n.name for n in model.graph.node if n.op_type == "Conv"), None)
+    elif hasattr(model, "get_ordered_ops"):
+        found = next((op.get_friendly_name() for op in model.get_ordered_ops()
+                      if op.get_type_name() in ("Convolution", "GroupConvolution")), None)
+    else:
+        raise ConfigError(f"quantize.ignored_scope '{FIRST_CONV}' is resolved on exported ONNX / OpenVINO graphs (PTQ,"
+                          " accuracy control); for QAT name the layer's node instead")
+    if found is None:
+        raise ConfigError(f"quantize.ignored_scope '{FIRST_CONV}': the graph has no convolution")
+    return found
+
+
+def _scope_patterns(patterns: Iterable[str], model: Any) -> list[str]:
+    import re
+
+    return [f"^{re.escape(first_conv_name(model))}$" if p == FIRST_CONV else p for p in patterns]
+
+
+def _nncf_kwargs(nncf: Any, cfg: QuantizeConfig, n_samples: int, scheme: Int8Scheme,
+                 model: Any = None) -> dict[str, Any]:
+    """``nncf.quantize`` keyword arguments for the recipe's options and the target's INT8 scheme (``model``: the
+    graph being quantized, on which ``@first_conv`` in the ignored scope is resolved)."""
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         OverflowFix,
@@ -170,7 +199,7 @@ def _nncf_kwargs(nncf: Any, cfg: QuantizeConfig, n_samples: int, scheme: Int8Sch
     if cfg.model_type == "transformer":
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if cfg.ignored_scope:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=list(cfg.ignored_scope))
+        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=_scope_patterns(cfg.ignored_scope, model))
     fixes = {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}
     advanced: dict[str, Any] = {"overflow_fix": fixes[scheme.overflow_fix]}
     if scheme.signed_activations:
@@ -204,7 +233,7 @@ def _run_nncf(model: Any, samples: list[np.ndarray], transform: Any, cfg: Quanti
         import nncf
     except ImportError as exc:  # pragma: no cover - nncf is a hard dependency
         raise TrainingError(f"INT8 PTQ needs nncf ({exc}); fix: pip install nncf") from exc
-    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme)
+    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme, model)
     try:
         with _quiet_nncf(verbose):
             return nncf.quantize(model, nncf.Dataset(samples, transform), **kwargs)
@@ -351,7 +380,7 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         seen.append({"top1": top1, "critical_fn": fn, "samples": len(y)})
         return top1 - FN_PENALTY * over
 
-    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme)
+    kwargs = _nncf_kwargs(nncf, cfg, len(samples), scheme, model)
     kwargs["advanced_quantization_parameters"] = kwargs.pop("advanced_parameters")
     val_items = [(xs[i : i + 1], int(ys[i])) for i in range(len(xs))]
     logs: list[str] = []

@@ -31,8 +31,9 @@ __all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key
            "prune_config", "quantize_config"]
 
 # float-kept layers of an INT8 candidate: "stem" keeps the first convolution (the layer INT8 most often hurts:
-# it sees raw pixels) in float. The node name comes from the exported graph (see stem_node); the classifier is
-# not offered because torch.onnx and OpenVINO name it differently, and NNCF's ignored scope must match both.
+# it sees raw pixels) in float, named by quantize.ignored_scope's '@first_conv', which the quantizer resolves on
+# each exported graph (node names differ between a dynamic- and a fixed-batch export of one architecture). The
+# classifier is not offered: its node has no alias, and torch.onnx and OpenVINO name it differently.
 FLOAT_CHOICES = ("none", "stem")
 #: the suffix of a structured choice whose ratio is spread over the stages by measured sensitivity
 SENS = "sens"
@@ -94,30 +95,6 @@ class SearchSpace:
         return {"dims": [{"name": d.name, "choices": d.choices, "when": list(d.when) if d.when else None}
                          for d in self.dims], "ruled_out": self.ruled_out, "float_scope": self.float_scope,
                 "methods": self.methods}
-
-
-def stem_node(base: Recipe, num_classes: int = 10) -> str | None:
-    """The exported name of the first convolution (``node_Conv_911`` for EfficientNet-Lite0), or None.
-
-    Channel pruning keeps the graph's topology, so the name is the same for every candidate of one architecture.
-    """
-    import contextlib
-    import io
-    import warnings
-
-    import torch
-
-    from ..compress.sources import load_pretrained, replace_head
-
-    src = load_pretrained(base.model.source, arch=base.model.arch, pretrained=False)
-    model = replace_head(src.model, num_classes).eval()
-    size = base.data.image_size or src.preprocessing.crop
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-            warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (torch.zeros(1, 3, size, size),), dynamo=True, external_data=False,
-                                    verbose=False)
-    return next((n.name for n in program.model_proto.graph.node if n.op_type == "Conv"), None)
 
 
 def _kind(config: type[MethodConfig]) -> str | None:
@@ -186,8 +163,7 @@ def _prune_choices(section: SearchSection, target: SearchTarget) -> tuple[list[s
     return choices, ruled, notes
 
 
-def build_space(base: Recipe, section: SearchSection, target: SearchTarget, *,
-                stem: str | None = None) -> SearchSpace:
+def build_space(base: Recipe, section: SearchSection, target: SearchTarget) -> SearchSpace:
     """The candidates ``target`` can run: the registered pruning methods it runs faster (at the section's ratios
     and sparsities), the precisions it has kernels for, and the base recipe's sizes and loss weights.
 
@@ -218,8 +194,9 @@ def build_space(base: Recipe, section: SearchSection, target: SearchTarget, *,
             Dimension("gamma", gammas)]
     scope: dict[str, list[str]] = {"none": []}
     if "int8" in precisions:
-        if stem is not None:
-            scope["stem"] = [stem]
+        from ..compress.quant import FIRST_CONV
+
+        scope["stem"] = [FIRST_CONV]
         dims.append(Dimension("float_layers", list(scope), when=("precision", "int8")))
     return SearchSpace(dims=dims, ruled_out=ruled, float_scope=scope, methods=notes)
 
