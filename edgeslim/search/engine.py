@@ -319,7 +319,7 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
         study = study_ref[0]
         c = _suggest(trial, ctx.space)
         if c["prune"].endswith(":" + SENS):  # its per-stage ratios, from the dense reference's sensitivity
-            c["stage_ratios"] = allocate(study.user_attrs["sensitivity"], float(c["prune"].split(":")[1]))
+            c["stage_ratios"] = allocate(_stage_sensitivity(ctx, study), float(c["prune"].split(":")[1]))
         key = candidate_key(c)
         trial.set_user_attr("candidate", c)
         trial.set_user_attr("key", key)
@@ -454,13 +454,18 @@ def _sens_ratios(ctx: _Context) -> list[float]:
             if p.endswith(":" + SENS)]
 
 
-def _sensitivity(ctx: _Context, dense_c: dict[str, Any], dense_artifact: Path) -> dict[str, Any]:
+def _stage_sensitivity(ctx: _Context, study: Any) -> dict[str, Any]:
     """Each stage's val loss increase when pruned alone at the largest searched ratio, on the trained dense
-    reference (:func:`edgeslim.search.sensitivity.stage_sensitivity`)."""
+    reference (:func:`edgeslim.search.sensitivity.stage_sensitivity`): stored in the study, measured once (by
+    whichever process needs it first; the measurement is deterministic, so two processes store the same)."""
     from ..compress.data import split_arrays
     from ..runtime import load
     from .sensitivity import stage_sensitivity
 
+    if "sensitivity" in study.user_attrs:
+        return study.user_attrs["sensitivity"]
+    dense = study.user_attrs["dense"]
+    dense_c, dense_artifact = dense["candidate"], Path(dense["dir"]) / "compressed"
     probe = max(_sens_ratios(ctx))
     t0 = time.perf_counter()
     _, data = _load_data(candidate_recipe(ctx.base, dense_c, ctx.section, ctx.target, ctx.space))
@@ -472,6 +477,7 @@ def _sensitivity(ctx: _Context, dense_c: dict[str, Any], dense_artifact: Path) -
             f"{probe:g}; {time.perf_counter() - t0:.0f} s): " + ", ".join(
                 f"{k} {'-' if v['loss_increase'] is None else format(v['loss_increase'], '+.3f')}"
                 for k, v in sens["stages"].items()))
+    study.set_user_attr("sensitivity", sens)
     return sens
 
 
@@ -612,10 +618,6 @@ def search(
 
     t0 = time.perf_counter()
     section, target, space = prepare(base, section, token=token)
-    if "int8" in target.precisions and "int8" in section.precisions:
-        from .space import stem_node
-
-        space = build_space(base, section, target, stem=stem_node(base))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda m: console.print(m, highlight=False)) if console is not None else (lambda m: None)
@@ -641,10 +643,10 @@ def search(
         say(f"dense reference: {_short(dense_c)}")
         lat = _measure(ctx, study, dense_c)
         acc = _train_and_score(ctx, dense_c)
-        if "sensitivity" not in study.user_attrs and _sens_ratios(ctx):  # before "dense": workers wait for it
-            study.set_user_attr("sensitivity", _sensitivity(ctx, dense_c, Path(acc["dir"]) / "compressed"))
         study.set_user_attr("dense", {**acc, "candidate": dense_c, "latency": lat["p90_ms"],
                                       "size_mb": lat["size_mb"]})
+    if _sens_ratios(ctx) and not workers_only:
+        _stage_sensitivity(ctx, study)  # once, before the trials (a resumed study has it already)
     dense = study.user_attrs["dense"]
     objective = _objective(ctx, study_ref)
 

@@ -339,7 +339,6 @@ class ModelRepository:
         self.loaded = False
         self.closing = False
         self.unloaded: dict[str, str] = {}  # name -> why, for the index (Triton lists unloaded models UNAVAILABLE)
-        self._uploads: dict[str, Path] = {}  # name -> the directory its uploaded artifact was written to
         self._upload_root: Path | None = None
         self._own_root = False
         self.control = asyncio.Lock()  # one load / unload at a time
