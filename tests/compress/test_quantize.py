@@ -109,6 +109,32 @@ def test_ignored_scope_and_preset_reach_nncf(onnx_model):
         n.op_type == "QuantizeLinear" for n in full.graph.node)
 
 
+def test_first_conv_alias_keeps_the_stem_in_float_in_every_export(onnx_model, tmp_path):
+    """'@first_conv' names the first convolution of whichever graph is quantized: node names differ between
+    exports of one model, so a name taken from one export would miss in another."""
+    import onnx
+    import openvino as ov
+
+    from edgeslim.compress.quantize import first_conv_name
+
+    model, _ = onnx_model
+    first = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    assert first_conv_name(model) == first
+    q = ptq_onnx(model, _batches(8), QuantizeSection(calibration_size=8, ignored_scope=["@first_conv"]))
+    assert not any(i.startswith("dq_output") for n in q.graph.node if n.name == first for i in n.input)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    fp32 = ov.convert_model(str(tmp_path / "m.onnx"))
+    convs = [op for op in fp32.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    assert first_conv_name(fp32) == convs[0].get_friendly_name()
+    qv = ptq_openvino(fp32, _batches(8), QuantizeSection(calibration_size=8, ignored_scope=["@first_conv"]))
+    qconvs = [op for op in qv.get_ordered_ops() if op.get_type_name() in ("Convolution", "GroupConvolution")]
+    # the stem's weights stay a float constant; the next convolution's are dequantized INT8
+    assert qconvs[0].input_value(1).get_node().get_type_name() == "Constant"
+    assert qconvs[1].input_value(1).get_node().get_type_name() != "Constant"
+    with pytest.raises(ConfigError, match="for QAT name the layer"):
+        first_conv_name(torch.nn.Conv2d(3, 3, 1))
+
+
 def test_failures_are_training_errors_that_say_why(onnx_model, capsys):
     model, _ = onnx_model
     with pytest.raises(TrainingError, match="calibration is empty"):

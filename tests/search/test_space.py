@@ -117,7 +117,11 @@ def test_the_space_walks_the_registered_methods(tiny_base):
     # a target whose kernels skip zeros gets the one-shot sparsities (the cheapest way to reach them)
     sparse = SearchTarget(name="x", kind="gpu", backend="tensorrt", precisions=("fp32",), sparse_unstructured=True)
     s = build_space(base, SearchSection(ratios=[0.5], sparsities=[0.5, 0.75]), sparse)
-    assert set(s.dim("prune").choices) == {"structured:0.5", "one_shot:0.5", "one_shot:0.75"}
+    assert set(s.dim("prune").choices) == {"structured:0.5", "structured:0.5:sens", "one_shot:0.5", "one_shot:0.75"}
+    uniform = build_space(base, SearchSection(ratios=[0.0, 0.5], allocations=["uniform"]), _cpu())
+    assert uniform.dim("prune").choices == ["structured:0", "structured:0.5"]
+    staged = build_space(base, SearchSection(ratios=[0.0, 0.5], allocations=["sensitivity"]), _cpu())
+    assert staged.dim("prune").choices == ["structured:0", "structured:0.5:sens"]  # 0 stays: the dense reference
     assert s.methods["one_shot"].startswith("proposed") and s.methods["gradual"].startswith("not proposed")
 
 
