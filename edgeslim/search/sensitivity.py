@@ -111,7 +111,7 @@ def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio
 
 def allocate(sens: dict[str, Any], ratio: float) -> dict[str, float]:
     """Per-stage ratios at the mean ``ratio`` (weighted by prunable parameters), inversely to the square root of
-    each stage's loss increase, each within ``[0, max_ratio]``.
+    each stage's loss increase, each within ``[0, min(max_ratio, (1 + ratio) / 2)]``.
 
     The square root softens the measured spread (one probe ratio, no fine-tune: a coarse signal); a small floor
     (5 % of the mean increase) keeps a stage that lost nothing from taking the whole budget.
@@ -126,8 +126,12 @@ def allocate(sens: dict[str, Any], ratio: float) -> dict[str, float]:
          for k, v in stages.items()}
     total = sum(v["params"] for v in stages.values())
 
+    # no stage beyond halfway from the mean ratio to 1 (0.8 at 0.6): one probe without fine-tuning is too coarse
+    # a signal to strip a stage to its last channels
+    cap = ratio + (1 - ratio) / 2
+
     def ratios(scale: float) -> dict[str, float]:
-        return {k: min(v["max_ratio"], scale * w[k]) for k, v in stages.items()}
+        return {k: min(v["max_ratio"], cap, scale * w[k]) for k, v in stages.items()}
 
     def mean(scale: float) -> float:
         return sum(stages[k]["params"] * r for k, r in ratios(scale).items()) / total
