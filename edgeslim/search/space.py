@@ -247,6 +247,8 @@ def prune_config(choice: str, base: Recipe, stage_ratios: dict[str, float] | Non
             data = {}
         else:
             raise ConfigError(f"prune choice '{choice}': the search cannot build method '{name}'")
+    except ConfigError:
+        raise
     except ValueError:
         raise ConfigError(f"prune choice '{choice}': expected <method>:<ratio>, nm:<n>:<m> or <method>:<sparsity>"
                           ) from None

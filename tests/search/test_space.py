@@ -165,3 +165,27 @@ def test_a_ratio_that_empties_a_layer_is_dropped_with_its_reason(tiny_base, tmp_
                                           "structured:0.95:sens"]
     assert any(line.startswith("ch 0.95: structured ratio 0.95") and "would remove every channel" in line
                for line in space.ruled_out)
+
+
+def test_a_per_stage_candidate_carries_its_ratios_into_the_recipe_and_the_model(tiny_base):
+    import yaml
+
+    from edgeslim.compress.prune import Structured
+    from edgeslim.search.latency import build_candidate_model, macs_by_kind
+    from edgeslim.search.space import prune_config
+
+    base = parse_recipe(tiny_base)
+    section = SearchSection(ratios=[0.0, 0.5])
+    space = build_space(base, section, _cpu())
+    c = {"prune": "structured:0.5:sens", "precision": "fp32", "image_size": 16, "gamma": 2.0,
+         "stage_ratios": {"blocks.3": 0.25, "blocks.6": 0.75}}
+    r = candidate_recipe(base, c, section, _cpu(), space)
+    assert isinstance(r.prune, Structured) and r.prune.ratio == 0.5
+    assert r.prune.stage_ratios == {"blocks.3": 0.25, "blocks.6": 0.75}
+    assert parse_recipe(yaml.safe_load(r.to_yaml())).prune == r.prune  # chosen-recipe.yaml re-runs the same ratios
+    with pytest.raises(ConfigError, match="needs the per-stage ratios"):
+        prune_config("structured:0.5:sens", base)
+    model, shape = build_candidate_model(base, c, 10)
+    assert model.blocks[3].out_channels == 24 and model.blocks[6].out_channels == 8  # 32 -> 24, 32 -> 8
+    uniform = macs_by_kind(*build_candidate_model(base, {**c, "prune": "structured:0.5", "stage_ratios": None}, 10))
+    assert macs_by_kind(model, shape) != uniform
