@@ -373,7 +373,7 @@ def serve(
 ) -> None:
     """Serve artifacts over KServe v2 / Open Inference Protocol (tritonclient and perf_analyzer work)."""
     from .server import ServerSettings, serve as _serve
-    from .server.settings import parse_backend_options
+    from .server.settings import LOOPBACK, parse_backend_options
 
     settings = ServerSettings(
         backend_options={backend: parse_backend_options(backend_option)} if backend_option else {},
@@ -384,7 +384,7 @@ def serve(
         model_control=model_control, upload_dir=upload_dir,  # type: ignore[arg-type]  # checked by ServerSettings
         max_upload_bytes=int(max_upload_mb * 2**20),
     )
-    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+    if host not in LOOPBACK and not token:
         err_console.print(f"[yellow]warning: serving on {host} without --token: anyone who reaches it can use it[/yellow]")
     _serve(settings)
 

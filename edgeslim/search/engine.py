@@ -562,13 +562,13 @@ def _ruled_out_lines(ctx: _Context, study: Any, complete: list[dict[str, Any]], 
     for v in arch.values():
         c = v["candidate"]
         by.setdefault((c["prune"], c["image_size"]), {})[(c["precision"], c.get("float_layers"))] = v["p90_ms"]
-    # every INT8 variant of it (stem in float or not) at least as slow as FP32: the fastest one decides
-    slower = [(k, d) for k, d in by.items() if ("fp32", None) in d and any(p == "int8" for p, _ in d) and min(
-        ms for (p, _), ms in d.items() if p == "int8") >= d[("fp32", None)]]
-    for (prune, size), d in slower:
-        int8 = min(ms for (p, _), ms in d.items() if p == "int8")
-        lines.append(f"INT8 slower than FP32 on this target for {prune.replace('structured:', 'ch ')} {size}px:"
-                     f" p90 {int8:.3f} ms vs {d[('fp32', None)]:.3f} ms")
+    for (prune, size), d in by.items():
+        # every INT8 variant of it (stem in float or not) at least as slow as FP32: the fastest one decides
+        fp32 = d.get(("fp32", None))
+        int8 = min((ms for (p, _), ms in d.items() if p == "int8"), default=None)
+        if fp32 is not None and int8 is not None and int8 >= fp32:
+            lines.append(f"INT8 slower than FP32 on this target for {prune.replace('structured:', 'ch ')} {size}px:"
+                         f" p90 {int8:.3f} ms vs {fp32:.3f} ms")
     return lines
 
 

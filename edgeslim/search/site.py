@@ -84,11 +84,12 @@ class RemoteSite:
         return http.InferenceServerClient(url=host, ssl=ssl, connection_timeout=t, network_timeout=t)
 
     @contextlib.contextmanager
-    def served(self, artifact: Path, precision: str) -> Iterator[str]:
-        """Upload ``artifact`` under a fresh name, serve its ``precision`` file there, unload it afterwards."""
+    def served(self, artifact: Path, precision: str) -> Iterator[tuple[str, Any]]:
+        """Upload ``artifact`` under a fresh name, serve its ``precision`` file there, unload it afterwards; yields
+        the served name and the artifact's manifest (checked against its files before they travel)."""
         from ..artifact import load_manifest
 
-        manifest = load_manifest(artifact)  # checks the files before they travel
+        manifest = load_manifest(artifact)
         files = {f"file:{p.relative_to(artifact).as_posix()}": p.read_bytes()
                  for p in sorted(artifact.rglob("*")) if p.is_file() and not p.name.startswith(".")}
         # unique per upload: parallel workers (or a resumed search) never replace each other's model
@@ -105,7 +106,7 @@ class RemoteSite:
                        else "")
                 ) from exc
             try:
-                yield name
+                yield name, manifest
             finally:
                 with contextlib.suppress(Exception):  # the server removes the upload on unload; best effort
                     client.unload_model(name, headers=self.headers)
@@ -116,21 +117,19 @@ class RemoteSite:
         """``profile --remote`` on the uploaded file: client-side latency (network included) and server compute."""
         from ..devices.remote import profile_remote
 
-        with self.served(artifact, precision) as name:
+        with self.served(artifact, precision) as (name, _):
             return profile_remote(self.url, name, cfg=cfg, token=self.token, timeout_s=self.timeout_s)
 
     def logits(self, artifact: Path, precision: str, x: np.ndarray, batch: int = 8) -> tuple[np.ndarray, Any]:
         """The uploaded file's outputs on ``x``, sent as KServe v2 requests of up to ``batch`` items."""
-        from ..artifact import load_manifest
         from ..errors import require
         from ..runtime import BACKENDS
         from ..runtime.predictor import select_model
 
         http = require("tritonclient.http", purpose="a remote search target (pip install 'tritonclient[http]')")
-        manifest = load_manifest(artifact)
-        # the manifest as this file deploys (its own thresholds), as the local runtime gives it
-        mf = select_model(manifest, BACKENDS.get(self.backend), precision)
-        with self.served(artifact, precision) as name:
+        with self.served(artifact, precision) as (name, manifest):
+            # the manifest as this file deploys (its own thresholds), as the local runtime gives it
+            mf = select_model(manifest, BACKENDS.get(self.backend), precision)
             client = self._client()
             try:
                 meta = client.get_model_metadata(name, headers=self.headers)

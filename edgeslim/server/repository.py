@@ -356,11 +356,14 @@ class ModelRepository:
             m.backend.close()
         self.models.clear()
 
-    def _load(self) -> None:
-        for path in find_artifacts(self.settings.models):
-            from ..artifact import load_manifest
+    def _artifacts(self) -> list[tuple[str, Path]]:
+        """``(manifest name, path)`` of every artifact in the server's model paths."""
+        from ..artifact import load_manifest
 
-            name = load_manifest(path, verify=False).name
+        return [(load_manifest(path, verify=False).name, path) for path in find_artifacts(self.settings.models)]
+
+    def _load(self) -> None:
+        for name, path in self._artifacts():
             if not MODEL_NAME_RE.match(name):
                 raise ConfigError(
                     f"artifact {path} has model name {name!r}; served names must match {MODEL_NAME_RE.pattern}"
@@ -423,11 +426,9 @@ class ModelRepository:
 
     def _find(self, name: str) -> Path:
         """The artifact among the server's model paths whose manifest is named ``name``."""
-        from ..artifact import load_manifest
-
         names: dict[str, Path] = {}
-        for path in find_artifacts(self.settings.models):
-            names.setdefault(load_manifest(path, verify=False).name, path)
+        for found, path in self._artifacts():
+            names.setdefault(found, path)
         if name not in names:
             known = sorted(set(names) | set(self.models))
             raise ModelNotFoundError(
@@ -481,7 +482,6 @@ class ModelRepository:
             ModelNotFoundError: no model of that name is served (did-you-mean).
         """
         model = self.get(name)
-        model.ready = False
         del self.models[name]
         self.unloaded[name] = "unloaded"
         await self._release(model)
