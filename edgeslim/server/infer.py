@@ -15,15 +15,18 @@ import re
 import time
 from typing import Any, Awaitable, Callable
 
+import numpy as np
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import EdgeslimError, InputError
 from ..registry import did_you_mean
 from .errors import ModelNotReadyError, error_response
+from .batcher import Timing
 from .guard import Guard
 from .http_protocol import BODY_EXTENSION, BodyBuffer
 from .protocol import (
+    InferRequest,
     classify_tensor,
     decode_body,
     encode_infer_response,
@@ -109,41 +112,65 @@ async def infer_body(
             req = await run_in_threadpool(parse_infer_request, body, header_len, view)
         else:
             req = parse_infer_request(body, header_len, view)
-        feeds = model.check_inputs(req.inputs)
-
-        names = model.output_names
-        wanted = req.outputs
-        if wanted is not None:
-            for o in wanted:
-                if o.name not in names:
-                    raise InputError(
-                        f"unknown output '{o.name}'.{did_you_mean(o.name, names)} Model '{model.name}' has {names}"
-                    )
-        timeout = settings.request_timeout_s
-        if req.timeout_us:
-            timeout = min(timeout, req.timeout_us / 1e6)
-        out, timing = await model.batcher.submit(feeds, timeout_s=timeout, inline=alone())
-
-        if wanted is None:
-            results = [(n, out[n], req.binary_default) for n in names]
-        else:
-            results = []
-            for o in wanted:
-                arr = out[o.name]
-                if o.classification:
-                    arr = classify_tensor(arr, o.classification, model.manifest.classes)
-                if o.shm is not None:
-                    dest, echo = o.shm
-                    write_shared_memory(arr, dest, o.name)
-                    results.append((o.name, arr, echo))
-                else:
-                    results.append((o.name, arr, o.binary))
+        results, timing, items = await run_request(model, settings, req, alone)
         payload, header_length = encode_infer_response(model.name, model.version, req.id, results)
     except EdgeslimError:
         model.stats.record_failure(time.perf_counter_ns() - start_ns)
         raise
-    model.stats.record_success(time.perf_counter_ns() - start_ns, timing, model.items(feeds))
+    model.stats.record_success(time.perf_counter_ns() - start_ns, timing, items)
     return payload, header_length
+
+
+async def run_request(
+    model: Any, settings: Any, req: InferRequest, alone: Callable[[], bool], deadline_s: float | None = None
+) -> tuple[list[tuple[str, np.ndarray, Any]], Timing, int]:
+    """Check a parsed request against ``model``, run it through the model's batcher and pick its outputs.
+
+    Shared by REST (:func:`infer_body`) and gRPC (:mod:`edgeslim.server.grpc_service`), so both protocols check,
+    batch and answer alike. The caller records the statistics.
+
+    Args:
+        deadline_s: seconds the client still waits (a gRPC deadline); the request's timeout is capped by it.
+
+    Returns:
+        ``(outputs, timing, items)``: ``(name, array, binary)`` per output (``binary`` is an output's
+        shared-memory parameters once written there), where the time went, and the batch rows inferred.
+
+    Raises:
+        EdgeslimError: bad input (4xx), a full queue or shutdown (503), a timeout (504), a model failure (500).
+    """
+    feeds = model.check_inputs(req.inputs)
+    names = model.output_names
+    wanted = req.outputs
+    if wanted is not None:
+        for o in wanted:
+            if o.name not in names:
+                raise InputError(
+                    f"unknown output '{o.name}'.{did_you_mean(o.name, names)} Model '{model.name}' has {names}"
+                )
+    timeout = settings.request_timeout_s
+    if req.timeout_us:
+        timeout = min(timeout, req.timeout_us / 1e6)
+    if deadline_s is not None:
+        timeout = min(timeout, max(deadline_s, 1e-3))
+    out, timing = await model.batcher.submit(feeds, timeout_s=timeout, inline=alone())
+
+    results: list[tuple[str, np.ndarray, Any]]
+    if wanted is None:
+        results = [(n, out[n], req.binary_default) for n in names]
+    else:
+        results = []
+        for o in wanted:
+            arr = out[o.name]
+            if o.classification:
+                arr = classify_tensor(arr, o.classification, model.manifest.classes)
+            if o.shm is not None:
+                dest, echo = o.shm
+                write_shared_memory(arr, dest, o.name)
+                results.append((o.name, arr, echo))
+            else:
+                results.append((o.name, arr, o.binary))
+    return results, timing, model.items(feeds)
 
 
 #: The inference paths, as FastAPI's ``{model_name}`` / ``{version}`` parameters match them (no '/' inside).
