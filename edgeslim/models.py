@@ -9,6 +9,8 @@ imported inside the functions.
 - :func:`prunable_layers`, :func:`classifier_name`, :func:`find_head`: the Conv / Linear layers and the head.
 - :func:`structure_spec`, :func:`restore_structure`, :func:`rebuild_model`: record the widths of a channel-pruned
   model and build it again (how an artifact's ``model.safetensors`` is loaded).
+- :func:`split_at`: the model as ``suffix(prefix(x))`` at a named layer (frozen early stages whose outputs are
+  computed once and cached during fine-tuning).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ARCHS", "Family", "build_model", "classifier_name", "find_head", "imagenet_class_names", "num_outputs",
-    "parse_arch", "prunable_layers", "rebuild_model", "restore_structure", "structure_spec",
+    "parse_arch", "prunable_layers", "rebuild_model", "restore_structure", "split_at", "structure_spec",
 ]
 
 
@@ -443,3 +445,113 @@ def rebuild_model(arch: str, num_classes: int, structure: dict[str, Any] | None 
     return restore_structure(model, structure) if structure else model
 
 
+
+
+# --------------------------------------------------------------------------------------------- prefix / suffix
+
+
+def _chain_class() -> type:
+    from torch import nn
+
+    class Chain(nn.Module):
+        """Modules run in order; a tensor with spatial axes is flattened before a head that starts with a Linear
+        (the ``flatten(1)`` a classifier's ``forward`` does between pooling and the head). The modules are the
+        model's own (shared parameters), so training a chain trains the model."""
+
+        def __init__(self, names: list[str], mods: list["nn.Module"]) -> None:
+            super().__init__()
+            self.names = names
+            self.mods = nn.ModuleList(mods)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            for m in self.mods:
+                if x.dim() > 2 and _first_leaf_is_linear(m):
+                    x = x.flatten(1)
+                x = m(x)
+            return x
+
+    return Chain
+
+
+def _first_leaf_is_linear(m: "nn.Module") -> bool:
+    from torch import nn
+
+    while isinstance(m, nn.Sequential) and len(m):
+        m = m[0]
+    return isinstance(m, nn.Linear)
+
+
+def split_at(model: "nn.Module", boundary: str, probe: Any) -> tuple["nn.Module", "nn.Module"]:
+    """``(prefix, suffix)`` with ``suffix(prefix(x)) == model(x)``, cut after the layer named ``boundary``.
+
+    The model is read as the chain of its top-level children in registration order; the child on ``boundary``'s
+    path is expanded when it is an ``nn.Sequential`` (``blocks.4`` cuts timm's EfficientNet after stage 4). A
+    timm head's functional dropout (``drop_rate``) is kept as an ``nn.Dropout`` before the classifier. Both parts
+    share the model's modules. Torch's ``fx`` tracing would cover more graphs, but it does not trace timm's
+    dynamic 'same' padding without timm-private leaf lists; the chain covers the families edgeslim builds
+    (timm CNNs, torchvision's MobileNet/EfficientNet/ResNet-style ``features`` models, TinyNet) and is checked.
+
+    Args:
+        model: the network (its mode is left as it was).
+        boundary: a qualified module name, e.g. ``blocks.4`` or ``features.6``.
+        probe: one input batch; the split is verified on it in eval mode.
+
+    Raises:
+        ConfigError: ``boundary`` names no module (did-you-mean), is the last layer, or the model does not compute
+            its children in order (then freezing works without a cache: ``train.cache: false``).
+    """
+    import torch
+    from torch import nn
+
+    names = [n for n, _ in model.named_modules() if n]
+    if boundary not in names:
+        raise ConfigError(
+            f"train.freeze '{boundary}' is not a layer of {type(model).__name__}.{did_you_mean(boundary, names)}"
+            f" Top-level layers: {', '.join(n for n, _ in model.named_children())}"
+        )
+
+    def leaves(parent: "nn.Module", prefix: str) -> list[tuple[str, "nn.Module"]]:
+        out: list[tuple[str, nn.Module]] = []
+        for n, m in parent.named_children():
+            q = f"{prefix}{n}"
+            if isinstance(m, nn.Sequential) and boundary.startswith(q + "."):
+                out.extend(leaves(m, q + "."))
+            else:
+                out.append((q, m))
+        return out
+
+    chain = leaves(model, "")
+    drop = float(getattr(model, "drop_rate", 0.0) or 0.0)
+    try:
+        head = find_head(model)[0]
+    except SourceError:
+        head = None
+    if drop > 0 and head is not None and any(n == head for n, _ in chain):
+        i = next(i for i, (n, _) in enumerate(chain) if n == head)
+        chain.insert(i, ("(head dropout)", nn.Dropout(drop)))
+    cut = next((i for i, (n, _) in enumerate(chain) if n == boundary), None)
+    if cut is None:
+        raise ConfigError(
+            f"train.freeze '{boundary}' sits inside a layer that is not an nn.Sequential; freeze a whole stage:"
+            f" one of {', '.join(n for n, _ in chain)}"
+        )
+    if cut == len(chain) - 1:
+        raise ConfigError(f"train.freeze '{boundary}' is the last layer: nothing would be trained")
+    chain_cls = _chain_class()
+    prefix = chain_cls([n for n, _ in chain[: cut + 1]], [m for _, m in chain[: cut + 1]])
+    suffix = chain_cls([n for n, _ in chain[cut + 1:]], [m for _, m in chain[cut + 1:]])
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want = model(probe)
+            got = suffix(prefix(probe))
+    finally:
+        model.train(was)
+    scale = float(want.abs().max()) or 1.0
+    if got.shape != want.shape or float((got - want).abs().max()) > 1e-4 * scale + 1e-5:
+        raise ConfigError(
+            f"{type(model).__name__} does not compute its layers in the order it registers them, so its output"
+            f" after '{boundary}' cannot be cached; keep train.freeze and set train.cache: false (slower epochs)"
+        )
+    return prefix, suffix

@@ -127,6 +127,10 @@ class LossSection(_Section):
     """
 
     name: Literal["class_dependent", "cross_entropy"] = "class_dependent"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="cross_entropy: label smoothing")
+    balance: bool = Field(
+        default=False, description="cross_entropy: weight each class by its inverse training frequency"
+    )
     beta: float = Field(default=0.999, ge=0, lt=1, description="effective-number beta for class balancing")
     gamma: float = Field(default=5.0, ge=1, description="critical-class weight boost")
     rank_weight: float = Field(default=5.0, ge=0, alias="lambda", description="weight of the AUC ranking term")
@@ -162,6 +166,22 @@ class TrainSection(_Section):
     select_max_fpr: float = Field(
         default=0.05, ge=0, le=1,
         description="critical_recall selection only counts epochs whose val critical-class FPR is within this budget",
+    )
+    schedule: Literal["constant", "cosine", "onecycle"] = Field(
+        default="constant",
+        description="learning rate over each training: constant; cosine decay to 0; onecycle (linear warm-up over"
+        " warmup_epochs, then cosine decay)",
+    )
+    warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up from lr/25 (cosine and onecycle)")
+    freeze: str | None = Field(
+        default=None,
+        description="freeze every layer up to and including this one (e.g. blocks.4: the stem and stages 0-4 of"
+        " EfficientNet), BatchNorm statistics included; only the rest trains",
+    )
+    cache: bool = Field(
+        default=True,
+        description="with freeze: compute the frozen layers' outputs once (all 8 symmetries when the data augments"
+        " that way) and train only the rest on them; needs a model that runs its layers in order",
     )
     device: str = "cpu"
     threads: int | None = Field(default=None, gt=0)

@@ -28,6 +28,7 @@ class TinyNet(nn.Module):
         self.num_classes = num_classes
         self.conv_stem = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = nn.ReLU(inplace=True)  # a module, not torch.relu: the children run in order (models.split_at)
         self.blocks = nn.Sequential(
             nn.Conv2d(width, width, 3, stride=2, padding=1, groups=width, bias=False),
             nn.BatchNorm2d(width),
@@ -43,7 +44,7 @@ class TinyNet(nn.Module):
         self.classifier = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv_stem(x)))
+        x = self.act1(self.bn1(self.conv_stem(x)))
         x = self.pool(self.blocks(x)).flatten(1)
         return self.classifier(x)
 

@@ -245,12 +245,14 @@ class ClassDependentLoss(nn.Module):
 class CrossEntropy(nn.Module):
     """Plain, class-agnostic cross-entropy with the same ``last_parts`` logging as :class:`ClassDependentLoss`."""
 
-    def __init__(self) -> None:
+    def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        self.register_buffer("weight", weight if weight is None else weight.float(), persistent=False)
+        self.label_smoothing = label_smoothing
         self.last_parts: dict[str, float] = {}
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, targets)
+        loss = F.cross_entropy(logits, targets, weight=self.weight, label_smoothing=self.label_smoothing)
         self.last_parts = {"wce": float(loss.detach()), "rank": 0.0}
         return loss
 
@@ -271,11 +273,15 @@ def build_loss(
         gamma: overrides ``section.gamma`` (the round schedule passes 1.0 for round 1).
 
     Returns:
-        :class:`ClassDependentLoss` for ``class_dependent``; :class:`CrossEntropy` (no class weights, no ranking
-        term) for ``cross_entropy``.
+        :class:`ClassDependentLoss` for ``class_dependent``; :class:`CrossEntropy` (no ranking term; inverse
+        frequency class weights with ``balance``, and ``label_smoothing``) for ``cross_entropy``.
     """
     if section.name == "cross_entropy":
-        return CrossEntropy()
+        weight = None
+        if section.balance:
+            counts = torch.as_tensor(list(class_counts), dtype=torch.float32).clamp(min=1)
+            weight = counts.sum() / (len(counts) * counts)  # inverse frequency, mean weight over samples = 1
+        return CrossEntropy(weight, section.label_smoothing)
     if section.name == "class_dependent":
         return ClassDependentLoss(
             class_counts,

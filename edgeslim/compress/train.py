@@ -83,6 +83,48 @@ def _optimizer(model: nn.Module, cfg: "TrainSection") -> torch.optim.Optimizer:
     raise ConfigError(f"train.optimizer '{cfg.optimizer}': use 'sgd' or 'adamw'")
 
 
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (1-based) of ``total``.
+
+    A pure function of the step, not a torch ``LRScheduler``: the step is checkpointed, so a resumed run gets the
+    exact rate of an uninterrupted one without a scheduler state to keep in step with the optimizer.
+    ``onecycle`` is torch's ``OneCycleLR`` shape (linear warm-up from lr/25, then cosine to ~0); ``cosine`` is
+    ``CosineAnnealingLR`` to 0 after the optional warm-up.
+    """
+    import math
+
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    if warmup > 0 and step <= warmup:
+        return 1 / 25 + (1 - 1 / 25) * step / warmup
+    span = max(1, total - warmup)
+    done = min(1.0, (step - warmup) / span)
+    return 0.5 * (1 + math.cos(math.pi * done))
+
+
+def _freeze(model: nn.Module, boundary: str) -> list[str]:
+    """requires_grad=False for every parameter of the layers up to and including ``boundary`` (in registration
+    order, as models.split_at reads the model); returns the frozen top-level layer names."""
+    from ..models import split_at  # noqa: F401 - same reading of the model (checked there)
+
+    names = [n for n, _ in model.named_modules() if n]
+    if boundary not in names:
+        from ..registry import did_you_mean
+
+        raise ConfigError(f"train.freeze '{boundary}' is not a layer of {type(model).__name__}."
+                          f"{did_you_mean(boundary, names)}")
+    frozen: list[str] = []
+    reached = False
+    for n, m in model.named_modules():  # pre-order, registration order: the layers up to the boundary's subtree
+        if reached and not n.startswith(boundary + "."):
+            break
+        reached = reached or n == boundary
+        for pn, p in m.named_parameters(recurse=False):
+            p.requires_grad_(False)
+            frozen.append(f"{n}.{pn}" if n else pn)
+    return frozen
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -185,6 +227,92 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+# -- frozen layers, computed once --------------------------------------------------------------------------------
+
+
+class _Cached:
+    """The trainable suffix of a model whose frozen prefix's outputs are cached (``train.freeze`` + ``cache``)."""
+
+    def __init__(self, suffix: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
+                 val: tuple[torch.Tensor, torch.Tensor] | None, info: dict[str, Any], undo: Callable[[], None]) -> None:
+        self.suffix, self.feats, self.labels, self.val, self.info, self._undo = suffix, feats, labels, val, info, undo
+
+    @classmethod
+    def build(cls, model: nn.Module, data: Any, loss_fn: nn.Module, cfg: "TrainSection", batch_size: int
+              ) -> "_Cached":
+        from ..models import split_at
+        from .data import _DihedralAugment
+        from .distill import DistillationLoss
+        from .features import FeatureCache, frozen_digest
+
+        if dist.is_distributed():
+            raise ConfigError("train.cache runs in one process; under torchrun set train.cache: false")
+        train_set = data._split("train")
+        aug = getattr(train_set, "augment", None)
+        if aug is not None and not isinstance(aug, _DihedralAugment):
+            raise ConfigError(
+                "train.cache would freeze one random draw of this data set's augmentation (random rotations and"
+                " shifts); set data.augment: false, or train.cache: false to augment every epoch"
+            )
+        probe = next(iter(data.loader("val" if _has_split(data, "val") else "train", batch_size=2)))[0]
+        prefix, suffix = split_at(model, cfg.freeze or "", probe)
+        cache = getattr(data, "_feature_cache", None)
+        if cache is None:
+            cache = FeatureCache()
+            data._feature_cache = cache  # the dense, pruned and QAT rounds of one run share it
+        feats, labels = cache.get(prefix, data, "train", symmetries=aug is not None)
+        val = cache.get(prefix, data, "val", symmetries=False) if _has_split(data, "val") else None
+        undo: Callable[[], None] = lambda: None
+        if isinstance(loss_fn, DistillationLoss):
+            teacher = loss_fn.teacher
+            t_prefix, t_suffix = split_at(teacher, cfg.freeze or "", probe)
+            if frozen_digest(t_prefix) != frozen_digest(prefix):
+                raise ConfigError(
+                    f"the distillation teacher's layers up to '{cfg.freeze}' differ from the student's (pruned or"
+                    " trained there), so one cache cannot feed both; exclude the frozen layers from pruning"
+                    " (prune.exclude) or set train.cache: false"
+                )
+            handle = loss_fn.wrap_student(suffix)
+            loss_fn.teacher = t_suffix
+
+            def undo() -> None:
+                handle.remove()
+                loss_fn.teacher = teacher
+
+        info = {"frozen": cfg.freeze, "samples": int(feats.shape[0]), "shape": list(feats.shape[1:]),
+                "symmetries": 8 if aug is not None else 1}
+        return cls(suffix, feats, labels, val, info, undo)
+
+    def steps(self, batch_size: int) -> int:
+        return -(-int(self.labels.shape[0]) // batch_size)
+
+    def batches(self, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(int(self.labels.shape[0]), generator=torch.Generator().manual_seed(seed))
+        return [(self.feats[i], self.labels[i]) for i in order.split(batch_size)]
+
+    def val_logits(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.val is None:
+            raise DataError("no validation split was cached")
+        was = self.suffix.training
+        self.suffix.eval()
+        try:
+            with torch.no_grad():
+                out = [self.suffix(x.to(device)).float().cpu() for x in self.val[0].split(256)]
+        finally:
+            self.suffix.train(was)
+        return torch.cat(out), self.val[1]
+
+    def close(self) -> None:
+        self._undo()
+
+
+def _evaluate(model: nn.Module, data: Any, batch_size: int, device: torch.device, cached: _Cached | None):
+    if cached is None or cached.val is None:
+        return _evaluate_split(model, data, "val", batch_size, device)
+    logits, labels = cached.val_logits(device)
+    return evaluate(logits.numpy(), labels.numpy(), data.classes, data.critical)
+
+
 # -- fine-tuning -----------------------------------------------------------------------------------------------
 
 
@@ -269,6 +397,9 @@ def fine_tune(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt_path = Path(run_dir) / tag / "last.pt" if run_dir is not None else None
+    if cfg.freeze:
+        _freeze(model, cfg.freeze)
+    cached = _Cached.build(model, data, loss_fn, cfg, batch_size) if cfg.freeze and cfg.cache else None
     model.to(device)
     loss_fn.to(device)
     optimizer = _optimizer(model, cfg)
@@ -327,18 +458,27 @@ def fine_tune(
             transient=False,
         ) as bar:
             task = bar.add_task(tag, total=None, status="")
+            # a DataLoader's length without building one (drop_last=False; a rank's shards add up to the global batch)
+            steps_per_epoch = cached.steps(batch_size) if cached is not None else -(-len(data.labels("train")) // batch_size)
+            total_steps = steps_per_epoch * n_epochs
+            warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
             for epoch in range(start, n_epochs + 1):
                 if on_epoch_start is not None:
                     on_epoch_start(epoch, model)
                 t0 = time.perf_counter()
                 model.train()
                 _freeze_frozen_norms(model)
-                if world > 1:
+                if cached is not None:
+                    loader = cached.batches(batch_size, _epoch_seed(seed, epoch))
+                    forward: nn.Module = cached.suffix
+                elif world > 1:
                     # seed + epoch = the single-process seed of this epoch: same global order, sharded over ranks
                     loader = data.loader("train", batch_size=rank_batch, shuffle=True, seed=_epoch_seed(seed, 0),
                                          epoch=epoch, distributed=True)
+                    forward = net
                 else:
                     loader = data.loader("train", batch_size=batch_size, shuffle=True, seed=_epoch_seed(seed, epoch))
+                    forward = net
                 bar.update(task, description=f"{tag} epoch {epoch}/{n_epochs}", total=len(loader), completed=0)
                 sums = {"loss": 0.0, **dict.fromkeys(_PARTS, 0.0)}
                 seen = 0
@@ -346,7 +486,11 @@ def fine_tune(
                 for x, y in loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(net(x), y)
+                    if cfg.schedule != "constant":
+                        f = lr_factor(cfg.schedule, step + 1, total_steps, warmup_steps)
+                        for g in optimizer.param_groups:
+                            g["lr"] = cfg.lr * f
+                    loss = loss_fn(forward(x), y)
                     if not torch.isfinite(loss):
                         raise TrainingError(
                             f"{tag}: the loss became {loss.detach().item()} in epoch {epoch}; lower train.lr"
@@ -383,7 +527,7 @@ def fine_tune(
                         dist.sync_masks(masks, model)  # a per-step schedule (gradual) may have changed them
                 if seen == 0:
                     raise DataError("the train split yielded no samples")
-                vm = _evaluate_split(model, data, "val", batch_size, device) if has_val else None
+                vm = _evaluate(model, data, batch_size, device, cached) if has_val else None
                 record = {
                     "tag": tag,
                     "round": None,
@@ -433,6 +577,8 @@ def fine_tune(
     finally:
         if masks is not None:
             masks.detach()
+        if cached is not None:
+            cached.close()
         torch.set_num_threads(prev_threads)
 
     if select == "last" or best_state is None:
@@ -442,4 +588,6 @@ def fine_tune(
     if masks is not None:
         masks.apply(model)  # a no-op for masked checkpoints; guards a model whose weights were edited outside
     val_metrics = _evaluate_split(model, data, "val", batch_size, device) if has_val else None
+    if cached is not None:
+        log.info("%s: trained the layers after '%s' on %s cached outputs", tag, cfg.freeze, cached.info)
     return TrainResult(model=model, history=history, best_epoch=best_epoch, val_metrics=val_metrics)
