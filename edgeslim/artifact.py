@@ -81,6 +81,8 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     sparsity: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)
+    # what compression did other than asked, in words (e.g. layers channel pruning kept whole)
+    notes: list[str] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
 
     @model_validator(mode="before")

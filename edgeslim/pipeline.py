@@ -35,6 +35,9 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
     #: model files left out of an artifact ({"model", "file", "format", "precision", "reason"}): a partial run
     failed: list[dict[str, Any]] = field(default_factory=list)
+    #: what compression did other than asked, in words (e.g. layers channel pruning kept whole): the summary lists
+    #: them and the compressed artifact's manifest keeps them
+    notes: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -112,6 +115,9 @@ def run_pipeline(
     )
     _check_quantize_request(model, data, recipe)
     res = compress(model, data, run_dir=run_dir, resume=resume, progress=progress, **recipe.compress_options())
+    result.notes = list(res.notes)
+    for note in result.notes:
+        say(f"[yellow]note: {note}[/]")
     qat_model = None
     if recipe.quantize.method == "qat":
         qat_model = _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
@@ -197,6 +203,7 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
             name=f"{recipe.name}-{key}",
             thresholds=thresholds.get(key, {}),
             metrics={"test": result.metrics[key], **result.training},
+            notes=result.notes if key == "compressed" else [],
             sparsity={"layers": table} if table else {},
             **base,
         )

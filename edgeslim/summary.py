@@ -87,6 +87,7 @@ def write_pipeline_report(result: "PipelineResult") -> dict[str, Path]:
                 "metrics": result.metrics,
                 "summary": rows,
                 "seconds": result.seconds,
+                "notes": list(getattr(result, "notes", [])),
             }
         },
     )
@@ -141,6 +142,7 @@ def _summary_markdown(rows: list[dict[str, Any]], result: "PipelineResult") -> s
     lines += ["| " + " | ".join(_summary_cells(r, backends)) + " |" for r in rows]
     lines += [""] + [f"- left out: {r['model']}/{r['format']}/{r['precision']}: {r['left_out']}" for r in rows
                      if r.get("left_out")]
+    lines += [f"- note: {n}" for n in getattr(result, "notes", [])]
     lines += ["", "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()), ""]
     return "\n".join(lines)
 
@@ -173,6 +175,8 @@ def print_summary(result: "PipelineResult", *, console=None) -> None:
         if r.get("left_out"):
             console.print(Text(f"left out: {r['model']}/{r['format']}/{r['precision']}: {r['left_out']}",
                                style="yellow"), soft_wrap=True)
+    for n in getattr(result, "notes", []):
+        console.print(Text(f"note: {n}", style="yellow"), soft_wrap=True)
     console.print(
         "wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
         + f"; outputs in {result.out_dir} (report.json, report.md, recipe.yaml, "

@@ -56,6 +56,7 @@ class CompressResult:
         size: ``params``, ``nonzero_params`` and ``macs`` (one sample) of the final model and, with a dense
             reference, ``dense_params`` / ``dense_macs``; MACs are dense counts (zeros still counted).
         info: what the pruning method reports (e.g. layers N:M skipped, channel widths and the structure spec).
+        notes: what the method did other than asked, in words (e.g. layers channel pruning kept whole).
     """
 
     dense_model: nn.Module | None
@@ -70,6 +71,7 @@ class CompressResult:
     seconds: float = 0.0
     size: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def sparsity(self) -> float:
@@ -88,6 +90,7 @@ class CompressResult:
             "sparsity_table": self.sparsity_table,
             "size": self.size,
             "info": self.info,
+            "notes": self.notes,
             "seconds": self.seconds,
         }
 
@@ -270,6 +273,7 @@ def compress(
         seconds=time.perf_counter() - t0,
         size=size,
         info=res.info,
+        notes=list(res.notes),
     )
     with dist.main_writes() as writer:
         if writer:

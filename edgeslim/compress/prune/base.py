@@ -244,6 +244,8 @@ class PruneResult:
         rounds: one summary per training round.
         dense_model: the dense reference the method trained, if any (else ``None``).
         info: method-specific facts for the report (e.g. the layers N:M skipped, the pruned channel widths).
+        notes: what the run did other than asked, in words, for the summary and the manifest (e.g. the layers
+            channel pruning kept whole because ``round_to`` leaves them no narrower width).
     """
 
     model: "nn.Module"
@@ -252,6 +254,7 @@ class PruneResult:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     dense_model: "nn.Module | None" = None
     info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 Pruner = Callable[[Any, PruneContext], PruneResult]

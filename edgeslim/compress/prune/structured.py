@@ -8,7 +8,10 @@ depthwise groups), keeping the widths multiples of ``round_to`` (8 suits the vec
 cores). ``stage_ratios`` gives the layers under a module (a stage, ``blocks.5``) their own ratio, as
 Torch-Pruning's ``pruning_ratio_dict`` does; ``edgeslim search`` sets them from each stage's measured sensitivity.
 The classifier (its outputs are the classes) is never pruned; the first conv and ``exclude`` patterns are kept at
-full width unless ``prune_first_conv``. The result is a smaller *dense* model, fine-tuned afterwards.
+full width unless ``prune_first_conv``. A layer no wider than ``round_to`` (a squeeze-excitation reduction of 8
+channels in MobileNetV3 or EfficientNet) cannot be pruned at that rounding and is kept whole (Torch-Pruning's
+``ignored_layers``); a wider one the ratio would empty is pruned to ``round_to`` channels (``pruning_ratio_dict``);
+both are listed in the run's notes. The result is a smaller *dense* model, fine-tuned afterwards.
 
 The pruned widths are recorded in ``info["structure"]`` with :func:`edgeslim.models.structure_spec`, and
 :func:`edgeslim.models.rebuild_model` builds the smaller model again from an artifact.
@@ -16,6 +19,8 @@ The pruned widths are recorded in ``info["structure"]`` with :func:`edgeslim.mod
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -124,22 +129,80 @@ def _kept(channels: int, ratio: float, round_to: int | None) -> int:
     return kept
 
 
-def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, round_to: int | None = 8,
-                     ignored_layers: Iterable[nn.Module] = (),
-                     stage_ratios: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """Check, before any training, that ``ratio`` leaves at least one channel in every prunable group.
+def _cap(channels: int, round_to: int | None) -> float:
+    """The largest ratio that leaves ``channels`` exactly ``round_to`` (or 1) channels under :func:`_kept`."""
+    step = round_to or 1
+    r = (channels - step) / channels
+    while r > 0 and _kept(channels, r, round_to) < step:  # float rounding of C * (1 - r)
+        r = math.nextafter(r, 0.0)
+    return max(0.0, r)
 
-    Torch-Pruning silently skips a group whose rounded width would be 0 (the layer would vanish), which would
-    leave that layer unpruned without a word; this turns it into an error. The widths follow Torch-Pruning's
-    per-group arithmetic, exact for the ``layer`` scope; under ``global`` the ranking decides each group's width,
-    so this check catches only what no ranking can avoid (``round_to`` above a group's width).
 
-    Returns:
-        One ``{"layer", "channels", "kept"}`` per prunable group.
+@dataclass
+class ChannelPlan:
+    """What channel pruning at a ratio does to each prunable group, decided before anything is pruned.
+
+    Attributes:
+        rows: one ``{"layer", "channels", "kept", "ratio", "action"}`` per prunable group; ``action`` is
+            ``pruned``, ``kept_whole`` (no multiple of ``round_to`` lies below its width: squeeze-excitation
+            layers and other narrow ones, left to Torch-Pruning's ``ignored_layers``), ``capped`` (the asked ratio
+            would leave it no channel: pruned to ``round_to`` channels instead, through ``pruning_ratio_dict``) or
+            ``unpruned`` (ratio 0).
+        scope: ``layer`` or ``global``.
+        round_to: the rounding the plan was made for.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    scope: str = "layer"
+    round_to: int | None = 8
+
+    @property
+    def kept_whole(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["action"] == "kept_whole"]
+
+    @property
+    def capped(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["action"] == "capped"]
+
+    def caps(self) -> dict[str, float]:
+        """Layer name -> its capped ratio (Torch-Pruning's ``pruning_ratio_dict`` entries)."""
+        return {r["layer"]: r["capped_ratio"] for r in self.capped}
+
+    def notes(self) -> list[str]:
+        """One line per kind of deviation from the asked ratio, for the run's notes (empty when there is none)."""
+        def names(rows: list[dict[str, Any]]) -> str:
+            shown = ", ".join(f"'{r['layer']}' ({r['channels']})" for r in rows[:8])
+            return shown + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+
+        out = []
+        whole = self.kept_whole
+        if whole:
+            out.append(f"structured: {len(whole)} layer(s) kept whole, no multiple of round_to {self.round_to} below"
+                       f" their width (channels in brackets): {names(whole)}")
+        capped = self.capped
+        if capped:
+            out.append(f"structured: {len(capped)} layer(s) pruned to round_to {self.round_to} channels, less than"
+                       f" the asked ratio (which would remove every channel): {names(capped)}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept_whole": [r["layer"] for r in self.kept_whole], "capped": self.caps()}
+
+
+def channel_plan(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, round_to: int | None = 8,
+                 ignored_layers: Iterable[nn.Module] = (), stage_ratios: dict[str, float] | None = None,
+                 scope: str = "layer") -> ChannelPlan:
+    """Each prunable group's width after pruning at ``ratio`` (and ``stage_ratios``), checked before any training.
+
+    Torch-Pruning silently skips a group whose rounded width would be 0, which would leave that layer unpruned
+    without a word. Here such a group is decided explicitly: a layer no wider than ``round_to`` (a
+    squeeze-excitation reduction of 8 channels at ``round_to`` 8) cannot be pruned at that rounding and is kept
+    whole; a wider one the ratio would empty is pruned to ``round_to`` channels. The widths follow Torch-Pruning's
+    per-group arithmetic, exact for the ``layer`` scope; under ``global`` the ranking decides each group's width, so
+    only the narrow layers are decided here.
 
     Raises:
-        ConfigError: the ratio is out of range, or a group would lose all its channels (names the layer, its
-            width, and the largest ratio that keeps it).
+        ConfigError: a ratio out of range, or ``stage_ratios`` naming no module of the model.
     """
     import torch_pruning as tp
     from torch import nn
@@ -149,8 +212,9 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
         _check_ratio(r, round_to, 1)
     if stage_ratios:
         _ratio_dict(model, stage_ratios)
+    step = round_to or 1
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-    rows, bad = [], []
+    plan = ChannelPlan(scope=scope, round_to=round_to)
     names = {m: n for n, m in model.named_modules()}
     ignored = list(ignored_layers)
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
@@ -161,23 +225,29 @@ def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: f
         name = names.get(root, str(root))
         r = ratio_for(name, ratio, stage_ratios)
         kept = _kept(int(c), r, round_to)
-        rows.append({"layer": name, "channels": int(c), "kept": kept, "ratio": r})
-        if kept < 1 and r > 0:
-            bad.append(rows[-1])
-    if bad:
-        step = round_to or 1
-        narrowest = min(r["channels"] for r in bad)
-        # largest ratio with int(C * (1 - r)) >= step for the narrowest failing layer
-        best = 1 - step / narrowest
-        fix = (f"use a ratio <= {best:.3f}, a smaller round_to, or exclude the layer" if best > 0 else
-               f"round_to {step} is not below the layer's width: use a smaller round_to or exclude the layer")
-        raise ConfigError(
-            f"structured ratio {bad[0]['ratio']} with round_to {round_to} would remove every channel of "
-            + ", ".join(f"'{r['layer']}' ({r['channels']} channels)" for r in bad[:4])
-            + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
-            + f"; {fix}"
-        )
-    return rows
+        row = {"layer": name, "channels": int(c), "kept": kept, "ratio": r, "action": "pruned"}
+        if r <= 0:
+            row.update(kept=int(c), action="unpruned")
+        elif int(c) <= step:
+            row.update(kept=int(c), action="kept_whole")
+        elif kept < 1 and scope == "layer":
+            cap = _cap(int(c), round_to)
+            row.update(kept=_kept(int(c), cap, round_to), action="capped", capped_ratio=cap)
+        plan.rows.append(row)
+    return plan
+
+
+def check_structured(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, round_to: int | None = 8,
+                     ignored_layers: Iterable[nn.Module] = (),
+                     stage_ratios: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The rows of :func:`channel_plan` (one ``{"layer", "channels", "kept", "ratio", "action"}`` per prunable
+    group), checked before any training.
+
+    Raises:
+        ConfigError: the ratio is out of range, or ``stage_ratios`` names no module.
+    """
+    return channel_plan(model, example_inputs, ratio=ratio, round_to=round_to, ignored_layers=ignored_layers,
+                        stage_ratios=stage_ratios).rows
 
 
 def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float, scope: str = "layer",
@@ -185,6 +255,9 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: flo
                    ignored_layers: Iterable[nn.Module] = (),
                    stage_ratios: dict[str, float] | None = None) -> nn.Module:
     """Remove ``ratio`` of the output channels with Torch-Pruning, in place; returns ``model`` (now smaller).
+
+    Layers that cannot be pruned at ``round_to`` are kept whole and layers the ratio would empty are pruned to
+    ``round_to`` channels (:func:`channel_plan` says which; its ``notes()`` say it in words).
 
     Args:
         model: the network (on CPU, any mode).
@@ -198,7 +271,7 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: flo
         stage_ratios: module name -> the ratio of the layers under it (layer scope only); the rest get ``ratio``.
 
     Raises:
-        ConfigError: bad arguments, or a layer would lose all its channels.
+        ConfigError: bad arguments.
         TrainingError: (global scope) the ranking emptied a layer anyway.
     """
     import torch_pruning as tp
@@ -209,16 +282,20 @@ def prune_channels(model: nn.Module, example_inputs: torch.Tensor, *, ratio: flo
     if stage_ratios and scope != "layer":
         raise ConfigError("stage_ratios needs scope 'layer'")
     ignored = list(ignored_layers)
-    check_structured(model, example_inputs, ratio=ratio, round_to=round_to, ignored_layers=ignored,
-                     stage_ratios=stage_ratios)
+    plan = channel_plan(model, example_inputs, ratio=ratio, round_to=round_to, ignored_layers=ignored,
+                        stage_ratios=stage_ratios, scope=scope)
     if ratio == 0 and not any((stage_ratios or {}).values()):
         return model
+    mods = dict(model.named_modules())
+    ignored += [mods[r["layer"]] for r in plan.kept_whole]
+    # stage entries first: Torch-Pruning lets a later key override an earlier one for the layers under both
+    ratios = {**(stage_ratios or {}), **plan.caps()}
     was_training = model.training
     model.eval()  # tracing must not update BatchNorm statistics
     pruner = tp.pruner.MetaPruner(
         model, example_inputs, importance=_importance(importance), pruning_ratio=ratio,
         global_pruning=scope == "global", ignored_layers=ignored, round_to=round_to, iterative_steps=iterative_steps,
-        pruning_ratio_dict=_ratio_dict(model, stage_ratios) if stage_ratios else None,
+        pruning_ratio_dict=_ratio_dict(model, ratios) if ratios else None,
     )
     for _ in range(iterative_steps):
         pruner.step()
@@ -248,8 +325,11 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     The returned model is dense (its masks are all ones); ``info`` holds params/MACs before and after, the widths
     per layer and ``structure`` (a :func:`structure_spec` of every layer, for rebuilding it).
 
+    Layers that cannot be pruned at ``round_to`` are kept whole, and layers the ratio would empty are pruned to
+    ``round_to`` channels; both are listed in ``info`` (``kept_whole``, ``capped``) and in the result's ``notes``.
+
     Raises:
-        ConfigError: ratio outside [0, 1) or one that would remove a whole layer; checked on W0 before training.
+        ConfigError: a ratio outside [0, 1) or ``stage_ratios`` naming no module; checked on W0 before training.
     """
     import copy
 
@@ -263,8 +343,10 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     shape = example_shape(ctx.data)
     example = torch.zeros(shape)
     ignored = _ignored(ctx.model, prune_first_conv=p.prune_first_conv, exclude=p.exclude)
-    check_structured(ctx.model, example, ratio=p.ratio, round_to=p.round_to, ignored_layers=ignored,
-                     stage_ratios=p.stage_ratios)
+    # decided on W0 (the dense round changes weights, not widths): bad options fail before any training, and the
+    # layers kept whole or pruned less than asked are the run's notes
+    plan = channel_plan(ctx.model, example, ratio=p.ratio, round_to=p.round_to, ignored_layers=ignored,
+                        stage_ratios=p.stage_ratios, scope=p.scope)
 
     def prune(model: nn.Module, _masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
         before = copy.deepcopy(model)
@@ -276,8 +358,11 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
         params1, macs1 = count_params_macs(model, shape)
         info = {"ratio": p.ratio, "scope": p.scope, "round_to": p.round_to, "params_before": params0,
                 "macs_before": macs0, "params_after": params1, "macs_after": macs1,
-                "widths": channel_table(before, model), "structure": structure_spec(model, reference=before)}
+                "widths": channel_table(before, model), "structure": structure_spec(model, reference=before),
+                **plan.to_dict()}
         # dense: an all-ones mask set over the new widths keeps the shared reporting (sparsity table) working
         return model, MaskSet({n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model)}), info
 
-    return train_dense_then_pruned(ctx, cfg, prune)
+    res = train_dense_then_pruned(ctx, cfg, prune)
+    res.notes.extend(plan.notes())
+    return res
