@@ -334,6 +334,9 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads per model."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback unless told otherwise)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
+    grpc_port: int = typer.Option(
+        8001, "--grpc-port", help="gRPC port (inference.GRPCInferenceService, as Triton's), beside REST; 0 = off."
+    ),
     max_batch: int = typer.Option(8, "--max-batch", help="Dynamic batching: largest batch."),
     batch_delay_ms: float = typer.Option(2.0, "--batch-delay-ms", help="Dynamic batching: max queue delay."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Run each request on its own."),
@@ -378,7 +381,7 @@ def serve(
     settings = ServerSettings(
         backend_options={backend: parse_backend_options(backend_option)} if backend_option else {},
         models=tuple(models or ()), backend=backend, precision=precision, device=device, threads=threads, host=host,
-        port=port, max_batch=max_batch, dynamic_batching=not no_batching, batch_delay_ms=batch_delay_ms,
+        port=port, grpc_port=grpc_port, max_batch=max_batch, dynamic_batching=not no_batching, batch_delay_ms=batch_delay_ms,
         queue_size=queue_size, request_timeout_s=timeout, token=token, max_body_bytes=int(max_body_mb * 2**20),
         inference_cpus=_cpu_list(inference_cpus), shared_memory=shared_memory, busy_poll_us=busy_poll_us,
         model_control=model_control, upload_dir=upload_dir,  # type: ignore[arg-type]  # checked by ServerSettings

@@ -163,10 +163,22 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
                 app.state.startup_error = exc
                 raise
         repository.start()
+        grpc_server = None
+        if settings.grpc_port:  # gRPC on the same loop, models and batchers (imported only when asked for)
+            from .grpc_service import start_grpc_server
+
+            try:
+                grpc_server = await start_grpc_server(repository, settings, app.fast_infer)
+            except BaseException as exc:
+                app.state.startup_error = exc
+                await repository.close()
+                raise
         log.info("serving %s on %s", ", ".join(sorted(repository.models)), settings.backend)
         try:
             yield
         finally:
+            if grpc_server is not None:  # no new gRPC calls; those in flight finish before the batchers close
+                await grpc_server.stop(settings.graceful_timeout_s)
             await repository.close()
             if app.state.shared_memory is not None:
                 app.state.shared_memory.unregister()

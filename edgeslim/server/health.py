@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 
 router = APIRouter(prefix="/v2/health", tags=["health"])
+
+
+def server_ready(repo: Any) -> bool:
+    """Every model loaded and the server not shutting down (REST's ``/v2/health/ready``, gRPC's ``ServerReady``)."""
+    # under explicit model control a server with no model yet is ready: it is waiting for load requests
+    some = bool(repo.models) or (repo.settings.model_control == "explicit" and repo.loaded)
+    return some and not repo.closing and all(m.ready for m in repo.models.values())
 
 
 @router.get("/live", summary="Liveness", responses={200: {"description": "the server process is up"}})
@@ -18,8 +27,4 @@ async def live() -> Response:
     responses={200: {"description": "every model is loaded"}, 503: {"description": "loading or shutting down"}},
 )
 async def ready(request: Request) -> Response:
-    repo = request.app.state.repository
-    # under explicit model control a server with no model yet is ready: it is waiting for load requests
-    some = bool(repo.models) or (repo.settings.model_control == "explicit" and repo.loaded)
-    ok = some and not repo.closing and all(m.ready for m in repo.models.values())
-    return Response(status_code=200 if ok else 503)
+    return Response(status_code=200 if server_ready(request.app.state.repository) else 503)

@@ -82,6 +82,10 @@ class ServerSettings:
             a ``token``: an upload makes the device parse files a client sent.
         upload_dir: where uploaded artifacts are written (None: a temporary directory removed at shutdown).
         max_upload_bytes: largest load request body (the files are base64 in JSON, 4/3 of their size).
+        grpc_port: also serve the protocol over gRPC (``inference.GRPCInferenceService``,
+            :mod:`edgeslim.server.grpc_service`) on this port of ``host``, in the same process with the same models,
+            batcher, limits and token; 0 (the default here) serves REST only. ``edgeslim serve`` uses 8001, Triton's
+            gRPC port.
     """
 
     models: tuple[Path, ...]
@@ -112,6 +116,7 @@ class ServerSettings:
     model_control: Literal["none", "explicit"] = "none"
     upload_dir: Path | None = None
     max_upload_bytes: int = 512 * 1024 * 1024
+    grpc_port: int = 0
 
     def __post_init__(self) -> None:
         models = (self.models,) if isinstance(self.models, (str, os.PathLike)) else tuple(self.models)
@@ -152,6 +157,12 @@ class ServerSettings:
         positive("port", self.port, zero_ok=True)
         if self.port > 65535:
             raise ConfigError(f"ServerSettings.port must be <= 65535, got {self.port}")
+        positive("grpc_port", self.grpc_port, zero_ok=True)
+        if self.grpc_port > 65535 or (self.grpc_port and self.grpc_port == self.port):
+            raise ConfigError(
+                f"ServerSettings.grpc_port must be <= 65535 and differ from the REST port ({self.port}), got"
+                f" {self.grpc_port}; 0 turns gRPC off"
+            )
         positive("max_batch", self.max_batch)
         positive("queue_size", self.queue_size)
         positive("max_body_bytes", self.max_body_bytes)
