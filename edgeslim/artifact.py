@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ._io import atomic_directory, atomic_write_json, sha256_file
 from .decision import DecisionRule
@@ -56,6 +56,25 @@ class ModelFile(BaseModel):
     precision: str  # fp32 | fp16 | int8
     path: str  # relative to the artifact directory; for openvino the .xml
     extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class FieldReference(BaseModel):
+    """A model file's val reference for monitoring in the field (``ModelFile.extra["field_reference"]``).
+
+    Written by the export where it calibrates thresholds on val (:mod:`edgeslim.export.reference`); read by the
+    server's monitor (:mod:`edgeslim.server.monitor`). Versioned on its own (``version``): a file without it, or with
+    a version this edgeslim does not read, loads and serves as before, with drift reported as off.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int
+    split: str = "val"
+    samples: int = Field(ge=0)  # val images the reference was computed on
+    critical_scores: dict[str, list[float]] = Field(default_factory=dict)  # class index -> sample of p_c on val
+    input_mean: list[float] = Field(default_factory=list)  # sample of per-image input means (field_reference.py)
+    input_std: list[float] = Field(default_factory=list)  # sample of per-image input standard deviations
+    critical_recall: dict[str, dict[str, int]] = Field(default_factory=dict)  # class index -> {"hits", "positives"}
 
 
 class Manifest(BaseModel):
@@ -111,6 +130,22 @@ class Manifest(BaseModel):
         manifest's."""
         own = self.thresholds_for(model_file)
         return self if own == self.thresholds else self.model_copy(update={"thresholds": own})
+
+    def field_reference(self, model_file: ModelFile | None) -> "tuple[FieldReference | None, str]":
+        """``model_file``'s :class:`FieldReference`, or None with the reason it has none usable."""
+        from .field_reference import REFERENCE_KEY, REFERENCE_VERSION
+
+        raw = model_file.extra.get(REFERENCE_KEY) if model_file is not None else None
+        if raw is None:
+            return None, ("no reference: the model file was exported without a val split (re-export it with one:"
+                          " a recipe with data.val_fraction > 0)")
+        version = raw.get("version") if isinstance(raw, dict) else None
+        if version != REFERENCE_VERSION:
+            return None, f"reference version {version!r} is not one this edgeslim reads ({REFERENCE_VERSION})"
+        try:
+            return FieldReference.model_validate(raw), ""
+        except ValidationError as exc:  # report it, never refuse to serve the model for it
+            return None, f"reference unreadable: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
 
     def model(self, format: str, precision: str | None = None) -> ModelFile:
         """The model file of a format (and precision: the most precise one when omitted)."""

@@ -373,6 +373,15 @@ def serve(
         None, "--upload-dir", help="Where uploaded artifacts go (default: a temporary directory removed at exit)."
     ),
     max_upload_mb: float = typer.Option(512.0, "--max-upload-mb", help="Largest model load request (base64 files)."),
+    field_monitoring: bool = typer.Option(
+        True, "--field-monitoring/--no-field-monitoring",
+        help="Feedback counts (POST /v2/models/M/feedback) and drift tests against the model file's val reference.",
+    ),
+    feedback_pending: int = typer.Option(10_000, "--feedback-pending", help="Answers kept awaiting feedback, per model."),
+    feedback_window: int = typer.Option(1_000, "--feedback-window", help="Judged items the live counts cover."),
+    drift_window: int = typer.Option(200, "--drift-window", help="Recent items each drift test compares with val."),
+    drift_every: Optional[int] = typer.Option(None, "--drift-every", help="Items between drift tests (default: window)."),
+    monitor_alpha: float = typer.Option(0.01, "--monitor-alpha", help="Level of the recall and drift tests."),
 ) -> None:
     """Serve artifacts over KServe v2 / Open Inference Protocol (tritonclient and perf_analyzer work)."""
     from .server import ServerSettings, serve as _serve
@@ -386,6 +395,8 @@ def serve(
         inference_cpus=_cpu_list(inference_cpus), shared_memory=shared_memory, busy_poll_us=busy_poll_us,
         model_control=model_control, upload_dir=upload_dir,  # type: ignore[arg-type]  # checked by ServerSettings
         max_upload_bytes=int(max_upload_mb * 2**20),
+        field_monitoring=field_monitoring, feedback_pending=feedback_pending, feedback_window=feedback_window,
+        drift_window=drift_window, drift_every=drift_every, monitor_alpha=monitor_alpha,
     )
     if host not in LOOPBACK and not token:
         err_console.print(f"[yellow]warning: serving on {host} without --token: anyone who reaches it can use it[/yellow]")

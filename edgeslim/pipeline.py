@@ -193,7 +193,8 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
     calib = calibration_arrays(data, recipe.quantize.calibration_size) if int8 else None
     # accuracy control (the method, or the fallback of an INT8 file that misses the validate budget) judges layers
     # on the val split; the test split stays for the final numbers
-    val_split = split_arrays(data, "val") if int8 and recipe.data.val_fraction > 0 else None
+    # (and every exported file's val reference for the server's field monitoring: export.reference)
+    val_split = split_arrays(data, "val") if recipe.data.val_fraction > 0 else None
     test_x, test_y = split_arrays(data, "test")
     for key, (m, _metrics, table) in variants.items():
         if key == "dense" and "profile" not in stages and not formats:

@@ -473,7 +473,11 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
         m.sparsity = sparsity
 
         if val_split is not None:  # the files just written; those copied from an existing artifact keep theirs
-            _calibrate_file_thresholds(tmp, m, [f for f in m.models if not any(f is k for k in kept)], val_split)
+            written = [f for f in m.models if not any(f is k for k in kept)]
+            _calibrate_file_thresholds(tmp, m, written, val_split)
+            from .reference import store_field_references  # the val reference the server's monitor tests against
+
+            store_field_references(tmp, m, written, model, val_split)
         report: dict[str, Any] = {}
         if validation is not None:
             reference = _reference_logits(model, inputs)
@@ -773,8 +777,9 @@ def export_existing(
                 calibration = calibration_arrays(data, recipe.quantize.calibration_size)
             if validation is None:
                 validation = split_arrays(data, "test")
-            if val_split is None and int8 and recipe.data.val_fraction > 0:
-                val_split = split_arrays(data, "val")  # for the accuracy-control fallback of a failed INT8
+            if val_split is None and recipe.data.val_fraction > 0:
+                # the accuracy-control fallback of a failed INT8, and every new file's field reference
+                val_split = split_arrays(data, "val")
     # Tolerances, opset and quantisation settings default to those of the recipe the artifact was made with, so a
     # re-export is judged as the original export was.
     recorded = old.recipe or {}

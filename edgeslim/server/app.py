@@ -27,11 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import ConfigError, EdgeslimError
-from . import classify, device, health, infer, metrics, model_repository, models, sharedmem
+from . import classify, device, feedback, health, infer, metrics, model_repository, models, sharedmem
 from .errors import error_response, json_error, validation_message
 from .guard import OPEN_PREFIXES, Guard, GuardMiddleware
 from .infer import InferEndpoint
 from .metrics import PowerReader, auto_power_reader, build_registry
+from .monitor import MonitorCollector
 from .repository import ModelRepository, find_artifacts
 from .schemas import InferRequestBody
 from .settings import ServerSettings
@@ -197,9 +198,10 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
     elif isinstance(power_reader, str):
         raise ConfigError(f"power_reader must be 'auto', None or a callable, got {power_reader!r}")
     app.state.metrics_registry = build_registry(repository, power_reader)
+    app.state.metrics_registry.register(MonitorCollector(repository))  # feedback and drift, per model
     app.state.startup_error = None
     app.state.shared_memory = sharedmem.SharedMemoryRegistry() if settings.shared_memory else None
-    for module in (health, models, model_repository, device, infer, classify, metrics, sharedmem):
+    for module in (health, models, model_repository, device, infer, feedback, classify, metrics, sharedmem):
         app.include_router(module.router)
     _install_error_handlers(app)
     guard = Guard(token=settings.token, max_body_bytes=settings.max_body_bytes,

@@ -56,6 +56,18 @@ class ModelNotReadyError(EdgeslimError, RuntimeError):
     """The model exists but is not ready (loading or shutting down)."""
 
 
+class RequestIdNotFoundError(InputError):
+    """Feedback names a request id that no answered request of the model carries."""
+
+
+class RequestIdGoneError(InputError):
+    """Feedback names a request that was answered but has left the bounded feedback ring."""
+
+
+class DuplicateFeedbackError(InputError):
+    """Feedback for a request that already has feedback."""
+
+
 def http_status(exc: BaseException) -> int:
     """The HTTP status for an error: 4xx for anything the client caused, 5xx for the server's own state."""
     # Order matters: subclasses before their bases.
@@ -67,6 +79,9 @@ def http_status(exc: BaseException) -> int:
         (ServerBusyError, 503),
         (ModelNotReadyError, 503),
         (RequestTimeoutError, 504),
+        (RequestIdNotFoundError, 404),
+        (RequestIdGoneError, 410),
+        (DuplicateFeedbackError, 409),
         (InputError, 400),
         (UnknownNameError, 400),
         (ConfigError, 400),

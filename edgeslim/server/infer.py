@@ -129,6 +129,9 @@ async def run_request(
     Shared by REST (:func:`infer_body`) and gRPC (:mod:`edgeslim.server.grpc_service`), so both protocols check,
     batch and answer alike. The caller records the statistics.
 
+    With field monitoring on, sets ``req.id`` to the id the answer must carry (the client's, else a generated one)
+    once the model has answered: feedback refers to it (:mod:`edgeslim.server.monitor`).
+
     Args:
         deadline_s: seconds the client still waits (a gRPC deadline); the request's timeout is capped by it.
 
@@ -154,6 +157,8 @@ async def run_request(
     if deadline_s is not None:
         timeout = min(timeout, max(deadline_s, 1e-3))
     out, timing = await model.batcher.submit(feeds, timeout_s=timeout, inline=alone())
+    if model.monitor is not None:  # feedback and drift (edgeslim.server.monitor); the answer carries the id
+        req.id = model.monitor.record(req.id, feeds, out)
 
     results: list[tuple[str, np.ndarray, Any]]
     if wanted is None:

@@ -52,6 +52,7 @@ class ModelStats:
     execution_count: int = 0  # model executions (batches)
     last_inference_ms: int = 0
     batches: dict[int, dict[str, Duration]] = field(default_factory=dict)
+    monitor: Any = None  # the model's FieldMonitor: its feedback and drift join the statistics
 
     def record_success(self, duration_ns: int, t: Timing, items: int) -> None:
         self.success.add(duration_ns)
@@ -90,6 +91,7 @@ class ModelStats:
                 {"batch_size": size, **{k: d.to_dict() for k, d in durs.items()}}
                 for size, durs in sorted(self.batches.items())
             ],
+            **(self.monitor.report() if self.monitor is not None else {}),
         }
 
 
@@ -148,8 +150,9 @@ def backend_options(settings: ServerSettings, backend: str) -> dict[str, Any]:
 
 
 def _open(path: Path, settings: ServerSettings, backend: str, *, precision: str | None = None,
-          verify: bool | None = None) -> tuple[Manifest, Any]:
-    """Load an artifact through the runtime: its manifest and a :class:`~edgeslim.runtime.base.Backend`."""
+          verify: bool | None = None) -> tuple[Manifest, Any, Any]:
+    """Load an artifact through the runtime: its manifest (as the file is deployed), a
+    :class:`~edgeslim.runtime.base.Backend` and the manifest's entry of the loaded file."""
     from .. import runtime
 
     predictor = runtime.load(
@@ -161,14 +164,14 @@ def _open(path: Path, settings: ServerSettings, backend: str, *, precision: str 
         verify=settings.verify if verify is None else verify,
         **backend_options(settings, backend),
     )
-    return predictor.manifest, predictor.backend
+    return predictor.manifest, predictor.backend, predictor.model_file
 
 
 class ServedModel:
     """One loaded model: manifest, backend, batcher, statistics and the request checks that need the model."""
 
     def __init__(self, manifest: Manifest, backend: Any, settings: ServerSettings, path: Path,
-                 name: str | None = None) -> None:
+                 name: str | None = None, model_file: Any = None) -> None:
         self.name = name or manifest.name
         self.version = VERSION
         self.manifest = manifest
@@ -176,6 +179,15 @@ class ServedModel:
         self.path = path
         self.settings = settings
         self.stats = ModelStats()
+        self.monitor = None
+        if settings.field_monitoring:  # feedback and drift (edgeslim.server.monitor), in its statistics
+            from .monitor import FieldMonitor
+
+            self.monitor = FieldMonitor(
+                manifest, model_file, input_name=backend.inputs[0].name, output_name=backend.outputs[0].name,
+                pending=settings.feedback_pending, window=settings.feedback_window,
+                drift_window=settings.drift_window, drift_every=settings.drift_every, alpha=settings.monitor_alpha)
+            self.stats.monitor = self.monitor
         self.ready = False
         self.uploaded = False  # its files came in a load request (removed when it is unloaded)
         # Batching needs a dynamic leading axis on every input; otherwise each request runs alone.
@@ -372,8 +384,8 @@ class ModelRepository:
             if name in self.models:
                 raise ConfigError(f"two artifacts are named '{name}' ({self.models[name].path} and {path}); rename one")
             backend = self.settings.model_backends.get(name, self.settings.backend)
-            manifest, be = _open(path, self.settings, backend)
-            self.models[name] = ServedModel(manifest, be, self.settings, path)
+            manifest, be, mf = _open(path, self.settings, backend)
+            self.models[name] = ServedModel(manifest, be, self.settings, path, model_file=mf)
         unknown = sorted(set(self.settings.model_backends) - set(self.models))
         if unknown:
             raise ConfigError(f"model_backends names models that are not served: {unknown}; served: {sorted(self.models)}")
@@ -452,8 +464,8 @@ class ModelRepository:
             chosen = backend or self.settings.model_backends.get(name, self.settings.backend)
             with pinned(self.settings.inference_cpus):
                 # uploads are always checked against their manifest: the bytes came over the network
-                manifest, be = _open(path, self.settings, chosen, precision=precision,
-                                     verify=True if files else None)
+                manifest, be, mf = _open(path, self.settings, chosen, precision=precision,
+                                         verify=True if files else None)
         except BaseException as exc:
             if files:
                 shutil.rmtree(path, ignore_errors=True)
@@ -461,7 +473,7 @@ class ModelRepository:
                     raise InputError(f"the upload of model '{name}' was refused: {exc}") from None
             raise
         # served under the name it was loaded as (an upload's manifest may name it otherwise)
-        model = ServedModel(manifest, be, self.settings, path, name=name)
+        model = ServedModel(manifest, be, self.settings, path, name=name, model_file=mf)
         model.uploaded = bool(files)
         return model
 

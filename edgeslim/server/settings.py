@@ -86,6 +86,14 @@ class ServerSettings:
             :mod:`edgeslim.server.grpc_service`) on this port of ``host``, in the same process with the same models,
             batcher, limits and token; 0 (the default here) serves REST only. ``edgeslim serve`` uses 8001, Triton's
             gRPC port.
+        field_monitoring: keep feedback counts and drift tests per model (:mod:`edgeslim.server.monitor`): every
+            answer carries an id, ``POST /v2/models/{m}/feedback`` takes its true class. Costs a few microseconds
+            per request.
+        feedback_pending: answered requests kept awaiting feedback per model (the oldest are dropped first).
+        feedback_window: judged items the live counts cover per model (a sliding window).
+        drift_window: recent items each drift test compares with the model file's val reference.
+        drift_every: items between two drift tests (default: ``drift_window``, disjoint windows).
+        monitor_alpha: level of the recall and drift tests, before their Bonferroni corrections.
     """
 
     models: tuple[Path, ...]
@@ -117,6 +125,12 @@ class ServerSettings:
     upload_dir: Path | None = None
     max_upload_bytes: int = 512 * 1024 * 1024
     grpc_port: int = 0
+    field_monitoring: bool = True
+    feedback_pending: int = 10_000
+    feedback_window: int = 1_000
+    drift_window: int = 200
+    drift_every: int | None = None
+    monitor_alpha: float = 0.01
 
     def __post_init__(self) -> None:
         models = (self.models,) if isinstance(self.models, (str, os.PathLike)) else tuple(self.models)
@@ -171,6 +185,15 @@ class ServerSettings:
         positive("request_timeout_s", self.request_timeout_s, kind=float)
         positive("graceful_timeout_s", self.graceful_timeout_s, zero_ok=True, kind=float)
         positive("busy_poll_us", self.busy_poll_us, zero_ok=True)
+        positive("feedback_pending", self.feedback_pending)
+        positive("feedback_window", self.feedback_window)
+        positive("drift_window", self.drift_window)
+        if self.drift_window < 2:
+            raise ConfigError(f"ServerSettings.drift_window must be >= 2 items (a distribution), got {self.drift_window}")
+        if self.drift_every is not None:
+            positive("drift_every", self.drift_every)
+        if not (isinstance(self.monitor_alpha, float) and 0 < self.monitor_alpha < 1):
+            raise ConfigError(f"ServerSettings.monitor_alpha must be a level in (0, 1), e.g. 0.01; got {self.monitor_alpha!r}")
         if self.threads is not None:
             positive("threads", self.threads)
         if self.inference_cpus is not None:
