@@ -214,6 +214,8 @@ def quantize_aware_train(
     qmodel = prepare_qat(model, calibration, qcfg, scheme=scheme)
     r = recipe.model_copy(deep=True)
     r.train.lr = qcfg.qat_lr or recipe.train.lr / 10
+    # the frozen layers stay frozen, but their fake-quantizers must see every batch: no cache of float outputs
+    r.train.cache = False
     qmasks = None
     if masks is not None:
         # the wrapped model keeps the original module names, so the masks carry over by name
