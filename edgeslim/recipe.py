@@ -244,7 +244,24 @@ class ValidateSection(_Section):
     fp32_min_agreement: float = Field(default=0.999, ge=0, le=1)
     fp16_min_agreement: float = Field(default=0.99, ge=0, le=1)
     int8_min_agreement: float = Field(default=0.95, ge=0, le=1)
-    max_extra_critical_fn: int = Field(default=1, ge=0, description="extra critical FN allowed vs PyTorch (FP16/INT8)")
+    max_extra_critical_fn: int | None = Field(
+        default=None, ge=0,
+        description="a fixed count of extra critical FN (FP16/INT8 vs PyTorch) allowed on the deciding split (val when"
+        " given); overrides the relative rule below. Unset (the default): a file fails only when its extra critical FN"
+        " exceed max(1, floor(max_extra_critical_fnr x the split's critical samples)) and a one-sided exact McNemar test"
+        " on the discordant critical samples says it misses more often than PyTorch at critical_fn_alpha"
+        " (docs/int8-targets.md)",
+    )
+    max_extra_critical_fnr: float = Field(
+        default=0.025, ge=0, le=1,
+        description="extra critical FN allowed as a fraction of the deciding split's critical samples (at least 1)",
+    )
+    critical_fn_alpha: float | None = Field(
+        default=0.2, gt=0, lt=1,
+        description="over that budget a file still passes unless McNemar's one-sided exact test rejects 'misses no"
+        " more often than PyTorch' at this level (0.2: the gate favours catching a real loss over the 5 % convention;"
+        " it allows 2-4 extra misses on splits of 20-100 critical samples); null: the budget alone decides",
+    )
 
 
 class DecisionSection(_Section):
