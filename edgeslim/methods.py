@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Callable, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
@@ -53,6 +53,9 @@ class MethodConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: a pruning method whose only training is its final round (``train.final_epochs``, default ``train.epochs``):
+    #: recipe checks say so when ``final_epochs`` is 0 while ``epochs`` is not
+    trains_once: ClassVar[bool] = False
 
     method: str
 

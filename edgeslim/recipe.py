@@ -556,4 +556,42 @@ def load_recipe(path_or_name: str | Path | None = None, *, check_names: bool = T
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {where} is not valid YAML: {exc}") from None
+    if not data and isinstance(data, (dict, type(None))) and where != "built-in 'default'":
+        raise ConfigError(_empty_recipe_message(where))
     return parse_recipe(data, where=where, check_names=check_names)
+
+
+def _digest_of(recipe: Recipe) -> str:
+    p = recipe.prune.method
+    epochs = recipe.train.epochs if recipe.train.final_epochs is None else (
+        f"{recipe.train.epochs} + {recipe.train.final_epochs}")
+    return (f"data {recipe.data.dataset}, model {recipe.model.source}, prune {p}, quantize {recipe.quantize.method},"
+            f" loss {recipe.loss.name}, {epochs} epochs")
+
+
+def _empty_recipe_message(where: str) -> str:
+    """Why an empty recipe file is refused: it would start a long run on the schema's defaults, which are not the
+    built-in ``default`` recipe's, without a word."""
+    builtin = load_recipe("default", check_names=False)
+    return (
+        f"recipe {where} is empty: it would run on the schema's defaults ({_digest_of(Recipe())}), not on the"
+        f" built-in 'default' recipe ({_digest_of(builtin)}). Run `edgeslim pipeline default` for the default job,"
+        f" or write a recipe from it with `edgeslim recipes default > {where}` and edit that"
+    )
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """What a recipe does that its author may not expect, said before a long run (and in the run's summary)."""
+    out = []
+    t = recipe.train
+    if getattr(type(recipe.prune), "trains_once", False) and t.final_epochs == 0:
+        if t.epochs:
+            out.append(
+                f"prune method '{recipe.prune.method}' trains once, for train.final_epochs (0), not train.epochs"
+                f" ({t.epochs}): it trains nothing and ships the source with an untrained head; remove final_epochs"
+                f" (it defaults to epochs) or set it > 0"
+            )
+        else:
+            out.append(f"prune method '{recipe.prune.method}' trains for 0 epochs (train.final_epochs and train.epochs"
+                       " are 0): it trains nothing and ships the source with an untrained head")
+    return out

@@ -164,3 +164,31 @@ def test_printing_a_recipe_imports_no_stage_and_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] []"
+
+
+@pytest.mark.parametrize("text", ["{}\n", "", "# nothing yet\n"])
+def test_an_empty_recipe_file_is_refused_with_the_defaults_it_would_run_on_and_the_fix(tmp_path, text):
+    from edgeslim.errors import ConfigError
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    msg = str(err.value)
+    schema, builtin = Recipe(), load_recipe("default")
+    # it names both sets of defaults, which differ, and how to get the one the user probably meant
+    assert f"data {schema.data.dataset}" in msg and f"data {builtin.data.dataset}" in msg
+    assert schema.data.dataset != builtin.data.dataset
+    assert "edgeslim pipeline default" in msg and f"edgeslim recipes default > {path}" in msg
+
+
+def test_a_method_that_trains_once_says_which_epochs_it_uses():
+    from edgeslim.recipe import recipe_warnings
+
+    for method in ("none", "sparse_transfer"):
+        r = parse_recipe({"prune": {"method": method}, "train": {"epochs": 5, "final_epochs": 0}})
+        (w,) = recipe_warnings(r)
+        assert "train.final_epochs (0), not train.epochs (5)" in w and "trains nothing" in w
+    # methods with a dense round train on epochs: no warning; nor when final_epochs is left to default
+    assert recipe_warnings(parse_recipe({"prune": {"method": "one_shot"}, "train": {"epochs": 5, "final_epochs": 0}})) == []
+    assert recipe_warnings(parse_recipe({"prune": {"method": "none"}, "train": {"epochs": 5}})) == []

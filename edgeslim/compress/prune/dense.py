@@ -5,7 +5,7 @@ Recipe: ``prune: {method: none}`` (alias ``dense``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ...methods import MethodConfig
 from .base import PRUNE_METHODS, PruneContext, PruneResult, dense_only_teacher, round_summary, teacher_check
@@ -15,6 +15,7 @@ class NoPruning(MethodConfig):
     """Dense fine-tuning (alias ``dense``): no weight is pruned, so it takes no options."""
 
     method: Literal["none"] = "none"
+    trains_once: ClassVar[bool] = True
 
 
 @PRUNE_METHODS.register(NoPruning, aliases=("dense",))

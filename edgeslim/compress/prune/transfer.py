@@ -8,7 +8,7 @@ on the downstream task keeps exactly those weights at zero. ``full`` trains ever
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,7 @@ class SparseTransfer(PruneConfig):
     """Fine-tune an already sparse source on the task, its zero pattern kept as the mask (the new head is dense)."""
 
     method: Literal["sparse_transfer"] = "sparse_transfer"
+    trains_once: ClassVar[bool] = True
     mode: Literal["full", "linear_probe"] = Field(default="full", description="train everything, or only the new head")
 
 
