@@ -293,20 +293,49 @@ def test_compress_global_late_rewinding_and_dense_method(digits, pretrained, tmp
         compress(_w0(pretrained), digits, _recipe(method="lottery_tickets"), run_dir=tmp_path / "y", progress=False)
 
 
-def test_class_dependent_loss_cuts_critical_false_negatives_against_plain_cross_entropy(digits):
-    """Digit 8 is kept at 25% in training. Plain CE misses most test 8s after 4 epochs (30-43 of 43 over seeds
-    0-2 when this was written); the class-dependent loss misses few (1-3), at a critical FPR of 0.02-0.08."""
-    cfg = _cfg(epochs=4, select="last")
-    ce = fine_tune(_model(), digits, build_loss(LossSection(name="cross_entropy"), digits.class_counts,
-                                                digits.critical), cfg, progress=False)
-    cd = fine_tune(_model(), digits, _loss(digits, gamma=5.0, lam=1.0), cfg, progress=False)
-    test = digits.loader("test", batch_size=64)
-    m_ce = evaluate(*predict_logits(ce.model, test), digits.classes, digits.critical)
-    m_cd = evaluate(*predict_logits(cd.model, test), digits.classes, digits.critical)
-    assert m_ce.critical_fn() > 10
-    assert m_cd.critical_fn() <= m_ce.critical_fn() // 2
-    assert m_cd.critical_stats[CRITICAL]["fpr"] <= 0.1
-    assert m_cd.accuracy > 0.6
+def test_class_dependent_loss_pushes_a_critical_sample_harder_than_plain_cross_entropy(digits):
+    """What the loss does by construction, on the digits bundle's own class counts (digit 8 kept at 25 %).
+
+    Whether that cuts the critical misses of a trained model is a training outcome, which one seed on one CPU cannot
+    show: it is measured over 5 folds x 3 seeds with bootstrap intervals by ``bench/class_dependent.py``
+    (bench/results/class_dependent/results.md: dense, plain CE misses 75/522 critical digits [59, 91], the
+    class-dependent loss 48/522 [36, 61]).
+
+    Here: a critical sample and a frequent-class sample with mirrored logits cost plain CE the same and get gradients
+    of the same size; the recipe's class-dependent loss (gamma 5) weights the critical one by its class weight, at
+    least gamma times the other's, and a gradient step raises the critical log-odds of the critical sample further
+    than plain CE's step does, more still with the ranking term (lambda 1).
+    """
+    from edgeslim.compress.loss import critical_scores
+
+    other = int(np.argmax(digits.class_counts))  # the most frequent class
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(10, generator=g, dtype=torch.float64)
+    mirrored = z.clone()
+    mirrored[[CRITICAL, other]] = z[[other, CRITICAL]]
+    logits0 = torch.stack([z, mirrored])
+    targets = torch.tensor([CRITICAL, other])
+    ce = build_loss(LossSection(name="cross_entropy"), digits.class_counts, digits.critical)
+    cd_wce = _loss(digits, gamma=5.0, lam=0.0)
+    cd = _loss(digits, gamma=5.0, lam=1.0)
+
+    def grad(loss):
+        logits = logits0.clone().requires_grad_(True)
+        loss(logits, targets).backward()
+        return logits.grad
+
+    g_ce, g_wce = grad(ce), grad(cd_wce)
+    assert torch.allclose(g_ce[0].norm(), g_ce[1].norm())  # plain CE: no class is special
+    w = cd_wce.weight.double()
+    assert torch.allclose(g_wce[0].norm() / g_wce[1].norm(), w[CRITICAL] / w[other])
+    assert w[CRITICAL] / w[other] >= 5.0
+
+    def critical_logodds_gain(loss, lr=1e-3):
+        step = logits0 - lr * grad(loss)
+        return float(critical_scores(step, CRITICAL)[0] - critical_scores(logits0, CRITICAL)[0])
+
+    gain_ce, gain_wce, gain_cd = (critical_logodds_gain(f) for f in (ce, cd_wce, cd))
+    assert 0 < gain_ce < gain_wce < gain_cd
 
 
 def test_critical_recall_selection_ignores_epochs_over_the_fpr_budget():
