@@ -102,6 +102,10 @@ class Manifest(BaseModel):
     validation: dict[str, Any] = Field(default_factory=dict)
     # what compression did other than asked, in words (e.g. layers channel pruning kept whole)
     notes: list[str] = Field(default_factory=list)
+    # the file to deploy on the host that profiled it, with the reason (edgeslim.summary.recommend; written by the
+    # pipeline): {"path", "format", "precision", "backend", "latency_ms", "reason", "measured_on", ...}; "path" is
+    # None when no file holds the budgets. `edgeslim serve` without --backend serves it
+    recommended: dict[str, Any] | None = None
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
 
     @model_validator(mode="before")

@@ -328,7 +328,10 @@ def serve(
     models: Optional[List[Path]] = typer.Argument(
         None, help="Artifact directories, or directories of artifacts (none: only with --model-control explicit)."
     ),
-    backend: str = typer.Option("onnxruntime", "--backend", help="openvino, onnxruntime, tensorrt or torch."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", help="openvino, onnxruntime, tensorrt or torch (default: the file each artifact's manifest"
+        " recommends for this target, written by `edgeslim pipeline`; else onnxruntime).",
+    ),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: most precise)."),
     device: str = typer.Option("cpu", "--device", help="Backend device (cpu, cuda:0, GPU, AUTO, ...)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Inference threads per model."),
@@ -385,11 +388,11 @@ def serve(
 ) -> None:
     """Serve artifacts over KServe v2 / Open Inference Protocol (tritonclient and perf_analyzer work)."""
     from .server import ServerSettings, serve as _serve
-    from .server.settings import LOOPBACK, parse_backend_options
+    from .server.settings import LOOPBACK, RECOMMENDED, parse_backend_options
 
     settings = ServerSettings(
-        backend_options={backend: parse_backend_options(backend_option)} if backend_option else {},
-        models=tuple(models or ()), backend=backend, precision=precision, device=device, threads=threads, host=host,
+        backend_options=_backend_options(backend, parse_backend_options(backend_option)) if backend_option else {},
+        models=tuple(models or ()), backend=backend or RECOMMENDED, precision=precision, device=device, threads=threads, host=host,
         port=port, grpc_port=grpc_port, max_batch=max_batch, dynamic_batching=not no_batching, batch_delay_ms=batch_delay_ms,
         queue_size=queue_size, request_timeout_s=timeout, token=token, max_body_bytes=int(max_body_mb * 2**20),
         inference_cpus=_cpu_list(inference_cpus), shared_memory=shared_memory, busy_poll_us=busy_poll_us,
@@ -401,6 +404,17 @@ def serve(
     if host not in LOOPBACK and not token:
         err_console.print(f"[yellow]warning: serving on {host} without --token: anyone who reaches it can use it[/yellow]")
     _serve(settings)
+
+
+def _backend_options(backend: str | None, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``--backend-option`` as ServerSettings takes it: options are one backend's, so it must be named."""
+    from .errors import ConfigError
+
+    if backend is None:
+        raise ConfigError("--backend-option needs --backend: options are backend-specific (e.g. --backend openvino"
+                          " -O hint=THROUGHPUT), and without --backend each artifact is served on its recommended"
+                          " backend")
+    return {backend: options}
 
 
 @app.command()

@@ -33,6 +33,9 @@ class PipelineResult:
     profile: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: per artifact, per model file: its accuracy on val and test measured by the runtime that runs it
+    #: (:func:`edgeslim.devices.profiler.score_artifact`); the summary's rows are read from here
+    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: model files left out of an artifact ({"model", "file", "format", "precision", "reason"}): a partial run
     failed: list[dict[str, Any]] = field(default_factory=list)
     #: what compression did other than asked, in words (e.g. layers channel pruning kept whole): the summary lists
@@ -99,6 +102,10 @@ def run_pipeline(
             atomic_write_text(out_dir / "recipe.yaml", recipe.to_yaml())
     result = PipelineResult(out_dir=out_dir, recipe=recipe)
     say = console.print if console is not None and dist.is_main() else (lambda *a, **k: None)
+    from .recipe import recipe_warnings
+
+    for w in recipe_warnings(recipe):  # before minutes of training; the summary repeats them
+        say(f"[yellow]warning: {w}[/yellow]")
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
 
@@ -231,26 +238,73 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
             say(f"[yellow]{key}: {f['file'] or f['format'] + '/' + f['precision']} left out: {f['reason']}[/]")
     result.seconds["export"] = time.perf_counter() - t1
 
-    if "profile" in stages:
-        from .devices.profiler import ProfileConfig, profile_artifact
-
-        t2 = time.perf_counter()
-        p = recipe.profile
-        cfg = ProfileConfig(
-            warmup=p.warmup, iterations=p.iterations, seconds=p.seconds, batch_sizes=tuple(p.batch_sizes)
-        )
-        for key, path in result.artifacts.items():
-            say(f"profiling {key} on {', '.join(p.backends)}")
-            for entry in profile_artifact(
-                path, backends=p.backends, cfg=cfg, threads=p.threads, progress=progress, data=(test_x, test_y)
-            ):
-                entry["artifact"] = key
-                entry["variant"] = key
-                entry["model"] = {**entry["model"], "path": f"{key}/{entry['model']['path']}"}
-                result.profile.append(entry)
-        result.seconds["profile"] = time.perf_counter() - t2
+    splits = {"test": (test_x, test_y)}
+    if recipe.data.val_fraction > 0:  # the recommendation is judged on val, where decisions are made
+        splits = {"val": val_split if val_split is not None else split_arrays(data, "val"), **splits}
+    t2 = time.perf_counter()
+    measure_artifacts(result, splits, recipe.profile, timed="profile" in stages, progress=progress, say=say)
+    result.seconds["profile"] = time.perf_counter() - t2
+    record_recommendations(result)
     result.seconds["total"] = time.perf_counter() - t0
     write_pipeline_report(result)
+
+
+def measure_artifacts(result: PipelineResult, splits: dict[str, Any], profile: Any, *, timed: bool = True,
+                      progress: bool = False, say=lambda *a, **k: None) -> None:
+    """Score every exported file of ``result.artifacts`` on ``splits`` by the runtime that runs it, and time it on
+    the backends of ``profile`` (the recipe's profile section) when ``timed``.
+
+    Every file is scored, also one whose backend the profile leaves out: a row of the summary is then measured by
+    the runtime that can run that file or shown as not measured, never filled with another file's figures. The
+    test accuracy of a timed entry is the score of the same file on the same backend, computed once.
+    """
+    from .devices.profiler import ProfileConfig, add_accuracy_deltas, profile_artifact, score_artifact
+
+    cfg = ProfileConfig(warmup=profile.warmup, iterations=profile.iterations, seconds=profile.seconds,
+                        batch_sizes=tuple(profile.batch_sizes))
+    for key, path in result.artifacts.items():
+        scores = score_artifact(path, splits, backends=profile.backends, threads=profile.threads,
+                                skip_formats=("torch",))
+        result.scores[key] = scores
+        if not timed:
+            continue
+        say(f"profiling {key} on {', '.join(profile.backends)}")
+        entries = profile_artifact(path, backends=profile.backends, cfg=cfg, threads=profile.threads,
+                                   progress=progress)
+        for entry in entries:
+            s = scores.get(entry["model"]["path"]) or {}
+            if entry.get("status") == "ok" and s.get("measured_by") == entry["backend"]["name"] and "test" in s["splits"]:
+                entry["accuracy"] = s["splits"]["test"]
+            entry["artifact"] = key
+            entry["variant"] = key
+            entry["model"] = {**entry["model"], "path": f"{key}/{entry['model']['path']}"}
+        add_accuracy_deltas(entries)
+        result.profile.extend(entries)
+
+
+def record_recommendations(result: PipelineResult) -> None:
+    """Write each artifact's recommended file (:func:`edgeslim.summary.recommend`, restricted to the artifact's own
+    files) into its manifest, atomically, so that the artifact directory deployed alone carries it and `edgeslim
+    serve ARTIFACT` without --backend serves it. The host that measured it is recorded beside it: on another kind
+    of host the figures, and so the choice, may differ."""
+    from ._io import atomic_write_json
+    from .artifact import MANIFEST
+    from .hardware import cpu_info, host_target
+    from .summary import recommend, recommendation_budgets, summary_rows
+
+    rows = summary_rows(result)
+    if not any(r["latency_ms"] for r in rows):
+        return  # nothing was timed (no profile stage): nothing to recommend, and the manifests stay as exported
+    budgets = recommendation_budgets(result.recipe)
+    on = {"target": host_target().name, "cpu": cpu_info().get("model")}
+    for key, path in result.artifacts.items():
+        rec = recommend(rows, budgets, only=key)
+        kept = {k: rec.get(k) for k in ("path", "format", "precision", "backend", "latency_ms", "latency_p90_ms",
+                                         "val", "test", "budgets") if rec.get(k) is not None}
+        entry = {"path": rec.get("path"), **kept, "reason": rec["reason"], "measured_on": on}
+        manifest = result.manifests[key].model_copy(update={"recommended": entry})
+        atomic_write_json(Path(path) / MANIFEST, manifest.model_dump(mode="json"))
+        result.manifests[key] = manifest
 
 
 def _check_quantize_request(model, data, recipe: Recipe) -> None:

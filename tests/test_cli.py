@@ -165,3 +165,8 @@ def test_a_partial_run_keeps_what_passed_says_why_in_one_line_and_exits_3(tmp_pa
     assert {(row["format"], row["precision"]) for row in left} == {("onnx", "int8"), ("openvino", "int8")}
     assert "left out" in (out / "report.md").read_text()
     # (strict, all or nothing, is the export's strict=True: tests/export/test_artifact_failures.py)
+
+
+def test_serve_backend_options_need_a_backend_since_the_default_is_each_artifacts_recommendation(tmp_path):
+    text = _one_line_error(runner.invoke(app, ["serve", str(tmp_path), "-O", "hint=THROUGHPUT"]))
+    assert "--backend-option needs --backend" in text

@@ -36,13 +36,23 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _scored(report: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The first accuracy dict of a report's entries ({} when none): it names the classes it was scored on."""
+    for e in report.get("entries") or []:
+        acc = e.get("accuracy") if isinstance(e, Mapping) else None
+        if isinstance(acc, Mapping) and acc.get("classes"):
+            return acc
+    return {}
+
+
 def class_names(report: Mapping[str, Any]) -> list[str]:
-    """The class names of a report's artifact (empty when unknown)."""
-    return list((report.get("artifact") or {}).get("classes") or [])
+    """The class names of a report's artifact, else those its accuracy was scored with (empty when unknown)."""
+    return list((report.get("artifact") or {}).get("classes") or _scored(report).get("classes") or [])
 
 
 def critical_set(report: Mapping[str, Any]) -> set[int]:
-    return {int(c) for c in (report.get("artifact") or {}).get("critical") or []}
+    """The critical classes of a report's artifact, else those its accuracy was scored with."""
+    return {int(c) for c in (report.get("artifact") or {}).get("critical") or _scored(report).get("critical") or []}
 
 
 def per_class_recall(acc: Mapping[str, Any], classes: Sequence[str]) -> list[float | None]:

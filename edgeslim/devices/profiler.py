@@ -636,6 +636,76 @@ def profile_artifact(
     return entries
 
 
+def runner_for(fmt: str, prefer: Sequence[str] = ()) -> tuple[str | None, type | EdgeslimError]:
+    """The backend that runs model files of format ``fmt``: the first of ``prefer`` that declares it, else the
+    first registered one. ``(name, class)``, the class replaced by the reason when its library is missing, and
+    ``(None, error)`` when no backend runs the format."""
+    importlib.import_module("edgeslim.runtime")
+    from ..runtime.base import BACKENDS
+
+    names = [BACKENDS.canonical(b) for b in prefer if fmt in _registered(b).formats]
+    names += [b for b in BACKENDS.names() if b not in names and fmt in BACKENDS.get(b).formats]
+    if not names:
+        return None, ConfigError(f"no runtime backend runs format '{fmt}'")
+    try:
+        return names[0], backend_class(names[0])
+    except MissingDependencyError as exc:
+        return names[0], exc
+
+
+def score_artifact(
+    artifact_dir: str | os.PathLike,
+    splits: "dict[str, tuple[np.ndarray, np.ndarray]]",
+    *,
+    backends: Sequence[str] = (),
+    threads: int | None = None,
+    skip_formats: Sequence[str] = (),
+) -> dict[str, dict[str, Any]]:
+    """Accuracy of every model file of an artifact on each labelled split, each file measured by the runtime that
+    runs it (never by another file or by the training framework), at the file's own deployed thresholds under the
+    manifest's decision rule, on the same preprocessed samples for every file.
+
+    Args:
+        artifact_dir: the artifact.
+        splits: split name -> ``(inputs float32 NCHW, labels)``, e.g. ``{"val": ..., "test": ...}``.
+        backends: preferred backends (e.g. the profile's): a file runs on the first of them that takes its format,
+            else on the registered backend of its format, whether or not it is timed.
+        threads: intra-op threads.
+        skip_formats: formats not scored (e.g. ``("torch",)``).
+
+    Returns:
+        ``{model path: {"format", "precision", "measured_by": backend or None, "splits": {name: accuracy dict},
+        "error": why it was not measured (only when it was not)}}``.
+    """
+    from ..artifact import load_manifest
+    from ..runtime.base import BackendOptions
+
+    artifact_dir = Path(artifact_dir)
+    manifest = load_manifest(artifact_dir)
+    for data in splits.values():
+        _check_data(data, manifest)
+    out: dict[str, dict[str, Any]] = {}
+    for m in manifest.models:
+        if m.format in skip_formats:
+            continue
+        row: dict[str, Any] = {"format": m.format, "precision": m.precision, "measured_by": None, "splits": {}}
+        out[m.path] = row
+        name, cls = runner_for(m.format, backends)
+        if isinstance(cls, EdgeslimError):
+            row["error"] = str(cls)
+            continue
+        try:
+            with cls(artifact_dir / m.path, BackendOptions(threads=threads)) as backend:
+                deployed = manifest.deployed_as(m)
+                for split, data in splits.items():
+                    row["splits"][split] = _accuracy(backend, data, deployed)
+            row["measured_by"] = name
+        except EdgeslimError as exc:
+            row["splits"] = {}
+            row["error"] = f"{name}: {exc}"
+    return out
+
+
 def _sha_of_dir_model(manifest: Any, path: str) -> str | None:
     # An OpenVINO model is listed by its .xml; its weights are the .bin beside it. Record both hashes.
     if path.endswith(".xml"):

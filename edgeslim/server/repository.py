@@ -20,7 +20,7 @@ from ..registry import did_you_mean
 from .batcher import BatchRecord, DynamicBatcher, Timing
 from .errors import ModelNotFoundError
 from .protocol import v2_datatype
-from .settings import MODEL_NAME_RE, ServerSettings
+from .settings import DEFAULT_BACKEND, MODEL_NAME_RE, RECOMMENDED, ServerSettings
 
 VERSION = "1"  # an artifact is one immutable model version
 
@@ -149,12 +149,31 @@ def backend_options(settings: ServerSettings, backend: str) -> dict[str, Any]:
     return options
 
 
+def recommended_choice(path: Path, backend: str, precision: str | None) -> tuple[str, str | None]:
+    """``(backend, precision)`` to load an artifact with: as given, except for backend ``"recommended"`` (the
+    default of ``edgeslim serve``): the backend (and, unless given, the precision) of the file the artifact's
+    manifest recommends for deployment (``Manifest.recommended``, written by the pipeline), else onnxruntime."""
+    if backend != RECOMMENDED:
+        return backend, precision
+    from ..artifact import load_manifest
+
+    rec = load_manifest(path, verify=False).recommended or {}
+    if rec.get("path") and rec.get("backend"):
+        import logging
+
+        logging.getLogger("edgeslim.server").info(
+            "%s: serving its recommended file %s on %s (%s)", path, rec["path"], rec["backend"], rec.get("reason", ""))
+        return str(rec["backend"]), precision or rec.get("precision")
+    return DEFAULT_BACKEND, precision
+
+
 def _open(path: Path, settings: ServerSettings, backend: str, *, precision: str | None = None,
           verify: bool | None = None) -> tuple[Manifest, Any, Any]:
     """Load an artifact through the runtime: its manifest (as the file is deployed), a
     :class:`~edgeslim.runtime.base.Backend` and the manifest's entry of the loaded file."""
     from .. import runtime
 
+    backend, precision = recommended_choice(path, backend, precision or settings.precision)
     predictor = runtime.load(
         path,
         backend=backend,

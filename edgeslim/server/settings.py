@@ -18,6 +18,9 @@ _MODEL_CONTROL = ("none", "explicit")
 #: Bind addresses only this machine reaches.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _BACKENDS_HINT = "openvino, onnxruntime, tensorrt, torch"
+#: backend name meaning "the file each artifact's manifest recommends" (Manifest.recommended), else DEFAULT_BACKEND
+RECOMMENDED = "recommended"
+DEFAULT_BACKEND = "onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,9 @@ class ServerSettings:
     Args:
         models: artifact directories, or directories whose sub-directories are artifacts (each holds a
             ``manifest.json``). Every model is served under its manifest ``name``.
-        backend: runtime backend for every model (``openvino``, ``onnxruntime``, ``tensorrt``, ``torch``).
+        backend: runtime backend for every model (``openvino``, ``onnxruntime``, ``tensorrt``, ``torch``), or
+            ``recommended`` (the default): the backend of the file each artifact's manifest recommends for this
+            target (written by ``edgeslim pipeline``), else onnxruntime.
         model_backends: per-model override, ``{model name: backend}``.
         backend_options: backend-specific options per backend name, passed to :func:`edgeslim.runtime.load`,
             e.g. ``{"onnxruntime": {"session_config": {"session.intra_op.allow_spinning": "0"}},
@@ -97,7 +102,7 @@ class ServerSettings:
     """
 
     models: tuple[Path, ...]
-    backend: str = "onnxruntime"
+    backend: str = RECOMMENDED
     model_backends: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     precision: str | None = None
