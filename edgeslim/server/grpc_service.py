@@ -26,6 +26,7 @@ import functools
 import logging
 import math
 import secrets
+import socket
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -437,7 +438,9 @@ class _TokenInterceptor(grpc.aio.ServerInterceptor):
         auth = None
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
-                auth = value.encode() if isinstance(value, str) else value
+                # stripped as HTTP strips a header's value (perf_analyzer's -H "authorization: Bearer ..." keeps the
+                # space after the colon)
+                auth = (value.encode() if isinstance(value, str) else value).strip()
         scheme, _, given = (auth or b"").partition(b" ")
         # compare_digest: the time taken must not reveal how much of the token matched
         if scheme.lower() == b"bearer" and secrets.compare_digest(given.strip(), self.token):
@@ -463,6 +466,27 @@ def add_service(servicer: InferenceServicer, server: Any) -> None:
 def grpc_address(host: str, port: int) -> str:
     """``host:port`` as gRPC binds it (an IPv6 literal in brackets)."""
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _port_error(address: str, why: object) -> ConfigError:
+    return ConfigError(
+        f"cannot serve gRPC on {address}: the port is in use or the address is not this machine's ({why}); pass"
+        " --grpc-port with a free port, or --grpc-port 0 to serve REST only"
+    )
+
+
+def check_grpc_port(settings: ServerSettings) -> None:
+    """Fail before the models load, and before uvicorn starts, when the gRPC port cannot be bound: one clear error
+    instead of a lifespan traceback. The server's own bind (:func:`start_grpc_server`) still checks."""
+    address = grpc_address(settings.host, settings.grpc_port)
+    try:
+        infos = socket.getaddrinfo(settings.host, settings.grpc_port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, sockaddr = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(sockaddr)
+    except OSError as exc:
+        raise _port_error(address, exc.strerror or exc) from None
 
 
 async def start_grpc_server(repository: Any, settings: ServerSettings, in_flight: Any) -> Any:
@@ -497,10 +521,7 @@ async def start_grpc_server(repository: Any, settings: ServerSettings, in_flight
         # grpcio's Cython objects crash the process
         await server.stop(None)
         del server, servicer
-        raise ConfigError(
-            f"cannot serve gRPC on {address}: the port is in use or the address is not this machine's; pass"
-            " --grpc-port with a free port, or --grpc-port 0 to serve REST only"
-        )
+        raise _port_error(address, "gRPC could not bind it")
     await server.start()
     log.info("gRPC (inference.GRPCInferenceService) on %s", address)
     return server
