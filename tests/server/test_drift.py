@@ -1,0 +1,74 @@
+"""Drift without labels (edgeslim.server.monitor): KS tests of recent items against the file's val reference.
+
+Real digits through the real ONNX file: a stream of held-out test digits raises at most the false alarms the
+test's level allows, and a switch to the same digits at 40 % contrast (an under-exposed camera) is flagged within
+two windows of the switch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from field_helpers import DigitsModel, build_digits_model
+from scipy.stats import binom
+
+from edgeslim.server.monitor import FieldMonitor
+
+WINDOW = 200
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> DigitsModel:
+    return build_digits_model(tmp_path_factory.mktemp("drift"))
+
+
+@pytest.fixture(scope="module")
+def predictor(digits_model: DigitsModel):
+    from edgeslim import runtime
+
+    p = runtime.load(digits_model.artifact, backend="onnxruntime", threads=1)
+    yield p
+    p.close()
+
+
+def _stream(mon: FieldMonitor, predictor, x: np.ndarray) -> list[int]:
+    """Send ``x`` one image per request; returns the item counts at which a drift test flagged."""
+    logits = predictor.backend.infer(x)["logits"]  # one batch: the monitor sees the same logits either way
+    for i in range(len(x)):
+        mon.record(None, {"input": x[i : i + 1]}, {"logits": logits[i : i + 1]})
+    return list(mon.drift["alarm_items"])
+
+
+def _monitor(predictor) -> FieldMonitor:
+    return FieldMonitor(predictor.manifest, predictor.model_file, input_name="input", output_name="logits",
+                        drift_window=WINDOW, alpha=0.01)
+
+
+def test_in_distribution_stream_raises_at_most_the_false_alarms_of_the_level(digits_model, predictor) -> None:
+    x, _ = digits_model.test
+    mon = _monitor(predictor)
+    assert mon.drift_on and len(mon._ref_features) == 3  # p_8, input mean, input std
+    order = np.random.default_rng(0).integers(0, len(x), 4000)
+    alarms = _stream(mon, predictor, x[order])
+    checks = mon.drift["checks"]
+    assert checks == 4000 // WINDOW
+    # disjoint windows, each flagging with probability <= alpha under no drift: the count is at most Binomial
+    assert len(alarms) <= binom.ppf(0.999, checks, 0.01), mon.drift_report()
+    rep = mon.drift_report()
+    assert set(rep["features"]) == {"p_8", "input_mean", "input_std"}
+    assert rep["level"] == pytest.approx(0.01 / 3)
+
+
+def test_a_shifted_stream_is_flagged_within_two_windows(digits_model, predictor) -> None:
+    x, _ = digits_model.test
+    rng = np.random.default_rng(1)
+    before = x[rng.integers(0, len(x), 1000)]
+    after = x[rng.integers(0, len(x), 1000)] * 0.4 - 0.6  # the same digits at 40 % contrast
+    mon = _monitor(predictor)
+    alarms = _stream(mon, predictor, np.concatenate([before, after]))
+    pre = [a for a in alarms if a <= 1000]
+    post = [a for a in alarms if a > 1000]
+    assert len(pre) <= binom.ppf(0.999, 1000 // WINDOW, 0.01)
+    assert post and post[0] <= 1000 + 2 * WINDOW, alarms
+    assert mon.drift_report()["flag"] is True
+    assert mon.drift_report()["features"]["input_mean"]["pvalue"] < mon.level()
