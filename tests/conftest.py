@@ -3,6 +3,10 @@
 Tests marked ``gpu``, ``tensorrt`` or ``jetson`` are skipped with the reason when the capability is absent;
 ``--require gpu,tensorrt`` turns such a skip into a failure on a hardware runner, so a broken runner cannot
 pass by skipping everything.
+
+The session header names this host's x86 kind and the older kinds the INT8 tests emulate on it
+(``tests/host_kinds.py``); the summary at the end says which kinds ran for real, which were emulated (and checked
+by the kernels that ran), and which were not covered.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +81,44 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         ok, why = PROBES[name]()
         if not ok:
             pytest.fail(f"--require {name}, but {why}", pytrace=False)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from host_kinds import describe_plan
+
+    return [describe_plan()]
+
+
+_KIND_TEST = "test_host_kinds.py::test_int8_export_holds_on_each_host_kind["
+_kind_outcomes: dict[str, tuple[str, str]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _KIND_TEST not in report.nodeid or (report.when != "call" and not report.skipped and not report.failed):
+        return
+    kind = report.nodeid.split("[", 1)[1].rstrip("]")
+    if report.skipped:
+        why = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _kind_outcomes[kind] = ("skipped", why.removeprefix("Skipped: "))
+    elif report.failed:
+        _kind_outcomes[kind] = ("FAILED", f"{report.when} failed")
+    else:
+        _kind_outcomes[kind] = ("passed", dict(report.user_properties).get("kernels", ""))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from host_kinds import plan
+
+    p = plan()
+    lines = []
+    for k in p["real"]:
+        lines.append(f"{k.name} ({k.describe}): ran for real (the whole suite)")
+    for k in p["emulated"]:
+        outcome, detail = _kind_outcomes.get(k.name, ("not run", "tests/export/test_host_kinds.py was not selected"))
+        label = "emulated" if outcome == "passed" else f"emulation {outcome}"
+        lines.append(f"{k.name} ({k.describe}): {label} with ONEDNN_MAX_CPU_ISA={k.isa_cap}: {detail}")
+    for k in p["not_covered"]:
+        lines.append(f"{k.name} ({k.describe}): not covered (this CPU cannot stand in for it)")
+    terminalreporter.write_sep("-", "x86 host kinds (INT8)")
+    for line in lines:
+        terminalreporter.write_line(line)
