@@ -120,6 +120,12 @@ def test_pipeline_end_to_end_on_tiny_model(tmp_path):
         assert 0 <= row["accuracy"] <= 1 and row["critical_fn"] >= 0 and row["latency_ms"]
     ok = [e for e in report["entries"] if e["status"] == "ok"]
     assert {e["backend"]["name"] for e in ok} == {"onnxruntime", "openvino"}
+    # each row is its own file measured by the runtime that runs it; the summary names the file to deploy, judged
+    # on val, in report.json, in one line under the table and in each artifact's manifest
+    assert all(row["measured_by"] == {"onnx": "onnxruntime", "openvino": "openvino"}[row["format"]] for row in rows)
+    rec = report["pipeline"]["recommended"]
+    assert (f"recommended: {rec['file']} on {rec['backend']}" if rec["file"] else rec["reason"][:40]) in r.output
+    assert all(load_manifest(out / k).recommended["reason"] for k in ("dense", "compressed"))
     assert all(e["latency_ms"]["p90"] >= e["latency_ms"]["median"] > 0 for e in ok)
     # the resolved recipe repeats the run
     again = yaml.safe_load((out / "recipe.yaml").read_text())
