@@ -17,10 +17,12 @@ Three CPU configurations (``--configs``), because on a small machine the load ge
   ``--server-cpus``; the server's HTTP event loop and the load generator on ``--client-cpus``. Whether the server
   keeps the model as busy as the in-process loop does when its request handling has a core of its own.
 
-Five clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent
+Seven clients (``--client``): ``tritonclient`` (the standard ``tritonclient.http``, one thread per concurrent
 request), ``tritonclient-shm`` (the same with input and output in system shared memory, as an application on the
-device can send them; the server runs with ``shared_memory=True``), ``perf_analyzer`` (Triton's C++ load generator,
-binary tensors over HTTP; ``bench/get_perf_analyzer.sh`` fetches it; not in the default set), ``light`` (one asyncio
+device can send them; the server runs with ``shared_memory=True``), ``tritonclient-grpc`` (``tritonclient.grpc``
+against the same server's gRPC port, raw tensor contents: gRPC's latency beside REST's in the same run),
+``perf_analyzer`` and ``perf_analyzer-grpc`` (Triton's C++ load generator, binary tensors over HTTP, or gRPC;
+``bench/get_perf_analyzer.sh`` fetches it; not in the default set), ``light`` (one asyncio
 process, N keep-alive connections sending a pre-encoded binary request; its first answer on every connection is
 checked against the in-process output) and ``light-shm`` (the same with the image copied into a shared-memory region
 before every request, and only the JSON header on the socket). Each client's own CPU time per request is reported
@@ -214,11 +216,11 @@ def free_port() -> int:
 class Server:
     def __init__(self, artifact: Path, *, backend: str, threads: int, batching: bool, max_batch: int,
                  delay_ms: float, preferred: tuple[int, ...], options: dict, cpus: list[int] | None,
-                 inference_cpus: list[int] | None = None, busy_poll_us: int = 0) -> None:
+                 inference_cpus: list[int] | None = None, busy_poll_us: int = 0, field_monitoring: bool = True) -> None:
         import tritonclient.http as httpclient
 
-        self.port = free_port()
-        self.url = f"127.0.0.1:{self.port}"
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url, self.grpc_url = f"127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
         code = textwrap.dedent(f"""
             import os
             if {cpus!r}:
@@ -229,7 +231,8 @@ class Server:
                                  batch_delay_ms={delay_ms}, preferred_batch_sizes={tuple(preferred)!r}, queue_size=256,
                                  backend_options={{{backend!r}: {options!r}}},
                                  inference_cpus={tuple(inference_cpus) if inference_cpus else None!r},
-                                 shared_memory=True, busy_poll_us={busy_poll_us}))
+                                 shared_memory=True, busy_poll_us={busy_poll_us},
+                                 field_monitoring={field_monitoring}, grpc_port={self.grpc_port}))
         """)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 180
@@ -321,6 +324,55 @@ def tritonclient_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
                 c.unregister_system_shared_memory(f"out-{tag}")
                 for h in handles:
                     shm.destroy_shared_memory_region(h)
+            c.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    start.wait()
+    stop_at[0] = time.perf_counter() + seconds
+    for t in threads:
+        t.join()
+    return lat, errors[0]
+
+
+def grpc_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
+              expect: np.ndarray) -> tuple[list[float], int]:
+    """``tritonclient.grpc``, one client per thread as ``tritonclient_load`` does over HTTP: the input in
+    ``raw_input_contents``, the logits in ``raw_output_contents``."""
+    import tritonclient.grpc as grpcclient
+
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [time.perf_counter() + 3600]
+
+    def worker() -> None:
+        c = grpcclient.InferenceServerClient(url)
+        inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        out = [grpcclient.InferRequestedOutput("logits")]
+
+        def call() -> np.ndarray:
+            return c.infer(MODEL, [inp], outputs=out).as_numpy("logits")
+
+        try:
+            np.testing.assert_allclose(call(), expect, rtol=1e-4, atol=1e-4)  # measure right answers only
+            call()
+            mine, bad = [], 0
+            start.wait()
+            while time.perf_counter() < stop_at[0]:
+                t = time.perf_counter()
+                try:
+                    call()
+                    mine.append((time.perf_counter() - t) * 1e3)
+                except Exception:  # noqa: BLE001 - counted and reported
+                    bad += 1
+            with lock:
+                lat.extend(mine)
+                errors[0] += bad
+        finally:
             c.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -469,10 +521,11 @@ def perf_analyzer_path() -> str | None:
     return None
 
 
-def perf_analyzer_load(url: str, x: np.ndarray, concurrency: int, seconds: float) -> dict[str, float]:
-    """Triton's C++ load generator at ``concurrency`` (binary tensors over HTTP, one request in flight per worker,
-    sending the benchmark image): its p50 / p99 client latency and throughput over three windows of a third of
-    ``seconds`` each (its stability check needs three). Answers are checked by the other clients of the run
+def perf_analyzer_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
+                       protocol: str = "http") -> dict[str, float]:
+    """Triton's C++ load generator at ``concurrency`` (binary tensors over HTTP, or gRPC with ``protocol="grpc"``;
+    one request in flight per worker, sending the benchmark image): its p50 / p99 client latency and throughput
+    over three windows of a third of ``seconds`` each (its stability check needs three). Answers are checked by the other clients of the run
     (perf_analyzer's own validation compares bytes exactly, and batched execution may change the last bits)."""
     exe = perf_analyzer_path()
     if exe is None:
@@ -481,7 +534,7 @@ def perf_analyzer_load(url: str, x: np.ndarray, concurrency: int, seconds: float
         data, out = Path(tmp) / "input.json", Path(tmp) / "out.csv"
         data.write_text(json.dumps({"data": [{"input": {"content": x[0].ravel().tolist(),
                                                         "shape": list(x.shape[1:])}}]}))
-        cmd = [exe, "-m", MODEL, "-u", url, "-i", "http", "--input-data", str(data), "--concurrency-range",
+        cmd = [exe, "-m", MODEL, "-u", url, "-i", protocol, "--input-data", str(data), "--concurrency-range",
                str(concurrency), "-p", str(max(int(seconds * 1000 / 3), 200)), "--stability-percentage", "999",
                "--max-trials", "3", "--percentile", "50", "-f", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120 + 3 * seconds)
@@ -503,11 +556,15 @@ def drive(server: Server, client: str, x: np.ndarray, concurrency: int, seconds:
     t0 = time.perf_counter()
     # Throughput over the measured window only: the requests that started in it, over its length.
     window = max(seconds, 1e-9)
-    if client == "perf_analyzer":
-        res = perf_analyzer_load(server.url, x, concurrency, seconds)
+    if client.startswith("perf_analyzer"):
+        grpc = client == "perf_analyzer-grpc"
+        res = perf_analyzer_load(server.grpc_url if grpc else server.url, x, concurrency, seconds,
+                                 "grpc" if grpc else "http")
         lat_n = res["throughput"] * window
     else:
-        if client in ("tritonclient", "tritonclient-shm"):
+        if client == "tritonclient-grpc":
+            lat, errors = grpc_load(server.grpc_url, x, concurrency, seconds, expect)
+        elif client in ("tritonclient", "tritonclient-shm"):
             lat, errors = tritonclient_load(server.url, x, concurrency, seconds, expect, client == "tritonclient-shm")
         else:
             lat, errors = light_load(server.port, x, concurrency, seconds, expect, client == "light-shm")
@@ -571,10 +628,12 @@ def main() -> None:
     ap.add_argument("--preferred", type=int, nargs="*", help="preferred batch sizes (default: the max batch)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measurement window per cell")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--client", nargs="+", default=["tritonclient", "tritonclient-shm", "light", "light-shm"],
-                    choices=["tritonclient", "tritonclient-shm", "light", "light-shm", "perf_analyzer"],
-                    help="*-shm: input (and for tritonclient output) in system shared memory; perf_analyzer: Triton's"
-                         " C++ load generator (bench/get_perf_analyzer.sh)")
+    ap.add_argument("--client", nargs="+",
+                    default=["tritonclient", "tritonclient-grpc", "tritonclient-shm", "light", "light-shm"],
+                    choices=["tritonclient", "tritonclient-grpc", "tritonclient-shm", "light", "light-shm",
+                             "perf_analyzer", "perf_analyzer-grpc"],
+                    help="*-shm: input (and for tritonclient output) in system shared memory; *-grpc: over the"
+                         " server's gRPC port; perf_analyzer: Triton's C++ load generator (bench/get_perf_analyzer.sh)")
     ap.add_argument("--tritonclient-concurrency", type=int, nargs="*", default=[1, 32],
                     help="concurrencies also driven by tritonclient (the other clients drive every one)")
     ap.add_argument("--configs", nargs="+", default=["shared", "pinned", "split"],
@@ -589,6 +648,9 @@ def main() -> None:
                          " server's time outside the model per concurrency-1 request)")
     ap.add_argument("--busy-poll-us", type=int, default=0,
                     help="also measure a no-batching server with this busy_poll_us (its rows are labelled)")
+    ap.add_argument("--monitoring-off", action="store_true",
+                    help="also measure a no-batching server without field monitoring (feedback ids, drift windows):"
+                         " the monitoring's cost per request is its c=1 p50 beside the no-batching rows'")
     ap.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inprocess_worker:
@@ -602,7 +664,7 @@ def main() -> None:
     preferred = tuple(args.preferred) if args.preferred is not None else (args.max_batch,)
     configs = cpu_sets(args)
     # server modes: "none" (no batching), "batching" (dynamic batching), "poll" (no batching + --busy-poll-us)
-    modes = ("none", "batching") + (("poll",) if args.busy_poll_us else ())
+    modes = ("none", "batching") + (("poll",) if args.busy_poll_us else ()) + (("nomon",) if args.monitoring_off else ())
     cells: list[tuple[str, str, int]] = []  # (client, mode, concurrency), in measuring order
     for mode in modes:
         for conc in args.concurrency:
@@ -627,7 +689,8 @@ def main() -> None:
                                  max_batch=args.max_batch, delay_ms=args.batch_delay_ms, preferred=preferred,
                                  options=options, cpus=cfg.get("process", cfg["server"]),
                                  inference_cpus=cfg.get("inference"),
-                                 busy_poll_us=args.busy_poll_us if m == "poll" else 0) for m in modes}
+                                 busy_poll_us=args.busy_poll_us if m == "poll" else 0,
+                                 field_monitoring=m != "nomon") for m in modes}
             x = sample_input(ref.shape)
             try:
                 if cfg["client"]:
@@ -659,7 +722,8 @@ def main() -> None:
 
 def mode_label(mode: str, args: argparse.Namespace) -> str:
     return {"none": "no batching", "batching": "dynamic batching",
-            "poll": f"no batching, busy poll {args.busy_poll_us} us"}[mode]
+            "poll": f"no batching, busy poll {args.busy_poll_us} us",
+            "nomon": "no batching, field monitoring off"}[mode]
 
 
 def report(args, configs, preferred, same, shape, results, refs) -> None:
@@ -714,6 +778,20 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
                     print(f"{name}, {client}: p50 overhead at concurrency 1, {mode_label(mode, args)} (server -"
                           f" in-process, median of adjacent pairs): {med(t['p50'] - h['p50'] for t, h in one):+.2f} ms"
                           " (target <= 2 ms)")
+            rest = results.get((name, mode, "tritonclient", 1))
+            over_grpc = results.get((name, mode, "tritonclient-grpc", 1))
+            if rest and over_grpc:  # the same server process, its two ports, measured in the same rounds
+                print(f"{name}, {mode_label(mode, args)}: concurrency-1 p50, tritonclient.http"
+                      f" {med(t['p50'] for t, _ in rest):.2f} ms, tritonclient.grpc"
+                      f" {med(t['p50'] for t, _ in over_grpc):.2f} ms (gRPC - REST, median of rounds:"
+                      f" {med(g['p50'] - r['p50'] for (g, _), (r, _) in zip(over_grpc, rest)):+.2f} ms)")
+        for client in args.client:  # the field monitoring's cost: the same no-batching server with it on and off
+            on, off = results.get((name, "none", client, 1)), results.get((name, "nomon", client, 1))
+            if on and off:
+                d = [t["p50"] - o["p50"] for (t, _), (o, _) in zip(on, off)]
+                print(f"{name}, {client}: field monitoring at concurrency 1: p50 {med(t['p50'] for t, _ in on):.3f} ms"
+                      f" on, {med(o['p50'] for o, _ in off):.3f} ms off; on - off {med(d):+.3f} ms, median of rounds"
+                      f" ({med(d) / med(o['p50'] for o, _ in off):+.1%} of p50; target within 2 %)")
         cold = [h["paced_p50"] - h["p50"] for h in refs[name]]
         if any((name, "none", client, 1) in results for client in args.client):
             print(f"{name}: of that, the model itself runs {med(cold):+.2f} ms slower in-process when idle"

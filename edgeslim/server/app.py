@@ -247,14 +247,14 @@ def serve(settings: ServerSettings, *, power_reader: PowerReader | str | None = 
     """
     import uvicorn
 
-    if settings.grpc_port:  # a taken gRPC port: the CLI's one line, before the models load
-        from .grpc_service import check_grpc_port
-
-        check_grpc_port(settings)
     app = create_app(settings, power_reader=power_reader)
     repository: ModelRepository = app.state.repository
     try:
         repository.load()
+        if settings.grpc_port:  # a taken gRPC port: the CLI's one line, not uvicorn's lifespan traceback
+            from .grpc_service import check_grpc_port
+
+            check_grpc_port(settings)
     except BaseException:
         repository.release()
         raise
