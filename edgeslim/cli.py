@@ -175,6 +175,10 @@ def search(
     throughput: Optional[float] = typer.Option(None, "--throughput", help="Or a batch-1 throughput budget (img/s)."),
     max_critical_fn: Optional[int] = typer.Option(None, "--max-critical-fn", help="Most critical FN on val."),
     max_critical_fnr: Optional[float] = typer.Option(None, "--max-critical-fnr", help="Or most critical FNR ..."),
+    max_extra_critical_fn: Optional[int] = typer.Option(
+        None, "--max-extra-critical-fn", help="Most critical FN on val above the dense reference's (0: no more)."),
+    max_extra_critical_fnr: Optional[float] = typer.Option(
+        None, "--max-extra-critical-fnr", help="Or most critical FNR above dense's, at --at-fpr on val."),
     at_fpr: Optional[float] = typer.Option(None, "--at-fpr", help="... at this critical FPR on val."),
     max_top1_drop: Optional[float] = typer.Option(None, "--max-top1-drop", help="Largest val top-1 drop vs dense."),
     max_size_mb: Optional[float] = typer.Option(None, "--max-size-mb", help="Largest deployed model file (MB)."),
@@ -196,6 +200,7 @@ def search(
     r = load_recipe(recipe)
     given = {"target": target, "isa": isa, "latency_ms": latency_ms, "throughput": throughput,
              "max_critical_fn": max_critical_fn, "max_critical_fnr": max_critical_fnr, "at_fpr": at_fpr,
+             "max_extra_critical_fn": max_extra_critical_fn, "max_extra_critical_fnr": max_extra_critical_fnr,
              "max_top1_drop": max_top1_drop, "max_size_mb": max_size_mb, "time_budget_s": _duration(time_budget),
              "trials": trials, "storage": storage}
     data = (r.search.model_dump() if r.search is not None else {}) | {k: v for k, v in given.items() if v is not None}
@@ -207,6 +212,10 @@ def search(
         data.pop("max_critical_fnr", None)
     if max_critical_fnr is not None:
         data.pop("max_critical_fn", None)
+    if max_extra_critical_fn is not None:
+        data.pop("max_extra_critical_fnr", None)
+    if max_extra_critical_fnr is not None:
+        data.pop("max_extra_critical_fn", None)
     from pydantic import ValidationError
 
     from .errors import ConfigError

@@ -18,6 +18,8 @@ class SearchSection(BaseModel):
     - ``max_critical_fn``: most critical-class false negatives on val at the calibrated threshold; or
       ``max_critical_fnr`` at ``at_fpr`` (the critical FNR on val when the threshold flags ``at_fpr`` of the
       non-critical val samples).
+    - ``max_extra_critical_fn`` / ``max_extra_critical_fnr``: the same, relative to the dense reference on val
+      (``0``: no more missed critical cases than dense); combinable with the absolute forms.
     - ``max_top1_drop``: largest val top-1 drop against the dense model (absolute, 0.003 = 0.3 point).
     - ``max_size_mb``: largest deployed model file.
     - ``time_budget_s``: wall time of the whole search.
@@ -41,6 +43,10 @@ class SearchSection(BaseModel):
     throughput: float | None = Field(default=None, gt=0, description="or a batch-1 throughput budget, images/s")
     max_critical_fn: int | None = Field(default=None, ge=0, description="most critical FN on val")
     max_critical_fnr: float | None = Field(default=None, ge=0, le=1, description="or most critical FNR on val ...")
+    max_extra_critical_fn: int | None = Field(
+        default=None, ge=0, description="most critical FN on val above the dense reference's (0: no more than dense)")
+    max_extra_critical_fnr: float | None = Field(
+        default=None, ge=0, le=1, description="or most critical FNR at at_fpr on val above the dense reference's")
     at_fpr: float = Field(default=0.05, gt=0, lt=1, description="... at this critical FPR")
     max_top1_drop: float = Field(default=0.01, ge=0, le=1, description="largest val top-1 drop against dense")
     max_size_mb: float | None = Field(default=None, gt=0, description="largest deployed model file, MB")
@@ -71,6 +77,8 @@ class SearchSection(BaseModel):
             raise ValueError("give latency_ms or throughput, not both")
         if self.max_critical_fn is not None and self.max_critical_fnr is not None:
             raise ValueError("give max_critical_fn or max_critical_fnr (at at_fpr), not both")
+        if self.max_extra_critical_fn is not None and self.max_extra_critical_fnr is not None:
+            raise ValueError("give max_extra_critical_fn or max_extra_critical_fnr (at at_fpr), not both")
         for name in ("ratios", "sparsities"):
             bad = [r for r in getattr(self, name) if not 0 <= r < 1]
             if bad:

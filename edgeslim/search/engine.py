@@ -309,6 +309,13 @@ def _constraints(ctx: _Context, lat: dict[str, Any], acc: dict[str, Any] | None,
             out["critical_fnr"] = (1.0 if fnr is None else fnr) - s.max_critical_fnr
         if dense is not None:
             out["top1_drop"] = (dense["top1"] - acc["top1"]) - s.max_top1_drop
+            # relative critical budgets: against the dense reference, judged on val like the candidate
+            if s.max_extra_critical_fn is not None:
+                out["extra_critical_fn"] = (acc["critical_fn"] - dense["critical_fn"]) - s.max_extra_critical_fn
+            if s.max_extra_critical_fnr is not None:
+                fnr, ref = acc["critical_fnr_at_fpr"], dense.get("critical_fnr_at_fpr")
+                out["extra_critical_fnr"] = ((1.0 if fnr is None else fnr) - (0.0 if ref is None else ref)
+                                             - s.max_extra_critical_fnr)
     return out
 
 
@@ -550,6 +557,14 @@ def _ruled_out_lines(ctx: _Context, study: Any, complete: list[dict[str, Any]], 
             elif k == "critical_fnr":
                 bits.append(f"critical FNR {p['critical_fnr']:.3f} at FPR {ctx.section.at_fpr} > budget"
                             f" {ctx.section.max_critical_fnr}")
+            elif k == "extra_critical_fn":
+                bits.append(f"{p['critical_fn']} critical FN, {p['critical_fn'] - dense['critical_fn']:+d} against"
+                            f" dense's {dense['critical_fn']} (> max extra {ctx.section.max_extra_critical_fn})")
+            elif k == "extra_critical_fnr":
+                ref = dense.get("critical_fnr_at_fpr") or 0.0
+                bits.append(f"critical FNR {p['critical_fnr']:.3f} at FPR {ctx.section.at_fpr}, "
+                            f"{p['critical_fnr'] - ref:+.3f} against dense's {ref:.3f} (> max extra"
+                            f" {ctx.section.max_extra_critical_fnr})")
             elif k == "top1_drop":
                 bits.append(f"top-1 {p['top1']:.4f}, {dense['top1'] - p['top1']:+.4f} below dense (> max drop"
                             f" {ctx.section.max_top1_drop})")
@@ -583,6 +598,8 @@ def _binding(ctx: _Context, complete: list[dict[str, Any]]) -> str:
     s = ctx.section
     scale = {"latency": s.latency_budget_ms or 1, "size": s.max_size_mb or 1,
              "critical_fn": max(1, s.max_critical_fn or 1), "critical_fnr": max(0.01, s.max_critical_fnr or 0.01),
+             "extra_critical_fn": max(1, s.max_extra_critical_fn or 1),
+             "extra_critical_fnr": max(0.01, s.max_extra_critical_fnr or 0.01),
              "top1_drop": max(0.001, s.max_top1_drop)}
     near = min(complete, key=lambda p: sum(v / scale.get(k, 1) for k, v in p["violations"].items()))
     binds = max(counts, key=counts.get) if counts else "none"

@@ -291,7 +291,7 @@ def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: Sea
         "export": {"formats": list(_FORMATS.get(target.backend, ["onnx"]))},
         "profile": {"backends": [target.backend], "batch_sizes": [1]},
     }
-    if section.max_critical_fnr is not None:
+    if section.max_critical_fnr is not None or section.max_extra_critical_fnr is not None:
         out["decision"] = {"target_fpr": section.at_fpr, "target_fnr": None}
     return out
 

@@ -113,3 +113,59 @@ def test_kill_9_mid_search_then_rerun_resumes_without_remeasuring(tiny_base, tmp
     keys = [json.dumps(c["candidate"], sort_keys=True) for c in doc["candidates"]]
     assert len(keys) == len(set(keys))  # no candidate fine-tuned twice
     assert doc["pick"] is not None
+
+
+def test_relative_critical_budgets_are_judged_against_the_dense_reference_on_val(tiny_base):
+    """--max-extra-critical-fn N: a candidate's val critical FN minus the dense reference's (both at their calibrated
+    thresholds on val), at most N; --max-extra-critical-fnr: the same for the critical FNR at at_fpr."""
+    from edgeslim.search.config import SearchSection
+    from edgeslim.search.engine import _Context, _constraints
+
+    lat = {"p90_ms": 1.0, "size_mb": 1.0}
+    dense = {"top1": 0.9, "critical_fn": 7, "critical_fnr_at_fpr": 0.20}
+
+    def cons(**budget):
+        ctx = _Context(base=None, section=SearchSection(max_top1_drop=1.0, **budget), target=None, space=None,
+                       out_dir=Path("."), num_classes=10, say=print, site=None)  # type: ignore[arg-type]
+        return lambda fn, fnr: _constraints(ctx, lat, {"top1": 0.9, "critical_fn": fn, "critical_fnr_at_fpr": fnr},
+                                            dense)
+
+    c = cons(max_extra_critical_fn=0)
+    assert c(7, 0.2)["extra_critical_fn"] == 0 and c(6, 0.2)["extra_critical_fn"] == -1  # as many / fewer: feasible
+    assert c(9, 0.2)["extra_critical_fn"] == 2  # two more missed than dense: over by two
+    assert cons(max_extra_critical_fn=2)(9, 0.2)["extra_critical_fn"] == 0
+    both = cons(max_extra_critical_fn=0, max_critical_fn=5)(7, 0.2)  # combinable with an absolute count
+    assert both["extra_critical_fn"] == 0 and both["critical_fn"] == 2
+    r = cons(max_extra_critical_fnr=0.05)
+    assert r(7, 0.24)["extra_critical_fnr"] == pytest.approx(-0.01) and r(7, 0.30)["extra_critical_fnr"] > 0
+    assert "extra_critical_fn" not in cons()(9, 0.2)  # no relative budget asked: no constraint
+    with pytest.raises(ValueError, match="not both"):
+        SearchSection(max_extra_critical_fn=0, max_extra_critical_fnr=0.01)
+
+
+def test_cli_relative_critical_budget_is_checked_before_anything_runs(tiny_base, tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(tiny_base))
+    r = CliRunner().invoke(app, ["search", str(p), "--max-extra-critical-fn", "-1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "max_extra_critical_fn" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_search_with_no_more_missed_critical_cases_than_dense(tiny_base, tmp_path):
+    tiny_base["train"]["epochs"] = 1
+    tiny_base["search"].update(allocations=["uniform"], trials=2)  # the dense reference and one pruned candidate
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(tiny_base))
+    out = tmp_path / "s"
+    r = CliRunner().invoke(app, ["search", str(p), "--latency-ms", "50", "--max-extra-critical-fn", "0",
+                                 "--out", str(out), "--no-progress"])
+    doc = json.loads((out / "front.json").read_text())
+    assert doc["budgets"]["max_extra_critical_fn"] == 0 and doc["budgets"]["max_critical_fn"] is None
+    ref = doc["dense"]["critical_fn"]
+    for c in doc["candidates"]:  # judged against the dense reference's val FN, nothing else
+        extra = c["critical_fn"] - ref
+        assert c["violations"].get("extra_critical_fn", 0) == pytest.approx(max(0, extra))
+    # the dense candidate (ratio 0 is in the space) holds it by definition, so there is a pick
+    assert r.exit_code == 0, r.output
+    assert doc["pick"] is not None and doc["pick"]["critical_fn"] <= ref
