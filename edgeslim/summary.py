@@ -287,9 +287,9 @@ def write_pipeline_report(result: "PipelineResult") -> dict[str, Path]:
                 "recipe": result.recipe.to_dict(),
                 "recipe_sha256": result.recipe.digest(),
                 "artifacts": {k: str(v) for k, v in result.artifacts.items()},
-                # the PyTorch models' own test metrics at argmax, taken before the thresholds were calibrated; the
-                # summary's rows are the exported files, each measured by its runtime at its deployed thresholds
                 "metrics": result.metrics,
+                "metrics_measured_by": "torch, at argmax, before the thresholds were calibrated (the summary's rows"
+                " are the exported files, each measured by its runtime at its deployed thresholds)",
                 "summary": rows,
                 "recommended": said["recommended"],
                 "slower": said["slower"],

@@ -802,7 +802,8 @@ def export_existing(
         ) from exc
     model = rebuild_model(old.arch, len(old.classes), weights.extra.get("structure"))
     model.load_state_dict(load_file(str(src / weights.path)))
-    manifest = old.model_copy(update={"models": [], "files": {}})
+    # the files are new: a recommendation measured on the old ones (edgeslim.summary) no longer applies
+    manifest = old.model_copy(update={"models": [], "files": {}, "recommended": None})
     return _export(
         model, out_dir or src, manifest, formats=formats, precisions=precisions, calibration=calibration,
         validation=validation, export_cfg=export_cfg, quantize_cfg=quantize_cfg, validate_cfg=validate_cfg,

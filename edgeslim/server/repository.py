@@ -157,8 +157,9 @@ def recommended_choice(path: Path, backend: str, precision: str | None) -> tuple
         return backend, precision
     from ..artifact import load_manifest
 
-    rec = load_manifest(path, verify=False).recommended or {}
-    if rec.get("path") and rec.get("backend"):
+    manifest = load_manifest(path, verify=False)
+    rec = manifest.recommended or {}
+    if rec.get("path") and rec.get("backend") and any(m.path == rec["path"] for m in manifest.models):
         import logging
 
         logging.getLogger("edgeslim.server").info(

@@ -253,3 +253,18 @@ def test_the_reports_accuracy_tables_name_the_classes():
              "variant": "dense"}
     md = render_markdown(make_report([entry], title="t"))  # no artifact section: names come from the scores
     assert "1 defective: FN" in md and "| 0 functional |" in md and "| 1 defective (critical) |" in md
+
+
+def test_a_recommendation_naming_a_file_the_artifact_no_longer_has_is_not_followed(tmp_path):
+    from edgeslim._io import atomic_write_json
+    from edgeslim.artifact import MANIFEST
+    from edgeslim.server.repository import recommended_choice
+    from edgeslim.server.settings import RECOMMENDED
+    from edgeslim.testing import build_tiny_artifact
+
+    art = build_tiny_artifact(tmp_path / "a", name="stale", files=("onnx",))
+    m = load_manifest(art)
+    stale = m.model_copy(update={"recommended": {"path": "openvino/model.xml", "backend": "openvino",
+                                                 "precision": "int8", "reason": "measured before a re-export"}})
+    atomic_write_json(art / MANIFEST, stale.model_dump(mode="json"))
+    assert recommended_choice(art, RECOMMENDED, None) == ("onnxruntime", None)
