@@ -174,7 +174,7 @@ def create_app(settings: ServerSettings, *, power_reader: PowerReader | str | No
                 app.state.startup_error = exc
                 await repository.close()
                 raise
-        log.info("serving %s on %s", ", ".join(sorted(repository.models)), settings.backend)
+        log.info("serving %s", ", ".join(f"{n} on {m.backend.name}" for n, m in sorted(repository.models.items())))
         try:
             yield
         finally:
