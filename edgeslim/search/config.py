@@ -59,6 +59,10 @@ class SearchSection(BaseModel):
         description="how a channel ratio is spread over the stages: the same in each (uniform), or per stage from "
         "each stage's measured sensitivity on the dense reference, at the same mean ratio",
     )
+    sensitivity: Literal["critical", "mean"] = Field(
+        default="critical", description="what the per-stage allocation measures when a stage is pruned: the val loss"
+        " of the critical classes' samples, or the mean val loss of all samples",
+    )
     sparsities: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=lambda: ["fp32", "fp16", "int8"])
     image_sizes: list[int] = Field(default_factory=list)

@@ -416,13 +416,17 @@ def _study(ctx: _Context):
 
 
 def _drop_refused_ratios(ctx: _Context) -> None:
-    """Drop the channel ratios the pruning package refuses on this model (one that would empty a layer), each with
-    its reason in the ruled-out lines, before anything is measured or trained.
+    """Drop the channel ratios that would empty a layer of this model, each with its reason in the ruled-out lines,
+    before anything is measured or trained.
+
+    The pruning package prunes such a layer to ``round_to`` channels instead of stopping, so the ratio would not be
+    what the candidate says: a lower ratio proposes that model as itself. A layer no wider than ``round_to`` (a
+    squeeze-excitation reduction) is kept whole at every ratio, so it rules no ratio out.
 
     Raises:
         ConfigError: every pruning choice is refused (the space is empty).
     """
-    from .latency import build_candidate_model
+    from .latency import build_candidate_model, candidate_channel_plan
 
     dim = ctx.space.dim("prune")
     size = min(ctx.space.dim("image_size").choices)  # type: ignore[union-attr]
@@ -431,11 +435,23 @@ def _drop_refused_ratios(ctx: _Context) -> None:
         kind, _, arg = choice.partition(":")
         # a per-stage choice is capped per stage where a layer would empty (sensitivity.allocate): always valid
         if kind == "structured" and not arg.endswith(":" + SENS) and float(arg) > 0:
+            c = {"prune": choice, "precision": "fp32", "image_size": size}
             try:
-                build_candidate_model(ctx.base, {"prune": choice, "precision": "fp32", "image_size": size},
-                                      ctx.num_classes)
+                plan = candidate_channel_plan(ctx.base, c, ctx.num_classes)
+                build_candidate_model(ctx.base, c, ctx.num_classes)
             except ConfigError as exc:
                 ctx.space.ruled_out.append(f"ch {arg}: {' '.join(str(exc).split())}")
+                continue
+            if plan is not None and plan.capped:
+                rows = plan.capped
+                step = plan.round_to or 1
+                best = 1 - step / min(r["channels"] for r in rows)
+                ctx.space.ruled_out.append(
+                    f"ch {arg}: structured ratio {arg} with round_to {plan.round_to} would remove every channel of "
+                    + ", ".join(f"'{r['layer']}' ({r['channels']} channels)" for r in rows[:4])
+                    + (f" and {len(rows) - 4} more" if len(rows) > 4 else "")
+                    + f" (pruned to {step} channels instead, a lower ratio's model); ratios <= {best:.3f} keep"
+                    " their meaning")
                 continue
         keep.append(choice)
     if not keep:
@@ -479,8 +495,10 @@ def _stage_sensitivity(ctx: _Context, study: Any) -> dict[str, Any]:
     x, y = split_arrays(data, "val")  # at the dense reference's resolution
     with load(dense_artifact, backend="torch") as pred:
         sens = stage_sensitivity(pred.backend.model, x, y, ratio=probe,
-                                 cfg=prune_config(f"structured:{probe:g}", ctx.base))
-    ctx.say("stage sensitivity (val loss increase, each stage alone at ratio "
+                                 cfg=prune_config(f"structured:{probe:g}", ctx.base), critical=data.critical,
+                                 signal=ctx.section.sensitivity)
+    ctx.say(f"stage sensitivity ({'critical-class' if sens['signal'] == 'critical' else 'mean'} val loss increase,"
+            " each stage alone at ratio "
             f"{probe:g}; {time.perf_counter() - t0:.0f} s): " + ", ".join(
                 f"{k} {'-' if v['loss_increase'] is None else format(v['loss_increase'], '+.3f')}"
                 for k, v in sens["stages"].items()))
@@ -820,12 +838,19 @@ def _markdown(doc: dict[str, Any]) -> str:
                 f"{k} {v:g}" for k, v in p["candidate"]["stage_ratios"].items())]
     sens = doc.get("sensitivity")
     if sens:
+        used = sens.get("signal", "mean")
         lines += ["", f"## Stage sensitivity (dense reference, each stage alone at ratio {sens['probe_ratio']:g},"
-                  " no fine-tune)", "", "| stage | val loss increase | prunable conv params | largest safe ratio |",
-                  "|---|---|---|---|"]
+                  f" no fine-tune; the allocation follows the {used} loss)", "",
+                  "| stage | critical-class val loss increase | mean val loss increase | prunable conv params |"
+                  " largest safe ratio |", "|---|---|---|---|---|"]
+
+        def _inc(v: Any) -> str:
+            return "-" if v is None else f"{v:+.4f}"
+
         for k, v in sens["stages"].items():
-            inc = "-" if v["loss_increase"] is None else f"{v['loss_increase']:+.4f}"
-            lines.append(f"| {k} | {inc} | {v['params']} | {v['max_ratio']:g} |")
+            mean = v.get("mean_loss_increase", v["loss_increase"] if used == "mean" else None)
+            lines.append(f"| {k} | {_inc(v.get('critical_loss_increase'))} | {_inc(mean)} | {v['params']} |"
+                         f" {v['max_ratio']:g} |")
     lines += ["", "## Latency model (leave-one-out error against measurement)", ""]
     for prec, e in doc["predictor_error"].items():
         mape = "n/a (fewer than 3 points)" if e["mape"] is None else f"{100 * e['mape']:.1f} % mean, {100 * e['max']:.1f} % max"

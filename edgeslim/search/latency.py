@@ -108,6 +108,27 @@ def macs_by_kind(model: Any, shape: tuple[int, ...]) -> dict[str, float]:
     return totals
 
 
+def candidate_channel_plan(base: Recipe, candidate: dict[str, Any], num_classes: int) -> Any:
+    """What channel pruning as ``candidate`` says would do to each layer of the base model
+    (:func:`edgeslim.compress.prune.structured.channel_plan`), or None for a choice that prunes no channels."""
+    import torch
+
+    from ..compress.prune import Structured
+    from ..compress.prune.structured import _ignored, channel_plan
+    from ..compress.sources import load_pretrained, replace_head
+    from .space import prune_config
+
+    cfg = prune_config(candidate["prune"], base, candidate.get("stage_ratios"))
+    if not isinstance(cfg, Structured) or not (cfg.ratio > 0 or cfg.stage_ratios):
+        return None
+    src = load_pretrained(base.model.source, arch=base.model.arch, pretrained=False)
+    model = replace_head(src.model, num_classes).eval()
+    size = int(candidate["image_size"] or src.preprocessing.crop)
+    return channel_plan(model, torch.zeros((1, 3, size, size)), ratio=cfg.ratio, round_to=cfg.round_to,
+                        ignored_layers=_ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude),
+                        stage_ratios=cfg.stage_ratios, scope=cfg.scope)
+
+
 def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: int) -> tuple[Any, tuple[int, ...]]:
     """A random-weight copy of the base model, pruned as ``candidate`` says; returns ``(model, input shape)``.
 

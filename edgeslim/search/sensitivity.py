@@ -3,9 +3,12 @@
 One global ratio prunes every stage alike, yet stages differ in how much accuracy they lose (Li et al., *Pruning
 Filters for Efficient ConvNets*, 2017, measured it layer by layer; NetAdapt and AMC allocate per layer). The search
 measures it once, on the trained dense reference: each stage pruned alone at the probe ratio (Torch-Pruning,
-no fine-tune), its increase in val loss recorded. A candidate ``structured:R:sens`` then gets per-stage ratios that
-prune the insensitive stages harder and the sensitive ones less, at the same mean ratio as the uniform ``R``
-(weighted by each stage's prunable parameters), each stage capped where a layer would lose all its channels.
+no fine-tune), its increase in val loss recorded: by default the loss of the critical classes' samples, since a
+stage whose pruning costs little on average can still cost the detections that matter; the mean loss over all
+samples is measured from the same passes and can be chosen instead (``search.sensitivity: mean``). A candidate
+``structured:R:sens`` then gets per-stage ratios that prune the insensitive stages harder and the sensitive ones
+less, at the same mean ratio as the uniform ``R`` (weighted by each stage's prunable parameters), each stage capped
+where a layer would lose all its channels (layers no wider than ``round_to`` are kept whole and cap nothing).
 
 Written here rather than taken from Torch-Pruning: it ranks channels (globally or per layer) by weight magnitude,
 not stages by measured loss; its ``pruning_ratio_dict`` is what applies the ratios found here.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -56,57 +59,86 @@ def _under(name: str, stage: str) -> bool:
     return name == stage or name.startswith(stage + ".")
 
 
-def _nll(model: "nn.Module", x: np.ndarray, y: np.ndarray, batch: int = 128) -> float:
+def _losses(model: "nn.Module", x: np.ndarray, y: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Per-sample cross-entropy of ``model`` on ``(x, y)``."""
     import torch
 
-    total = 0.0
+    out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch):
             logits = model(torch.from_numpy(x[i:i + batch]))
-            total += float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[i:i + batch]),
-                                                             reduction="sum"))
-    return total / max(1, len(x))
+            out.append(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y[i:i + batch]).long(),
+                                                         reduction="none").numpy())
+    return np.concatenate(out) if out else np.zeros(0)
 
 
-def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio: float, cfg: Any) -> dict[str, Any]:
+def _signals(losses: np.ndarray, critical_mask: np.ndarray) -> dict[str, float]:
+    """The mean loss over all samples, and over the critical-class samples (NaN without any)."""
+    mean = float(losses.mean()) if len(losses) else float("nan")
+    crit = float(losses[critical_mask].mean()) if critical_mask.any() else float("nan")
+    return {"mean": mean, "critical": crit}
+
+
+def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio: float, cfg: Any,
+                      critical: Sequence[int] = (), signal: str = "critical") -> dict[str, Any]:
     """Each stage pruned alone at ``ratio`` (``cfg``: the :class:`~edgeslim.compress.prune.Structured` options), its
     val loss increase, its prunable parameters and the largest ratio that leaves every layer of it a channel.
 
+    Two losses are measured from the same forward passes: the mean cross-entropy over all val samples, and that
+    over the samples of the ``critical`` classes (the loss of the cases a missed detection costs). ``signal`` picks
+    the one the allocation follows (``loss_increase``); ``critical`` falls back to ``mean`` when the val samples
+    hold no critical one. Layers no wider than ``round_to`` are kept whole by the pruning and do not cap a stage.
+
     Returns:
-        ``{"probe_ratio", "base_loss", "stages": {name: {"loss_increase", "params", "max_ratio"}}}``; a stage that
-        cannot be pruned to ``ratio`` gets ``loss_increase`` None (it is then kept at its largest safe ratio).
+        ``{"probe_ratio", "signal", "base_loss", "base_critical_loss", "stages": {name: {"loss_increase",
+        "mean_loss_increase", "critical_loss_increase", "params", "max_ratio"}}}``; a stage that cannot be pruned to
+        ``ratio`` gets ``loss_increase`` None (it is then kept at its largest safe ratio).
+
+    Raises:
+        ConfigError: ``signal`` is neither ``critical`` nor ``mean``.
     """
     import torch
 
     from ..compress.prune.structured import _ignored, check_structured, prune_channels
 
+    if signal not in ("critical", "mean"):
+        raise ConfigError(f"sensitivity signal '{signal}': use 'critical' (the critical classes' val loss) or 'mean'")
     model = copy.deepcopy(model).eval()
     example = torch.from_numpy(x[:1])
     ignored = _ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude)
     rows = check_structured(model, example, ratio=0.0, round_to=cfg.round_to, ignored_layers=ignored)
     step = cfg.round_to or 1
-    base = _nll(model, x, y)
+    crit_mask = np.isin(y, np.asarray(list(critical), dtype=y.dtype)) if len(critical) else np.zeros(len(y), bool)
+    used = signal if signal == "mean" or crit_mask.any() else "mean"
+    base = _signals(_losses(model, x, y), crit_mask)
     names = dict(model.named_modules())
     out: dict[str, Any] = {}
     for stage in stage_names(model):
-        mine = [r for r in rows if _under(r["layer"], stage)]
+        # a layer no wider than round_to is kept whole at any ratio: it does not limit the stage
+        mine = [r for r in rows if _under(r["layer"], stage) and r["channels"] > step]
         params = sum(int(m.weight.numel()) for n, m in names.items()
                       if _under(n, stage) and isinstance(m, torch.nn.Conv2d) and m not in ignored)
         max_ratio = min((1 - step / r["channels"] for r in mine), default=0.0)
         if not mine or max_ratio <= 0:
-            out[stage] = {"loss_increase": None, "params": params, "max_ratio": 0.0}
+            out[stage] = {"loss_increase": None, "mean_loss_increase": None, "critical_loss_increase": None,
+                          "params": params, "max_ratio": 0.0}
             continue
         probe = copy.deepcopy(model)
+        inc: dict[str, float | None] = {"mean": None, "critical": None}
         try:
             prune_channels(probe, example, ratio=0.0, round_to=cfg.round_to, importance=cfg.importance,
                            ignored_layers=_ignored(probe, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude),
                            stage_ratios={stage: min(ratio, max_ratio)})
-            inc = _nll(probe.eval(), x, y) - base
+            after = _signals(_losses(probe.eval(), x, y), crit_mask)
+            inc = {k: after[k] - base[k] if math.isfinite(after[k] - base[k]) else None for k in after}
         except ConfigError:
-            inc = None
-        out[stage] = {"loss_increase": None if inc is None or not math.isfinite(inc) else float(inc),
-                      "params": params, "max_ratio": round(max(0.0, max_ratio - 0.005), 3)}
-    return {"probe_ratio": ratio, "base_loss": base, "stages": out}
+            pass
+        out[stage] = {"loss_increase": inc[used], "mean_loss_increase": inc["mean"],
+                      "critical_loss_increase": inc["critical"], "params": params,
+                      "max_ratio": round(max(0.0, max_ratio - 0.005), 3)}
+    return {"probe_ratio": ratio, "signal": used, "critical": [int(c) for c in critical],
+            "critical_samples": int(crit_mask.sum()), "base_loss": base["mean"],
+            "base_critical_loss": base["critical"] if math.isfinite(base["critical"]) else None, "stages": out}
 
 
 def allocate(sens: dict[str, Any], ratio: float) -> dict[str, float]:

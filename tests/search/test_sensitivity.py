@@ -54,3 +54,66 @@ def test_stage_sensitivity_measures_every_stage_on_real_data():
     r = allocate(s, 0.5)
     assert r and all(0 <= v <= st[k]["max_ratio"] for k, v in r.items())
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in TinyNet(10).parameters())  # not pruned
+
+
+def _digits_val(n: int = 256):
+    from edgeslim.artifact import Preprocessing
+    from edgeslim.compress.data import load_data, split_arrays
+
+    data = load_data("digits", preprocessing=Preprocessing(resize=16, crop=16), image_size=16, critical=[8],
+                     val_fraction=0.3)
+    x, y = split_arrays(data, "val")
+    return x[:n], y[:n]
+
+
+def test_critical_sensitivity_is_the_loss_of_the_critical_samples_and_drives_the_allocation():
+    import torch
+
+    from edgeslim.testing import TinyNet
+
+    torch.manual_seed(0)
+    x, y = _digits_val()
+    model = TinyNet(num_classes=10).eval()  # the identities below hold for any weights
+    cfg = Structured(ratio=0.5, round_to=4)
+    crit = stage_sensitivity(model, x, y, ratio=0.5, cfg=cfg, critical=[8])
+    mean = stage_sensitivity(model, x, y, ratio=0.5, cfg=cfg, critical=[8], signal="mean")
+    only8 = stage_sensitivity(model, x[y == 8], y[y == 8], ratio=0.5, cfg=cfg, signal="mean")
+    assert crit["signal"] == "critical" and mean["signal"] == "mean" and crit["critical_samples"] == int((y == 8).sum())
+    probed = [k for k, v in crit["stages"].items() if v["loss_increase"] is not None]
+    assert probed
+    for k in probed:
+        c, m = crit["stages"][k], mean["stages"][k]
+        # the critical signal is the mean-loss sensitivity measured on the critical samples alone
+        assert c["critical_loss_increase"] == pytest.approx(only8["stages"][k]["mean_loss_increase"], rel=1e-4, abs=1e-5)
+        assert c["loss_increase"] == c["critical_loss_increase"] and m["loss_increase"] == m["mean_loss_increase"]
+        assert c["mean_loss_increase"] == pytest.approx(m["mean_loss_increase"], rel=1e-6)
+    # no critical sample in the split: the mean loss, said so
+    none = stage_sensitivity(model, x[y != 8], y[y != 8], ratio=0.5, cfg=cfg, critical=[8])
+    assert none["signal"] == "mean" and none["critical_samples"] == 0
+    with pytest.raises(Exception, match="sensitivity signal"):
+        stage_sensitivity(model, x, y, ratio=0.5, cfg=cfg, signal="median")
+
+
+def test_a_stage_with_a_squeeze_excitation_layer_narrower_than_round_to_is_still_pruned():
+    """MobileNetV3-small (random init): features.1 holds an 8-channel SE reduction; at round_to 8 it is kept whole and the stage's
+    other layers are pruned, so the per-stage allocation is not stuck at 0 there."""
+    import torch
+    from torchvision.models import mobilenet_v3_small
+
+    from edgeslim.compress.prune.structured import _ignored, prune_channels
+
+    torch.manual_seed(0)
+    model = mobilenet_v3_small(weights=None, num_classes=10).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    cfg = Structured(ratio=0.5, round_to=8)
+    s = stage_sensitivity(model, x, y, ratio=0.5, cfg=cfg, critical=[8])
+    assert s["stages"]["features.1"]["max_ratio"] > 0 and s["stages"]["features.1"]["loss_increase"] is not None
+    ratios = allocate(s, 0.5)
+    assert ratios.get("features.1", 0) > 0
+    pruned = prune_channels(model, torch.from_numpy(x[:1]), ratio=0.0, round_to=8, stage_ratios=ratios,
+                            ignored_layers=_ignored(model, prune_first_conv=False, exclude=()))
+    assert pruned.features[1].block[1].fc1.out_channels == 8  # kept whole
+    with torch.inference_mode():
+        assert pruned(torch.from_numpy(x)).shape == (4, 10)

@@ -167,6 +167,27 @@ def test_a_ratio_that_empties_a_layer_is_dropped_with_its_reason(tiny_base, tmp_
                for line in space.ruled_out)
 
 
+def test_squeeze_excitation_layers_kept_whole_rule_out_no_ratio_of_mobilenet_v3(tiny_base, tmp_path):
+    """MobileNetV3-small's first SE reduction has 8 channels: round_to 8 keeps it whole at every ratio, so the search
+    keeps its ratios (it used to drop them all, leaving the space empty)."""
+    from edgeslim.search.engine import _Context, _drop_refused_ratios, make_site
+
+    tiny_base["model"] = {"source": "torchvision:mobilenet_v3_small", "pretrained": False}
+    tiny_base["data"]["image_size"] = 32
+    tiny_base["prune"]["round_to"] = 8
+    base = parse_recipe(tiny_base)
+    section = SearchSection(ratios=[0.0, 0.3, 0.9], precisions=["fp32"], allocations=["uniform"])
+    target = resolve_target("auto")
+    space = build_space(base, section, target)
+    ctx = _Context(base=base, section=section, target=target, space=space, out_dir=tmp_path, num_classes=10,
+                   say=lambda m: None, site=make_site(target, None))
+    _drop_refused_ratios(ctx)
+    assert space.dim("prune").choices == ["structured:0", "structured:0.3"]
+    # 0.9 would empty layers wider than round_to: dropped, with the layers named
+    assert any(line.startswith("ch 0.9: structured ratio 0.9") and "would remove every channel" in line
+               and "features.1.block.1.fc1" not in line for line in space.ruled_out)
+
+
 def test_a_per_stage_candidate_carries_its_ratios_into_the_recipe_and_the_model(tiny_base):
     import yaml
 
