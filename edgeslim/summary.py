@@ -96,12 +96,14 @@ def recommendation_budgets(recipe: Any) -> dict[str, Any]:
     at most ``max_top1_drop`` below it (the search section's, else its default) and no more extra missed critical
     samples than the validate section's budget (``max_extra_critical_fn``, else ``max_extra_critical_fnr`` of the
     val split's critical samples, at least 1: :func:`edgeslim.export.validate.critical_fn_limit`); with a search
-    section, also its absolute ``max_critical_fn``."""
+    section, its ``max_extra_critical_fn`` instead when given, and its absolute ``max_critical_fn``."""
     from .search.config import SearchSection
 
     s = recipe.search if recipe.search is not None else SearchSection()
     v = recipe.validate_
-    return {"max_top1_drop": s.max_top1_drop, "max_extra_critical_fn": v.max_extra_critical_fn,
+    fixed = getattr(s, "max_extra_critical_fn", None)  # the search's own relative count, when the recipe gives one
+    return {"max_top1_drop": s.max_top1_drop,
+            "max_extra_critical_fn": fixed if fixed is not None else v.max_extra_critical_fn,
             "max_extra_critical_fnr": getattr(v, "max_extra_critical_fnr", None), "max_critical_fn": s.max_critical_fn}
 
 

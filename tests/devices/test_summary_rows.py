@@ -221,6 +221,9 @@ def test_budgets_decide_on_val_and_a_slower_int8_file_is_named():
     # within the faster file's own spread it is not called slower
     rows[2]["latency_ms"]["onnxruntime"] = 0.84
     assert slower_files(rows) == []
+    # "no more missed defective cells than dense" (the search's relative budget) rules the FP32 file out too
+    strict = recommendation_budgets(parse_recipe({"search": {"latency_ms": 1.0, "max_extra_critical_fn": 0}}))
+    assert recommend(rows, strict)["file"] == "compressed/m.int8.onnx"
     # no val split: nothing is chosen on test
     for r in rows:
         r["val"] = {}
