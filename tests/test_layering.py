@@ -19,6 +19,7 @@ SHARED = {
     "edgeslim.errors", "edgeslim.registry", "edgeslim._io", "edgeslim.artifact", "edgeslim.preprocess",
     "edgeslim.decision", "edgeslim.recipe", "edgeslim.methods", "edgeslim.models", "edgeslim.testing",
     "edgeslim._verbs", "edgeslim.recipes", "edgeslim.hardware",
+    "edgeslim.field_reference",  # the input statistics both the export's val reference and the server compute
     # the recipe's optional search: section (pydantic only); the search itself is its own layer, above the composer
     "edgeslim.search.config",
 }

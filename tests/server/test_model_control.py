@@ -75,7 +75,7 @@ def test_a_bad_upload_is_refused_and_the_model_it_would_replace_keeps_serving(ex
     bad["parameters"][onnx] = base64.b64encode(bytes(raw)).decode()
     r = explicit.post("/v2/repository/models/m/load", json=bad)
     assert 400 <= r.status_code < 500 and "sha256" in r.json()["error"], r.text
-    assert infer(explicit, "m", x).json() == before  # the old model still answers
+    assert infer(explicit, "m", x).json()["outputs"] == before["outputs"]  # the old model still answers
     assert len(list((tmp_path / "uploads").iterdir())) == 1  # the refused upload left nothing behind
 
     cases = {
@@ -96,7 +96,7 @@ def test_a_bad_upload_is_refused_and_the_model_it_would_replace_keeps_serving(ex
     r = explicit.post("/v2/repository/models/unknown/load", json={})  # no files, no artifact of that name
     assert r.status_code == 404 and "no artifact named 'unknown'" in r.json()["error"]
     assert explicit.post("/v2/repository/models/nope/unload").status_code == 404
-    assert infer(explicit, "m", x).json() == before
+    assert infer(explicit, "m", x).json()["outputs"] == before["outputs"]
 
 
 def test_reload_by_name_from_the_servers_own_paths(artifact, reference):
