@@ -107,16 +107,17 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    from host_kinds import plan
+    from host_kinds import plan, session_cap
 
     p = plan()
-    lines = []
+    cap = session_cap()
+    lines = [cap] if cap else []
     for k in p["real"]:
-        lines.append(f"{k.name} ({k.describe}): ran for real (the whole suite)")
+        lines.append(f"{k.name} ({k.describe}): ran for real (the whole suite{', onnxruntime only' if cap else ''})")
     for k in p["emulated"]:
         outcome, detail = _kind_outcomes.get(k.name, ("not run", "tests/export/test_host_kinds.py was not selected"))
         label = "emulated" if outcome == "passed" else f"emulation {outcome}"
-        lines.append(f"{k.name} ({k.describe}): {label} with ONEDNN_MAX_CPU_ISA={k.isa_cap}: {detail}")
+        lines.append(f"{k.name} ({k.describe}): {label} (ONEDNN_MAX_CPU_ISA={k.isa_cap}): {detail}")
     for k in p["not_covered"]:
         lines.append(f"{k.name} ({k.describe}): not covered (this CPU cannot stand in for it)")
     terminalreporter.write_sep("-", "x86 host kinds (INT8)")

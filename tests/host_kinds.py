@@ -14,6 +14,7 @@ Used by ``tests/conftest.py`` (the session header and summary) and by ``.ci/run`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +82,27 @@ def plan(flags: frozenset[str] | None = None) -> dict[str, list[HostKind]]:
     return {"real": real, "emulated": emulated, "not_covered": [k for k in KINDS if k not in real + emulated]}
 
 
+def session_cap() -> str | None:
+    """A note when this whole session runs under ``ONEDNN_MAX_CPU_ISA``: then OpenVINO and torch run as that kind,
+    not this CPU's, while onnxruntime still runs as this CPU."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    if not cap:
+        return None
+    kind = next((k.name for k in KINDS if k.isa_cap == cap.upper()), None)
+    return (f"this session runs under ONEDNN_MAX_CPU_ISA={cap}: OpenVINO and torch as {kind or cap}, onnxruntime as"
+            " this CPU")
+
+
 def describe_plan(flags: frozenset[str] | None = None) -> str:
     p = plan(flags)
 
     def names(ks: list[HostKind]) -> str:
         return ", ".join(f"{k.name} ({k.describe})" for k in ks) or "none"
 
+    cap = session_cap()
     return (f"x86 host kinds for INT8: real: {names(p['real'])}; emulated with ONEDNN_MAX_CPU_ISA (OpenVINO + torch;"
-            f" not onnxruntime): {names(p['emulated'])}; not covered here: {names(p['not_covered'])}")
+            f" not onnxruntime): {names(p['emulated'])}; not covered here: {names(p['not_covered'])}"
+            + (f" ({cap})" if cap else ""))
 
 
 if __name__ == "__main__":  # .ci/run prints this before the tests
