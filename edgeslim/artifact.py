@@ -74,6 +74,7 @@ class FieldReference(BaseModel):
     critical_scores: dict[str, list[float]] = Field(default_factory=dict)  # class index -> sample of p_c on val
     input_mean: list[float] = Field(default_factory=list)  # sample of per-image input means (field_reference.py)
     input_std: list[float] = Field(default_factory=list)  # sample of per-image input standard deviations
+    input_values: int = Field(default=256, gt=0)  # values per image the input statistics read (field_reference.py)
     critical_recall: dict[str, dict[str, int]] = Field(default_factory=dict)  # class index -> {"hits", "positives"}
 
 

@@ -16,25 +16,27 @@ REFERENCE_KEY = "field_reference"
 REFERENCE_VERSION = 1
 #: Most values per sample stored in a reference (val splits are small; this bounds the manifest on large ones).
 REFERENCE_CAP = 1000
-#: Input values per image that the input statistics read (a fixed stride through the flat image).
-STAT_VALUES = 1024
+#: Input values per image that the input statistics read (a fixed stride through the flat image); the reference
+#: records the number it was computed with (``FieldReference.input_values``) and the server reads as many. 256: the
+#: strided copy costs about a microsecond per request, and the per-image mean and spread it estimates vary far more
+#: between images than within one.
+STAT_VALUES = 256
 
 
-def input_sample(x: np.ndarray) -> np.ndarray:
-    """``(n, k)``: at most :data:`STAT_VALUES` values of each image of ``x`` (``(n, ...)`` preprocessed input), read
-    at a fixed stride that depends only on the image size, so the reference and the server read the same pixels.
-    A view where possible: the server copies it into its window (a few microseconds) and computes the statistics
-    later, out of the request path."""
+def input_sample(x: np.ndarray, values: int = STAT_VALUES) -> np.ndarray:
+    """``(n, k)``: at most ``values`` values of each image of ``x`` (``(n, ...)`` preprocessed input), read at a fixed
+    stride that depends only on the image size, so the reference and the server read the same pixels. A view: the
+    server copies it into its window and computes the statistics later, out of the request path."""
     a = np.asarray(x)
     flat = a.reshape(a.shape[0] if a.ndim else 1, -1)
-    step = max(1, flat.shape[1] // STAT_VALUES)
-    return flat[:, : step * STAT_VALUES : step]
+    step = max(1, flat.shape[1] // values)
+    return flat[:, : step * values : step]
 
 
-def input_statistics(x: np.ndarray, *, sampled: bool = False) -> np.ndarray:
+def input_statistics(x: np.ndarray, *, sampled: bool = False, values: int = STAT_VALUES) -> np.ndarray:
     """Per image of ``x``: ``(n, 2)`` mean and standard deviation of its :func:`input_sample` (``sampled``: ``x``
     already is one)."""
-    sub = np.asarray(x if sampled else input_sample(x), dtype=np.float64)
+    sub = np.asarray(x if sampled else input_sample(x, values), dtype=np.float64)
     out = np.empty((sub.shape[0], 2), dtype=np.float64)
     out[:, 0] = sub.mean(axis=1)
     out[:, 1] = sub.std(axis=1)

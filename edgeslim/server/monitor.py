@@ -117,8 +117,7 @@ class FieldMonitor:
         self._prefix = secrets.token_hex(4)
         self._seq = 0
         self._pending: collections.OrderedDict[str, _Prediction] = collections.OrderedDict()
-        self._dropped: collections.deque[str] = collections.deque(maxlen=self.pending_size)
-        self._dropped_set: set[str] = set()
+        self._dropped: collections.OrderedDict[str, None] = collections.OrderedDict()  # client ids pushed out
         self._judged: collections.deque[tuple[np.ndarray, int]] = collections.deque(maxlen=self.window_size)
         self.counts = collections.Counter[str]()  # cumulative: judged, dropped_unjudged, id_reused, rejected_*
         self._report_cache: tuple[int, dict[str, Any]] | None = None
@@ -128,6 +127,8 @@ class FieldMonitor:
         k = len(self.classes)
         self._ring_logits = np.zeros((self.drift_window, k), dtype=np.float32)
         self._ring_input: np.ndarray | None = None  # (drift_window, sample width), allocated at the first record
+        self._sample_shape: tuple[int, ...] = ()
+        self._values = ref.input_values if ref is not None else 256
         self._ring_pos = 0
         self._seen = 0  # items recorded since start
         self._since_check = 0
@@ -141,7 +142,7 @@ class FieldMonitor:
             self._seq += 1
             request_id = f"{self._prefix}-{self._seq}"
         logits = outputs[self.output_name]
-        rows = np.array(logits, dtype=np.float32).reshape(logits.shape[0] if logits.ndim > 1 else 1, -1)
+        rows = logits.copy() if logits.ndim == 2 else np.array(logits, dtype=np.float32).reshape(-1, logits.shape[-1])
         pending = self._pending
         if request_id in pending:  # a client that reuses ids: the newest answer is the one feedback refers to
             del pending[request_id]
@@ -151,32 +152,42 @@ class FieldMonitor:
             old, rec = pending.popitem(last=False)
             if not rec.judged:
                 self.counts["dropped_unjudged"] += 1
-            if len(self._dropped) == self._dropped.maxlen:
-                self._dropped_set.discard(self._dropped[0])
-            self._dropped.append(old)
-            self._dropped_set.add(old)
+            if not old.startswith(self._prefix + "-"):  # generated ids are told apart by their sequence number
+                dropped = self._dropped
+                dropped[old] = None
+                if len(dropped) > self.pending_size:
+                    dropped.popitem(last=False)
         if self.drift_on:
             self._push(rows, feeds[self.input_name])
         return request_id
 
     def _push(self, rows: np.ndarray, x: np.ndarray) -> None:
-        sample = input_sample(x)
-        n = rows.shape[0]
-        if self._ring_input is None:
-            self._ring_input = np.zeros((self.drift_window, sample.shape[1]), dtype=np.float32)
-        elif sample.shape[1] != self._ring_input.shape[1] or rows.shape[1] != self._ring_logits.shape[1]:
+        ring = self._ring_input
+        if ring is None:
+            width = input_sample(x[:1], self._values).shape[1]
+            ring = self._ring_input = np.zeros((self.drift_window, width), dtype=np.float32)
+            self._sample_shape = x.shape[1:]
+        elif x.shape[1:] != self._sample_shape or rows.shape[1] != self._ring_logits.shape[1]:
             return  # another input size than the first request's: not comparable with the reference
         w = self.drift_window
-        for i in range(n):  # n is the request's batch (1 for most clients): no vectorised wrap-around needed
+        if rows.shape[0] == 1:  # most clients: one item, two row copies
             pos = self._ring_pos
-            self._ring_logits[pos] = rows[i]
-            self._ring_input[pos] = sample[i]
+            self._ring_logits[pos] = rows[0]
+            ring[pos] = input_sample(x, self._values)[0]
             self._ring_pos = (pos + 1) % w
+        else:
+            sample = input_sample(x, self._values)
+            for i in range(rows.shape[0]):
+                pos = self._ring_pos
+                self._ring_logits[pos] = rows[i]
+                ring[pos] = sample[i]
+                self._ring_pos = (pos + 1) % w
+        n = rows.shape[0]
         self._seen += n
         self._since_check += n
         if self._since_check >= self.drift_every and self._seen >= w:
             self._since_check = 0
-            logits, inputs, seen = self._ring_logits.copy(), self._ring_input.copy(), self._seen
+            logits, inputs, seen = self._ring_logits.copy(), ring.copy(), self._seen
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # called outside a server (tests, replays): test now
@@ -190,7 +201,7 @@ class FieldMonitor:
         from scipy.stats import ks_2samp
 
         probs = _softmax(logits)
-        stats = input_statistics(inputs, sampled=True)
+        stats = input_statistics(inputs, sampled=True)  # the sample was taken with the reference's input_values
         live = {f"p_{self.classes[c]}": probs[:, c] for c in self.critical}
         live["input_mean"], live["input_std"] = stats[:, 0], stats[:, 1]
         features = {}
@@ -248,7 +259,7 @@ class FieldMonitor:
         rec = self._pending.get(request_id)
         if rec is None:
             self.counts["rejected_id"] += 1
-            if request_id in self._dropped_set or self._generated_and_old(request_id):
+            if request_id in self._dropped or self._generated_and_old(request_id):
                 raise RequestIdGoneError(
                     f"request '{request_id}' was answered but its prediction has left the feedback ring (it keeps the"
                     f" last {self.pending_size} requests); send feedback sooner, or start the server with a larger"
