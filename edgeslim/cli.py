@@ -282,11 +282,21 @@ def profile(
     concurrency: int = typer.Option(1, "--concurrency", help="Requests in flight for --remote throughput."),
     html: bool = typer.Option(True, "--html/--no-html", help="Also write report.html with plots."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Where report.json / report.md / report.html go."),
+    layers: bool = typer.Option(
+        False, "--layers", help="Also time every layer with the runtime's own profiler (OpenVINO counters, ONNX"
+        " Runtime profiler, TensorRT IProfiler): the slowest layers, time per op type, their sum against end to end."
+    ),
+    top: int = typer.Option(15, "--top", min=1, help="With --layers: how many of the slowest layers to print."),
 ) -> None:
     """Measure latency percentiles, throughput, memory, power and per-class accuracy, one report per target."""
     from .devices.profile_report import profile_remote_to_report, profile_to_report
 
     batches = [int(b) for b in _csv(batch)]
+    if remote and layers:
+        from .errors import ConfigError
+
+        raise ConfigError("--layers reads the runtime's per-layer profiler here; a server does not expose it."
+                          " Profile the artifact directory on the device instead of --remote")
     if remote:
         path = profile_remote_to_report(
             remote, artifact, out, batch_sizes=batches, seconds=_duration(duration), iterations=iterations,
@@ -298,7 +308,15 @@ def profile(
                 Path(artifact), out, backends=_csv(backends), batch_sizes=batches, seconds=_duration(duration),
                 iterations=iterations, warmup=warmup, threads=threads, data_dir=data, loadgen=loadgen, html=html,
                 progress=lambda line: (status.update(line), console.print(line, highlight=False)), console=console,
+                layers=layers,
             )
+        if layers:
+            from rich.markdown import Markdown
+
+            from .devices.markdown import render_layers
+            from .devices.report import load_report
+
+            console.print(Markdown(render_layers(load_report(path).get("entries") or [], top=top)))
     console.print(f"report written to {path} (and report.md{', report.html' if html else ''})")
 
 

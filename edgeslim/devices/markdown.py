@@ -262,10 +262,50 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             for e in failed
         ]
         parts += ["## Not measured", "", _table(("model", "backend", "batch", "status", "why"), rows), ""]
+    layers = render_layers(entries)
+    if layers:
+        parts += [layers, ""]
     for section in ("loadgen", "remote"):
         if report.get(section):
             parts += [f"## {section}", "", "```json", json.dumps(report[section], indent=2, default=str), "```", ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def render_layers(entries: Sequence[Mapping[str, Any]], top: int = 15) -> str:
+    """The per-layer section (``profile --layers``, :func:`edgeslim.devices.layers.layer_profile`): for each
+    entry with a layer profile, the layers' sum against the end-to-end median, the ``top`` slowest layers and the
+    time per op type; ``""`` when no entry has one."""
+    parts: list[str] = []
+    for e in entries:
+        prof = e.get("layer_profile")
+        if not prof:
+            continue
+        m = e.get("model") or {}
+        parts += [f"### {m.get('path')} ({m.get('precision')}) on {(e.get('backend') or {}).get('name')},"
+                  f" batch {e.get('batch')}", ""]
+        if "error" in prof:
+            parts += [f"Per-layer times not measured: {prof['error']}", ""]
+            continue
+        e2e, ratio = prof.get("end_to_end_ms"), prof.get("sum_over_end_to_end")
+        line = f"{len(prof['layers'])} layers, each the median of {prof['runs']} runs; their sum {prof['sum_ms']:.3f} ms"
+        if e2e and ratio is not None:
+            line += f" against {e2e:.3f} ms end to end (median): {ratio:.0%} of it"
+            line += ("; the rest is the call's overhead and the gaps between kernels" if ratio <= 1 else
+                     "; above it, the profiler's own cost per layer (large against layers of microseconds) or a busy"
+                     " host: read the shares, not the sum")
+        rows = [(r["name"], r["type"], r["exec"], _fmt(r["ms"], 4), _pct(r["share"])) for r in prof["layers"][:top]]
+        rest = prof["layers"][top:]
+        if rest:
+            rows.append((f"({len(rest)} more layers)", "", "", _fmt(sum(r["ms"] for r in rest), 4),
+                         _pct(sum(r["share"] or 0.0 for r in rest))))
+        parts += [line, "", _table(("layer", "op type", "kernel", "ms", "share"), rows), "",
+                  _table(("op type", "layers", "ms", "share"),
+                         [(g["type"], g["layers"], _fmt(g["ms"], 4), _pct(g["share"])) for g in prof["by_type"]]), ""]
+    return "\n".join(["## Per-layer times", "", *parts]).rstrip() if parts else ""
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:.1%}"
 
 
 def class_label(i: int, classes: Sequence[str]) -> str:

@@ -64,12 +64,14 @@ def profile_to_report(
     html: bool = True,
     progress=True,
     console=None,
+    layers: bool = False,
 ) -> Path:
     """Profile an artifact on this machine and write report.json / report.md / report.html into ``out``.
 
     Accuracy, per-class recall and critical FN come from ``data_dir`` (a labelled ImageFolder) or, by default,
     the test split of the data recorded in the artifact's recipe. ``loadgen`` adds an MLPerf LoadGen run
-    (``single-stream`` or ``offline``) per model file and backend. Returns the report.json path.
+    (``single-stream`` or ``offline``) per model file and backend; ``layers`` adds the runner's per-layer times
+    (``layer_profile`` in report.json, a "Per-layer times" section in report.md). Returns the report.json path.
     """
     from .profiler import ProfileConfig, backend_class, profile_artifact
     from .report import make_report, write_report
@@ -104,7 +106,8 @@ def profile_to_report(
     )
     target = detect()
     entries = profile_artifact(
-        artifact, backends=backends, cfg=cfg, threads=threads, data=data, progress=progress, device_state=target
+        artifact, backends=backends, cfg=cfg, threads=threads, data=data, progress=progress, device_state=target,
+        layers=layers,
     )
     extra: dict[str, Any] = {"notes": notes} if notes else {}
     if loadgen:

@@ -466,6 +466,7 @@ def profile_artifact(
     images: Sequence[Any] | None = None,
     device_state: dict[str, Any] | None = None,
     power: Any = None,
+    layers: bool = False,
 ) -> list[dict[str, Any]]:
     """Profile every model file of an artifact on every requested backend and batch size.
 
@@ -485,6 +486,8 @@ def profile_artifact(
         images: encoded images for end-to-end timing (with ``cfg.end_to_end``).
         device_state: the target's state to record (e.g. from :func:`edgeslim.devices.detect`); default: CPU.
         power: a power reader (``start()`` / ``stop()``) wrapped around each measured window.
+        layers: also read the runner's per-layer times (:func:`edgeslim.devices.layers.layer_profile`) into each
+            entry's ``layer_profile``, after its latency window (the profiling copy never slows the measured one).
 
     Returns:
         One entry per (model file, backend, batch), each with ``status``, ``conditions`` and the
@@ -623,6 +626,11 @@ def profile_artifact(
                     except EdgeslimError as exc:
                         result["throughput_mode"] = {"mode": "async", "error": str(exc)}
                 entry = {**base, "status": "ok", "conditions": conditions, **result}
+                if layers:
+                    from .layers import layer_profile
+
+                    entry["layer_profile"] = layer_profile(backend, result["input_shape"], backend.inputs[0].dtype,
+                                                           end_to_end_ms=result["latency_ms"]["median"])
                 if accuracy is not None:
                     entry["accuracy"] = accuracy
                 lat = result["latency_ms"]

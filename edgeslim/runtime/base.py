@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BackendError, ConfigError, InputError
 from ..registry import Registry
 
 
@@ -99,6 +99,34 @@ class Backend(abc.ABC):
         """
         return self._infer(self.check_feeds(feeds))
 
+    def layer_times(self, feeds: Mapping[str, np.ndarray] | np.ndarray, runs: int = 20) -> list[dict[str, Any]]:
+        """Each layer's time from the runtime's own profiler over ``runs`` inferences of ``feeds``.
+
+        OpenVINO's ``PERF_COUNT`` counters, ONNX Runtime's profiler (``SessionOptions.enable_profiling``) and
+        TensorRT's ``IProfiler`` time the layers inside the runtime, on a profiling copy of the loaded model (same
+        options), so the loaded model never carries the profiler's overhead. The layers' sum is below the
+        end-to-end latency of a call: it leaves out the call's own overhead and the gaps between kernels.
+
+        Returns:
+            One row per layer that ran: ``name``, ``type`` (the op type: ``Convolution``, ``Conv``, ...; ``""``
+            where the runtime does not say), ``exec`` (the kernel or provider that ran it) and ``ms``, the median
+            of the layer's times over the runs (one run descheduled on a loaded host does not inflate a layer).
+
+        Raises:
+            BackendError: the backend has no per-layer profiler (e.g. torch), or the run failed.
+            InputError: ``feeds`` do not match the model (checked as :meth:`infer` checks them).
+        """
+        if not isinstance(runs, int) or runs < 1:
+            raise ConfigError(f"runs must be a positive integer, got {runs!r}")
+        return self._layer_times(self.check_feeds(feeds), runs)
+
+    def _layer_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        """Hook of :meth:`layer_times`; a backend with a per-layer profiler overrides it."""
+        raise BackendError(
+            f"per-layer times are not supported by the {self.name} backend ({self.path.name}); profile the"
+            " artifact's onnx file on onnxruntime, its openvino file on openvino or its tensorrt engine on tensorrt"
+        )
+
     def last_latency_ms(self) -> float | None:
         """The last :meth:`infer` call's compute time on the runtime's own clock, or ``None`` without one.
 
@@ -157,6 +185,12 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, device={self.options.device!r})"
+
+
+def median_layer_rows(times: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of :meth:`Backend.layer_times` from ``{name: {"name", "type", "exec", "ms": [per-run ms]}}``: each
+    layer's median over its runs, in the order the runtime reported the layers."""
+    return [{**row, "ms": float(np.median(row["ms"])) if len(row["ms"]) else 0.0} for row in times.values()]
 
 
 BACKENDS: Registry[type[Backend]] = Registry("runtime backend")

@@ -145,6 +145,18 @@ class OnnxRuntimeBackend(Backend):
             )
 
         providers = self._providers(ort, extra.get("providers"))
+        so = self._session_options(ort, extra)
+        self._provider_list = providers  # the profiling session of layer_times runs on the same providers
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+            raise BackendError(explain_load_error(self.path, "onnxruntime", exc)) from exc
+        self.inputs = [TensorSpec(i.name, ort_dtype(i.type), _dims(i.shape)) for i in self._session.get_inputs()]
+        self.outputs = [TensorSpec(o.name, ort_dtype(o.type), _dims(o.shape)) for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self.outputs]
+
+    def _session_options(self, ort: Any, extra: dict[str, Any]) -> Any:
+        """The ``SessionOptions`` of :attr:`options` (the loaded session's and its profiling copy's)."""
         so = ort.SessionOptions()
         if self.options.threads is not None:
             if not isinstance(self.options.threads, int) or self.options.threads < 1:
@@ -161,14 +173,7 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
         for key, value in dict(extra.get("session_config") or {}).items():
             so.add_session_config_entry(str(key), str(value))
-
-        try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-            raise BackendError(explain_load_error(self.path, "onnxruntime", exc)) from exc
-        self.inputs = [TensorSpec(i.name, ort_dtype(i.type), _dims(i.shape)) for i in self._session.get_inputs()]
-        self.outputs = [TensorSpec(o.name, ort_dtype(o.type), _dims(o.shape)) for o in self._session.get_outputs()]
-        self._output_names = [o.name for o in self.outputs]
+        return so
 
     def _providers(self, ort: Any, requested: Any) -> list[Any]:
         providers = default_providers(self.options.device) if requested is None else list(requested)
@@ -202,6 +207,42 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise BackendError(f"onnxruntime failed to run {self.path.name}: {exc}") from exc
         return dict(zip(self._output_names, results))
+
+    def _layer_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        """ONNX Runtime's profiler: a second session of the same file with the same options and
+        ``enable_profiling``, run ``runs`` times; each node's ``*_kernel_time`` events from the profile's JSON."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        import onnxruntime as ort
+
+        from .base import median_layer_rows
+
+        if self._session is None:
+            raise BackendError(f"{self!r} is closed")
+        # a session of its own: the loaded one never carries the profiler (nor its overhead)
+        so = self._session_options(ort, dict(self.options.extra))
+        with tempfile.TemporaryDirectory(prefix="edgeslim-ort-profile-") as tmp:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / "ort")
+            try:
+                sess = ort.InferenceSession(str(self.path), sess_options=so, providers=self._provider_list)
+                for _ in range(runs):
+                    sess.run(self._output_names, feeds)
+                events = json.loads(Path(sess.end_profiling()).read_text())
+            except Exception as exc:
+                raise BackendError(f"onnxruntime failed to profile {self.path.name}: {exc}") from exc
+        acc: dict[str, dict[str, Any]] = {}
+        for e in events:
+            if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+                continue
+            node = e["name"][: -len("_kernel_time")]
+            args = e.get("args") or {}
+            op = str(args.get("op_name", ""))
+            row = acc.setdefault(node, {"name": node, "type": op, "exec": str(args.get("provider", op)), "ms": []})
+            row["ms"].append(e["dur"] / 1e3)  # the events are in microseconds
+        return median_layer_rows(acc)
 
     def version(self) -> str:
         import onnxruntime

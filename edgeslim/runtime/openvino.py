@@ -127,6 +127,7 @@ class OpenVINOBackend(Backend):
             from .onnxruntime import explain_load_error
 
             raise BackendError(explain_load_error(self.path, "OpenVINO", exc)) from exc
+        self._core, self._model, self._config = core, model, config  # for the profiling copy of layer_times
         try:
             self._compiled = core.compile_model(model, self.device, config)
             self._request = self._compiled.create_infer_request()
@@ -339,6 +340,32 @@ class OpenVINOBackend(Backend):
             except Exception:  # noqa: BLE001 - a failed request is idle too; the caller reports the first error
                 pass
 
+    def _layer_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        """OpenVINO's per-layer counters: the same model compiled again with the same properties and
+        ``PERF_COUNT``, 3 warm-up runs, then ``get_profiling_info()`` after each of ``runs`` inferences. Layers
+        that did not run (0 ms: constants, reorders folded away) are left out."""
+        from .base import median_layer_rows
+
+        self._check_open()
+        try:
+            # a compiled model of its own: the loaded one never carries the counters (nor their overhead)
+            request = self._core.compile_model(
+                self._model, self.device, {**self._config, "PERF_COUNT": True}
+            ).create_infer_request()
+            by_port = self._feed_by_port(feeds)
+            for _ in range(3):
+                request.infer(by_port)
+            acc: dict[str, dict[str, Any]] = {}
+            for _ in range(runs):
+                request.infer(by_port)
+                for p in request.get_profiling_info():
+                    row = acc.setdefault(p.node_name, {"name": p.node_name, "type": p.node_type,
+                                                       "exec": p.exec_type, "ms": []})
+                    row["ms"].append(p.real_time.total_seconds() * 1e3)
+        except Exception as exc:
+            raise BackendError(f"OpenVINO failed to profile {self.path.name} on {self.device}: {exc}") from exc
+        return [r for r in median_layer_rows(acc) if r["ms"] > 0]
+
     def version(self) -> str:
         import openvino
 
@@ -358,3 +385,4 @@ class OpenVINOBackend(Backend):
             self._async_requests = []
             self._request = None
             self._compiled = None
+            self._model = None

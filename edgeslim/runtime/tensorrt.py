@@ -245,11 +245,13 @@ class TensorRTBackend(Backend):
         cuda_check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return host
 
-    def layer_times(self, feeds: dict[str, np.ndarray], runs: int = 20) -> dict[str, list[float]]:
-        """Each engine layer's time in ms over ``runs`` inferences of ``feeds``, from TensorRT's ``IProfiler``
-        (called once per layer after each ``execute_async_v3``; it slows the run a little, so end-to-end latency is
-        measured without it). Names are the engine's layer names (the ONNX node names of fused layers); an engine
-        built with profiling verbosity NONE reports layer indices."""
+    def _layer_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
+        """TensorRT's ``IProfiler``, called once per layer after each ``execute_async_v3`` of ``runs`` inferences
+        (it slows the run a little, so end-to-end latency is measured without it). Names are the engine's layer
+        names (the ONNX node names of fused layers); an engine built with profiling verbosity NONE reports layer
+        indices. The op type comes from the engine inspector where the engine was built with DETAILED verbosity."""
+        from .base import median_layer_rows
+
         trt = self._trt
 
         class _Collect(trt.IProfiler):  # type: ignore[misc, name-defined]
@@ -275,7 +277,22 @@ class TensorRTBackend(Backend):
             finally:
                 self._context = main
                 del ctx
-        return prof.times
+        types = self._layer_types()
+        return median_layer_rows({name: {"name": name, "type": types.get(name, ""), "exec": "tensorrt", "ms": ms}
+                                  for name, ms in prof.times.items()})
+
+    def _layer_types(self) -> dict[str, str]:
+        """Engine layer name -> ``LayerType`` from the engine inspector; empty unless the engine was built with
+        ``ProfilingVerbosity.DETAILED`` (the default verbosity lists names only)."""
+        import json
+
+        try:
+            info = json.loads(self._engine.create_engine_inspector().get_engine_information(
+                self._trt.LayerInformationFormat.JSON))
+        except Exception:  # noqa: BLE001 - an engine or TensorRT without an inspector: the rows keep their names
+            return {}
+        return {str(layer.get("Name")): str(layer.get("LayerType", ""))
+                for layer in info.get("Layers", []) if isinstance(layer, dict)}
 
     def version(self) -> str:
         try:

@@ -11,7 +11,6 @@ over the budget. TensorRT layer timings (``IProfiler``) are read by :mod:`edgesl
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -186,67 +185,13 @@ def _random_calibration(shape: tuple[int, ...], n: int = 16) -> list[np.ndarray]
     return [rng.standard_normal((min(8, n), *shape[1:])).astype(np.float32) for _ in range(max(1, n // 8))]
 
 
-def _openvino_layers(path: Path, shape: tuple[int, ...], threads: int | None, runs: int = 20) -> list[dict[str, Any]]:
-    """OpenVINO's per-layer counters (``PERF_COUNT``): each layer's median over ``runs`` inferences."""
-    import openvino as ov
-
-    core = ov.Core()
-    cfg: dict[str, Any] = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    if threads:
-        cfg["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", cfg)
-    req = compiled.create_infer_request()
+def _layer_rows(backend: Any, name: str, shape: tuple[int, ...], runs: int = 20) -> list[dict[str, Any]]:
+    """The runtime's per-layer times (:meth:`edgeslim.runtime.base.Backend.layer_times`: OpenVINO ``PERF_COUNT``,
+    ONNX Runtime's profiler, TensorRT's ``IProfiler``) on the loaded file, each row with the kind the model fits."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(3):
-        req.infer({0: x})
-    acc: dict[str, dict[str, Any]] = {}
-    for _ in range(runs):
-        req.infer({0: x})
-        for p in req.get_profiling_info():
-            row = acc.setdefault(p.node_name, {"name": p.node_name, "type": p.node_type, "exec": p.exec_type,
-                                               "kind": _runtime_kind(p.exec_type, p.node_type), "ms": []})
-            row["ms"].append(p.real_time.total_seconds() * 1e3)
-    return [r for r in map(_median_row, acc.values()) if r["ms"] > 0]
-
-
-def _median_row(row: dict[str, Any]) -> dict[str, Any]:
-    # the median over the runs: one run descheduled on a loaded host must not inflate a layer (a mean would)
-    return {**row, "ms": float(np.median(row["ms"])) if row["ms"] else 0.0}
-
-
-def _onnxruntime_layers(path: Path, shape: tuple[int, ...], threads: int | None, runs: int = 20) -> list[dict[str, Any]]:
-    """ONNX Runtime's profiler: the median ``Node`` event time per node over ``runs`` inferences."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        so.profile_file_prefix = str(Path(tmp) / "ort")
-        if threads:
-            so.intra_op_num_threads = threads
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        name = sess.get_inputs()[0].name
-        for _ in range(runs):
-            sess.run(None, {name: x})
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    acc: dict[str, dict[str, Any]] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
-            continue
-        node = e["name"][: -len("_kernel_time")]
-        op = (e.get("args") or {}).get("op_name", "")
-        row = acc.setdefault(node, {"name": node, "type": op, "exec": op, "kind": _onnx_kind(op, node), "ms": []})
-        row["ms"].append(e["dur"] / 1e3)
-    return [_median_row(r) for r in acc.values()]
-
-
-def _tensorrt_layers(backend: Any, shape: tuple[int, ...], runs: int = 20) -> list[dict[str, Any]]:
-    """TensorRT's per-layer times (``IProfiler``): each engine layer's median over ``runs`` inferences."""
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    times = backend.layer_times({backend.inputs[0].name: x}, runs=runs)
-    return [_median_row({"name": name, "type": "", "exec": "tensorrt", "kind": _tensorrt_kind(name), "ms": ms})
-            for name, ms in times.items()]
+    kind = {"openvino": lambda r: _runtime_kind(r["exec"], r["type"]), "onnxruntime": lambda r: _onnx_kind(r["type"], r["name"]),
+            "tensorrt": lambda r: _tensorrt_kind(r["name"])}[name]
+    return [{**r, "kind": kind(r)} for r in backend.layer_times({backend.inputs[0].name: x}, runs=runs)]
 
 
 def _tensorrt_kind(name: str) -> str:
@@ -331,14 +276,11 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
         else:
             with load(art, backend=backend, precision=precision, device=device, threads=threads) as pred:
                 res = profile_backend(pred.backend, batch=1, cfg=pcfg)
-                if layers and backend == "tensorrt":  # the engine's own IProfiler, on the loaded context
-                    rows = _tensorrt_layers(pred.backend, shape)
-        # per-layer counters: OpenVINO, ONNX Runtime and TensorRT; torch.profiler is not read, so on the torch
-        # backend the latency model has no points and every candidate is measured
-        if layers and backend == "openvino":
-            rows = _openvino_layers(path, shape, threads)
-        elif layers and backend == "onnxruntime":
-            rows = _onnxruntime_layers(path, shape, threads)
+                # per-layer counters: OpenVINO, ONNX Runtime and TensorRT, from the runner itself; torch.profiler
+                # is not read, so on the torch backend the latency model has no points and every candidate is
+                # measured
+                if layers and backend != "torch":
+                    rows = _layer_rows(pred.backend, backend, shape)
     lat = res["latency_ms"]
     return ArchMeasurement(
         p90_ms=float(lat["p90"]), median_ms=float(lat["median"]), size_mb=size / 1e6, macs=macs, layers=rows,

@@ -27,6 +27,8 @@ class BackendConformance:
     atol: float = 1e-4
     #: whether the test model has a dynamic batch dimension
     dynamic_batch: bool = True
+    #: whether the runtime has a per-layer profiler behind :meth:`Backend.layer_times`
+    layer_profiler: bool = True
 
     @pytest.fixture
     def model_path(self, tiny_models) -> Path:  # pragma: no cover - every subclass overrides
@@ -96,6 +98,28 @@ class BackendConformance:
         first = runner.infer(x)["logits"]
         x[:] = 0
         np.testing.assert_array_equal(first, runner.infer(batch[:1])["logits"])
+
+    # -- per-layer times (profile --layers, the search's latency model) ----------------------------------
+    def test_layer_times_come_from_the_runtime_and_leave_the_loaded_model_alone(self, runner, batch):
+        before = runner.infer(batch[:1])["logits"]
+        if not self.layer_profiler:
+            with pytest.raises(BackendError, match=f"not supported by the {self.backend_name} backend"):
+                runner.layer_times(batch[:1])
+            return
+        rows = runner.layer_times(batch[:1], runs=3)
+        assert rows and all(set(r) == {"name", "type", "exec", "ms"} for r in rows)
+        assert len({r["name"] for r in rows}) == len(rows)  # one row per layer, its runs folded into the median
+        assert all(r["ms"] >= 0 for r in rows) and sum(r["ms"] for r in rows) > 0
+        # TinyNet is convolutions and a linear head: the runtime's rows name its convolutions
+        assert any("conv" in (r["type"] + r["name"]).lower() for r in rows)
+        # profiled on a copy of its own: the loaded model runs as before, without the profiler
+        np.testing.assert_array_equal(runner.infer(batch[:1])["logits"], before)
+
+    def test_layer_times_check_their_input(self, runner, batch):
+        with pytest.raises(InputError, match="float64"):
+            runner.layer_times(batch[:1].astype(np.float64))
+        with pytest.raises(ConfigError, match="runs must be a positive integer"):
+            runner.layer_times(batch[:1], runs=0)
 
     # -- bad input ----------------------------------------------------------------------------------------
     def test_unknown_input_name(self, runner, batch):
