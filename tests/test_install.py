@@ -86,10 +86,11 @@ def test_serve_extra_installs_without_torch_then_serves_and_profiles_an_artifact
     assert wrong.returncode == 1 and len(lines) == 1, wrong.stdout + wrong.stderr
     assert "pip install 'edgeslim[compress]'" in lines[0], lines
 
-    port = _free_port()
+    port, grpc_port = _free_port(), _free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(cli), "serve", str(art), "--port", str(port), "--threads", "1"], stdout=out,
+        proc = subprocess.Popen([str(cli), "serve", str(art), "--port", str(port), "--grpc-port", str(grpc_port),
+                                 "--threads", "1"], stdout=out,
                                 stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     try:
         deadline = time.monotonic() + 120
@@ -110,6 +111,13 @@ def test_serve_extra_installs_without_torch_then_serves_and_profiles_an_artifact
         got = client.infer("digits-tiny", [inp]).as_numpy("logits")
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         assert (got.argmax(1) == yte[:4]).mean() >= 0.75
+        # gRPC from the same process: the serve extra brings grpcio and the generated protocol code
+        import tritonclient.grpc as grpcclient
+
+        ginp = grpcclient.InferInput("input", [4, 3, 16, 16], "FP32")
+        ginp.set_data_from_numpy(xte[:4])
+        over_grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}").infer("digits-tiny", [ginp])
+        np.testing.assert_allclose(over_grpc.as_numpy("logits"), got, rtol=1e-6, atol=1e-6)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -366,7 +366,8 @@ def check_answers(answers: dict, repository: Path, images: np.ndarray) -> None:
 
 def test_a_tritonclient_program_for_edgeslim_serve_sees_what_triton_serves(artifact, trained, tmp_path):
     port = free_port()
-    proc = start([sys.executable, "-m", "edgeslim.cli", "serve", str(artifact), "--port", str(port), "--threads", "1"],
+    proc = start([sys.executable, "-m", "edgeslim.cli", "serve", str(artifact), "--port", str(port), "--threads", "1",
+                  "--grpc-port", "0"],
                  f"http://127.0.0.1:{port}/v2/health/ready", tmp_path / "serve.log")
     try:
         images = trained.test_x[:20]  # more than max_batch_size: the client splits by the config it reads
