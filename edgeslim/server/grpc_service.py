@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, EdgeslimError, InputError, require
-from .errors import BodyTooLargeError, ModelNotReadyError, ServerBusyError, http_status
+from .errors import BodyTooLargeError, ModelNotFoundError, ModelNotReadyError, ServerBusyError, http_status
 from .health import server_ready
 from .infer import run_request
 from .model_repository import _load_options, _refuse
@@ -282,7 +282,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-        model = self.repository.get(request.name, request.version or None)
+        # As Triton's ModelIsReady: an unknown model or version is not ready, not an error, so that
+        # tritonclient.grpc's is_model_ready() says False as tritonclient.http's does for REST's 404
+        try:
+            model = self.repository.get(request.name, request.version or None)
+        except ModelNotFoundError:
+            return service_pb2.ModelReadyResponse(ready=False)
         return service_pb2.ModelReadyResponse(ready=bool(model.ready))
 
     @_rpc

@@ -68,7 +68,6 @@ def corpus(max_body_bytes: int) -> list[Case]:
              "NOT_FOUND"),
         Case("config of an unknown version", "ModelConfig", service_pb2.ModelConfigRequest(name=MODEL, version="9"),
              "NOT_FOUND"),
-        Case("readiness of an unknown model", "ModelReady", service_pb2.ModelReadyRequest(name="nope"), "NOT_FOUND"),
         Case("statistics of an unknown model", "ModelStatistics", service_pb2.ModelStatisticsRequest(name="nope"),
              "NOT_FOUND"),
         Case("load with model control off", "RepositoryModelLoad",

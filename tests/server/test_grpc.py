@@ -57,6 +57,9 @@ def test_grpc_answers_as_rest_and_the_runtime_on_the_same_model(server, referenc
     rest, url = server
     c = gclient.InferenceServerClient(url)
     assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(MODEL)
+    # an unknown model or version is not ready (as Triton answers), not an error: is_model_ready says False
+    assert c.is_model_ready("nope") is False and c.is_model_ready(MODEL, model_version="2") is False
+    assert rest.get("/v2/models/nope/ready").status_code == 404  # which tritonclient.http reads as False
     for n, seed in ((1, 0), (3, 1), (8, 2)):
         x = batch(n, seed=seed)
         got = grpc_infer(url, x, request_id=f"r{n}")
