@@ -2,9 +2,12 @@
 
 The KServe v2 / Triton gRPC protocol (``grpc_service.proto``): health, server and model metadata, ``ModelInfer`` with
 ``raw_input_contents`` or typed ``InferTensorContents`` (and ``ModelStreamInfer``), model configuration, statistics,
-the repository index and, under explicit model control, load / unload. The messages and the service stubs are the
-code generated from Triton's published proto that ``tritonclient[grpc]`` ships (``tritonclient.grpc.service_pb2``,
-``service_pb2_grpc``, ``model_config_pb2``); nothing here hand-writes protobuf.
+the repository index and, under explicit model control, load / unload. The messages, the service descriptor and the
+servicer base class are the code generated from Triton's published proto that ``tritonclient[grpc]`` ships
+(``tritonclient.grpc.service_pb2``, ``service_pb2_grpc``, ``model_config_pb2``); nothing here hand-writes protobuf.
+The handlers are registered from that descriptor (:func:`add_service`) rather than by the generated
+``add_GRPCInferenceServiceServicer_to_server`` only so that a request whose bytes do not parse is answered
+``INVALID_ARGUMENT`` (the generated registration lets gRPC answer ``UNKNOWN``).
 
 It runs on the REST server's event loop (``grpc.aio``), started by the app's lifespan once the models' batchers run,
 and serves the same :class:`~edgeslim.server.repository.ModelRepository`: the same model objects, batcher, queue,
