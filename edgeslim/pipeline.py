@@ -350,7 +350,7 @@ def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float
     from .compress.metrics import predict_logits
     from .compress.thresholds import calibrate_thresholds, manifest_thresholds
     from .errors import DataError
-    from .runtime.predictor import softmax
+    from .scoring import softmax
 
     out = {}
     for key, (m, _, _) in variants.items():

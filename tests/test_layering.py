@@ -20,6 +20,7 @@ SHARED = {
     "edgeslim.decision", "edgeslim.recipe", "edgeslim.methods", "edgeslim.models", "edgeslim.testing",
     "edgeslim._verbs", "edgeslim.recipes", "edgeslim.hardware",
     "edgeslim.field_reference",  # the input statistics both the export's val reference and the server compute
+    "edgeslim.scoring",  # softmax, the deployed decision, critical FN: the one scoring every stage reports with
     # the recipe's optional search: section (pydantic only); the search itself is its own layer, above the composer
     "edgeslim.search.config",
 }

@@ -1,217 +1,25 @@
-"""Classification metrics with the critical classes in front: per-class FN/FNR/FPR, one-vs-rest AUC, confusion.
+"""Model outputs over a loader (:func:`predict_logits`, torch) and the scoring names the stages import from here.
 
-Every evaluation is computed fresh from the logits (or probabilities) it is given: nothing accumulates across
-calls, epochs or splits (one of the mistakes the class-dependent-loss spec lists).
+The scoring itself (softmax, the deployed decision, critical FN/FPR, :class:`ClassificationMetrics`) lives in
+:mod:`edgeslim.scoring`, below every stage; ``evaluate`` is its :func:`~edgeslim.scoring.score`.
 """
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..decision import predict  # the one decision rule; callers also import it from here
-from ..errors import ConfigError, DataError
+from ..decision import predict as predict  # the one decision rule; callers also import it from here
+from ..errors import DataError
+from ..scoring import ClassificationMetrics as ClassificationMetrics, score as score, softmax as softmax
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch.utils.data import DataLoader
 
-
-def _ratio(num: int, den: int) -> float | None:
-    return float(num) / float(den) if den else None
-
-
-@dataclass
-class ClassificationMetrics:
-    """The result of :func:`evaluate`.
-
-    Attributes:
-        accuracy: fraction of correct predictions.
-        n: number of samples.
-        classes: class names.
-        critical: critical class indices.
-        per_class: one dict per class with ``tp, fn, fp, tn, recall, fnr, fpr, precision, support`` (a ratio whose
-            denominator is 0 is ``None``).
-        critical_stats: per critical class ``fn, fnr, fpr, recall, auc, threshold`` (``auc`` is ``None`` when the
-            labels hold only one side; ``threshold`` is ``None`` at argmax).
-        confusion: ``confusion[true][pred]`` counts.
-    """
-
-    accuracy: float
-    n: int
-    classes: list[str]
-    critical: list[int]
-    per_class: list[dict[str, Any]]
-    critical_stats: dict[int, dict[str, Any]]
-    confusion: list[list[int]]
-    thresholds: dict[int, float] = field(default_factory=dict)
-
-    def critical_fn(self) -> int:
-        """False negatives summed over the critical classes."""
-        return int(sum(self.per_class[c]["fn"] for c in self.critical))
-
-    def critical_recall(self) -> float | None:
-        """Mean recall over the critical classes (``None`` without critical classes or critical samples)."""
-        vals = [self.critical_stats[c]["recall"] for c in self.critical]
-        vals = [v for v in vals if v is not None]
-        return float(np.mean(vals)) if vals else None
-
-    def critical_auc(self) -> float | None:
-        """Mean one-vs-rest AUC over the critical classes (``None`` when undefined for all of them)."""
-        vals = [self.critical_stats[c]["auc"] for c in self.critical]
-        vals = [v for v in vals if v is not None]
-        return float(np.mean(vals)) if vals else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready plain data (critical-class keys become strings)."""
-        d = asdict(self)
-        d["critical_stats"] = {str(k): v for k, v in self.critical_stats.items()}
-        d["thresholds"] = {str(k): v for k, v in self.thresholds.items()}
-        d["critical_fn"] = self.critical_fn()
-        d["critical_recall"] = self.critical_recall()
-        d["critical_auc"] = self.critical_auc()
-        return d
-
-    def summary(self) -> str:
-        """One line: accuracy and, per critical class, recall, FN, FPR and AUC."""
-        parts = [f"acc {self.accuracy:.4f} (n={self.n})"]
-        for c in self.critical:
-            s = self.critical_stats[c]
-            auc = "n/a" if s["auc"] is None else f"{s['auc']:.4f}"
-            rec = "n/a" if s["recall"] is None else f"{s['recall']:.4f}"
-            fpr = "n/a" if s["fpr"] is None else f"{s['fpr']:.4f}"
-            parts.append(f"{self.classes[c]}: recall {rec} FN {s['fn']} FPR {fpr} AUC {auc}")
-        return "; ".join(parts)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _check_thresholds(thresholds: Mapping[Any, float] | None, k: int) -> dict[int, float]:
-    out: dict[int, float] = {}
-    for key, t in (thresholds or {}).items():
-        try:
-            c = int(key)
-        except (TypeError, ValueError):
-            raise ConfigError(f"threshold key {key!r} is not a class index; use the class's integer index") from None
-        if not 0 <= c < k:
-            raise ConfigError(f"threshold for class {c}: not a class index in [0, {k})")
-        if not isinstance(t, numbers.Real) or not 0.0 <= float(t) <= 1.0:
-            raise ConfigError(f"threshold for class {c} is {t!r}: a probability threshold must be in [0, 1]")
-        out[c] = float(t)
-    return out
-
-
-def evaluate(
-    logits_or_probs: np.ndarray,
-    labels: np.ndarray,
-    classes: Sequence[str],
-    critical: Sequence[int],
-    *,
-    thresholds: Mapping[int, float] | None = None,
-    rule: str = "threshold",
-    from_logits: bool = True,
-) -> ClassificationMetrics:
-    """Compute accuracy, per-class counts and rates, critical-class AUC and the confusion matrix.
-
-    Args:
-        logits_or_probs: ``(n, K)`` scores.
-        labels: ``(n,)`` true class indices.
-        classes: the K class names.
-        critical: critical class indices.
-        thresholds: class index -> probability threshold, applied under ``rule`` (:func:`edgeslim.decision.predict`).
-        rule: the decision rule the thresholds were calibrated for (``Manifest.decision_rule``).
-        from_logits: ``True`` when the scores are logits (softmax is applied), ``False`` for probabilities.
-
-    Raises:
-        DataError: shapes disagree, there are no samples, or labels fall outside the classes.
-        ConfigError: a critical class or threshold is invalid.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    scores = np.asarray(logits_or_probs, dtype=np.float64)
-    y = np.asarray(labels)
-    k = len(classes)
-    if scores.ndim != 2 or scores.shape[1] != k:
-        raise DataError(f"scores of shape {scores.shape} do not match {k} classes: pass (samples, {k}) logits")
-    if y.ndim != 1 or y.shape[0] != scores.shape[0]:
-        raise DataError(f"labels of shape {y.shape} do not match {scores.shape[0]} score rows")
-    if scores.shape[0] == 0:
-        raise DataError("no samples to evaluate: the split is empty")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"labels must be integer class indices, got dtype {y.dtype}")
-    if y.min() < 0 or y.max() >= k:
-        raise DataError(f"labels outside [0, {k}): min {y.min()}, max {y.max()}")
-    if not np.isfinite(scores).all():
-        raise DataError("scores contain NaN or inf: the model diverged or the input is broken")
-    crit: list[int] = []
-    for c in critical:
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or not 0 <= c < k:
-            raise ConfigError(f"critical class {c!r} is not a class index in [0, {k})")
-        if int(c) not in crit:
-            crit.append(int(c))
-    thr = _check_thresholds(thresholds, k)
-
-    if from_logits:
-        probs = _softmax(scores)
-    else:
-        if (scores < 0).any() or not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
-            raise DataError("probabilities must be non-negative and sum to 1 per row; pass from_logits=True for logits")
-        probs = scores
-    pred = predict(probs, thr, rule)
-
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    n = int(y.shape[0])
-    per_class = []
-    for c in range(k):
-        tp = int(confusion[c, c])
-        fn = int(confusion[c].sum() - tp)
-        fp = int(confusion[:, c].sum() - tp)
-        tn = n - tp - fn - fp
-        per_class.append(
-            {
-                "class": str(classes[c]),
-                "tp": tp,
-                "fn": fn,
-                "fp": fp,
-                "tn": tn,
-                "recall": _ratio(tp, tp + fn),
-                "fnr": _ratio(fn, tp + fn),
-                "fpr": _ratio(fp, fp + tn),
-                "precision": _ratio(tp, tp + fp),
-                "support": tp + fn,
-            }
-        )
-    critical_stats: dict[int, dict[str, Any]] = {}
-    for c in crit:
-        is_c = y == c
-        auc = float(roc_auc_score(is_c, probs[:, c])) if 0 < is_c.sum() < n else None
-        pc = per_class[c]
-        critical_stats[c] = {
-            "fn": pc["fn"],
-            "fnr": pc["fnr"],
-            "fpr": pc["fpr"],
-            "recall": pc["recall"],
-            "auc": auc,
-            "threshold": thr.get(c),
-        }
-    return ClassificationMetrics(
-        accuracy=float((pred == y).mean()),
-        n=n,
-        classes=[str(c) for c in classes],
-        critical=crit,
-        per_class=per_class,
-        critical_stats=critical_stats,
-        confusion=confusion.tolist(),
-        thresholds=thr,
-    )
+#: the older name of :func:`edgeslim.scoring.score`
+evaluate = score
 
 
 def predict_logits(

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConfigError, TrainingError
 from ..hardware import Int8Scheme, int8_scheme
 from ..recipe import QuantizeSection
+from ..scoring import critical_fn, decide
 from .quant import FIRST_CONV, QuantizeConfig
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -302,18 +303,7 @@ FN_PENALTY = 1.0
 
 
 def _critical_fn(pred: np.ndarray, labels: np.ndarray, critical: list[int]) -> int:
-    return int(sum(int(((labels == c) & (pred != c)).sum()) for c in critical))
-
-
-def _decide(logits: np.ndarray, thresholds: dict[str, float] | None, rule: str) -> np.ndarray:
-    """Predictions as deployed: the calibrated thresholds under the artifact's rule (argmax without thresholds)."""
-    if not thresholds:
-        return np.asarray(logits).argmax(1)
-    from ..decision import predict
-
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return predict(z / z.sum(axis=1, keepdims=True), thresholds, rule)
+    return sum(critical_fn(pred, labels, critical).values())
 
 
 def _infer_fn(model: Any) -> Any:
@@ -361,7 +351,7 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         )
     fp32_logits = _predict(model, xs)
     fp32_top1 = float((fp32_logits.argmax(1) == ys).mean())
-    fp32_fn = _critical_fn(_decide(fp32_logits, thresholds, rule), ys, critical)
+    fp32_fn = _critical_fn(decide(fp32_logits, thresholds, rule), ys, critical)
     budget = fp32_fn + cfg.max_extra_critical_fn
     seen: list[dict[str, Any]] = []
 
@@ -372,7 +362,7 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         logits = _predict(m, x)
         top1 = float((logits.argmax(1) == y).mean())
         # critical misses as deployed: at the calibrated threshold, not at the argmax
-        fn = _critical_fn(_decide(logits, thresholds, rule), y, critical)
+        fn = _critical_fn(decide(logits, thresholds, rule), y, critical)
         # one number for NNCF's drop test: top-1, minus FN_PENALTY per critical FN over the budget, so "drop <=
         # max_drop" holds only when both the top-1 drop and the FN budget hold (full val split only: NNCF also
         # validates subsets while ranking, where the FN budget does not apply)
@@ -408,7 +398,7 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
             logger.addHandler(h)
         logger.setLevel(old_level)
     q_logits = _predict(quantized, xs)
-    q_top1, q_fn = float((q_logits.argmax(1) == ys).mean()), _critical_fn(_decide(q_logits, thresholds, rule), ys, critical)
+    q_top1, q_fn = float((q_logits.argmax(1) == ys).mean()), _critical_fn(decide(q_logits, thresholds, rule), ys, critical)
     report = {
         "quantizer": "nncf.accuracy_control",
         "split": "val",

@@ -752,7 +752,7 @@ def _check_data(data: Any, manifest: Any) -> None:
 
 
 def _accuracy(backend: Any, data: tuple[np.ndarray, np.ndarray], manifest: Any) -> dict[str, Any]:
-    from ..compress.metrics import evaluate
+    from ..scoring import score
 
     x, y = np.asarray(data[0], dtype=np.float32), np.asarray(data[1])
     spec = backend.inputs[0]
@@ -771,11 +771,8 @@ def _accuracy(backend: Any, data: tuple[np.ndarray, np.ndarray], manifest: Any) 
     z = np.concatenate(logits)
     if z.ndim != 2 or z.shape[1] != len(manifest.classes):
         raise DataError(f"model output has shape {list(z.shape)}; expected (N, {len(manifest.classes)}) logits")
-    # deployed decisions: the manifest's critical-class thresholds apply, as in the runtime and the server
-    metrics = evaluate(
-        z, y, manifest.classes, manifest.critical, thresholds=manifest.thresholds or None,
-        rule=manifest.decision_rule,
-    )
+    # deployed decisions: the manifest's critical-class thresholds under its rule, as in the runtime and the server
+    metrics = score(z, y, manifest)
     d = metrics.to_dict()
     d["samples"] = int(len(y))
     return d

@@ -32,6 +32,7 @@ import numpy as np
 from ..artifact import Manifest, ModelFile
 from ..errors import ConfigError, EdgeslimError, MissingDependencyError, ValidationError
 from ..recipe import ValidateSection
+from ..scoring import critical_fn, critical_missed, decide
 
 #: which runtime backend validates each model format
 DEFAULT_BACKENDS: dict[str, str] = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
@@ -46,8 +47,8 @@ VALIDATION_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def _critical_fn(pred: np.ndarray, labels: np.ndarray, critical: list[int]) -> dict[str, int]:
-    # FN of class c: a sample of class c predicted as anything else (the miss the class-dependent loss targets).
-    return {str(c): int(((labels == c) & (pred != c)).sum()) for c in critical}
+    # FN of class c: a sample of class c predicted as anything else (edgeslim.scoring counts it), keyed as JSON keys
+    return {str(c): fn for c, fn in critical_fn(pred, labels, critical).items()}
 
 
 def classification_summary(logits: np.ndarray, labels: np.ndarray | None, critical: list[int], *,
@@ -60,12 +61,7 @@ def classification_summary(logits: np.ndarray, labels: np.ndarray | None, critic
     if labels is None:
         return {}
     top1 = logits.argmax(1)
-    decided = top1
-    if thresholds:
-        from ..decision import predict
-
-        z = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-        decided = predict(z / z.sum(axis=1, keepdims=True), thresholds, rule)
+    decided = decide(logits, thresholds, rule)
     out: dict[str, Any] = {"accuracy": round(float((top1 == labels).mean()), 6),
                            "critical_fn": _critical_fn(decided, labels, critical)}
     if thresholds:
@@ -163,13 +159,7 @@ def _limits(precision: str, cfg: ValidateSection) -> dict[str, float]:
 def _missed(logits: np.ndarray, labels: np.ndarray, critical: list[int], thresholds: Mapping[str, float] | None,
             rule: str) -> np.ndarray:
     """Per sample: a critical-class sample the decision (at ``thresholds``) gives another class."""
-    decided = logits.argmax(1)
-    if thresholds:
-        from ..decision import predict
-
-        z = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-        decided = predict(z / z.sum(axis=1, keepdims=True), thresholds, rule)
-    return np.isin(labels, critical) & (decided != labels)
+    return critical_missed(decide(logits, thresholds, rule), labels, critical)
 
 
 def _reduced_figures(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, critical: list[int],

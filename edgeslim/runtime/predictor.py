@@ -19,6 +19,7 @@ from ..decision import fired_classes
 from ..decision import predict as _decide
 from ..errors import ArtifactError, ConfigError, InputError
 from ..preprocess import ImageLike, preprocess
+from ..scoring import softmax as softmax  # float32, as served; server, export and pipeline import it from here
 from .base import BACKENDS, Backend, BackendOptions
 
 DEFAULT_BATCH_SIZE = 8
@@ -55,13 +56,6 @@ class Prediction:
             "critical": self.critical,
             "probabilities": self.probabilities.tolist(),
         }
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis, float32."""
-    z = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True).astype(np.float32)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def decide(
