@@ -320,7 +320,10 @@ VNNI_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 def cpu_target(cpu: dict[str, Any] | None = None) -> TargetProfile:
     """The CPU profile of this machine (or of ``cpu``, a :func:`cpu_info` summary): ``x86-vnni`` or ``x86-avx2``
-    from the ISA flags on x86, ``arm-cpu`` on ARM, ``x86-cpu`` when the flags are unknown (no /proc/cpuinfo)."""
+    from the ISA flags on x86, ``arm-cpu`` on ARM, ``x86-cpu`` when the flags are unknown (no /proc/cpuinfo). This
+    machine held below VNNI by ``ONEDNN_MAX_CPU_ISA`` (``AVX2``, ``AVX512_CORE``, ...) is ``x86-avx2``: that is how
+    OpenVINO runs INT8 in this process."""
+    own = cpu is None
     cpu = cpu if cpu is not None else cpu_info()
     machine = str(cpu.get("machine", "")).lower()
     if machine in ("aarch64", "arm64") or str(cpu.get("vendor", "")).upper() in ("ARM", "NVIDIA"):
@@ -328,7 +331,16 @@ def cpu_target(cpu: dict[str, Any] | None = None) -> TargetProfile:
     isa = cpu.get("isa") or {}
     if not isa:
         return TARGETS.get("x86-cpu")
-    return TARGETS.get("x86-vnni" if any(isa.get(f) for f in VNNI_FLAGS) else "x86-avx2")
+    vnni = any(isa.get(f) for f in VNNI_FLAGS)
+    if vnni and own and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _CAPS_WITHOUT_VNNI:
+        # this process's oneDNN (OpenVINO's CPU plugin) is held below VNNI: its INT8 convolutions sum in 16-bit
+        # lanes as an AVX2 host's do, so it gets that host's scheme (7-bit weights, safe on onnxruntime's VNNI too)
+        vnni = False
+    return TARGETS.get("x86-vnni" if vnni else "x86-avx2")
+
+
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) whose INT8 kernels have no VNNI
+_CAPS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
 
 
 def host_target(root: str | os.PathLike = "/") -> TargetProfile:

@@ -44,6 +44,18 @@ def test_arm_and_unknown_cpus():
     assert cpu_target({"machine": "x86_64", "isa": {}}).name == "x86-cpu"
 
 
+@pytest.mark.parametrize("cap, expected", [("AVX2", "x86-avx2"), ("AVX512_CORE", "x86-avx2"), ("avx512_core", "x86-avx2"),
+                                           ("AVX512_CORE_VNNI", "x86-vnni"), ("AVX512_CORE_AMX", "x86-vnni"), ("", "x86-vnni")])
+def test_this_process_held_below_vnni_by_onednn_is_an_avx2_target(monkeypatch, cap, expected):
+    # oneDNN's ISA cap makes OpenVINO's INT8 convolutions sum in 16-bit lanes: the scheme must be the AVX2 host's
+    import edgeslim.hardware as hw
+
+    monkeypatch.setattr(hw, "cpu_info", lambda: _cpu("avx2 avx512f avx512_vnni amx_int8"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert hw.cpu_target().name == expected
+    assert hw.cpu_target(_cpu("avx2 avx512_vnni")).name == "x86-vnni"  # a described CPU is not this process
+
+
 def test_host_target_reads_a_jetson_device_tree_and_an_nvidia_driver(tmp_path):
     dt = tmp_path / "jetson" / "proc" / "device-tree"
     dt.mkdir(parents=True)
