@@ -5,8 +5,12 @@ One run on this host, batch 1, on the target's backend (OpenVINO on an x86 CPU).
 - ``dense FP32`` and ``PTQ INT8``: one pipeline run of the base recipe with ``prune.method: none`` and
   ``quantize.method: ptq`` (its FP32 and INT8 files).
 - ``lite0-fast-int8``: the built-in recipe (structured 60 % + QAT with distillation), epochs as given.
-- ``search``: ``edgeslim search`` on the same base, latency budget = dense p90 / ``--speedup`` (default 3) and
-  critical FNR at ``--fpr`` on val at most dense's.
+- ``search``: ``edgeslim search`` on the same base, once per latency budget: ``--budget-fractions`` of dense p90
+  (``0.5,0.333``: half and a third; default 1 / ``--speedup``), with the critical budget ``--critical-budget``:
+  ``extra-fn`` (default: at most ``--max-extra-critical-fn`` more missed critical val samples than the search's own
+  dense reference, 0 = no more) or ``dense-fnr`` (critical FNR at ``--fpr`` on val at most this bench's dense
+  FP32 file's). The searches share one storage and one candidates folder (one Optuna study per budget), so a
+  candidate fine-tuned for the first budget is resumed, not trained again, for the next.
 
 Every arm is scored on the test split by its exported file: top-1, per-class recall, critical FN at its deployed
 threshold, and critical FNR at the same FPR for all arms (``--fpr``; the matched operating point), plus size.
@@ -15,6 +19,8 @@ Latency is the profiler's p90 and median on the deployed files, measured interle
     python bench/search.py [--data-from lite0-fast-int8|default] [--dataset digits] [--source efficientnet_lite0]
                            [--epochs 1] [--final-epochs 1]
                            [--trials 6] [--time-budget 1800] [--out DIR] [--md bench/results/search.md]
+                           [--budget-fractions 0.5,0.333] [--critical-budget extra-fn|dense-fnr]
+                           [--max-extra-critical-fn 0]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -85,6 +92,13 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.5,0.6,0.7")
     ap.add_argument("--image-sizes", default="", help="comma list the search may pick from (default: --image-size)")
     ap.add_argument("--speedup", type=float, default=3.0, help="latency budget = dense p90 / this")
+    ap.add_argument("--budget-fractions", default="",
+                    help="comma list: one search per latency budget = dense p90 x each (0.5,0.333: half and a third);"
+                    " default 1 / --speedup")
+    ap.add_argument("--critical-budget", choices=["extra-fn", "dense-fnr"], default="extra-fn",
+                    help="extra-fn: at most --max-extra-critical-fn more missed critical val samples than the search's"
+                    " dense reference; dense-fnr: critical FNR at --fpr on val at most the dense FP32 arm's")
+    ap.add_argument("--max-extra-critical-fn", type=int, default=0)
     ap.add_argument("--fpr", type=float, default=0.05, help="the matched critical FPR")
     ap.add_argument("--max-top1-drop", type=float, default=0.01)
     ap.add_argument("--time-budget", type=float, default=1800.0)
@@ -171,27 +185,54 @@ def main() -> None:
     lat0 = _latency({"dense": arms["dense FP32"]}, "openvino", args.threads, args.rounds, args.iters)["dense"]
     zv, yv, mv = _scores(LocalSite("openvino", threads=args.threads), dense_art, "fp32", "val", data)
     dval = _judge(zv, yv, mv, args.fpr)
-    budget = lat0["p90"] / args.speedup
-    section = SearchSection(
-        latency_ms=budget, max_critical_fnr=dval["critical_fnr_at_fpr"], at_fpr=args.fpr,
-        max_top1_drop=args.max_top1_drop, trials=args.trials, fine_tune_epochs=args.final_epochs,
-        ratios=[float(r) for r in args.ratios.split(",")], precisions=["fp32", "int8"],
-        image_sizes=[int(s) for s in args.image_sizes.split(",") if s], time_budget_s=args.time_budget,
-        threads=args.threads, isa=args.isa, measure_iterations=200, measure_seconds=1.0)
-    say(f"budgets: p90 <= {budget:.3f} ms (dense {lat0['p90']:.3f} / {args.speedup}), val critical FNR at FPR"
-        f" {args.fpr} <= {dval['critical_fnr_at_fpr']}, top-1 drop <= {args.max_top1_drop}")
-    t0 = time.perf_counter()
-    pick = None
-    try:
-        res = search(parse_recipe(base), out / "search", section=section, progress=False)
-        pick = res.pick
-        arms["search pick"] = (out / "search" / "artifact", pick["candidate"]["precision"])
-        search_note = f"pick: {pick['label']}"
-    except Exception as exc:  # noqa: BLE001 - the bench reports a search that found nothing, with its reason
-        search_note = f"search found no pick: {exc}"
+    fractions = [float(f) for f in args.budget_fractions.split(",") if f] or [1.0 / args.speedup]
+    if any(not 0 < f <= 1 for f in fractions):
+        raise SystemExit(f"--budget-fractions {args.budget_fractions}: each must be in (0, 1]")
+    crit: dict = ({"max_extra_critical_fn": args.max_extra_critical_fn} if args.critical_budget == "extra-fn" else
+                  {"max_critical_fnr": dval["critical_fnr_at_fpr"]})
+    crit_text = (f"val critical FN <= the search's dense reference's + {args.max_extra_critical_fn}"
+                 if args.critical_budget == "extra-fn" else
+                 f"val critical FNR at FPR {args.fpr} <= {dval['critical_fnr_at_fpr']}")
+    searches = []  # one per budget: (fraction, budget ms, result or None, note, seconds)
+    for frac in fractions:
+        budget = lat0["p90"] * frac
+        section = SearchSection(
+            latency_ms=budget, **crit, at_fpr=args.fpr, study=f"bench-search-f{frac:g}",
+            max_top1_drop=args.max_top1_drop, trials=args.trials, fine_tune_epochs=args.final_epochs,
+            ratios=[float(r) for r in args.ratios.split(",")], precisions=["fp32", "int8"],
+            image_sizes=[int(s) for s in args.image_sizes.split(",") if s], time_budget_s=args.time_budget,
+            threads=args.threads, isa=args.isa, measure_iterations=200, measure_seconds=1.0)
+        say(f"budgets: p90 <= {budget:.3f} ms (dense {lat0['p90']:.3f} x {frac:g}), {crit_text}, top-1 drop <="
+            f" {args.max_top1_drop}")
+        t0 = time.perf_counter()
         res = None
-    wall["search"] = time.perf_counter() - t0
-    say(search_note)
+        (out / "search" / "front.json").unlink(missing_ok=True)  # the previous budget's
+        try:
+            res = search(parse_recipe(base), out / "search", section=section, progress=False)
+            pick = res.pick
+            # the search's outputs are rewritten by the next budget's: keep this one's
+            keep = out / f"search-f{frac:g}"
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(out / "search" / "artifact", keep / "artifact")
+            shutil.copy2(out / "search" / "front.json", keep / "front.json")
+            shutil.copy2(out / "search" / "chosen-recipe.yaml", keep / "chosen-recipe.yaml")
+            arms[f"search pick ({frac:g} x dense p90)"] = (keep / "artifact", pick["candidate"]["precision"])
+            dense_ref = res.dense
+            met = pick["critical_fn"] <= dense_ref["critical_fn"] and dense_ref["top1"] - pick["top1"] <= 0.01
+            verdict = (f"val critical FN {pick['critical_fn']} against the search's dense reference's"
+                       f" {dense_ref['critical_fn']}, top-1 {pick['top1']:.4f} against {dense_ref['top1']:.4f}"
+                       f" (goal {'met' if met else 'not met'}: no more missed critical than dense, top-1 within 1"
+                       " point)")
+            note = f"pick: {pick['label']}; {verdict}"
+        except Exception as exc:  # noqa: BLE001 - the bench reports a search that found nothing, with its reason
+            note = f"search found no pick: {exc}"
+            if (out / "search" / "front.json").is_file():  # the front that shows it
+                (out / f"search-f{frac:g}").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(out / "search" / "front.json", out / f"search-f{frac:g}" / "front.json")
+                note += f" (front: {out / f'search-f{frac:g}' / 'front.json'})"
+        searches.append((frac, budget, res, note, time.perf_counter() - t0))
+        wall[f"search {frac:g}"] = time.perf_counter() - t0
+        say(note)
 
     lat = _latency(arms, "openvino", args.threads, args.rounds, args.iters)
     rows = []
@@ -209,8 +250,10 @@ def main() -> None:
         + (f"; ISA capped at {args.isa}" if args.isa else "") + "  ",
         f"Data: {args.dataset}, {args.source} at {args.image_size}px, dense epochs {args.epochs}, fine-tune"
         f" {args.final_epochs}; test split scored by each exported file (OpenVINO); FNR at matched critical FPR"
-        f" {args.fpr}.  ", f"Search: {search_note}; budget p90 <= {budget:.3f} ms; {args.trials} trials; wall "
-        f"{wall['search']:.0f} s (total run {time.perf_counter() - t_all:.0f} s).", "",
+        f" {args.fpr}.  "] + [
+        f"Search at p90 <= {budget:.3f} ms ({frac:g} x dense p90), {crit_text}: {note}; {args.trials} trials; wall"
+        f" {secs:.0f} s.  " for frac, budget, _, note, secs in searches] + [
+        f"Total run {time.perf_counter() - t_all:.0f} s.", "",
         "| arm | prec | p90 ms | median ms | x dense (p90) | x PTQ (p90) | top-1 | crit FN | crit FNR @FPR | size MB |"
         " per-class recall |", "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -220,8 +263,11 @@ def main() -> None:
         lines.append(f"| {r['arm']} | {r['precision']} | {r['p90']:.3f} | {r['median']:.3f} | "
                      f"{dense_p90 / r['p90']:.2f} | {ptq_p90 / r['p90']:.2f} | {r['top1']:.4f} | {r['critical_fn']} | "
                      f"{fnr} | {r['size_mb']:.2f} | {rec} |")
-    if res is not None:
-        lines += ["", "Search front (val):", ""]
+    for frac, budget, res, _, _ in searches:
+        if res is None:
+            continue
+        lines += ["", f"Search front (val), budget {frac:g} x dense p90 = {budget:.3f} ms; dense reference: top-1"
+                  f" {res.dense['top1']:.4f}, crit FN {res.dense['critical_fn']}:", ""]
         for p in res.front:
             lines.append(f"- {p['label']}: p90 {p['latency_ms']:.3f} ms (profiler on the trained file:"
                          f" {p.get('measured_p90_ms', float('nan')):.3f}), top-1 {p['top1']:.4f}, crit FN"
