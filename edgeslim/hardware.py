@@ -294,8 +294,12 @@ def list_targets() -> list[dict[str, Any]]:
     return [TARGETS.get(n).to_dict() for n in TARGETS.names()]
 
 
-def get_target(name: str) -> TargetProfile:
-    """A target profile by name or alias (unknown names raise with did-you-mean)."""
+def get_target(name: str | None) -> TargetProfile:
+    """A target profile by name or alias (unknown names raise with did-you-mean); ``"auto"`` (or None) is
+    :func:`host_target`, this host. The search's :func:`edgeslim.search.target.resolve_target` adds what a
+    measurement needs on top of it (ISA caps, the backend, a device behind a server)."""
+    if name is None or name == "auto":
+        return host_target()
     return TARGETS.get(name)
 
 
@@ -359,13 +363,6 @@ def host_target(root: str | os.PathLike = "/") -> TargetProfile:
     if gpus.is_dir() and any(gpus.iterdir()):
         return TARGETS.get("nvidia-gpu")
     return cpu_target()
-
-
-def resolve_target(name: str | None = "auto") -> TargetProfile:
-    """``"auto"`` (or None): :func:`host_target`; otherwise the registered profile (did-you-mean on a typo)."""
-    if name is None or name == "auto":
-        return host_target()
-    return TARGETS.get(name)
 
 
 def check_target_name(name: str) -> str:
@@ -437,7 +434,7 @@ def int8_scheme(target: TargetProfile | str, fmt: str) -> Int8Scheme:
     A format that does not run on the target (an OpenVINO IR for a GPU or a Jetson) is made for this machine's
     CPU instead (:func:`cpu_target`), and says so in ``why``.
     """
-    profile = resolve_target(target) if isinstance(target, str) else target
+    profile = get_target(target) if isinstance(target, str) else target
     why: list[str] = []
     if fmt == "openvino" and profile.kind != "cpu":
         why.append(f"OpenVINO does not run on {profile.name}: the IR is made for this machine's CPU")

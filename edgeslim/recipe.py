@@ -187,9 +187,6 @@ class TrainSection(_Section):
     threads: int | None = Field(default=None, gt=0)
 
 
-QUANTIZE_METHODS = ("none", "ptq", "qat", "accuracy_aware")
-
-
 def QuantizeSection(**data: Any) -> MethodConfig:  # noqa: N802 - the section's name, kept for callers of version 1
     """The ``quantize`` section: the chosen INT8 method's config (:mod:`edgeslim.compress.quant`), e.g.
     ``QuantizeSection(method="qat", qat_epochs=2)`` is ``QAT(qat_epochs=2)``; without ``method``, ``PTQ``.

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,33 +205,24 @@ class _Busy(Exception):
 
 @contextlib.contextmanager
 def _claim(trial_dir: Path):
-    """Hold ``trial_dir`` for this process (an O_EXCL lock file naming host and pid).
+    """Hold ``trial_dir`` for this process: an operating-system lock on ``<trial>.lock`` (``filelock``).
 
     Two workers sharing a storage may be proposed the same candidate; the second one steps aside (the first's
-    result is reused through the storage). A lock left by a killed process on this host is taken over, so its
-    checkpoints resume; a lock from another host is respected.
+    result is reused through the storage). The system releases the lock of a killed process, so its checkpoints
+    resume; a lock held on another host is respected where the storage locks across hosts (NFS does).
     """
-    from .._io import _alive
+    from filelock import FileLock, Timeout
 
     trial_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = trial_dir.parent / f"{trial_dir.name}.lock"
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            host, _, pid = lock.read_text().strip().partition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                lock.unlink(missing_ok=True)
-                continue
-            raise _Busy(f"{trial_dir.name} is being fine-tuned by {host} pid {pid}") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
+    lock = FileLock(trial_dir.parent / f"{trial_dir.name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _Busy(f"{trial_dir.name} is being fine-tuned by another process (it holds {lock.lock_file})") from None
     try:
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
 
 
 def _train_and_score(ctx: _Context, c: dict[str, Any]) -> dict[str, Any]:
