@@ -7,7 +7,10 @@ PyTorch's CPU convolutions) honours ``ONEDNN_MAX_CPU_ISA``, read once when the l
 with the variable set dispatches the older kind's kernels (``tests/export/test_host_kinds.py``, which checks the
 kernels that really ran). oneDNN can hold a CPU to an older ISA, never lift it to a newer one: kinds above this
 host's are not covered here. onnxruntime's MLAS picks its kernels from CPUID with no such cap, so its INT8 is
-covered for this host's kind only.
+covered for this host's kind only. Nor does the cap reach OpenVINO's own choice of precision for float layers: on a
+CPU with BF16 (AMX, AVX512_BF16) it still defaults to bf16, whose kernels an AVX2 cap removes ("Convolution node ...
+object is not initialized"); the emulated runs therefore compile as the validation does, pinned to f32, and an
+OpenVINO model compiled at its default precision (accuracy control's scoring) cannot be emulated below AVX-512.
 
 Used by ``tests/conftest.py`` (the session header and summary) and by ``.ci/run`` (``python tests/host_kinds.py``).
 """
