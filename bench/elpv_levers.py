@@ -167,10 +167,12 @@ def main() -> None:
     ap.add_argument("--arms", default="base,res96,res160,epochs1,sgd_constant,tta")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out", default="/tmp/elpv-levers")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch intra-op threads (1 on a shared host: 2-thread OpenMP regions stall when descheduled)")
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     (out / "arms").mkdir(parents=True, exist_ok=True)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
