@@ -74,7 +74,6 @@ class FieldReference(BaseModel):
     critical_scores: dict[str, list[float]] = Field(default_factory=dict)  # class index -> sample of p_c on val
     input_mean: list[float] = Field(default_factory=list)  # sample of per-image input means (field_reference.py)
     input_std: list[float] = Field(default_factory=list)  # sample of per-image input standard deviations
-    input_values: int = Field(default=256, gt=0)  # values per image the input statistics read (field_reference.py)
     critical_recall: dict[str, dict[str, int]] = Field(default_factory=dict)  # class index -> {"hits", "positives"}
 
 
@@ -180,7 +179,7 @@ def finalize(directory: str | os.PathLike, manifest: Manifest) -> Manifest:
     for m in manifest.models:
         if not (directory / m.path).is_file():
             raise ArtifactError(f"manifest lists {m.path} but {directory / m.path} does not exist")
-    from . import __version__
+    from ._version import __version__
 
     manifest = manifest.model_copy(update={"files": _hash_tree(directory), "edgeslim_version": __version__})
     atomic_write_json(directory / MANIFEST, manifest.model_dump(mode="json"))

@@ -32,7 +32,7 @@ _state = {"debug": False}
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from ._version import __version__
 
         console.print(f"edgeslim {__version__}")
         raise typer.Exit()

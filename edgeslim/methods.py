@@ -115,6 +115,17 @@ class MethodRegistry:
         self.where = where
         self._plugins = plugins
         self._registry: Registry[Method[Any]] = Registry(kind)
+        self._upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def set_hooks(self, *, base: type[MethodConfig] | None = None,
+                  upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """Hooks of the plugin module that owns the configs, so that parsing a section needs only this registry
+        (the recipe imports no stage): ``base``, the config class every method subclasses; ``upgrade``, applied to
+        a section's data before it is parsed (an older form of the section, e.g. a version-1 flat one)."""
+        if base is not None:
+            self.base = base
+        if upgrade is not None:
+            self._upgrade = upgrade
 
     # -- registration ---------------------------------------------------------------------------------------------
     def register(self, config: type[C], *, aliases: tuple[str, ...] = ()) -> Callable[[H], H]:
@@ -197,6 +208,7 @@ class MethodRegistry:
             UnknownNameError: the method is not registered (lists the known ones and the closest match).
             ConfigError: a key the method does not have (lists its keys), or a value out of range.
         """
+        self._load()  # the plugins register the methods and the hooks
         if isinstance(data, MethodConfig):
             if not isinstance(data, self.base):
                 raise ConfigError(f"{type(data).__name__} is not a {self.kind} config")
@@ -205,6 +217,8 @@ class MethodRegistry:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{self._at('')}expected a mapping with a 'method' key, got {type(data).__name__}")
+        if self._upgrade is not None:
+            data = self._upgrade(data)
         name = data.get("method", default)
         if name is None:
             raise ConfigError(f"{self._at('')}missing 'method'; one of: {', '.join(self.names())}")

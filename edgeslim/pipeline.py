@@ -9,7 +9,6 @@ commands call the stages directly (:func:`edgeslim.export.export_existing`,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,36 +16,9 @@ from ._io import atomic_write_text
 from .artifact import Manifest, TensorInfo
 from .errors import ConfigError
 from .recipe import Recipe
+from .summary import PipelineResult as PipelineResult  # what a run produced; the summary renders it
 
 STAGES = ("compress", "export", "profile")
-
-
-@dataclass
-class PipelineResult:
-    """What one pipeline run produced (paths, metrics, profile entries, timings)."""
-
-    out_dir: Path
-    recipe: Recipe
-    artifacts: dict[str, Path] = field(default_factory=dict)  # "dense" / "compressed" -> directory
-    manifests: dict[str, Manifest] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)  # "dense" / "compressed" -> test metrics dict
-    profile: list[dict[str, Any]] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    #: per artifact, per model file: its accuracy on val and test measured by the runtime that runs it
-    #: (:func:`edgeslim.devices.profiler.score_artifact`); the summary's rows are read from here
-    scores: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: model files left out of an artifact ({"model", "file", "format", "precision", "reason"}): a partial run
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    #: what compression did other than asked, in words (e.g. layers channel pruning kept whole): the summary lists
-    #: them and the compressed artifact's manifest keeps them
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def partial(self) -> bool:
-        """Whether a format or precision was left out (the CLI then exits with :data:`EXIT_PARTIAL`)."""
-        return bool(self.failed)
-    training: dict[str, Any] = field(default_factory=dict)  # e.g. "fpr_budget": whether the loss held it
 
 
 #: exit code of ``edgeslim pipeline`` / ``edgeslim export`` when the artifacts were written without every format

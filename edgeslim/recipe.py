@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .methods import PRUNE_METHODS, MethodConfig
+from .methods import PRUNE_METHODS, QUANT_METHODS, MethodConfig
 from .registry import did_you_mean
 from .search.config import SearchSection
 
@@ -201,9 +201,7 @@ def QuantizeSection(**data: Any) -> MethodConfig:  # noqa: N802 - the section's 
     A flat section with every method's fields (recipes written before the methods were typed) is accepted: fields
     the method does not have are dropped at their old defaults and refused otherwise.
     """
-    from .compress.quant import parse_quantize
-
-    return parse_quantize(data)
+    return QUANT_METHODS.parse(data, default="ptq")
 
 
 class DistillSection(_Section):
@@ -334,9 +332,7 @@ class Recipe(_Section):
     @field_validator("quantize", mode="before")
     @classmethod
     def _quantize(cls, v: Any) -> MethodConfig:
-        from .compress.quant import parse_quantize
-
-        return parse_quantize(v)
+        return QUANT_METHODS.parse(v, default="ptq")
 
     @field_validator("prune", mode="before")
     @classmethod
@@ -498,9 +494,7 @@ def parse_recipe(data: dict[str, Any] | None, *, where: str = "(inline)", check_
         error = type(exc)  # UnknownNameError for an unknown method
     quantize: MethodConfig | None = None
     try:
-        from .compress.quant import parse_quantize
-
-        quantize = parse_quantize(data.get("quantize"))
+        quantize = QUANT_METHODS.parse(data.get("quantize"), default="ptq")
     except ConfigError as exc:
         lines.append(str(exc))
         error = type(exc) if error is ConfigError else error

@@ -24,7 +24,7 @@ This module is light (pydantic only): heavy imports happen inside the handlers, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, cast
 
 from pydantic import Field
 
@@ -50,6 +50,9 @@ class QuantizeConfig(MethodConfig):
                                      " '@first_conv' is the graph's first convolution")
     fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (False: the full one)")
     model_type: Literal["cnn", "transformer"] = Field(default="cnn", description="transformer: NNCF's transformer scheme")
+
+
+QUANT_METHODS.set_hooks(base=QuantizeConfig)  # every quantization method's config is one
 
 
 class NoQuantization(QuantizeConfig):
@@ -219,9 +222,10 @@ def with_method(cfg: QuantizeConfig, method: str, **options: Any) -> QuantizeCon
     return parse_quantize({**common, **options, "method": method})
 
 
+# the registry parses a quantize section by itself (the recipe imports no stage): a flat section is upgraded first
+QUANT_METHODS.set_hooks(upgrade=upgrade_flat)
+
+
 def parse_quantize(data: Any) -> QuantizeConfig:
     """A quantize section (typed, flat or a config) as its method's config (default method: ``ptq``)."""
-    cfg = QUANT_METHODS.parse(upgrade_flat(data) if isinstance(data, dict) or data is None else data, default="ptq")
-    if not isinstance(cfg, QuantizeConfig):
-        raise ConfigError(f"{type(cfg).__name__} is not a quantization method's config; subclass QuantizeConfig")
-    return cfg
+    return cast(QuantizeConfig, QUANT_METHODS.parse(data, default="ptq"))  # the registry's base (set_hooks)

@@ -61,7 +61,7 @@ def make_report(
             "classes": list(m.classes),
             "critical": list(m.critical),
         }
-    from .. import __version__
+    from .._version import __version__
 
     report: dict[str, Any] = {
         "schema": SCHEMA,

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, EdgeslimError
 from . import classify, device, feedback, health, infer, metrics, model_repository, models, sharedmem
 from .errors import error_response, json_error, validation_message

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
+from .._version import __version__
 from .schemas import ERRORS
 
 #: The name of this endpoint in the server metadata's ``extensions``.

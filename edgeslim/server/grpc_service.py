@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, EdgeslimError, InputError, require
 from .errors import BodyTooLargeError, ModelNotFoundError, ModelNotReadyError, ServerBusyError, http_status
 from .health import server_ready

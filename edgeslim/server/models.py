@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from .. import __version__
+from .._version import __version__
 from .errors import ModelNotReadyError
 from .schemas import ERRORS, ModelConfig, ModelMetadata, ServerMetadata, Stats
 
