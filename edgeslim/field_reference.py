@@ -13,33 +13,26 @@ import numpy as np
 
 #: Where a model file keeps its reference (``ModelFile.extra``) and the version this edgeslim writes and reads.
 REFERENCE_KEY = "field_reference"
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2  # 2: input statistics over every value (1: a strided sample)
 #: Most values per sample stored in a reference (val splits are small; this bounds the manifest on large ones).
 REFERENCE_CAP = 1000
-#: Input values per image that the input statistics read (a fixed stride through the flat image); the reference
-#: records the number it was computed with (``FieldReference.input_values``) and the server reads as many. 256: the
-#: strided copy costs about a microsecond per request, and the per-image mean and spread it estimates vary far more
-#: between images than within one.
-STAT_VALUES = 256
+def input_statistics(x: np.ndarray) -> np.ndarray:
+    """Per image of ``x`` (``(n, ...)`` preprocessed float input): ``(n, 2)`` mean and standard deviation over every
+    value of the image.
 
-
-def input_sample(x: np.ndarray, values: int = STAT_VALUES) -> np.ndarray:
-    """``(n, k)``: at most ``values`` values of each image of ``x`` (``(n, ...)`` preprocessed input), read at a fixed
-    stride that depends only on the image size, so the reference and the server read the same pixels. A view: the
-    server copies it into its window and computes the statistics later, out of the request path."""
-    a = np.asarray(x)
-    flat = a.reshape(a.shape[0] if a.ndim else 1, -1)
-    step = max(1, flat.shape[1] // values)
-    return flat[:, : step * values : step]
-
-
-def input_statistics(x: np.ndarray, *, sampled: bool = False, values: int = STAT_VALUES) -> np.ndarray:
-    """Per image of ``x``: ``(n, 2)`` mean and standard deviation of its :func:`input_sample` (``sampled``: ``x``
-    already is one)."""
-    sub = np.asarray(x if sampled else input_sample(x, values), dtype=np.float64)
-    out = np.empty((sub.shape[0], 2), dtype=np.float64)
-    out[:, 0] = sub.mean(axis=1)
-    out[:, 1] = sub.std(axis=1)
+    Over every value, not a strided sample: a fixed sample of a structured image (a solar cell's busbars) reads other
+    structures once the image is turned, and a model trained with flips and turns would then see drift in traffic
+    that is not drifting. Two contiguous float32 reductions (``einsum``): about 10 us for a 3x64x64 image and 80 us
+    for 3x224x224 on a loaded 2-core host, against a model that runs milliseconds on either.
+    """
+    flat = np.asarray(x, dtype=np.float32).reshape(x.shape[0] if np.ndim(x) else 1, -1)
+    n = flat.shape[1]
+    s1 = np.einsum("ij->i", flat, dtype=np.float64)
+    s2 = np.einsum("ij,ij->i", flat, flat)
+    mean = s1 / n
+    out = np.empty((flat.shape[0], 2), dtype=np.float64)
+    out[:, 0] = mean
+    out[:, 1] = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
     return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..artifact import Manifest, ModelFile
 from ..errors import EdgeslimError
-from ..field_reference import REFERENCE_KEY, REFERENCE_VERSION, STAT_VALUES, capped_sample, input_statistics
+from ..field_reference import REFERENCE_KEY, REFERENCE_VERSION, capped_sample, input_statistics
 
 
 def file_logits(directory: Path, mf: ModelFile, x: np.ndarray, torch_logits: np.ndarray) -> np.ndarray | None:
@@ -55,7 +55,6 @@ def field_reference(m: Manifest, mf: ModelFile, logits: np.ndarray, labels: np.n
         "critical_scores": {str(c): capped_sample(probs[:, c], seed=c) for c in m.critical},
         "input_mean": capped_sample(stats[:, 0], seed=101),
         "input_std": capped_sample(stats[:, 1], seed=101),
-        "input_values": STAT_VALUES,
         "critical_recall": recall,
     }
 

@@ -1,10 +1,10 @@
 """Accuracy in the field: ground-truth feedback and label-free drift, per served model.
 
 Both protocols call :meth:`FieldMonitor.record` once per answered inference request (REST and gRPC share
-:func:`edgeslim.server.infer.run_request`); it costs a few copies of small arrays: the request's logits, a strided
-sample of its input (:func:`edgeslim.field_reference.input_sample`) and an id. Everything else runs later: the
-feedback endpoint (:mod:`edgeslim.server.feedback`), the statistics and ``/metrics`` reads, and the drift test, which
-runs every ``drift_every`` items in a worker thread.
+:func:`edgeslim.server.infer.run_request`); it costs a copy of the request's logits, two reductions over its input
+(mean and standard deviation, :func:`edgeslim.field_reference.input_statistics`) and an id. Everything else runs
+later: the feedback endpoint (:mod:`edgeslim.server.feedback`), the statistics and ``/metrics`` reads, and the drift
+test, which runs every ``drift_every`` items in a worker thread.
 
 **Feedback.** Every answered request gets an id (the client's v2 ``id``, else one generated here and returned in the
 answer). Its logits wait in a bounded ring of ``pending`` requests keyed by id. Feedback
@@ -16,7 +16,7 @@ one-sided exact binomial test (``scipy.stats.binomtest``, H0: recall >= the val 
 by the number of critical classes (Bonferroni).
 
 **Drift.** The window of the last ``drift_window`` items (their critical-class probabilities and the per-image mean
-and standard deviation of the input sample) is compared with the file's val reference by the two-sample
+and standard deviation of the input) is compared with the file's val reference by the two-sample
 Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``), one test per critical class and per input statistic, every
 ``drift_every`` items. The model is flagged when a p-value falls below ``alpha / (tests * ceil(drift_window /
 drift_every))``: Bonferroni over the features of one check and over the overlapping checks that share an item, so
@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..field_reference import input_sample, input_statistics
+from ..field_reference import input_statistics
 from ..registry import did_you_mean
 from .errors import DuplicateFeedbackError, RequestIdGoneError, RequestIdNotFoundError
 
@@ -126,9 +126,7 @@ class FieldMonitor:
         # drift state: rings filled on the event loop, tests in a worker thread
         k = len(self.classes)
         self._ring_logits = np.zeros((self.drift_window, k), dtype=np.float32)
-        self._ring_input: np.ndarray | None = None  # (drift_window, sample width), allocated at the first record
-        self._sample_shape: tuple[int, ...] = ()
-        self._values = ref.input_values if ref is not None else 256
+        self._ring_stats = np.zeros((self.drift_window, 2), dtype=np.float64)  # per item: input mean and std
         self._ring_pos = 0
         self._seen = 0  # items recorded since start
         self._since_check = 0
@@ -162,46 +160,35 @@ class FieldMonitor:
         return request_id
 
     def _push(self, rows: np.ndarray, x: np.ndarray) -> None:
-        ring = self._ring_input
-        if ring is None:
-            width = input_sample(x[:1], self._values).shape[1]
-            ring = self._ring_input = np.zeros((self.drift_window, width), dtype=np.float32)
-            self._sample_shape = x.shape[1:]
-        elif x.shape[1:] != self._sample_shape or rows.shape[1] != self._ring_logits.shape[1]:
-            return  # another input size than the first request's: not comparable with the reference
+        if rows.shape[1] != self._ring_logits.shape[1]:
+            return  # not the model's logits: nothing to compare with the reference
+        stats = input_statistics(x)
         w = self.drift_window
-        if rows.shape[0] == 1:  # most clients: one item, two row copies
+        for i in range(rows.shape[0]):  # the request's batch: 1 for most clients
             pos = self._ring_pos
-            self._ring_logits[pos] = rows[0]
-            ring[pos] = input_sample(x, self._values)[0]
+            self._ring_logits[pos] = rows[i]
+            self._ring_stats[pos] = stats[i]
             self._ring_pos = (pos + 1) % w
-        else:
-            sample = input_sample(x, self._values)
-            for i in range(rows.shape[0]):
-                pos = self._ring_pos
-                self._ring_logits[pos] = rows[i]
-                ring[pos] = sample[i]
-                self._ring_pos = (pos + 1) % w
         n = rows.shape[0]
         self._seen += n
         self._since_check += n
         if self._since_check >= self.drift_every and self._seen >= w:
             self._since_check = 0
-            logits, inputs, seen = self._ring_logits.copy(), ring.copy(), self._seen
+            logits, stats_copy, seen = self._ring_logits.copy(), self._ring_stats.copy(), self._seen
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # called outside a server (tests, replays): test now
-                self.check(logits, inputs, seen)
+                self.check(logits, stats_copy, seen)
             else:
-                loop.run_in_executor(None, self.check, logits, inputs, seen)
+                loop.run_in_executor(None, self.check, logits, stats_copy, seen)
 
     # -- drift --------------------------------------------------------------------------------------------------
-    def check(self, logits: np.ndarray, inputs: np.ndarray, seen: int) -> dict[str, Any]:
-        """One drift test of a window (``logits`` and input samples of its items) against the reference."""
+    def check(self, logits: np.ndarray, stats: np.ndarray, seen: int) -> dict[str, Any]:
+        """One drift test of a window (the ``logits`` and :func:`input_statistics` of its items) against the
+        reference."""
         from scipy.stats import ks_2samp
 
         probs = _softmax(logits)
-        stats = input_statistics(inputs, sampled=True)  # the sample was taken with the reference's input_values
         live = {f"p_{self.classes[c]}": probs[:, c] for c in self.critical}
         live["input_mean"], live["input_std"] = stats[:, 0], stats[:, 1]
         features = {}

@@ -72,3 +72,22 @@ def test_a_shifted_stream_is_flagged_within_two_windows(digits_model, predictor)
     assert post and post[0] <= 1000 + 2 * WINDOW, alarms
     assert mon.drift_report()["flag"] is True
     assert mon.drift_report()["features"]["input_mean"]["pvalue"] < mon.level()
+
+
+def test_input_statistics_do_not_change_under_flips_and_turns(digits_model) -> None:
+    """A model trained with flips and quarter turns sees those as in distribution; so must the drift test."""
+    from edgeslim.field_reference import input_statistics
+
+    x, _ = digits_model.test
+    base = input_statistics(x[:50])
+    for k in range(1, 4):
+        turned = np.ascontiguousarray(np.rot90(x[:50], k, axes=(2, 3)))
+        np.testing.assert_allclose(input_statistics(turned), base, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(input_statistics(np.ascontiguousarray(x[:50, ..., ::-1])), base, rtol=1e-5, atol=1e-6)
+
+
+def test_a_reference_of_another_version_turns_drift_off_and_says_why(digits_model, predictor) -> None:
+    mf = predictor.model_file.model_copy(deep=True)
+    mf.extra["field_reference"]["version"] = 1
+    mon = FieldMonitor(predictor.manifest, mf, input_name="input", output_name="logits")
+    assert not mon.drift_on and "version 1" in mon.drift_report()["reason"]

@@ -13,6 +13,7 @@ import pytest
 from field_helpers import CRITICAL, N_VAL, DigitsModel, build_digits_model
 
 from edgeslim.errors import InputError
+from edgeslim.field_reference import REFERENCE_VERSION
 from edgeslim.server.errors import (
     DuplicateFeedbackError,
     RequestIdGoneError,
@@ -53,7 +54,7 @@ def test_export_stores_each_file_its_val_reference(digits_model: DigitsModel, pr
     for mf in m.models:
         ref, note = m.field_reference(mf)
         assert ref is not None, (mf.path, note)
-        assert ref.version == 1 and ref.split == "val" and ref.samples == N_VAL
+        assert ref.version == REFERENCE_VERSION and ref.split == "val" and ref.samples == N_VAL
         assert len(ref.critical_scores[str(CRITICAL)]) == N_VAL and len(ref.input_mean) == N_VAL
         assert ref.critical_recall[str(CRITICAL)]["positives"] == int((vy == CRITICAL).sum())
     # the ONNX file's val recall at its deployed threshold, recounted offline through the runtime
