@@ -113,11 +113,16 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     cap = session_cap()
     lines = [cap] if cap else []
     for k in p["real"]:
-        lines.append(f"{k.name} ({k.describe}): ran for real (the whole suite{', onnxruntime only' if cap else ''})")
+        lines.append(f"{k.name} ({k.describe}): ran for real (every INT8 test in this session{', onnxruntime only' if cap else ''})")
+    not_run = [k.name for k in p["emulated"] if k.name not in _kind_outcomes]
+    if not_run:
+        lines.append(f"{', '.join(not_run)}: could be emulated here, not run in this session"
+                     " (tests/export/test_host_kinds.py not selected)")
     for k in p["emulated"]:
-        outcome, detail = _kind_outcomes.get(k.name, ("not run", "tests/export/test_host_kinds.py was not selected"))
-        label = "emulated" if outcome == "passed" else f"emulation {outcome}"
-        lines.append(f"{k.name} ({k.describe}): {label} (ONEDNN_MAX_CPU_ISA={k.isa_cap}): {detail}")
+        if k.name in _kind_outcomes:
+            outcome, detail = _kind_outcomes[k.name]
+            label = "emulated" if outcome == "passed" else f"emulation {outcome}"
+            lines.append(f"{k.name} ({k.describe}): {label} (ONEDNN_MAX_CPU_ISA={k.isa_cap}): {detail}")
     for k in p["not_covered"]:
         lines.append(f"{k.name} ({k.describe}): not covered (this CPU cannot stand in for it)")
     terminalreporter.write_sep("-", "x86 host kinds (INT8)")
