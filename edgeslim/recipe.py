@@ -223,6 +223,11 @@ class DistillSection(_Section):
 
 class ExportSection(_Section):
     formats: list[str] = Field(default_factory=lambda: ["onnx", "openvino"])
+    int8_formats: list[str] | None = Field(
+        default=None,
+        description="the formats that get an INT8 file when quantize makes one (default: every format); leave out a"
+        " format whose INT8 is no faster than its FP32 on the target (ONNX Runtime on x86 CPUs)",
+    )
     opset: int = Field(default=18, ge=13)
     dynamic_batch: bool = True
     strict: bool = Field(
@@ -230,6 +235,13 @@ class ExportSection(_Section):
         description="all or nothing: a failed format or precision fails the export and nothing is written (default:"
         " the artifact keeps what passed and lists what was left out, and the CLI exits with code 3)",
     )
+
+    @model_validator(mode="after")
+    def _int8_formats(self) -> "ExportSection":
+        for f in self.int8_formats or []:
+            if f not in self.formats:
+                raise ValueError(f"int8_formats names '{f}', which is not in formats {self.formats}.{did_you_mean(f, self.formats)}")
+        return self
 
 
 class ValidateSection(_Section):

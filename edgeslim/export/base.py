@@ -105,6 +105,7 @@ class ExportContext:
     input_name: str = INPUT_NAME
     output_name: str = OUTPUT_NAME
     manifest: Manifest | None = None  # the artifact's metadata (name, classes), for exporters that need it
+    int8_formats: tuple[str, ...] | None = None  # formats that get an INT8 file (None: every format that can)
 
     def wants(self, precision: str) -> bool:
         """Whether ``precision`` was requested."""
@@ -329,10 +330,19 @@ def _reference_logits(model: Any, inputs: np.ndarray, batch: int = 64) -> np.nda
 def _run_exporters(ctx: ExportContext, names: list[str]) -> None:
     for name in names:
         cls = EXPORTERS.get(name)
+        asked = ctx.precisions
+        if "int8" in asked and ctx.int8_formats is not None and name not in ctx.int8_formats:
+            # the recipe says INT8 buys nothing in this format on its target (e.g. ONNX Runtime INT8 slower than
+            # FP32 on x86 CPUs): no calibration, no validation, no fallback minutes spent on it
+            ctx.skip(name, "int8", f"export.int8_formats is {ctx.int8_formats}")
+            ctx.precisions = tuple(p for p in asked if p != "int8")
         for p in ctx.precisions:
             if p not in cls.precisions:
                 ctx.skip(name, p, f"the {name} exporter writes {', '.join(cls.precisions)} only")
-        ctx.written.extend(ctx.attempt(name, "*", lambda cls=cls: cls().export(ctx)))
+        try:
+            ctx.written.extend(ctx.attempt(name, "*", lambda cls=cls: cls().export(ctx)))
+        finally:
+            ctx.precisions = asked
 
 
 def export_artifact(
@@ -456,6 +466,7 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             model=model, directory=tmp, input_shape=input_shape, num_classes=num_classes, opset=export_cfg.opset,
             dynamic_batch=export_cfg.dynamic_batch, precisions=precisions, calibration=cal, quantize=quantize_cfg,
             target=target, qat_model=qat_model, val_split=val_split,
+            int8_formats=None if export_cfg.int8_formats is None else tuple(export_cfg.int8_formats),
         )
         kept: list[ModelFile] = []
         if existing is not None:
