@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ARCHS", "Family", "build_model", "classifier_name", "find_head", "imagenet_class_names", "num_outputs",
-    "parse_arch", "prunable_layers", "rebuild_model", "restore_structure", "split_at", "structure_spec",
+    "frozen_modules", "parse_arch", "prunable_layers", "rebuild_model", "restore_structure", "split_at",
+    "structure_spec",
 ]
 
 
@@ -479,6 +480,27 @@ def _first_leaf_is_linear(m: "nn.Module") -> bool:
     while isinstance(m, nn.Sequential) and len(m):
         m = m[0]
     return isinstance(m, nn.Linear)
+
+
+def frozen_modules(model: "nn.Module", boundary: str) -> list[str]:
+    """The modules ``train.freeze: boundary`` freezes: every module registered before ``boundary``'s subtree ends
+    (pre-order, registration order; the same reading of the model as :func:`split_at`), ``""`` for the root.
+
+    Raises:
+        ConfigError: ``boundary`` names no module (did-you-mean).
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    if boundary not in names:
+        raise ConfigError(f"train.freeze '{boundary}' is not a layer of {type(model).__name__}."
+                          f"{did_you_mean(boundary, names)}")
+    out: list[str] = []
+    reached = False
+    for n, _ in model.named_modules():
+        if reached and not n.startswith(boundary + "."):
+            break
+        reached = reached or n == boundary
+        out.append(n)
+    return out
 
 
 def split_at(model: "nn.Module", boundary: str, probe: Any) -> tuple["nn.Module", "nn.Module"]:

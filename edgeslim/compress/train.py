@@ -103,25 +103,17 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 
 
 def _freeze(model: nn.Module, boundary: str) -> list[str]:
-    """requires_grad=False for every parameter of the layers up to and including ``boundary`` (in registration
-    order, as models.split_at reads the model); returns the frozen top-level layer names."""
-    from ..models import split_at  # noqa: F401 - same reading of the model (checked there)
+    """requires_grad=False for every parameter of the layers up to and including ``boundary``
+    (:func:`edgeslim.models.frozen_modules`); returns the frozen parameter names."""
+    from ..models import frozen_modules
 
-    names = [n for n, _ in model.named_modules() if n]
-    if boundary not in names:
-        from ..registry import did_you_mean
-
-        raise ConfigError(f"train.freeze '{boundary}' is not a layer of {type(model).__name__}."
-                          f"{did_you_mean(boundary, names)}")
     frozen: list[str] = []
-    reached = False
-    for n, m in model.named_modules():  # pre-order, registration order: the layers up to the boundary's subtree
-        if reached and not n.startswith(boundary + "."):
-            break
-        reached = reached or n == boundary
-        for pn, p in m.named_parameters(recurse=False):
+    for n in frozen_modules(model, boundary):
+        for pn, p in model.get_submodule(n).named_parameters(recurse=False):
             p.requires_grad_(False)
             frozen.append(f"{n}.{pn}" if n else pn)
+    if not frozen:
+        raise ConfigError(f"train.freeze '{boundary}': no layer up to it has weights; name a later layer")
     return frozen
 
 

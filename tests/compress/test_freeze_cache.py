@@ -160,3 +160,19 @@ def test_lr_schedules():
     cos = [lr_factor("cosine", s, total, 0) for s in range(1, total + 1)]
     assert all(a >= b for a, b in zip(cos, cos[1:])) and cos[-1] == pytest.approx(0.0, abs=1e-12)
     assert lr_factor("constant", 50, total, warm) == 1.0
+
+
+def test_structured_pruning_leaves_the_frozen_layers_whole_and_distils_through_one_cache(digits, tmp_path):
+    from edgeslim.compress.api import compress
+    from edgeslim.compress.prune import Structured
+    from edgeslim.recipe import DistillSection
+
+    torch.manual_seed(0)
+    res = compress(TinyNet(10), digits, prune=Structured(ratio=0.5, round_to=4), train=_cfg(epochs=1),
+                   loss=LossSection(name="cross_entropy"), distill=DistillSection(weight=1.0, temperature=2.0),
+                   run_dir=tmp_path, progress=False)
+    m = res.model
+    assert m.blocks[0].weight.shape[0] == 16  # frozen depthwise conv (blocks.0): whole
+    assert m.blocks[3].weight.shape[0] < 32  # after the boundary: pruned
+    assert any("frozen by train.freeze" in n for n in res.notes)
+    assert any(h.get("kd") is not None for h in res.history if h.get("round") == 2)

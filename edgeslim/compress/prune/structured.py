@@ -342,7 +342,11 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     p = cfg
     shape = example_shape(ctx.data)
     example = torch.zeros(shape)
-    ignored = _ignored(ctx.model, prune_first_conv=p.prune_first_conv, exclude=p.exclude)
+    # layers frozen by train.freeze are never pruned: no training would let them recover, and the pruned round's
+    # cache and its distillation teacher need the frozen layers unchanged
+    frozen = _frozen_prunable(ctx.model, ctx.training.freeze)
+    exclude = [*p.exclude, *frozen]
+    ignored = _ignored(ctx.model, prune_first_conv=p.prune_first_conv, exclude=exclude)
     # decided on W0 (the dense round changes weights, not widths): bad options fail before any training, and the
     # layers kept whole or pruned less than asked are the run's notes
     plan = channel_plan(ctx.model, example, ratio=p.ratio, round_to=p.round_to, ignored_layers=ignored,
@@ -351,7 +355,7 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     def prune(model: nn.Module, _masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
         before = copy.deepcopy(model)
         params0, macs0 = count_params_macs(model, shape)
-        ign = _ignored(model, prune_first_conv=p.prune_first_conv, exclude=p.exclude)
+        ign = _ignored(model, prune_first_conv=p.prune_first_conv, exclude=exclude)
         prune_channels(model, example, ratio=p.ratio, scope=p.scope, round_to=p.round_to,
                        iterative_steps=p.iterative_steps, importance=p.importance, ignored_layers=ign,
                        stage_ratios=p.stage_ratios)
@@ -365,4 +369,15 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
 
     res = train_dense_then_pruned(ctx, cfg, prune)
     res.notes.extend(plan.notes())
+    if frozen:
+        res.notes.append(f"{len(frozen)} layers up to '{ctx.training.freeze}' kept whole: frozen by train.freeze")
     return res
+
+
+def _frozen_prunable(model: nn.Module, freeze: str | None) -> list[str]:
+    if not freeze:
+        return []
+    from ...models import frozen_modules
+
+    frozen = set(frozen_modules(model, freeze))
+    return [n for n, _ in prunable_layers(model) if n in frozen]
