@@ -96,6 +96,17 @@ def session_cap() -> str | None:
             " this CPU")
 
 
+def capped_below_bf16() -> str | None:
+    """Why OpenVINO at its default precision cannot run in this session, or None: the session is held below AVX-512
+    by ``ONEDNN_MAX_CPU_ISA`` on a CPU with BF16, so OpenVINO still picks bf16 for float layers (from CPUID) while
+    oneDNN has no bf16 kernels left. A real AVX2 host defaults to f32; this is the emulation's limit, not the host's."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2") and cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return (f"ONEDNN_MAX_CPU_ISA={cap} on a BF16 CPU: OpenVINO still defaults float layers to bf16, which the cap"
+                " leaves without kernels (a real AVX2 host runs them in f32)")
+    return None
+
+
 def describe_plan(flags: frozenset[str] | None = None) -> str:
     p = plan(flags)
 
