@@ -9,6 +9,8 @@ Both sides compute the input statistics with :func:`input_statistics`, here, so 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Where a model file keeps its reference (``ModelFile.extra``) and the version this edgeslim writes and reads.
@@ -27,6 +29,10 @@ def input_statistics(x: np.ndarray) -> np.ndarray:
     """
     flat = np.asarray(x, dtype=np.float32).reshape(x.shape[0] if np.ndim(x) else 1, -1)
     n = flat.shape[1]
+    if flat.shape[0] == 1:  # one image per request, the server's common case: BLAS's dot, Python floats
+        f = flat[0]
+        mean = float(np.add.reduce(f)) / n
+        return np.array([[mean, math.sqrt(max(float(np.dot(f, f)) / n - mean * mean, 0.0))]])
     out = np.empty((flat.shape[0], 2), dtype=np.float64)
     out[:, 0] = np.add.reduce(flat, axis=1)  # float32 pairwise summation: accurate, and the fastest reduction
     out[:, 1] = np.einsum("ij,ij->i", flat, flat)

@@ -84,6 +84,9 @@ def test_input_statistics_do_not_change_under_flips_and_turns(digits_model) -> N
         turned = np.ascontiguousarray(np.rot90(x[:50], k, axes=(2, 3)))
         np.testing.assert_allclose(input_statistics(turned), base, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(input_statistics(np.ascontiguousarray(x[:50, ..., ::-1])), base, rtol=1e-5, atol=1e-6)
+    # one image at a time (the server's path) measures what the batched export measured
+    one = np.concatenate([input_statistics(x[i : i + 1]) for i in range(50)])
+    np.testing.assert_allclose(one, base, rtol=1e-5, atol=1e-6)
 
 
 def test_a_reference_of_another_version_turns_drift_off_and_says_why(digits_model, predictor) -> None:
