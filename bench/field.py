@@ -95,7 +95,7 @@ class Client:
         inp = self.httpclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32), binary_data=True)
         res = self.triton.infer(self.model, [inp])
-        return res.get_response()["id"], res.as_numpy("logits")
+        return res.get_response().get("id", ""), res.as_numpy("logits")
 
     def feedback(self, rid: str, label: int) -> None:
         r = self.http.post(f"/v2/models/{self.model}/feedback", json={"id": rid, "label": int(label)})
@@ -184,6 +184,30 @@ def record_cost(artifact: Path, x: np.ndarray, n: int = 20000) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def ab_cost(artifact: Path, x: np.ndarray, blocks: int = 20, per_block: int = 300) -> dict:
+    """Monitoring on vs off, two live servers measured in alternating blocks of ``per_block`` requests at
+    concurrency 1 (tritonclient.http, binary): the median over blocks of the paired p50 difference. Finer
+    interleaving than bench/server.py's rounds, for an effect smaller than a shared host's drift between rounds."""
+    with server(artifact) as on_url, server(artifact, field_monitoring=False) as off_url:
+        name = json.loads((artifact / "manifest.json").read_text())["name"]
+        clients = {"on": Client(on_url, name), "off": Client(off_url, name)}
+        for c in clients.values():
+            for i in range(200):
+                c.infer(x[i % len(x) : i % len(x) + 1])
+        p50: dict[str, list[float]] = {"on": [], "off": []}
+        for b in range(blocks):
+            for key in (("on", "off") if b % 2 == 0 else ("off", "on")):
+                c, ts = clients[key], []
+                for i in range(per_block):
+                    t = time.perf_counter()
+                    c.infer(x[i % len(x) : i % len(x) + 1])
+                    ts.append(time.perf_counter() - t)
+                p50[key].append(float(np.median(ts)) * 1e3)
+    diff = [a - b for a, b in zip(p50["on"], p50["off"])]
+    return {"on": float(np.median(p50["on"])), "off": float(np.median(p50["off"])), "diff": float(np.median(diff)),
+            "q25": float(np.percentile(diff, 25)), "q75": float(np.percentile(diff, 75))}
+
+
 def host() -> str:
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), platform.processor())
@@ -202,6 +226,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=200, help="the server's drift window (= drift_every)")
     ap.add_argument("--alpha", type=float, default=0.01, help="the server's monitor_alpha (its default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cost-only", action="store_true", help="only the monitoring's cost (on/off A/B at c=1)")
     args = ap.parse_args()
     if args.build:
         from edgeslim.pipeline import run_pipeline
@@ -224,6 +249,8 @@ def main() -> None:
     splits = load_splits(art)
     rng = np.random.default_rng(args.seed)
     tx, ty = splits["test"]
+    if args.cost_only:
+        return print_cost(art, tx)
     px, py = splits["poly"]
     print(f"# bench/field.py on {art.name} ({m.arch or m.source}, input {m.input.shape}), host: {host()}\n")
     print(f"command: `python bench/field.py --artifact {art}` (window {args.window}, alpha {args.alpha}); val reference:"
@@ -280,9 +307,18 @@ def main() -> None:
           f" {d['alarms']} alarm(s) (expected at most {checks * args.alpha:.2f}; the level allows at most"
           f" {int(binom.ppf(0.99, checks, args.alpha))} at 99 %). Replayed at {args.requests / r['seconds']:.0f}"
           " requests/s (c=1, tritonclient.http).\n")
-    print(f"Monitoring cost in process: FieldMonitor.record {record_cost(art, tx):.1f} us per batch-1 request"
-          " (id, logits copied, input mean and std; tests out of the request path).")
+    print_cost(art, tx)
     json.dump({"pre": pre, "post": post, "unshifted_alarms": d["alarms"], "checks": checks}, sys.stderr)
+
+
+def print_cost(art: Path, tx: np.ndarray) -> None:
+    print("## 4. Cost per request\n")
+    print(f"In process: FieldMonitor.record {record_cost(art, tx):.1f} us per batch-1 request (id, logits copied, input"
+          " mean and std; the drift tests run in a worker thread every window).")
+    r = ab_cost(art, tx)
+    print(f"Live, concurrency 1, tritonclient.http, monitoring on vs off in 20 alternating blocks of 300 requests: p50"
+          f" {r['on']:.3f} ms on, {r['off']:.3f} ms off; paired difference {r['diff']:+.3f} ms (interquartile"
+          f" {r['q25']:+.3f} .. {r['q75']:+.3f}), {r['diff'] / r['off']:+.1%} of p50.")
 
 
 def dihedral_stream(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
