@@ -29,10 +29,12 @@ def input_statistics(x: np.ndarray) -> np.ndarray:
     """
     flat = np.asarray(x, dtype=np.float32).reshape(x.shape[0] if np.ndim(x) else 1, -1)
     n = flat.shape[1]
-    if flat.shape[0] == 1:  # one image per request, the server's common case: BLAS's dot, Python floats
+    if flat.shape[0] == 1:  # one image per request, the server's common case: two reductions, Python floats
+        # einsum, not np.dot: OpenBLAS threads a dot this long, and waking its sleeping threads on every request of
+        # an idle server cost more than the reduction itself (a live on/off A/B measured +0.3 ms p50 with np.dot)
         f = flat[0]
         mean = float(np.add.reduce(f)) / n
-        return np.array([[mean, math.sqrt(max(float(np.dot(f, f)) / n - mean * mean, 0.0))]])
+        return np.array([[mean, math.sqrt(max(float(np.einsum("i,i->", f, f)) / n - mean * mean, 0.0))]])
     out = np.empty((flat.shape[0], 2), dtype=np.float64)
     out[:, 0] = np.add.reduce(flat, axis=1)  # float32 pairwise summation: accurate, and the fastest reduction
     out[:, 1] = np.einsum("ij,ij->i", flat, flat)
