@@ -579,7 +579,9 @@ def fine_tune(
         model.load_state_dict(best_state)
     if masks is not None:
         masks.apply(model)  # a no-op for masked checkpoints; guards a model whose weights were edited outside
-    val_metrics = _evaluate_split(model, data, "val", batch_size, device) if has_val else None
+    # the cached path computes the whole network's val logits from the same pixels (tested), without re-running the
+    # frozen layers in PyTorch eager (the slow half at 224 px)
+    val_metrics = _evaluate(model, data, batch_size, device, cached) if has_val else None
     if cached is not None:
         log.info("%s: trained the layers after '%s' on %s cached outputs", tag, cfg.freeze, cached.info)
     return TrainResult(model=model, history=history, best_epoch=best_epoch, val_metrics=val_metrics)
