@@ -56,6 +56,25 @@ import numpy as np
 MODEL = "bench"
 
 
+
+def _timed_calls(call, expect, start, stop_at, lat, errors, lock) -> None:
+    """One client thread's measurement: check the answer once, warm up, then time calls until ``stop_at[0]``
+    (the HTTP and gRPC tritonclient workers share it; failures are counted, not raised)."""
+    np.testing.assert_allclose(call(), expect, rtol=1e-4, atol=1e-4)  # measure right answers only
+    call()
+    mine, bad = [], 0
+    start.wait()
+    while time.perf_counter() < stop_at[0]:
+        t = time.perf_counter()
+        try:
+            call()
+            mine.append((time.perf_counter() - t) * 1e3)
+        except Exception:  # noqa: BLE001 - counted and reported
+            bad += 1
+    with lock:
+        lat.extend(mine)
+        errors[0] += bad
+
 def build_artifact(model_name: str, directory: Path) -> Path:
     """A random-weight timm model (or TinyNet) as ONNX plus an OpenVINO IR converted from it."""
     import torch
@@ -304,20 +323,7 @@ def tritonclient_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
                 return c.infer(MODEL, [inp], outputs=out).as_numpy("logits")
 
         try:
-            np.testing.assert_allclose(call(), expect, rtol=1e-4, atol=1e-4)  # measure right answers only
-            call()
-            mine, bad = [], 0
-            start.wait()
-            while time.perf_counter() < stop_at[0]:
-                t = time.perf_counter()
-                try:
-                    call()
-                    mine.append((time.perf_counter() - t) * 1e3)
-                except Exception:  # noqa: BLE001 - counted and reported
-                    bad += 1
-            with lock:
-                lat.extend(mine)
-                errors[0] += bad
+            _timed_calls(call, expect, start, stop_at, lat, errors, lock)
         finally:
             if handles:
                 c.unregister_system_shared_memory(f"in-{tag}")
@@ -358,20 +364,7 @@ def grpc_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
             return c.infer(MODEL, [inp], outputs=out).as_numpy("logits")
 
         try:
-            np.testing.assert_allclose(call(), expect, rtol=1e-4, atol=1e-4)  # measure right answers only
-            call()
-            mine, bad = [], 0
-            start.wait()
-            while time.perf_counter() < stop_at[0]:
-                t = time.perf_counter()
-                try:
-                    call()
-                    mine.append((time.perf_counter() - t) * 1e3)
-                except Exception:  # noqa: BLE001 - counted and reported
-                    bad += 1
-            with lock:
-                lat.extend(mine)
-                errors[0] += bad
+            _timed_calls(call, expect, start, stop_at, lat, errors, lock)
         finally:
             c.close()
 
