@@ -165,9 +165,21 @@ def _missed(logits: np.ndarray, labels: np.ndarray, critical: list[int], thresho
 def _reduced_figures(logits: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, critical: list[int],
                      cfg: ValidateSection, thresholds: Mapping[str, float] | None, ref_thresholds: Mapping[str, float],
                      rule: str) -> dict[str, Any]:
-    """Top-1 agreement, accuracy, critical FN and the extra-FN limit of an FP16 / INT8 file on one split."""
-    out: dict[str, Any] = {"samples": int(len(logits)),
-                           "top1_agreement": round(float((logits.argmax(1) == reference.argmax(1)).mean()), 6)}
+    """Agreement, accuracy, critical FN and the extra-FN limit of an FP16 / INT8 file on one split.
+
+    The agreement is that of the decisions each file ships with: this file at its own thresholds against the
+    reference at the FP32 file's, under the manifest's rule (what a user of either file receives). The argmax the
+    check used before is not what either file deploys: on ELPV the OpenVINO INT8 file agreed with FP32 on 94.9 % of
+    val argmaxes but on 96.5 % of the deployed decisions, missing fewer defective cells.
+    """
+    out: dict[str, Any] = {"samples": int(len(logits))}
+    if thresholds is not None or ref_thresholds:
+        agree = decide(logits, thresholds, rule) == decide(reference, ref_thresholds or None, rule)
+        out["top1_agreement"] = round(float(agree.mean()), 6)
+        out["agreement_of"] = "deployed decisions"
+    else:
+        out["top1_agreement"] = round(float((logits.argmax(1) == reference.argmax(1)).mean()), 6)
+        out["agreement_of"] = "argmax"
     if labels is None or not critical:
         return out
     out.update(classification_summary(logits, labels, critical, thresholds=thresholds, rule=rule))
@@ -210,6 +222,7 @@ def _compare(mf: ModelFile, logits: np.ndarray, reference: np.ndarray, labels: n
     if mf.precision != "fp32":
         ref_thr = ref_thresholds if ref_thresholds is not None else {}
         reported = _reduced_figures(logits, reference, labels, critical, cfg, thresholds, ref_thr, rule)
+        result["top1_agreement"], result["agreement_of"] = reported["top1_agreement"], reported["agreement_of"]
         result["decided_on"] = split = "val" if val is not None else "test"
         if val is not None:
             judged = _reduced_figures(val[0], val[2], val[1], critical, cfg, thresholds, ref_thr, rule)

@@ -195,3 +195,24 @@ def test_the_extra_critical_fn_limit_scales_with_the_critical_samples():
     # a fixed count overrides the rule (recipes that set max_extra_critical_fn keep their meaning)
     assert critical_fn_limit(cfg.model_copy(update={"max_extra_critical_fn": 0}), 2000, 1500, 9) == {
         "critical_samples": 2000, "rule": "fixed", "limit": 0}
+
+
+def test_int8_agreement_is_that_of_the_decisions_each_file_ships_with():
+    """A file whose argmax flips near the boundary but whose own calibrated threshold gives the same calls as the
+    reference at its threshold agrees fully: the gate judges what a user of either file receives."""
+    import numpy as np
+
+    from edgeslim.export.validate import _reduced_figures
+    from edgeslim.recipe import ValidateSection
+
+    # class 1 critical; the reference calls 1 iff p1 >= 0.3, the INT8 file (scores shifted down) iff p1 >= 0.2
+    p_ref = np.array([0.10, 0.35, 0.45, 0.55, 0.90])
+    p_int8 = p_ref - 0.1  # argmax: 0.45 -> 0.35 and 0.55 -> 0.45 flip to class 0
+    logit = lambda p: np.log(np.stack([1 - p, p], 1))
+    labels = np.array([0, 1, 1, 1, 1])
+    out = _reduced_figures(logit(p_int8), logit(p_ref), labels, [1], ValidateSection(), {"1": 0.2}, {"1": 0.3},
+                           "threshold")
+    assert out["agreement_of"] == "deployed decisions"
+    assert out["top1_agreement"] == 1.0
+    assert (logit(p_int8).argmax(1) == logit(p_ref).argmax(1)).mean() < 1.0  # the argmax would have disagreed
+    assert out["extra_critical_fn"] == 0
