@@ -57,6 +57,17 @@ MODEL = "bench"
 
 
 
+
+def _run_workers(worker, concurrency, start, stop_at, seconds) -> None:
+    """Start ``concurrency`` client threads, release them together and stop them ``seconds`` later."""
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    start.wait()
+    stop_at[0] = time.perf_counter() + seconds
+    for t in threads:
+        t.join()
+
 def _timed_calls(call, expect, start, stop_at, lat, errors, lock) -> None:
     """One client thread's measurement: check the answer once, warm up, then time calls until ``stop_at[0]``
     (the HTTP and gRPC tritonclient workers share it; failures are counted, not raised)."""
@@ -332,13 +343,7 @@ def tritonclient_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
                     shm.destroy_shared_memory_region(h)
             c.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    stop_at[0] = time.perf_counter() + seconds
-    for t in threads:
-        t.join()
+    _run_workers(worker, concurrency, start, stop_at, seconds)
     return lat, errors[0]
 
 
@@ -368,13 +373,7 @@ def grpc_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
         finally:
             c.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    stop_at[0] = time.perf_counter() + seconds
-    for t in threads:
-        t.join()
+    _run_workers(worker, concurrency, start, stop_at, seconds)
     return lat, errors[0]
 
 
