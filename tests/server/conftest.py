@@ -21,3 +21,21 @@ def reference(artifact: Path):
     predictor = runtime.load(artifact, threads=1)
     yield predictor
     predictor.close()
+
+
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory: pytest.TempPathFactory):
+    """The field-monitoring tests' digits artifact (tests/server/field_helpers.py), built once for the session."""
+    from field_helpers import build_digits_model
+
+    return build_digits_model(tmp_path_factory.mktemp("field"))
+
+
+@pytest.fixture(scope="session")
+def predictor(digits_model):
+    """That artifact in ONNX Runtime, one thread."""
+    from edgeslim import runtime
+
+    p = runtime.load(digits_model.artifact, backend="onnxruntime", threads=1)
+    yield p
+    p.close()

@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from field_helpers import DigitsModel, build_digits_model
 from scipy.stats import binom
 
 from edgeslim.server.monitor import FieldMonitor
 
 WINDOW = 200
-
-
-@pytest.fixture(scope="module")
-def digits_model(tmp_path_factory: pytest.TempPathFactory) -> DigitsModel:
-    return build_digits_model(tmp_path_factory.mktemp("drift"))
-
-
-@pytest.fixture(scope="module")
-def predictor(digits_model: DigitsModel):
-    from edgeslim import runtime
-
-    p = runtime.load(digits_model.artifact, backend="onnxruntime", threads=1)
-    yield p
-    p.close()
 
 
 def _stream(mon: FieldMonitor, predictor, x: np.ndarray) -> list[int]:

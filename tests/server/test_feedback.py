@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from field_helpers import CRITICAL, N_VAL, DigitsModel, build_digits_model
+from field_helpers import CRITICAL, N_VAL, DigitsModel
 
 from edgeslim.errors import InputError
 from edgeslim.field_reference import REFERENCE_VERSION
@@ -21,20 +21,6 @@ from edgeslim.server.errors import (
     http_status,
 )
 from edgeslim.server.monitor import FieldMonitor
-
-
-@pytest.fixture(scope="module")
-def digits_model(tmp_path_factory: pytest.TempPathFactory) -> DigitsModel:
-    return build_digits_model(tmp_path_factory.mktemp("field"))
-
-
-@pytest.fixture(scope="module")
-def predictor(digits_model: DigitsModel):
-    from edgeslim import runtime
-
-    p = runtime.load(digits_model.artifact, backend="onnxruntime", threads=1)
-    yield p
-    p.close()
 
 
 def _logits_one_by_one(predictor, x: np.ndarray) -> np.ndarray:
