@@ -58,6 +58,13 @@ MODEL = "bench"
 
 
 
+
+def _load_state(concurrency: int):
+    """What the client threads of one load share: latencies, an error count, their lock, the start barrier (the
+    threads and the caller) and the stop time the caller sets once they are all ready."""
+    lat: list[float] = []
+    return lat, [0], threading.Lock(), threading.Barrier(concurrency + 1), [time.perf_counter() + 3600]
+
 def _run_workers(worker, concurrency, start, stop_at, seconds) -> None:
     """Start ``concurrency`` client threads, release them together and stop them ``seconds`` later."""
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
@@ -302,11 +309,7 @@ def tritonclient_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
     import tritonclient.http as httpclient
     import tritonclient.utils.shared_memory as shm
 
-    lat: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    start = threading.Barrier(concurrency + 1)
-    stop_at = [time.perf_counter() + 3600]
+    lat, errors, lock, start, stop_at = _load_state(concurrency)
 
     def worker() -> None:
         c = httpclient.InferenceServerClient(url, connection_timeout=30, network_timeout=60)
@@ -353,11 +356,7 @@ def grpc_load(url: str, x: np.ndarray, concurrency: int, seconds: float,
     ``raw_input_contents``, the logits in ``raw_output_contents``."""
     import tritonclient.grpc as grpcclient
 
-    lat: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    start = threading.Barrier(concurrency + 1)
-    stop_at = [time.perf_counter() + 3600]
+    lat, errors, lock, start, stop_at = _load_state(concurrency)
 
     def worker() -> None:
         c = grpcclient.InferenceServerClient(url)
