@@ -20,7 +20,8 @@ Per arm: binary accuracy and defective recall at the deployed threshold (val-cal
 that reached), AUC, model size and batch-1 latency in OpenVINO and ONNX Runtime on this host. Means over seeds with
 95 % t-intervals.
 
-    python bench/elpv.py                  # full recipe, 3 seeds (hours on 2 cores)
+    python bench/elpv.py                  # the main run, 224 px, 3+1 epochs, 3 seeds (about 1.5 h on 2 cores)
+    python bench/elpv.py --runs main,alt,fast,shift   # every arm (about 25 min per run and seed)
     python bench/elpv.py --quick          # smoke: 1 seed, 640 cells at 64x64, 1+1 epochs
     python bench/elpv.py --seeds 5 --out /tmp/elpv-bench
 
@@ -88,14 +89,15 @@ def recipes(args) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------------ one run
 
 
-def _probs(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+def _probs(directory: Path, mf, x: np.ndarray) -> np.ndarray:
+    """Probabilities of one manifest file, run by the runtime that deploys it (an OpenVINO IR by OpenVINO, an ONNX
+    file by ONNX Runtime), so the INT8 file the summary recommends is scored as it ships."""
+    from edgeslim.runtime import load
+    from edgeslim.scoring import softmax
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    z = np.concatenate([sess.run(None, {"input": x[i : i + 64]})[0] for i in range(0, len(x), 64)])
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    backend = {"onnx": "onnxruntime", "openvino": "openvino"}[mf.format]
+    with load(directory, backend=backend, precision=mf.precision) as pred:
+        return softmax(pred.infer(x), dtype=np.float64)
 
 
 def _score(pv, yv, pt, yt, c: int, thresholds: dict[int, float]) -> dict[str, Any]:
@@ -144,19 +146,23 @@ def run_one(name: str, recipe: dict, seed: int, out: Path) -> dict[str, Any]:
     rows = {}
     for key in ("dense", "compressed"):
         man = load_manifest(run_dir / key)
+        # one file per precision: the ONNX file where there is one (as before), else the OpenVINO IR (the default
+        # recipe exports INT8 for OpenVINO only)
+        chosen: dict[str, Any] = {}
         for mf in man.models:
-            if mf.format != "onnx":
-                continue
-            # as deployed: an INT8 file at its own threshold, calibrated on val to the recipe's FPR
+            if mf.format in ("onnx", "openvino") and (mf.precision not in chosen or mf.format == "onnx"):
+                chosen[mf.precision] = mf
+        for mf in chosen.values():
+            # as deployed: a reduced-precision file at its own threshold, calibrated on val to the recipe's FPR
             thresholds = {int(k): float(v) for k, v in man.thresholds_for(mf).items()}
-            scored = _score(_probs(run_dir / key / mf.path, xv), yv, _probs(run_dir / key / mf.path, xt), yt, c,
-                            thresholds)
+            scored = _score(_probs(run_dir / key, mf, xv), yv, _probs(run_dir / key, mf, xt), yt, c, thresholds)
             paths = {f"{key}/{m2.path}" for m2 in man.models if m2.precision == mf.precision}
             lat = {e["backend"]["name"]: e["latency_ms"]["median"] for e in res.profile
                    if e["model"]["path"] in paths and e.get("status") == "ok" and e.get("batch") == 1}
             size = sum(p.stat().st_size for p in (run_dir / key).glob(Path(mf.path).stem + ".*")
-                       if p.suffix in (".onnx", ".data"))
-            rows[f"{key}/{mf.precision}"] = {**scored, "latency_ms": lat, "onnx_mb": size / 1e6}
+                       if p.suffix in (".onnx", ".data", ".bin", ".xml"))
+            rows[f"{key}/{mf.precision}"] = {**scored, "latency_ms": lat, "file": f"{mf.format}/{mf.precision}",
+                                             "onnx_mb": size / 1e6}
     return {"rows": rows, "seconds": seconds, "pipeline_seconds": res.seconds,
             "split": {s: len(data.labels(s)) for s in ("train", "val", "test")},
             "fpr_budget": res.training.get("fpr_budget")}
@@ -181,6 +187,7 @@ def arms(results: dict[str, dict[int, dict]], main_loss: str) -> dict[str, list[
     """Arm name -> one row per seed."""
     pick = {
         "dense FP32": ("main", "dense/fp32"),
+        "main FP32 (compressed)": ("main", "compressed/fp32"),
         "main INT8": ("main", "compressed/int8"),
         "fast INT8 (lite0-fast-int8)": ("fast", "compressed/int8"),
         ("CD INT8" if main_loss == "class_dependent" else "CE INT8"): ("main", "compressed/int8"),
@@ -222,25 +229,28 @@ def markdown(table: dict[str, list[dict]], meta: dict) -> str:
 
 
 def goal(table: dict[str, list[dict]]) -> list[str]:
-    """Issue 15, point 4: compressed INT8 above 88.42 %, fewer missed defective cells than its own dense FP32 at the
-    same FPR, and at least 3x faster than that dense model on this CPU."""
+    """Issue 20, goal 2: dense FP32 at least the paper's 88.42 %, compressed INT8 within 1 point of its dense model,
+    and fewer missed defective cells than that dense model at 1 % and 5 % FPR (val-calibrated). Means over seeds;
+    the intervals are in the table. The INT8 speed against dense is reported, not a goal of this bench."""
     out = []
     dense, comp = table.get("dense FP32"), table.get("main INT8")
     if not dense or not comp:
         return ["goal: not measured (the main run has no result yet)"]
-    acc = _ci([r["accuracy"] for r in comp])[0]
-    out.append(f"- accuracy of the compressed INT8 model {acc:.4f} vs the paper's GPU CNN 0.8842: "
-               + ("MET" if acc > 0.8842 else "NOT met"))
+    d_acc, d_h = _ci([r["accuracy"] for r in dense])
+    c_acc, c_h = _ci([r["accuracy"] for r in comp])
+    out.append(f"- dense FP32 accuracy {d_acc:.4f} ± {d_h:.4f} vs the paper's GPU CNN 0.8842: "
+               + ("MET" if d_acc >= 0.8842 else "NOT met"))
+    out.append(f"- compressed INT8 accuracy {c_acc:.4f} ± {c_h:.4f}, {100 * (c_acc - d_acc):+.2f} points from dense: "
+               + ("MET (within 1 point)" if c_acc >= d_acc - 0.01 else "NOT met"))
     for f in FPRS:
         d, c = _ci([r[f"fn@{f:g}"] for r in dense])[0], _ci([r[f"fn@{f:g}"] for r in comp])[0]
-        out.append(f"- missed defective cells at {f:.0%} FPR (val-calibrated): compressed {c:.1f} vs dense {d:.1f}: "
-                   + ("MET (fewer)" if c < d else "NOT met"))
+        out.append(f"- missed defective cells at {f:.0%} FPR (val-calibrated): compressed INT8 {c:.1f} vs dense "
+                   f"{d:.1f}: " + ("MET (fewer)" if c < d else "NOT met"))
     for b in ("openvino", "onnxruntime"):
         d = _ci([r["latency_ms"].get(b) for r in dense])[0]
         c = _ci([r["latency_ms"].get(b) for r in comp])[0]
         if np.isfinite(d) and np.isfinite(c) and c > 0:
-            out.append(f"- batch-1 {b}: dense FP32 {d:.2f} ms / compressed INT8 {c:.2f} ms = {d / c:.2f}x: "
-                       + ("MET (>= 3x)" if d / c >= 3 else "NOT met (< 3x)"))
+            out.append(f"- batch-1 {b} (reported): dense FP32 {d:.2f} ms / compressed INT8 {c:.2f} ms = {d / c:.2f}x")
     return out
 
 
@@ -264,10 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 640 cells at 64x64, 1+1 epochs")
     p.add_argument("--image-size", type=int, default=224, help="full recipe input side")
-    p.add_argument("--epochs", type=int, default=4, help="full recipe: dense epochs (over the 8-symmetry cache)")
-    p.add_argument("--final-epochs", type=int, default=2, help="full recipe: pruned fine-tune epochs")
+    p.add_argument("--epochs", type=int, default=3, help="full recipe: dense epochs (over the 8-symmetry cache)")
+    p.add_argument("--final-epochs", type=int, default=1, help="full recipe: pruned fine-tune epochs")
     p.add_argument("--profile-seconds", type=float, default=3.0)
-    p.add_argument("--runs", default="main,alt,fast,shift", help="which runs (comma list)")
+    p.add_argument("--runs", default="main", help="which runs (comma list of main, alt, fast, shift); the default "
+                   "fits 150 minutes on 2 cores, every run adds about 25 minutes per seed")
     p.add_argument("--out", type=Path, default=Path("bench-elpv-out"))
     args = p.parse_args(argv)
     if args.quick:
@@ -303,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} seed {seed}: {rec['seconds']:.0f} s", flush=True)
             table = arms(results, rs["main"]["loss"]["name"])
             md = (f"# ELPV bench\n\nHost: {meta['host']}\n\nCommand: `{meta['command']}`\n\n" + markdown(table, meta)
-                  + "\n\nGoal (issue 15, point 4):\n" + "\n".join(goal(table)) + "\n")
+                  + "\n\nGoal (issue 20, goal 2):\n" + "\n".join(goal(table)) + "\n")
             atomic_write_text(args.out / "results.md", md)
             atomic_write_json(args.out / "results.json", {"meta": meta, "recipes": rs, "results": results})
     print((args.out / "results.md").read_text() if (args.out / "results.md").exists() else "no results")
