@@ -68,6 +68,10 @@ class DuplicateFeedbackError(InputError):
     """Feedback for a request that already has feedback."""
 
 
+class NoFieldReferenceError(InputError):
+    """Feedback for a model file exported without a val reference: no validated recall to test live counts against."""
+
+
 def http_status(exc: BaseException) -> int:
     """The HTTP status for an error: 4xx for anything the client caused, 5xx for the server's own state."""
     # Order matters: subclasses before their bases.
@@ -82,6 +86,7 @@ def http_status(exc: BaseException) -> int:
         (RequestIdNotFoundError, 404),
         (RequestIdGoneError, 410),
         (DuplicateFeedbackError, 409),
+        (NoFieldReferenceError, 422),
         (InputError, 400),
         (UnknownNameError, 400),
         (ConfigError, 400),

@@ -44,6 +44,7 @@ def _monitor(request: Request, name: str, version: str | None) -> Any:
 _RESPONSES: dict[int | str, dict[str, Any]] = {k: v for k, v in ERRORS.items() if k in (400, 401, 404)} | {
     409: {"description": "this request already has feedback"},
     410: {"description": "the request has left the feedback ring (too old)"},
+    422: {"description": "the model file carries no val reference to test live recall against"},
 }
 
 

@@ -43,7 +43,7 @@ import numpy as np
 from ..errors import InputError
 from ..field_reference import input_statistics
 from ..registry import did_you_mean
-from .errors import DuplicateFeedbackError, RequestIdGoneError, RequestIdNotFoundError
+from .errors import DuplicateFeedbackError, NoFieldReferenceError, RequestIdGoneError, RequestIdNotFoundError
 
 #: Defaults of :class:`~edgeslim.server.settings.ServerSettings` (the CLI's ``--feedback-*`` / ``--drift-*``).
 PENDING = 10_000
@@ -238,8 +238,17 @@ class FieldMonitor:
             RequestIdNotFoundError: no answered request has this id (404).
             RequestIdGoneError: the request was answered but has left the pending ring (410).
             DuplicateFeedbackError: this request was already judged (409).
+            NoFieldReferenceError: the model file carries no val reference, so live counts have no validated recall
+                to be tested against (422); nothing is recorded.
             InputError: a label that is not a class, or a count that does not match the batch (400).
         """
+        if self.reference is None:
+            self.counts["rejected_no_reference"] += 1
+            raise NoFieldReferenceError(
+                f"this model file keeps no feedback: it carries no val reference ({self.reference_note}), so live"
+                " recall has no validated figure to be tested against. Re-export it with a val split (`edgeslim"
+                " export ARTIFACT`) to store one, then reload the model"
+            )
         if not isinstance(request_id, str) or not request_id:
             self.counts["rejected_id"] += 1
             raise InputError(f"'id' must be the non-empty string the infer response carried, got {request_id!r}")

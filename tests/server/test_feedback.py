@@ -141,19 +141,23 @@ def test_bad_feedback_is_refused_and_loses_nothing(digits_model: DigitsModel, pr
     assert mon.feedback_report()["rejected"] == {"id": 4, "duplicate": 1, "label": 3}
 
 
-def test_a_file_without_reference_counts_feedback_and_reports_drift_off(tmp_path: Path) -> None:
+def test_feedback_for_a_file_without_reference_is_refused_and_reported(tmp_path: Path) -> None:
     from server_helpers import CLASSES, batch, build_tiny_artifact
 
     from edgeslim import runtime
+    from edgeslim.server.errors import NoFieldReferenceError, http_status
 
     art = build_tiny_artifact(tmp_path / "tiny")
     with runtime.load(art, threads=1) as p:
         mon = FieldMonitor(p.manifest, p.model_file, input_name="input", output_name="logits")
         x = batch(3)
         rid = mon.record(None, {"input": x}, p.backend.infer(x))
-        answer = mon.feedback(rid, [CLASSES[0], 1, "person"])
-    assert answer["drift"].startswith("off: no reference")
+        with pytest.raises(NoFieldReferenceError, match="no val reference.*edgeslim export") as info:
+            mon.feedback(rid, [CLASSES[0], 1, "person"])
+    assert http_status(info.value) == 422
     rep = mon.report()
-    assert rep["feedback"]["judged_total"] == 3 and sum(map(sum, rep["feedback"]["confusion"])) == 3
+    # nothing was counted; the refusal is, by reason
+    assert rep["feedback"]["judged_total"] == 0 and rep["feedback"]["window_items"] == 0
+    assert rep["feedback"]["rejected"] == {"no_reference": 1}
     assert rep["feedback"]["recall_test"].startswith("off: no reference")
     assert rep["drift"]["on"] is False and "no reference" in rep["drift"]["reason"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from field_helpers import CRITICAL, build_digits_model
-from server_helpers import live_server
+from server_helpers import batch, build_tiny_artifact, live_server
 
 pytestmark = pytest.mark.live
 
@@ -34,7 +34,8 @@ def test_replayed_split_gives_the_offline_counts_and_bad_feedback_loses_nothing(
     off = evaluate(logits, y, m.classes, m.critical, thresholds={int(k): v for k, v in m.thresholds.items()},
                    rule=m.decision_rule)
 
-    with live_server(tmp_path, [model.artifact], backend="onnxruntime", feedback_pending=len(x) + 5,
+    tiny = build_tiny_artifact(tmp_path / "tiny")  # exported without a val reference
+    with live_server(tmp_path, [model.artifact, tiny], backend="onnxruntime", feedback_pending=len(x) + 5,
                      feedback_window=len(x)) as s, httpx.Client(timeout=30) as c:
         url = f"http://{s.url}"
         ids = []
@@ -69,6 +70,15 @@ def test_replayed_split_gives_the_offline_counts_and_bad_feedback_loses_nothing(
         after = c.get(f"{url}/v2/models/digits-field/feedback").json()["feedback"]
         assert after["confusion"] == fb["confusion"] and after["judged_total"] == len(x)
         assert post({"id": rid, "label": 0}).status_code == 200
+
+        # a model file without a stored reference: its feedback is refused with the fix, nothing else changes
+        xt = batch(1)
+        r = c.post(f"{url}/v2/models/tiny/infer", json={"inputs": [
+            {"name": "input", "shape": list(xt.shape), "datatype": "FP32", "data": xt.ravel().tolist()}]})
+        assert r.status_code == 200, r.text
+        r = c.post(f"{url}/v2/models/tiny/feedback", json={"id": r.json()["id"], "label": "cat"})
+        assert r.status_code == 422 and "edgeslim export" in r.json()["error"], r.text
+        assert c.get(f"{url}/v2/models/digits-field/feedback").json()["feedback"]["judged_total"] == len(x) + 1
 
         text = c.get(f"{url}/metrics").text
         for name in ("edgeslim_feedback_judged_total", "edgeslim_feedback_confusion", "edgeslim_feedback_critical_recall",
