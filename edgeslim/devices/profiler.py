@@ -539,9 +539,11 @@ def profile_artifact(
                 plan.append((m, b, cls))
     if not plan:
         have = ", ".join(f"{m.format}/{m.precision}" for m in manifest.models) or "none"
+        from ..runtime.runners import default_runner_names
+
+        runs_on = ", ".join(f"{fmt} runs on {name}" for fmt, name in default_runner_names().items())
         raise ConfigError(
-            f"no model in artifact '{manifest.name}' (it has: {have}) runs on backends {backends};"
-            " onnx runs on onnxruntime, openvino on openvino, tensorrt on tensorrt, torch on torch"
+            f"no model in artifact '{manifest.name}' (it has: {have}) runs on backends {backends}; {runs_on}"
         )
 
     cpu = cpu_info()

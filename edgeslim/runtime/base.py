@@ -122,7 +122,7 @@ class Backend(abc.ABC):
         self.path = Path(path)
         self.options = options or BackendOptions()
         #: the in-memory model of :meth:`from_model` (None: the runner loads :attr:`path`)
-        self.in_memory = model
+        self.in_memory: Any = model
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self._load()

@@ -170,7 +170,7 @@ class OnnxRuntimeBackend(Backend):
             self._source = None
         else:
             if self.in_memory is not None:
-                self._source = self.in_memory.SerializeToString()  # type: ignore[attr-defined]
+                self._source = self.in_memory.SerializeToString()
             elif not self.path.is_file():
                 raise BackendError(
                     f"ONNX model {self.path} does not exist; check the path, or re-export the artifact with"
