@@ -81,6 +81,9 @@ class Backend(abc.ABC):
     triton_platform: ClassVar[str | None] = None
     triton_backend: ClassVar[str | None] = None
     triton_kind: ClassVar[str] = "KIND_AUTO"
+    #: options (``BackendOptions.extra``) that put it in its throughput mode for the profiler (several requests in
+    #: flight, streams); empty: its latency setting is its throughput setting
+    throughput_options: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     def classify_layer(cls, row: Mapping[str, Any]) -> str:

@@ -81,6 +81,7 @@ class OpenVINOBackend(Backend):
     triton_platform = None  # Triton names OpenVINO by its backend alone
     triton_backend = "openvino"
     triton_kind = "KIND_CPU"  # Triton's OpenVINO backend runs on the CPU only
+    throughput_options = {"hint": "THROUGHPUT"}  # the plugin's streams and optimal number of requests
 
     @classmethod
     def classify_layer(cls, row: Mapping[str, Any]) -> str:

@@ -28,6 +28,9 @@ def test_the_format_tables_come_from_the_runners():
         "openvino": (None, "openvino", "model.xml", "KIND_CPU"),
         "tensorrt": ("tensorrt_plan", "tensorrt", "model.plan", "KIND_GPU"),
     }
+    from edgeslim.devices.profiler import THROUGHPUT_OPTIONS
+
+    assert dict(THROUGHPUT_OPTIONS) == {"openvino": {"hint": "THROUGHPUT"}}
     assert runtime.runner_for_format("onnx") is BACKENDS.get("onnxruntime")
     with pytest.raises(ConfigError, match="no runtime backend runs model format 'onx'.*Did you mean 'onnx'"):
         runtime.runner_for_format("onx")
