@@ -306,30 +306,24 @@ def _critical_fn(pred: np.ndarray, labels: np.ndarray, critical: list[int]) -> i
     return sum(critical_fn(pred, labels, critical).values())
 
 
+#: runner options of the accuracy-control runs: onnxruntime's and OpenVINO's CPU defaults (no f32 pin on OpenVINO:
+#: its plugin's own inference precision), onnxruntime's warnings off
+_EVAL_RUNNER_OPTIONS: dict[str, dict[str, Any]] = {"onnxruntime": {"log_severity_level": 3},
+                                                   "openvino": {"inference_precision": "default"}}
+
+
 def _infer_fn(model: Any) -> Any:
-    """``f(x) -> logits`` running an ``onnx.ModelProto`` in onnxruntime CPU or an ``ov.Model`` on the OpenVINO CPU.
+    """``f(x) -> logits`` running an ``onnx.ModelProto`` in onnxruntime CPU or an ``ov.Model`` on the OpenVINO CPU,
+    through the runtime's runner for it (:func:`edgeslim.runtime.from_model`).
 
     NNCF's accuracy control hands validation functions what its backend runs: an OpenVINO ``CompiledModel`` or an
-    onnxruntime ``InferenceSession``; both are accepted as they are.
+    onnxruntime ``InferenceSession``; the runners run both as they are.
     """
-    kind = type(model).__name__
-    if kind == "CompiledModel":
-        return lambda x: model(x)[0]
-    if kind == "InferenceSession":
-        name = model.get_inputs()[0].name
-        return lambda x: model.run(None, {name: x})[0]
-    if hasattr(model, "graph"):
-        import onnxruntime as ort
+    from ..runtime import BackendOptions, from_model
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})[0]
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(model, "CPU")
-    return lambda x: compiled(x)[0]
+    runner = from_model(model, BackendOptions(device="cpu"), **_EVAL_RUNNER_OPTIONS)
+    name = runner.outputs[0].name
+    return lambda x: runner.infer(x)[name]
 
 
 def _predict(model: Any, xs: np.ndarray, batch: int = 1) -> np.ndarray:

@@ -35,6 +35,7 @@ from .._io import atomic_directory, atomic_write_text
 from ..artifact import Manifest, ModelFile, TensorInfo, finalize, load_manifest
 from ..errors import ConfigError, ExportError
 from ..registry import did_you_mean
+from ..runtime.runners import DerivedTable, triton_runners
 from .base import EXPORTERS, PRECISIONS, ExportContext, Exporter
 
 REPOSITORY = "triton"
@@ -61,13 +62,14 @@ class _Target:
     kind: str  # default instance kind
 
 
-#: artifact model format -> how Triton runs it
-TARGETS: dict[str, _Target] = {
-    # KIND_AUTO: on a GPU when the Triton host has one, else on the CPU (ONNX Runtime runs on both).
-    "onnx": _Target("onnxruntime_onnx", "onnxruntime", "model.onnx", "KIND_AUTO"),
-    "openvino": _Target(None, "openvino", "model.xml", "KIND_CPU"),
-    "tensorrt": _Target("tensorrt_plan", "tensorrt", "model.plan", "KIND_GPU"),
-}
+def _targets() -> dict[str, _Target]:
+    return {fmt: _Target(cls.triton_platform, str(cls.triton_backend), f"model{cls.suffix}", cls.triton_kind)
+            for fmt, cls in triton_runners().items()}
+
+
+#: artifact model format -> how Triton runs it, from the runner of each format (its ``triton_platform``,
+#: ``triton_backend``, ``triton_kind`` and ``suffix``: ``model.onnx``, ``model.xml``, ``model.plan``)
+TARGETS: Mapping[str, _Target] = DerivedTable(_targets, "model format -> Triton target")
 _KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU", "auto": "KIND_AUTO"}
 
 

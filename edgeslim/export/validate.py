@@ -32,10 +32,12 @@ import numpy as np
 from ..artifact import Manifest, ModelFile
 from ..errors import ConfigError, EdgeslimError, MissingDependencyError, ValidationError
 from ..recipe import ValidateSection
+from ..runtime.runners import DerivedTable, default_runner_names
 from ..scoring import critical_fn, critical_missed, decide
 
-#: which runtime backend validates each model format
-DEFAULT_BACKENDS: dict[str, str] = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+#: which runtime backend validates each model format: the runner that runs it (``runtime.runner_for_format``),
+#: read from the registered runners on each access, so a plugin's format is validated by its own runner
+DEFAULT_BACKENDS: Mapping[str, str] = DerivedTable(default_runner_names, "model format -> runtime backend")
 
 #: backend options used for validation. OpenVINO's CPU plugin runs FP32 IRs in bf16 by default on CPUs with
 #: AMX / AVX512-BF16 (max |diff| ~1e-4 on TinyNet instead of ~1e-8): validation measures the export, so it

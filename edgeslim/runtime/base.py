@@ -3,19 +3,38 @@
 A backend wraps one model file. Public :meth:`Backend.infer` checks input names, shapes and dtypes against the
 model's metadata and only then calls the backend's small ``_infer`` hook, so every backend rejects bad input the
 same way. Backends are context managers and register by name in :data:`BACKENDS`.
+
+A backend is a *runner*: its class declares everything the rest of edgeslim needs to know about it, so no other
+module keeps a table keyed by backend or format (:mod:`edgeslim.runtime.runners` derives them):
+
+* ``name`` and ``formats`` (the model formats it runs, its own format first), ``suffix`` (its file's suffix);
+* ``library`` / ``extra`` (the optional dependency and the pip extra that installs it);
+* ``classify_layer`` (the latency model's kind of one :meth:`Backend.layer_times` row);
+* ``triton_platform`` / ``triton_backend`` / ``triton_kind`` (how Triton serves its format, if it does);
+* ``accepts`` (in-memory models it runs without a file: :meth:`Backend.from_model`).
+
+Runners register in their own module (``@BACKENDS.register("name")``). Third-party runners are found through the
+``edgeslim.runners`` entry-point group (:data:`ENTRY_POINT_GROUP`): the registry loads the group lazily, on the
+first lookup or listing, so ``import edgeslim.runtime`` imports no plugin; a plugin that fails to load is left out
+with a :class:`RunnerPluginWarning` naming it, and asking for it by name raises a :class:`BackendError` that says why.
 """
 
 from __future__ import annotations
 
 import abc
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError, InputError
+from ..errors import BackendError, ConfigError, InputError, UnknownNameError
 from ..registry import Registry
+
+#: the entry-point group third-party runners register in (``name = "package.module:RunnerClass"`` or a module)
+ENTRY_POINT_GROUP = "edgeslim.runners"
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,44 @@ class Backend(abc.ABC):
     #: the runtime library it needs (import name; ``None``: nothing optional) and the extra that installs it
     library: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
+    #: suffix of the file it runs (``.onnx``, ``.xml``, ...): Triton's model file is ``model`` + this suffix
+    suffix: ClassVar[str] = ""
+    #: how Triton serves this runner's format: its ``platform`` (None where the backend alone names it), its
+    #: ``backend`` (None: Triton does not serve the format) and the default instance kind (``KIND_AUTO``, ...)
+    triton_platform: ClassVar[str | None] = None
+    triton_backend: ClassVar[str | None] = None
+    triton_kind: ClassVar[str] = "KIND_AUTO"
+    #: options (``BackendOptions.extra``) that put it in its throughput mode for the profiler (several requests in
+    #: flight, streams); empty: its latency setting is its throughput setting
+    throughput_options: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    def classify_layer(cls, row: Mapping[str, Any]) -> str:
+        """The latency model's kind (``conv``, ``dw``, ``pw``, ``fc`` or ``other``) of one :meth:`layer_times` row.
+
+        Each runner reads its own profiler's names: kernel names, op types or fused layer names.
+        """
+        return "other"
+
+    @classmethod
+    def accepts(cls, model: object) -> bool:
+        """Whether this runner runs the in-memory ``model`` (see :meth:`from_model`); tested without importing
+        the runtime library (by the object's type and module)."""
+        return False
+
+    @classmethod
+    def from_model(cls, model: object, options: BackendOptions | None = None, *, name: str = "<in-memory model>"
+                   ) -> "Backend":
+        """A runner on an in-memory model (an ``onnx.ModelProto``, an ``openvino.Model``, or a session the runtime
+        already compiled) instead of a file; ``name`` stands for the path in messages and metadata.
+
+        Raises:
+            BackendError: this runner does not run such an object (:meth:`accepts`).
+        """
+        if not cls.accepts(model):
+            raise BackendError(f"the {cls.name} backend does not run a {type(model).__module__}."
+                               f"{type(model).__qualname__} in memory; save it to a file and load that")
+        return cls(name, options, model=model)
 
     @classmethod
     def require_library(cls) -> None:
@@ -64,9 +121,11 @@ class Backend(abc.ABC):
 
             require(cls.library, cls.extra, purpose=f"the {cls.name} backend")
 
-    def __init__(self, path: str | Path, options: BackendOptions | None = None) -> None:
+    def __init__(self, path: str | Path, options: BackendOptions | None = None, *, model: object = None) -> None:
         self.path = Path(path)
         self.options = options or BackendOptions()
+        #: the in-memory model of :meth:`from_model` (None: the runner loads :attr:`path`)
+        self.in_memory: Any = model
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self._load()
@@ -119,6 +178,11 @@ class Backend(abc.ABC):
         if not isinstance(runs, int) or runs < 1:
             raise ConfigError(f"runs must be a positive integer, got {runs!r}")
         return self._layer_times(self.check_feeds(feeds), runs)
+
+    @classmethod
+    def has_layer_times(cls) -> bool:
+        """Whether :meth:`layer_times` reads a per-layer profiler (the runner overrides ``_layer_times``)."""
+        return cls._layer_times is not Backend._layer_times
 
     def _layer_times(self, feeds: dict[str, np.ndarray], runs: int) -> list[dict[str, Any]]:
         """Hook of :meth:`layer_times`; a backend with a per-layer profiler overrides it."""
@@ -193,4 +257,86 @@ def median_layer_rows(times: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
     return [{**row, "ms": float(np.median(row["ms"])) if len(row["ms"]) else 0.0} for row in times.values()]
 
 
-BACKENDS: Registry[type[Backend]] = Registry("runtime backend")
+class RunnerPluginWarning(UserWarning):
+    """A runner plugin (an ``edgeslim.runners`` entry point) failed to load and is left out."""
+
+
+class RunnerRegistry(Registry[type[Backend]]):
+    """The runner registry: the runners registered in their modules plus the entry points of ``group``.
+
+    The group is read on the first lookup or listing (not at import), and read again when a name is not found
+    (a plugin installed since), so ``runtime.load(..., backend="plugin")`` finds a runner installed at any time.
+    """
+
+    def __init__(self, kind: str, group: str) -> None:
+        super().__init__(kind)
+        self.group = group
+        self._seen: set[str] = set()  # entry points tried (loaded, or broken)
+        self.broken: dict[str, str] = {}  # entry-point name -> why it is left out
+        self._scanned = False
+        self._lock = threading.RLock()
+
+    def load_plugins(self, *, rescan: bool = False) -> None:
+        """Load the entry points of :attr:`group` not tried yet (once, unless ``rescan``)."""
+        if self._scanned and not rescan:
+            return
+        with self._lock:
+            if self._scanned and not rescan:
+                return
+            self._scanned = True  # set first: a plugin that looks a runner up while it loads does not recurse
+            from importlib.metadata import entry_points
+
+            for ep in entry_points(group=self.group):
+                if ep.name in self._seen:
+                    continue
+                self._seen.add(ep.name)
+                self._load_entry_point(ep)
+
+    def _load_entry_point(self, ep: Any) -> None:
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "an unknown distribution"
+        where = f"entry point '{ep.name} = {ep.value}' of {dist} (group {self.group})"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any error of a third-party import leaves that plugin out only
+            self._broken(ep.name, f"the {where} failed to import: {type(exc).__name__}: {exc}")
+            return
+        if isinstance(obj, type) and issubclass(obj, Backend):
+            name = obj.name or ep.name
+            if name not in self._entries and name not in self._aliases:
+                self.register(name, obj)
+            elif self._entries.get(name) is not obj:
+                self._broken(ep.name, f"the {where} names runner '{name}', which is registered already by"
+                                      f" {self._entries.get(name, obj).__module__}")
+        elif ep.name not in self:  # a module: importing it must have registered a runner under the entry's name
+            self._broken(ep.name, f"the {where} loaded {obj!r}, which is neither a Backend subclass nor a module"
+                                  f" that registers a runner named '{ep.name}'")
+
+    def _broken(self, name: str, why: str) -> None:
+        self.broken[name] = why
+        warnings.warn(f"runtime backend plugin '{name}' is left out: {why}", RunnerPluginWarning, stacklevel=4)
+
+    def canonical(self, name: str) -> str:
+        self.load_plugins()
+        try:
+            return super().canonical(name)
+        except UnknownNameError:
+            self.load_plugins(rescan=True)  # installed since the first scan?
+            if name in self.broken:
+                raise BackendError(f"runtime backend '{name}' is a plugin that failed to load: {self.broken[name]}."
+                                   " Fix or reinstall that package") from None
+            return super().canonical(name)
+
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        self.load_plugins()
+        return super().__contains__(name)
+
+    def __len__(self) -> int:
+        self.load_plugins()
+        return super().__len__()
+
+
+BACKENDS: RunnerRegistry = RunnerRegistry("runtime backend", ENTRY_POINT_GROUP)

@@ -6,13 +6,16 @@
     graph_optimization: ``"disable"`` | ``"basic"`` | ``"extended"`` | ``"all"`` (default ``"all"``).
     inter_op_threads: threads across independent nodes (default: onnxruntime's).
     session_config: dict of ``SessionOptions.add_session_config_entry`` entries.
+    log_severity_level: ``SessionOptions.log_severity_level`` (0 verbose .. 4 fatal; default: onnxruntime's).
+
+:meth:`OnnxRuntimeBackend.from_model` runs an ``onnx.ModelProto`` in memory, or adopts an ``InferenceSession``
+(what NNCF's accuracy control hands its validation function).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import re
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -52,7 +55,7 @@ _OPT_LEVELS = {
     "all": "ORT_ENABLE_ALL",
 }
 
-_EXTRA_KEYS = ("providers", "graph_optimization", "inter_op_threads", "session_config")
+_EXTRA_KEYS = ("providers", "graph_optimization", "inter_op_threads", "session_config", "log_severity_level")
 
 
 def ort_dtype(type_str: str) -> str:
@@ -133,24 +136,53 @@ class OnnxRuntimeBackend(Backend):
     formats = ("onnx",)
     library = "onnxruntime"
     extra = "serve"
+    suffix = ".onnx"
+    triton_platform = "onnxruntime_onnx"
+    triton_backend = "onnxruntime"
+    triton_kind = "KIND_AUTO"  # on a GPU when the Triton host has one, else on the CPU (ONNX Runtime runs on both)
+
+    @classmethod
+    def classify_layer(cls, row: Mapping[str, Any]) -> str:
+        """By the node's op type: ORT's profiler events do not tell a depthwise convolution from a dense one, so
+        every convolution is ``conv`` (the latency model fits one conv coefficient)."""
+        op = str(row.get("type", ""))
+        if op in ("Conv", "FusedConv", "QLinearConv"):
+            return "conv"
+        if op in ("Gemm", "MatMul", "FusedGemm", "QLinearMatMul"):
+            return "fc"
+        return "other"
+
+    @classmethod
+    def accepts(cls, model: object) -> bool:
+        """An ``onnx.ModelProto`` or an ``onnxruntime.InferenceSession``."""
+        kind, module = type(model).__name__, type(model).__module__
+        return (kind == "ModelProto" and module.startswith("onnx")) or (
+            kind == "InferenceSession" and module.startswith("onnxruntime"))
 
     def _load(self) -> None:
         ort = require("onnxruntime", extra="serve", purpose="the onnxruntime backend")
         extra = dict(self.options.extra)
         _check_extra(extra, _EXTRA_KEYS, self.name)
-        if not self.path.is_file():
-            raise BackendError(
-                f"ONNX model {self.path} does not exist; check the path, or re-export the artifact with"
-                " `edgeslim export ARTIFACT --to onnx`"
-            )
-
-        providers = self._providers(ort, extra.get("providers"))
-        so = self._session_options(ort, extra)
-        self._provider_list = providers  # the profiling session of layer_times runs on the same providers
-        try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-            raise BackendError(explain_load_error(self.path, "onnxruntime", exc)) from exc
+        self._source: Any = str(self.path)  # what a session loads: the file, or the in-memory model's bytes
+        if type(self.in_memory).__name__ == "InferenceSession":
+            self._session = self.in_memory  # a session compiled elsewhere (NNCF), run as it is
+            self._provider_list = list(self._session.get_providers())
+            self._source = None
+        else:
+            if self.in_memory is not None:
+                self._source = self.in_memory.SerializeToString()
+            elif not self.path.is_file():
+                raise BackendError(
+                    f"ONNX model {self.path} does not exist; check the path, or re-export the artifact with"
+                    " `edgeslim export ARTIFACT --to onnx`"
+                )
+            providers = self._providers(ort, extra.get("providers"))
+            so = self._session_options(ort, extra)
+            self._provider_list = providers  # the profiling session of layer_times runs on the same providers
+            try:
+                self._session = ort.InferenceSession(self._source, sess_options=so, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+                raise BackendError(explain_load_error(self.path, "onnxruntime", exc)) from exc
         self.inputs = [TensorSpec(i.name, ort_dtype(i.type), _dims(i.shape)) for i in self._session.get_inputs()]
         self.outputs = [TensorSpec(o.name, ort_dtype(o.type), _dims(o.shape)) for o in self._session.get_outputs()]
         self._output_names = [o.name for o in self.outputs]
@@ -173,6 +205,8 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[level])
         for key, value in dict(extra.get("session_config") or {}).items():
             so.add_session_config_entry(str(key), str(value))
+        if extra.get("log_severity_level") is not None:
+            so.log_severity_level = int(extra["log_severity_level"])
         return so
 
     def _providers(self, ort: Any, requested: Any) -> list[Any]:
@@ -221,13 +255,15 @@ class OnnxRuntimeBackend(Backend):
 
         if self._session is None:
             raise BackendError(f"{self!r} is closed")
+        if self._source is None:
+            raise BackendError(f"{self!r} runs a session compiled elsewhere: per-layer times need the model itself")
         # a session of its own: the loaded one never carries the profiler (nor its overhead)
         so = self._session_options(ort, dict(self.options.extra))
         with tempfile.TemporaryDirectory(prefix="edgeslim-ort-profile-") as tmp:
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(tmp) / "ort")
             try:
-                sess = ort.InferenceSession(str(self.path), sess_options=so, providers=self._provider_list)
+                sess = ort.InferenceSession(self._source, sess_options=so, providers=self._provider_list)
                 for _ in range(runs):
                     sess.run(self._output_names, feeds)
                 events = json.loads(Path(sess.end_profiling()).read_text())

@@ -11,6 +11,9 @@
         the manifest's critical-class thresholds were calibrated on. Pass ``"bf16"`` for speed.
     requests: number of infer requests for :meth:`OpenVINOBackend.infer_async_many` and
         :meth:`OpenVINOBackend.run_async_window` (default: the compiled model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``).
+
+:meth:`OpenVINOBackend.from_model` compiles an ``openvino.Model`` held in memory (with the options above), or adopts a
+``CompiledModel`` as it was compiled (what NNCF's accuracy control hands its validation function).
 """
 
 from __future__ import annotations
@@ -74,8 +77,33 @@ class OpenVINOBackend(Backend):
     formats = ("openvino",)
     library = "openvino"
     extra = "serve"
+    suffix = ".xml"
+    triton_platform = None  # Triton names OpenVINO by its backend alone
+    triton_backend = "openvino"
+    triton_kind = "KIND_CPU"  # Triton's OpenVINO backend runs on the CPU only
+    throughput_options = {"hint": "THROUGHPUT"}  # the plugin's streams and optimal number of requests
+
+    @classmethod
+    def classify_layer(cls, row: Mapping[str, Any]) -> str:
+        """By the layer's type and its kernel name (oneDNN: ``brgconv_avx2_dw_f32``, ``jit_sse42_1x1``)."""
+        e, t = str(row.get("exec", "")).lower(), str(row.get("type", "")).lower()
+        if "groupconv" in t or "_dw" in e:
+            return "dw"
+        if "conv" in t:
+            return "pw" if "1x1" in e else "conv"
+        if t in ("fullyconnected", "matmul", "gemm"):
+            return "fc"
+        return "other"
+
+    @classmethod
+    def accepts(cls, model: object) -> bool:
+        """An ``openvino.Model`` or an ``openvino.CompiledModel``."""
+        return type(model).__name__ in ("Model", "CompiledModel") and type(model).__module__.startswith("openvino")
 
     def _load(self) -> None:
+        if type(self.in_memory).__name__ == "CompiledModel":
+            self._adopt(self.in_memory)
+            return
         ov = require("openvino", extra="serve", purpose="the openvino backend")
         extra = dict(self.options.extra)
         for key in extra:
@@ -84,12 +112,12 @@ class OpenVINOBackend(Backend):
                     f"openvino backend: unknown option '{key}'.{did_you_mean(key, _EXTRA_KEYS)}"
                     f" Known: {', '.join(_EXTRA_KEYS)}"
                 )
-        if not self.path.is_file():
+        if self.in_memory is None and not self.path.is_file():
             raise BackendError(
                 f"OpenVINO model {self.path} does not exist; check the path, or re-export the artifact with"
                 " `edgeslim export ARTIFACT --to openvino`"
             )
-        if self.path.suffix == ".xml" and not self.path.with_suffix(".bin").is_file():
+        if self.in_memory is None and self.path.suffix == ".xml" and not self.path.with_suffix(".bin").is_file():
             raise BackendError(
                 f"OpenVINO IR {self.path} has no weights file {self.path.with_suffix('.bin').name} beside it; copy"
                 " the .bin with the .xml, or re-export with `edgeslim export ARTIFACT --to openvino`"
@@ -122,7 +150,7 @@ class OpenVINOBackend(Backend):
         self._requested_jobs = extra.get("requests")
 
         try:
-            model = core.read_model(str(self.path))
+            model = self.in_memory if self.in_memory is not None else core.read_model(str(self.path))
         except Exception as exc:  # openvino raises RuntimeError subclasses with the frontend's message
             from .onnxruntime import explain_load_error
 
@@ -133,6 +161,21 @@ class OpenVINOBackend(Backend):
             self._request = self._compiled.create_infer_request()
         except Exception as exc:
             raise BackendError(f"OpenVINO could not compile {self.path} for {self.device} with {config}: {exc}") from exc
+        self._ports()
+
+    def _adopt(self, compiled: Any) -> None:
+        """Run a model compiled elsewhere as it is (its device and properties; no per-layer profiling copy)."""
+        self._core, self._model, self._config = None, None, {}
+        self._requested_jobs = dict(self.options.extra).get("requests")
+        try:
+            self.device = ",".join(str(d) for d in compiled.get_property("EXECUTION_DEVICES"))
+        except Exception:  # noqa: BLE001 - a plugin that cannot say where it runs
+            self.device = self.options.device.upper()
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._ports()
+
+    def _ports(self) -> None:
         # One InferRequest is not re-entrant; the server may call infer from several threads.
         self._lock = threading.Lock()
         self._async_lock = threading.Lock()
@@ -347,6 +390,8 @@ class OpenVINOBackend(Backend):
         from .base import median_layer_rows
 
         self._check_open()
+        if self._model is None:
+            raise BackendError(f"{self!r} runs a model compiled elsewhere: per-layer times need the model itself")
         try:
             # a compiled model of its own: the loaded one never carries the counters (nor their overhead)
             request = self._core.compile_model(

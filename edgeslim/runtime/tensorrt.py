@@ -15,7 +15,7 @@ versions recorded at export time and refuses a mismatch with the ``trtexec`` com
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -117,6 +117,21 @@ class TensorRTBackend(Backend):
     formats = ("tensorrt",)
     library = "tensorrt"
     extra = "tensorrt"
+    suffix = ".plan"
+    triton_platform = "tensorrt_plan"
+    triton_backend = "tensorrt"
+    triton_kind = "KIND_GPU"
+
+    @classmethod
+    def classify_layer(cls, row: Mapping[str, Any]) -> str:
+        """By the engine layer's name: fused layers carry their ONNX node names (``/features.0/Conv +
+        /features.0/Relu``), which tell a convolution or a matmul, not a depthwise one."""
+        n = str(row.get("name", "")).lower()
+        if "conv" in n:
+            return "conv"
+        if any(k in n for k in ("gemm", "matmul", "fully", "linear")):
+            return "fc"
+        return "other"
 
     @classmethod
     def artifact_options(cls, manifest: Any, model_file: Any) -> dict[str, Any]:

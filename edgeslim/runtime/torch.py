@@ -55,6 +55,7 @@ class TorchBackend(Backend):
     formats = ("torch",)
     library = "torch"
     extra = "compress"
+    suffix = ".safetensors"  # Triton's PyTorch backend runs TorchScript, not a state dict: no triton_backend
 
     @classmethod
     def artifact_options(cls, manifest: Any, model_file: Any) -> dict[str, Any]:

@@ -67,15 +67,10 @@ def layer_kind(module: Any) -> str | None:
 
 
 def _runtime_kind(exec_type: str, node_type: str) -> str:
-    """The kind of a runtime layer from its kernel name (oneDNN: ``brgconv_avx2_dw_f32``, ``jit_sse42_1x1``)."""
-    e, t = exec_type.lower(), node_type.lower()
-    if "groupconv" in t or "_dw" in e:
-        return "dw"
-    if "conv" in t:
-        return "pw" if "1x1" in e else "conv"
-    if t in ("fullyconnected", "matmul", "gemm"):
-        return "fc"
-    return "other"
+    """The kind of an OpenVINO layer (:meth:`OpenVINOBackend.classify_layer <edgeslim.runtime.openvino.OpenVINOBackend.classify_layer>`)."""
+    from ..runtime import BACKENDS
+
+    return BACKENDS.get("openvino").classify_layer({"exec": exec_type, "type": node_type})
 
 
 def macs_by_kind(model: Any, shape: tuple[int, ...]) -> dict[str, float]:
@@ -168,11 +163,6 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     return model, shape
 
 
-# export formats the pipeline writes for each backend, and the file the backend runs
-_FORMATS = {"openvino": ["onnx", "openvino"], "onnxruntime": ["onnx"], "tensorrt": ["onnx", "tensorrt"], "torch": []}
-_FILE_FORMAT = {"openvino": "openvino", "onnxruntime": "onnx", "tensorrt": "tensorrt", "torch": "torch"}
-
-
 def base_arch(base: Recipe) -> str:
     """The architecture id of the base recipe's model (what the torch backend rebuilds)."""
     from ..compress.sources import load_pretrained
@@ -185,32 +175,27 @@ def _random_calibration(shape: tuple[int, ...], n: int = 16) -> list[np.ndarray]
     return [rng.standard_normal((min(8, n), *shape[1:])).astype(np.float32) for _ in range(max(1, n // 8))]
 
 
-def _layer_rows(backend: Any, name: str, shape: tuple[int, ...], runs: int = 20) -> list[dict[str, Any]]:
+def _layer_rows(backend: Any, shape: tuple[int, ...], runs: int = 20) -> list[dict[str, Any]]:
     """The runtime's per-layer times (:meth:`edgeslim.runtime.base.Backend.layer_times`: OpenVINO ``PERF_COUNT``,
-    ONNX Runtime's profiler, TensorRT's ``IProfiler``) on the loaded file, each row with the kind the model fits."""
+    ONNX Runtime's profiler, TensorRT's ``IProfiler``) on the loaded file, each row with the kind the model fits,
+    as the runner classifies its own rows (``Backend.classify_layer``)."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    kind = {"openvino": lambda r: _runtime_kind(r["exec"], r["type"]), "onnxruntime": lambda r: _onnx_kind(r["type"], r["name"]),
-            "tensorrt": lambda r: _tensorrt_kind(r["name"])}[name]
-    return [{**r, "kind": kind(r)} for r in backend.layer_times({backend.inputs[0].name: x}, runs=runs)]
+    classify = type(backend).classify_layer
+    return [{**r, "kind": classify(r)} for r in backend.layer_times({backend.inputs[0].name: x}, runs=runs)]
 
 
 def _tensorrt_kind(name: str) -> str:
-    """The kind of a TensorRT engine layer from its name: fused layers carry their ONNX node names
-    (``/features.0/Conv + /features.0/Relu``), which tell a convolution or a matmul, not a depthwise one."""
-    n = name.lower()
-    if "conv" in n:
-        return "conv"
-    if any(k in n for k in ("gemm", "matmul", "fully", "linear")):
-        return "fc"
-    return "other"
+    """The kind of a TensorRT engine layer from its name (``TensorRTBackend.classify_layer``)."""
+    from ..runtime import BACKENDS
+
+    return BACKENDS.get("tensorrt").classify_layer({"name": name})
 
 
 def _onnx_kind(op: str, node: str) -> str:
-    if op in ("Conv", "FusedConv", "QLinearConv"):
-        return "conv"  # ORT's events do not tell depthwise from dense; the model fits one conv coefficient
-    if op in ("Gemm", "MatMul", "FusedGemm", "QLinearMatMul"):
-        return "fc"
-    return "other"
+    """The kind of an ONNX Runtime node from its op type (``OnnxRuntimeBackend.classify_layer``)."""
+    from ..runtime import BACKENDS
+
+    return BACKENDS.get("onnxruntime").classify_layer({"type": op, "name": node})
 
 
 def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
@@ -234,16 +219,14 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
     from ..compress.quant import PTQ, NoQuantization
     from ..export import export_artifact
     from ..recipe import ExportSection
-    from ..runtime import load
+    from ..runtime import file_format, load
+    from .space import export_formats
 
     t0 = time.perf_counter()
     model, shape = build_candidate_model(base, candidate, num_classes)
     macs = macs_by_kind(model, shape)
     precision = candidate["precision"]
-    formats = _FORMATS.get(backend)
-    if formats is None:
-        raise ConfigError(f"architecture latency on backend '{backend}' is not measured by the search; use one of"
-                          f" {', '.join(_FORMATS)}")
+    formats = export_formats(backend)  # an unknown backend: UnknownNameError naming the registered ones
     # exported as the candidate will deploy: a dynamic batch axis when the recipe's export has one (OpenVINO runs a
     # fixed-batch INT8 graph 10-25 % faster at batch 1 here, which a fixed-batch measurement would promise wrongly)
     dynamic = bool(base.export.dynamic_batch)
@@ -261,7 +244,7 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
                               calibration=_random_calibration(shape) if precision == "int8" else None,
                               validation=None, export_cfg=ExportSection(formats=formats, dynamic_batch=dynamic),
                               quantize_cfg=qcfg, target=target or base.target)
-        fmt = _FILE_FORMAT[backend]
+        fmt = file_format(backend)
         mf = next((m for m in man.models if m.format == fmt and m.precision == precision), None)
         if mf is None:
             raise ConfigError(f"the exporters wrote no {fmt} {precision} file for candidate {candidate}"
@@ -276,11 +259,11 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
         else:
             with load(art, backend=backend, precision=precision, device=device, threads=threads) as pred:
                 res = profile_backend(pred.backend, batch=1, cfg=pcfg)
-                # per-layer counters: OpenVINO, ONNX Runtime and TensorRT, from the runner itself; torch.profiler
-                # is not read, so on the torch backend the latency model has no points and every candidate is
+                # per-layer counters from the runner itself (OpenVINO, ONNX Runtime, TensorRT); a runner without
+                # them (torch: torch.profiler is not read) gives the latency model no points and every candidate is
                 # measured
-                if layers and backend != "torch":
-                    rows = _layer_rows(pred.backend, backend, shape)
+                if layers and pred.backend.has_layer_times():
+                    rows = _layer_rows(pred.backend, shape)
     lat = res["latency_ms"]
     return ArchMeasurement(
         p90_ms=float(lat["p90"]), median_ms=float(lat["median"]), size_mb=size / 1e6, macs=macs, layers=rows,

@@ -19,11 +19,12 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..methods import PRUNE_METHODS, QUANT_METHODS, MethodConfig
 from ..recipe import Recipe, parse_recipe
+from ..runtime.runners import DerivedTable
 from .config import SearchSection
 from .target import SearchTarget
 
@@ -37,9 +38,35 @@ __all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key
 FLOAT_CHOICES = ("none", "stem")
 #: the suffix of a structured choice whose ratio is spread over the stages by measured sensitivity
 SENS = "sens"
-# export formats each backend runs
-_FORMATS = {"openvino": ["onnx", "openvino"], "onnxruntime": ["onnx"], "tensorrt": ["onnx", "tensorrt"],
-            "torch": []}
+
+
+def export_formats(backend: str) -> list[str]:
+    """The export formats the pipeline writes for runtime backend ``backend``: the exporter of the file it runs
+    (``runtime.file_format``) after the exporters that one starts from (openvino: onnx, openvino); none when no
+    exporter writes that file (torch runs the artifact's weights)."""
+    from ..export import EXPORTERS
+    from ..runtime import file_format
+
+    out: list[str] = []
+
+    def add(fmt: str) -> None:
+        if fmt in EXPORTERS and EXPORTERS.canonical(fmt) not in out:
+            for dep in EXPORTERS.get(fmt).after:
+                add(dep)
+            out.append(EXPORTERS.canonical(fmt))
+
+    add(file_format(backend))
+    return out
+
+
+def _backend_formats() -> dict[str, list[str]]:
+    from ..runtime import BACKENDS
+
+    return {b: export_formats(b) for b in BACKENDS.names()}
+
+
+# export formats each backend runs, derived from the registered runners and exporters
+_FORMATS: Mapping[str, list[str]] = DerivedTable(_backend_formats, "runtime backend -> export formats")
 
 
 @dataclass
