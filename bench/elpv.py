@@ -195,6 +195,8 @@ def arms(results: dict[str, dict[int, dict]], main_loss: str) -> dict[str, list[
         "shift mono->poly dense FP32": ("shift", "dense/fp32"),
         "shift mono->poly main INT8": ("shift", "compressed/int8"),
     }
+    if "alt" not in results:  # without the alt run there is no loss comparison: the main run is "main INT8"
+        pick = {k: v for k, v in pick.items() if k not in ("CD INT8", "CE INT8")}
     out = {}
     for arm, (run, row) in pick.items():
         per_seed = [r["rows"][row] for r in results.get(run, {}).values() if row in r["rows"]]
