@@ -49,9 +49,8 @@ def main() -> None:
     from edgeslim.artifact import Manifest, TensorInfo
     from edgeslim.compress.prune.stats import count_params_macs
     from edgeslim.compress.prune.structured import _ignored, prune_channels
-    from edgeslim.compress.prune.base import prunable_layers
     from edgeslim.compress.sources import load_pretrained
-    from edgeslim.models import build_model, frozen_modules, restore_structure, structure_spec
+    from edgeslim.models import build_model, frozen_modules, prunable_layers, restore_structure, structure_spec
     from edgeslim.export.base import export_artifact
     from edgeslim.runtime import BACKENDS
     from edgeslim.runtime.base import BackendOptions
