@@ -188,13 +188,13 @@ class TrainSection(_Section):
 
 
 def QuantizeSection(**data: Any) -> MethodConfig:  # noqa: N802 - the section's name, kept for callers of version 1
-    """The ``quantize`` section: the chosen INT8 method's config (:mod:`edgeslim.compress.quant`), e.g.
+    """The ``quantize`` section: the chosen INT8 method's config (:mod:`edgeslim.quant`), e.g.
     ``QuantizeSection(method="qat", qat_epochs=2)`` is ``QAT(qat_epochs=2)``; without ``method``, ``PTQ``.
 
-    - ``ptq`` (:class:`~edgeslim.compress.quant.PTQ`): NNCF post-training quantization of the exported FP32 graph,
+    - ``ptq`` (:class:`~edgeslim.quant.PTQ`): NNCF post-training quantization of the exported FP32 graph,
       calibrated on ``calibration_size`` training samples, in the target's INT8 scheme.
-    - ``qat`` (:class:`~edgeslim.compress.quant.QAT`): quantization-aware training for ``qat_epochs``.
-    - ``accuracy_aware`` (:class:`~edgeslim.compress.quant.AccuracyControlledPTQ`): PTQ with layers kept in float
+    - ``qat`` (:class:`~edgeslim.quant.QAT`): quantization-aware training for ``qat_epochs``.
+    - ``accuracy_aware`` (:class:`~edgeslim.quant.AccuracyControlledPTQ`): PTQ with layers kept in float
       until ``max_drop`` and ``max_extra_critical_fn`` hold on val.
     - ``none``: no INT8.
 
@@ -315,7 +315,7 @@ class Recipe(_Section):
     )
     quantize: SerializeAsAny[MethodConfig] = Field(
         default_factory=QuantizeSection,
-        description="the INT8 method's config (edgeslim.compress.quant), chosen by its 'method'",
+        description="the INT8 method's config (edgeslim.quant), chosen by its 'method'",
     )
     distill: DistillSection = Field(default_factory=DistillSection)
     export: ExportSection = Field(default_factory=ExportSection)
@@ -356,7 +356,7 @@ class Recipe(_Section):
         """The keywords of :func:`edgeslim.compress.api.compress` this recipe asks for (the composer's view)."""
         return {
             "prune": self.prune, "train": self.train, "loss": self.loss, "distill": self.distill, "seed": self.seed,
-            "batch_size": self.data.batch_size, "qat": self.quantize.method == "qat",
+            "batch_size": self.data.batch_size, "qat": bool(getattr(self.quantize, "needs_training", False)),
             "run_key": {"model": self.model.model_dump(mode="json"), "data": self.data.model_dump(mode="json")},
         }
 

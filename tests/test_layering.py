@@ -31,6 +31,9 @@ LAYERS = [
     ("shared", lambda m: m in SHARED),
     # the runtime runs artifacts on a device (no torch, no compress); export validates every file through it
     ("runtime", lambda m: m.startswith("edgeslim.runtime")),
+    # INT8 (methods, handlers by method and format, NNCF, Q/DQ transforms): compress trains QAT models with it and
+    # export quantizes every INT8 file through it, so it sits below both and imports neither
+    ("quant", lambda m: m == "edgeslim.quant" or m.startswith("edgeslim.quant.")),
     ("compress", lambda m: m.startswith("edgeslim.compress")),
     ("export", lambda m: m.startswith("edgeslim.export")),
     ("devices", lambda m: m.startswith("edgeslim.devices")),
@@ -62,11 +65,6 @@ ALLOWED_CIRCLE_EDGES: dict[tuple[str, str], str] = {
     " the recipe's sections",
     ("edgeslim.recipe", "edgeslim.export"): "Recipe.check_names (see ALLOWED_UPWARD); export.base imports the"
     " recipe's sections",
-    ("edgeslim.compress.quant", "edgeslim.compress.qat"): "compress.quant holds the INT8 configs and their"
-    " handlers; the QAT handler calls compress.qat, which imports the configs: one INT8 package with configs apart"
-    " from the handlers (issue 22 item 1) removes it",
-    ("edgeslim.compress.quant", "edgeslim.compress.quantize"): "the PTQ handlers call compress.quantize (NNCF),"
-    " which imports the configs: issue 22 item 1, as above",
     ("edgeslim.export.reference", "edgeslim.export.base"): "store_field_references runs files through"
     " export.base._reference_logits, and export.base calls store_field_references: moving _reference_logits into"
     " export/reference.py removes it (export/base.py was being edited for issue 21)",

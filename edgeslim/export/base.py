@@ -17,7 +17,7 @@ An exporter is a subclass of :class:`Exporter` registered by name::
 :class:`~edgeslim.artifact.ModelFile` are relative to it) and returns what it wrote. The context carries the
 eval-mode CPU torch model, the input shape ``(C, H, W)``, the number of classes, opset, dynamic batch, the
 requested precisions (``ctx.wants("int8")``), the calibration batches (float32 NCHW, preprocessed, from the
-training split), the quantization method's config (:mod:`edgeslim.compress.quant`), and ``ctx.written``: the model files earlier
+training split), the quantization method's config (:mod:`edgeslim.quant`), and ``ctx.written``: the model files earlier
 exporters produced (``ctx.find("onnx", "fp32")``), so OpenVINO or TensorRT can start from the ONNX.
 
 Failures: an exception escaping ``export`` fails that exporter only; :func:`export_artifact` records it, removes
@@ -46,7 +46,7 @@ import numpy as np
 from .._io import atomic_write_bytes
 from ..artifact import Manifest, ModelFile, TensorInfo, load_manifest, write_artifact
 from ..errors import ArtifactError, ConfigError, EdgeslimError, ExportError, ValidationError
-from ..compress.quant import QuantizeConfig
+from ..quant import QuantizeConfig
 from ..recipe import ExportSection, QuantizeSection, ValidateSection
 from ..registry import Registry
 
@@ -307,7 +307,7 @@ def _check_request(formats: Sequence[str], precisions: Sequence[str], calibratio
     if bad or not precisions:
         raise ConfigError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(PRECISIONS)}")
     if "int8" in precisions:
-        if quantize_cfg.method == "none":  # NoQuantization
+        if not quantize_cfg.makes_int8:  # NoQuantization
             raise ConfigError("int8 was requested but quantize.method is 'none'; set it to 'ptq' or drop int8")
         if calibration is None:
             raise ConfigError(
@@ -640,7 +640,10 @@ def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], refe
         entry: dict[str, Any] = {"file": mf.path, "format": mf.format, "failed": old_problems,
                                  "from": mf.extra.get("quantizer")}
         attempts.append(entry)
-        if ctx.quantize.method == "accuracy_aware":
+        # on val with no extra critical FN (and the recipe's max_drop, if it chose accuracy control): stricter than
+        # the validate limit on val, so a file accuracy control accepts is not left out by the gate after it
+        cfg = ctx.quantize.fallback()
+        if cfg is None:
             entry["result"] = "not retried: the file already came from accuracy control"
             continue
         if ctx.val_split is None:
@@ -653,12 +656,6 @@ def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], refe
         stash = {p: p.read_bytes() for p in old_paths if p.exists()}
         for p in stash:
             p.unlink()
-        from ..compress.quant import with_method
-
-        # on val with no extra critical FN (and the recipe's max_drop, if it chose accuracy control): stricter than
-        # the validate limit on val, so a file accuracy control accepts is not left out by the gate after it
-        cfg = with_method(ctx.quantize, "accuracy_aware", max_extra_critical_fn=0,
-                          **({"max_drop": ctx.quantize.max_drop} if hasattr(ctx.quantize, "max_drop") else {}))
         sub = dataclasses.replace(ctx, precisions=("int8",), quantize=cfg, errors=[], skipped=[],
                                   written=[w for w in ctx.written if w is not mf])
         files = sub.attempt(mf.format, "int8", lambda mf=mf, sub=sub: EXPORTERS.get(mf.format)().export(sub))
