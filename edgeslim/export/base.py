@@ -47,8 +47,9 @@ from .._io import atomic_write_bytes
 from ..artifact import Manifest, ModelFile, TensorInfo, load_manifest, write_artifact
 from ..errors import ArtifactError, ConfigError, EdgeslimError, ExportError, ValidationError
 from ..quant import QuantizeConfig
-from ..recipe import ExportSection, QuantizeSection, ValidateSection
+from ..recipe import RECIPE_CHECKS, ExportSection, QuantizeSection, Recipe, ValidateSection
 from ..registry import Registry
+from .reference import _reference_logits as _reference_logits
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -179,6 +180,13 @@ class Exporter(abc.ABC):
 
 
 EXPORTERS: Registry[type[Exporter]] = Registry("exporter")
+
+
+@RECIPE_CHECKS.register("export")
+def _check_export_section(recipe: Recipe) -> None:
+    """The recipe's export formats (:data:`edgeslim.recipe.RECIPE_CHECKS`; the package registers every exporter)."""
+    for f in recipe.export.formats:
+        EXPORTERS.canonical(f)
 
 
 def _files_under(root: Path) -> set[Path]:
@@ -315,16 +323,6 @@ def _check_request(formats: Sequence[str], precisions: Sequence[str], calibratio
                 " (see edgeslim.compress.quantize.calibration_batches), or precisions=('fp32',)"
             )
     return order_formats(formats), tuple(dict.fromkeys(precisions))
-
-
-def _reference_logits(model: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(inputs), batch):
-            out.append(model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32))).numpy())
-    return np.concatenate(out)
 
 
 def _run_exporters(ctx: ExportContext, names: list[str]) -> None:
