@@ -396,9 +396,11 @@ RECIPE_CHECKS: Registry[Callable[["Recipe"], None]] = Registry("recipe check", p
 CHECKED_SECTIONS = ("model", "data", "prune", "export", "profile")
 
 
-@RECIPE_CHECKS.register("prune")
 def _check_prune(recipe: Recipe) -> None:
     PRUNE_METHODS.canonical(recipe.prune.method)
+
+
+RECIPE_CHECKS.register("prune", _check_prune)
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
