@@ -63,7 +63,6 @@ class QuantizeConfig(MethodConfig):
     fast_bias_correction: bool = Field(default=True, description="NNCF's fast bias correction (False: the full one)")
     model_type: Literal["cnn", "transformer"] = Field(default="cnn", description="transformer: NNCF's transformer scheme")
 
-
     def training_note(self) -> str:
         """What the training of a :attr:`needs_training` method does, for the run's log."""
         return f"{self.method} training"
