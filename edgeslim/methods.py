@@ -269,6 +269,6 @@ class MethodRegistry:
 # them on the first lookup; the recipe parses its ``prune`` section through this registry.
 PRUNE_METHODS = MethodRegistry("pruning method", plugins="edgeslim.compress.prune", where="prune")
 
-# The quantization methods (INT8): configs and handlers live in edgeslim.compress.quant; the recipe parses its
+# The quantization methods (INT8): configs and handlers live in the INT8 package, edgeslim.quant; the recipe parses its
 # ``quantize`` section through this registry.
-QUANT_METHODS = MethodRegistry("quantization method", plugins="edgeslim.compress.quant", where="quantize")
+QUANT_METHODS = MethodRegistry("quantization method", plugins="edgeslim.quant", where="quantize")

@@ -97,9 +97,9 @@ def run_pipeline(
     result.notes = list(res.notes)
     for note in result.notes:
         say(f"[yellow]note: {note}[/]")
-    qat_model = None
-    if recipe.quantize.method == "qat":
-        qat_model = _quantize_aware(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
+    qat_model = None  # the model a training quantization method trained, for export
+    if recipe.quantize.needs_training:
+        qat_model = _train_quantized(res, data, recipe, run_dir, resume=resume, progress=progress, say=say)
     result.seconds["compress"] = time.perf_counter() - t0
     if res.info.get("fpr_budget"):
         result.training["fpr_budget"] = fb = res.info["fpr_budget"]
@@ -168,7 +168,7 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
         thresholds = _calibrate(variants, data, recipe, say)
 
     t1 = time.perf_counter()
-    int8 = recipe.quantize.method != "none"
+    int8 = recipe.quantize.makes_int8
     calib = calibration_arrays(data, recipe.quantize.calibration_size) if int8 else None
     # accuracy control (the method, or the fallback of an INT8 file that misses the validate budget) judges layers
     # on the val split; the test split stays for the final numbers
@@ -280,35 +280,40 @@ def record_recommendations(result: PipelineResult) -> None:
 
 
 def _check_quantize_request(model, data, recipe: Recipe) -> None:
-    """Refuse, before any training, distillation without a teacher and a QAT request NNCF cannot serve."""
+    """Refuse, before any training, distillation without a teacher and a quantization method that trains (QAT)
+    on a model it cannot train (the method's ``training_check``)."""
     from .compress.prune import check_distillation
+    from .quant.config import resolve_hook
 
-    # compress() checks it too; here it also comes before the slower QAT probe
-    check_distillation(recipe.prune, train=recipe.train, distill=recipe.distill, qat=recipe.quantize.method == "qat")
-    if recipe.quantize.method == "qat":
+    q = recipe.quantize
+    # compress() checks it too; here it also comes before the slower probe of the method's training
+    check_distillation(recipe.prune, train=recipe.train, distill=recipe.distill, qat=q.needs_training)
+    if q.needs_training and q.training_check:
         from .compress.prune.stats import example_shape
-        from .compress.qat import check_qat_traceable
 
-        check_qat_traceable(model, example_shape(data), recipe.quantize)
+        resolve_hook(q.training_check)(model, example_shape(data), q)
 
 
-def _quantize_aware(res, data, recipe: Recipe, run_dir: Path, *, resume: bool, progress: bool, say):
-    """QAT of the compressed model (masks kept); ``res`` then holds its FP32 weights; returns the QAT model."""
+def _train_quantized(res, data, recipe: Recipe, run_dir: Path, *, resume: bool, progress: bool, say):
+    """The training of a quantization method that trains (QAT: the method's ``training_hook``) on the compressed
+    model (masks kept); ``res`` then holds its FP32 weights; returns the trained model export quantizes."""
     from .compress.data import calibration_arrays
-    from .compress.qat import quantize_aware_train
     from .compress.train import _evaluate_split
+    from .quant.config import resolve_hook
 
-    say(f"quantization-aware training: {recipe.quantize.qat_epochs} epoch(s)"
+    q = recipe.quantize
+    say(q.training_note()
         + (f", distilling from the dense model (weight {recipe.distill.weight})" if recipe.distill.weight > 0 else ""))
-    calib = calibration_arrays(data, recipe.quantize.calibration_size)
-    q = quantize_aware_train(res.model, data, recipe, run_dir=Path(run_dir) / "qat", calibration=calib,
-                             masks=res.masks, teacher=res.dense_model if recipe.distill.weight > 0 else None,
-                             resume=resume, progress=progress, target=recipe.target)
-    res.model = q.fp32_model
-    res.metrics = _evaluate_split(q.fp32_model, data, "test", recipe.data.batch_size, _torch_device(recipe))
-    res.history = list(res.history) + q.history
-    res.info = {**res.info, "qat": q.info}
-    return q.model
+    calib = calibration_arrays(data, q.calibration_size)
+    trained = resolve_hook(q.training_hook)(
+        res.model, data, recipe, run_dir=Path(run_dir) / q.method, calibration=calib, masks=res.masks,
+        teacher=res.dense_model if recipe.distill.weight > 0 else None, resume=resume, progress=progress,
+        target=recipe.target)
+    res.model = trained.fp32_model
+    res.metrics = _evaluate_split(trained.fp32_model, data, "test", recipe.data.batch_size, _torch_device(recipe))
+    res.history = list(res.history) + trained.history
+    res.info = {**res.info, q.method: trained.info}
+    return trained.model
 
 
 def _torch_device(recipe: Recipe):

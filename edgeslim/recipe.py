@@ -8,7 +8,9 @@ Version 2 (this one): the ``prune`` section is the chosen method's own config, e
 sparsity: 0.8, scope: global}``; its keys are those of the method's class in :mod:`edgeslim.compress.prune`
 (``LotteryTicket``, ``OneShot``, ``Gradual``, ``NM``, ``Structured``, ``SparseTransfer``, ``NoPruning``).
 Version-1 recipes (one flat prune section with every method's fields) still load: :func:`upgrade_recipe` converts
-them. Parsing a recipe imports no stage and no torch.
+them. Parsing a recipe imports no stage and no torch, and neither does checking its names: each stage registers the
+check of its own section in :data:`RECIPE_CHECKS`, whose plugins (the stages' modules) are imported on the first
+:meth:`Recipe.check_names`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -33,7 +35,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .methods import PRUNE_METHODS, QUANT_METHODS, MethodConfig
-from .registry import did_you_mean
+from .registry import Registry, did_you_mean
 from .search.config import SearchSection
 
 RECIPE_VERSION = 2
@@ -188,13 +190,13 @@ class TrainSection(_Section):
 
 
 def QuantizeSection(**data: Any) -> MethodConfig:  # noqa: N802 - the section's name, kept for callers of version 1
-    """The ``quantize`` section: the chosen INT8 method's config (:mod:`edgeslim.compress.quant`), e.g.
+    """The ``quantize`` section: the chosen INT8 method's config (:mod:`edgeslim.quant`), e.g.
     ``QuantizeSection(method="qat", qat_epochs=2)`` is ``QAT(qat_epochs=2)``; without ``method``, ``PTQ``.
 
-    - ``ptq`` (:class:`~edgeslim.compress.quant.PTQ`): NNCF post-training quantization of the exported FP32 graph,
+    - ``ptq`` (:class:`~edgeslim.quant.PTQ`): NNCF post-training quantization of the exported FP32 graph,
       calibrated on ``calibration_size`` training samples, in the target's INT8 scheme.
-    - ``qat`` (:class:`~edgeslim.compress.quant.QAT`): quantization-aware training for ``qat_epochs``.
-    - ``accuracy_aware`` (:class:`~edgeslim.compress.quant.AccuracyControlledPTQ`): PTQ with layers kept in float
+    - ``qat`` (:class:`~edgeslim.quant.QAT`): quantization-aware training for ``qat_epochs``.
+    - ``accuracy_aware`` (:class:`~edgeslim.quant.AccuracyControlledPTQ`): PTQ with layers kept in float
       until ``max_drop`` and ``max_extra_critical_fn`` hold on val.
     - ``none``: no INT8.
 
@@ -315,7 +317,7 @@ class Recipe(_Section):
     )
     quantize: SerializeAsAny[MethodConfig] = Field(
         default_factory=QuantizeSection,
-        description="the INT8 method's config (edgeslim.compress.quant), chosen by its 'method'",
+        description="the INT8 method's config (edgeslim.quant), chosen by its 'method'",
     )
     distill: DistillSection = Field(default_factory=DistillSection)
     export: ExportSection = Field(default_factory=ExportSection)
@@ -356,7 +358,7 @@ class Recipe(_Section):
         """The keywords of :func:`edgeslim.compress.api.compress` this recipe asks for (the composer's view)."""
         return {
             "prune": self.prune, "train": self.train, "loss": self.loss, "distill": self.distill, "seed": self.seed,
-            "batch_size": self.data.batch_size, "qat": self.quantize.method == "qat",
+            "batch_size": self.data.batch_size, "qat": bool(getattr(self.quantize, "needs_training", False)),
             "run_key": {"model": self.model.model_dump(mode="json"), "data": self.data.model_dump(mode="json")},
         }
 
@@ -375,20 +377,30 @@ class Recipe(_Section):
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     def check_names(self) -> None:
-        """Check every registry name the recipe uses (imports the stages, so it is not done at parse time)."""
-        from .compress.data import DATASETS, check_data_section
-        from .compress.sources import SOURCES
-        from .export import EXPORTERS
-        from .runtime import BACKENDS
+        """Check every registry name the recipe uses: each section's check, registered by the stage that owns the
+        names in :data:`RECIPE_CHECKS` (imports the stages, so it is not done at parse time)."""
+        for section in CHECKED_SECTIONS:
+            if section in RECIPE_CHECKS:
+                RECIPE_CHECKS.get(section)(self)
 
-        SOURCES.canonical(self.model.source.split(":", 1)[0])
-        DATASETS.canonical(self.data.dataset.split(":", 1)[0])
-        check_data_section(self.data)  # class names, for datasets whose classes are known without the images
-        PRUNE_METHODS.canonical(self.prune.method)
-        for f in self.export.formats:
-            EXPORTERS.canonical(f)
-        for b in self.profile.backends:
-            BACKENDS.canonical(b)
+
+#: ``check(recipe)`` per recipe section: raises UnknownNameError (did-you-mean) or ConfigError for a name the stage
+#: owning the section does not have. A stage registers the check of its section beside its registry; the modules
+#: below are imported on the first lookup, so the recipe module imports no stage
+RECIPE_CHECKS: Registry[Callable[["Recipe"], None]] = Registry("recipe check", plugins=(
+    "edgeslim.compress.recipe_checks",  # model: the pretrained source; data: the dataset and its class names
+    "edgeslim.export",  # export: the formats
+    "edgeslim.runtime.recipe_checks",  # profile: the backends
+))
+#: the order the sections are checked in (the first bad name is reported)
+CHECKED_SECTIONS = ("model", "data", "prune", "export", "profile")
+
+
+def _check_prune(recipe: Recipe) -> None:
+    PRUNE_METHODS.canonical(recipe.prune.method)
+
+
+RECIPE_CHECKS.register("prune", _check_prune)
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

@@ -2,12 +2,15 @@
 
 Pretrained sources, datasets, pruning methods, exporters, runtime backends and device targets each own a
 :class:`Registry`. Adding an entry is one decorated function or class; registering a name twice is an error;
-an unknown name lists the known ones and the closest match.
+an unknown name lists the known ones and the closest match. A registry declared below the stages that fill it
+names their modules (``plugins``), imported on its first lookup, so a lower layer can look names up without
+importing a stage.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 from .errors import ConfigError, UnknownNameError
@@ -26,12 +29,20 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the entries are, used in error messages (e.g. ``"runtime backend"``).
+        plugins: modules imported on the first lookup, which register the entries (registering imports nothing).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, plugins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
+        self._plugins = tuple(plugins)
+
+    def _load(self) -> None:
+        if self._plugins:
+            plugins, self._plugins = self._plugins, ()
+            for module in plugins:
+                importlib.import_module(module)
 
     def register(self, name: str, obj: T | None = None, *, aliases: tuple[str, ...] = ()) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
@@ -55,6 +66,7 @@ class Registry(Generic[T]):
 
     def canonical(self, name: str) -> str:
         """Resolve an alias to its registered name, or raise :class:`UnknownNameError`."""
+        self._load()
         if name in self._entries:
             return name
         if name in self._aliases:
@@ -71,15 +83,18 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """The registered names, sorted (aliases excluded)."""
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)
 
     def __repr__(self) -> str:

@@ -31,6 +31,9 @@ LAYERS = [
     ("shared", lambda m: m in SHARED),
     # the runtime runs artifacts on a device (no torch, no compress); export validates every file through it
     ("runtime", lambda m: m.startswith("edgeslim.runtime")),
+    # INT8 (methods, handlers by method and format, NNCF, Q/DQ transforms): compress trains QAT models with it and
+    # export quantizes every INT8 file through it, so it sits below both and imports neither
+    ("quant", lambda m: m == "edgeslim.quant" or m.startswith("edgeslim.quant.")),
     ("compress", lambda m: m.startswith("edgeslim.compress")),
     ("export", lambda m: m.startswith("edgeslim.export")),
     ("devices", lambda m: m.startswith("edgeslim.devices")),
@@ -44,33 +47,13 @@ LAYERS = [
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     ("edgeslim", "edgeslim."): "the package root re-exports the public verbs of every stage, lazily (import edgeslim"
     " stays light)",
-    # Recipe.check_names looks registry names up in the stages that own them; only load_recipe(check_names=True)
-    # calls it, never parsing (tests/test_recipe.py checks that printing a recipe imports no stage). Removing them
-    # means declaring DATASETS / SOURCES / EXPORTERS / BACKENDS in a shared module with lazy plugins, as
-    # methods.PRUNE_METHODS / QUANT_METHODS are (issue 22 item 5; compress/data.py and sources.py are in flux)
-    ("edgeslim.recipe", "edgeslim.compress.data"): "Recipe.check_names looks the dataset name up and runs check_data_section",
-    ("edgeslim.recipe", "edgeslim.compress.sources"): "Recipe.check_names looks the pretrained source name up",
-    ("edgeslim.recipe", "edgeslim.export"): "Recipe.check_names looks the export formats up",
-    ("edgeslim.recipe", "edgeslim.runtime"): "Recipe.check_names looks the profile backends up",
 }
 
-# (importer, imported) -> why: the imports that may close an import circle. The graph without them has no circle;
-# each one is a lazy import inside a function, which Python resolves after both modules have loaded, and each is
-# the back edge of a move not made yet
-ALLOWED_CIRCLE_EDGES: dict[tuple[str, str], str] = {
-    ("edgeslim.recipe", "edgeslim.compress.data"): "Recipe.check_names (see ALLOWED_UPWARD); compress.data imports"
-    " the recipe's sections",
-    ("edgeslim.recipe", "edgeslim.export"): "Recipe.check_names (see ALLOWED_UPWARD); export.base imports the"
-    " recipe's sections",
-    ("edgeslim.compress.quant", "edgeslim.compress.qat"): "compress.quant holds the INT8 configs and their"
-    " handlers; the QAT handler calls compress.qat, which imports the configs: one INT8 package with configs apart"
-    " from the handlers (issue 22 item 1) removes it",
-    ("edgeslim.compress.quant", "edgeslim.compress.quantize"): "the PTQ handlers call compress.quantize (NNCF),"
-    " which imports the configs: issue 22 item 1, as above",
-    ("edgeslim.export.reference", "edgeslim.export.base"): "store_field_references runs files through"
-    " export.base._reference_logits, and export.base calls store_field_references: moving _reference_logits into"
-    " export/reference.py removes it (export/base.py was being edited for issue 21)",
-}
+# (importer, imported) -> why: the imports that may close an import circle; none does. A new entry needs its reason
+# (a lazy import inside a function, the back edge of a move not made yet); the recipe's name checks and the INT8
+# methods' handlers, which closed the last ones, are now registered by the stages (edgeslim.recipe.RECIPE_CHECKS,
+# edgeslim.quant)
+ALLOWED_CIRCLE_EDGES: dict[tuple[str, str], str] = {}
 
 
 def _layer(module: str) -> int | None:

@@ -192,3 +192,41 @@ def test_a_method_that_trains_once_says_which_epochs_it_uses():
     # methods with a dense round train on epochs: no warning; nor when final_epochs is left to default
     assert recipe_warnings(parse_recipe({"prune": {"method": "one_shot"}, "train": {"epochs": 5, "final_epochs": 0}})) == []
     assert recipe_warnings(parse_recipe({"prune": {"method": "none"}, "train": {"epochs": 5}})) == []
+
+
+@pytest.mark.parametrize("section, data, message", [
+    ("model", {"source": "timmm:resnet18"}, r"unknown pretrained source 'timmm'.*Did you mean 'timm'"),
+    ("data", {"dataset": "digts"}, r"unknown dataset 'digts'.*Did you mean 'digits'"),
+    ("prune", {"method": "one_shott"}, r"unknown pruning method"),
+    ("export", {"formats": ["onnxx"]}, r"unknown exporter 'onnxx'.*Did you mean 'onnx'"),
+    ("profile", {"backends": ["openvno"]}, r"unknown runtime backend 'openvno'.*Did you mean 'openvino'"),
+])
+def test_each_sections_names_are_checked_by_the_stage_that_owns_them(section, data, message):
+    from edgeslim.recipe import CHECKED_SECTIONS, RECIPE_CHECKS
+
+    if section == "prune":  # parsing already refuses an unknown method: the check sees a registered one
+        with pytest.raises(UnknownNameError, match=message):
+            parse_recipe({"prune": data})
+        parse_recipe({}).check_names()
+        return
+    r = parse_recipe({section: data})
+    with pytest.raises(UnknownNameError, match=message):
+        r.check_names()
+    assert set(RECIPE_CHECKS.names()) == set(CHECKED_SECTIONS)  # every checked section has its stage's check
+
+
+def test_checking_names_imports_the_stages_only_when_asked():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edgeslim.recipe import RECIPE_CHECKS, parse_recipe\n"
+        "r = parse_recipe({'data': {'dataset': 'digits'}})\n"
+        "before = [m for m in sys.modules if m.startswith(('edgeslim.compress.data', 'edgeslim.export'))]\n"
+        "r.check_names()\n"
+        "after = sorted(m for m in ('edgeslim.compress.data', 'edgeslim.export', 'edgeslim.runtime') if m in sys.modules)\n"
+        "print(before, after)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] ['edgeslim.compress.data', 'edgeslim.export', 'edgeslim.runtime']"

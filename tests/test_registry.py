@@ -40,3 +40,24 @@ def test_register_twice_is_an_error():
     with pytest.raises(ConfigError, match="registered twice"):
         reg.register("other", 3, aliases=("onnx",))
     assert reg.get("onnx") == 1
+
+
+def test_plugins_are_imported_on_the_first_lookup_and_not_on_register(tmp_path, monkeypatch):
+    # a registry declared below the stages that fill it names their modules; registering imports nothing
+    import sys
+    import types
+
+    holder = types.ModuleType("edgeslim_test_widget_holder")
+    monkeypatch.setitem(sys.modules, holder.__name__, holder)
+    (tmp_path / "edgeslim_test_widget_plugin.py").write_text(
+        "import edgeslim_test_widget_holder as h\nh.REG.register('beta', 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg: Registry[int] = Registry("widget", plugins=("edgeslim_test_widget_plugin",))
+    holder.REG = reg  # type: ignore[attr-defined]
+    try:
+        reg.register("alpha", 1)
+        assert "edgeslim_test_widget_plugin" not in sys.modules
+        assert reg.names() == ["alpha", "beta"] and reg.get("beta") == 2
+        assert "edgeslim_test_widget_plugin" in sys.modules
+    finally:
+        sys.modules.pop("edgeslim_test_widget_plugin", None)

@@ -1,9 +1,10 @@
 """Export: ONNX, OpenVINO (and TensorRT) model files, validated against PyTorch and written as one artifact.
 
-Every module of this package other than ``base`` and ``validate`` is an exporter plugin that registers itself in
-:data:`EXPORTERS` when imported; they are all imported here, so adding a format is adding one file. Exporters
-import their heavy libraries (torch, onnx, openvino, nncf, tensorrt) only when they run, so this import stays
-light. See :mod:`edgeslim.export.base` for the exporter contract.
+Every module of this package other than ``base`` (the artifact writer), ``contract`` (the exporter contract),
+``gate`` and ``validate`` (what every written file passes) is an exporter plugin that registers itself in
+:data:`EXPORTERS` when imported, or a helper they share; they are all imported here, so adding a format is adding
+one file. Exporters import their heavy libraries (torch, onnx, openvino, nncf, tensorrt) only when they run, so
+this import stays light. See :mod:`edgeslim.export.contract` for the exporter contract.
 
 The package is also the verb: ``edgeslim.export(model, out_dir, manifest, formats=[...])`` calls
 :func:`export_artifact`.
@@ -21,7 +22,7 @@ from .base import export_artifact as export_artifact
 from .base import export_existing as export_existing
 from .validate import validate_exports as validate_exports
 
-_NOT_PLUGINS = {"base", "validate"}
+_NOT_PLUGINS = {"base", "contract", "gate", "validate"}
 
 # Import every exporter module so it registers; an import error in one is a bug and must surface.
 for _mod in sorted(m.name for m in _pkgutil.iter_modules(__path__)):

@@ -1,24 +1,6 @@
-"""The exporter contract, the :data:`EXPORTERS` registry and the artifact writer.
-
-Contract
---------
-An exporter is a subclass of :class:`Exporter` registered by name::
-
-    @EXPORTERS.register("myformat")
-    class MyExporter(Exporter):
-        name = "myformat"
-        precisions = ("fp32", "int8")   # what it can write; other requested precisions are recorded as skipped
-        after = ("onnx",)               # exporters whose files it prefers to start from (run first if requested)
-
-        def export(self, ctx: ExportContext) -> list[ModelFile]:
-            ...
-
-``export(ctx)`` writes files below ``ctx.directory`` (the artifact's temporary directory; paths in the returned
-:class:`~edgeslim.artifact.ModelFile` are relative to it) and returns what it wrote. The context carries the
-eval-mode CPU torch model, the input shape ``(C, H, W)``, the number of classes, opset, dynamic batch, the
-requested precisions (``ctx.wants("int8")``), the calibration batches (float32 NCHW, preprocessed, from the
-training split), the quantization method's config (:mod:`edgeslim.compress.quant`), and ``ctx.written``: the model files earlier
-exporters produced (``ctx.find("onnx", "fp32")``), so OpenVINO or TensorRT can start from the ONNX.
+"""The artifact writer: :func:`export_artifact` runs the requested exporters (the contract, :mod:`edgeslim.export.
+contract`, is re-exported here), validates every file (:mod:`edgeslim.export.gate`) and writes one artifact
+atomically; :func:`export_existing` re-exports formats of an existing artifact.
 
 Failures: an exception escaping ``export`` fails that exporter only; :func:`export_artifact` records it, removes
 the files it left behind and carries on with the others. An exporter that writes several precisions wraps each in
@@ -26,197 +8,36 @@ the files it left behind and carries on with the others. An exporter that writes
 ``strict=True`` raises one :class:`~edgeslim.errors.ExportError` listing every failure (and no artifact is
 written); ``strict=False`` writes what succeeded and records the failures in ``manifest.validation["errors"]`` (and
 precisions an exporter does not write in ``manifest.validation["export_skipped"]``).
-Every exporter must keep the graph's input name ``input`` (NCHW float32) and output name ``logits``.
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import json
 import os
 import shutil
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from .._io import atomic_write_bytes
 from ..artifact import Manifest, ModelFile, TensorInfo, load_manifest, write_artifact
 from ..errors import ArtifactError, ConfigError, EdgeslimError, ExportError, ValidationError
-from ..compress.quant import QuantizeConfig
+from ..quant import QuantizeConfig
 from ..recipe import ExportSection, QuantizeSection, ValidateSection
-from ..registry import Registry
+from .contract import EXPORTERS as EXPORTERS
+from .contract import INPUT_NAME as INPUT_NAME
+from .contract import OUTPUT_NAME as OUTPUT_NAME
+from .contract import PRECISIONS as PRECISIONS
+from .contract import TORCH_WEIGHTS as TORCH_WEIGHTS
+from .contract import ExportContext as ExportContext
+from .contract import Exporter as Exporter
+from .contract import order_formats as order_formats
+from .gate import _calibrate_file_thresholds, _drop_failed, _int8_fallback, _problem_line, _validate
+from .reference import _reference_logits as _reference_logits
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
-
-    from ..hardware import Int8Scheme
-
-PRECISIONS = ("fp32", "fp16", "int8")
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-TORCH_WEIGHTS = "model.safetensors"
-
-
-@dataclass
-class ExportContext:
-    """Everything an exporter needs, and the record of what the export did so far.
-
-    Attributes:
-        model: the eval-mode CPU ``torch.nn.Module``.
-        directory: the artifact's temporary directory; write files below it.
-        input_shape: ``(C, H, W)`` of one input sample.
-        num_classes: width of the ``logits`` output.
-        opset: ONNX opset to export with.
-        dynamic_batch: export a dynamic batch axis (else batch 1).
-        precisions: the requested precisions (``fp32``, ``fp16``, ``int8``).
-        calibration: preprocessed float32 NCHW batches for INT8 PTQ (None: INT8 not possible).
-        quantize: calibration size, preset and ignored scope for PTQ.
-        target: the device target the INT8 files are made for (``auto``: this host); it decides each file's INT8
-            scheme (:meth:`int8_scheme`).
-        qat_model: the QAT-trained model (``quantize.method: qat``), from
-            :func:`edgeslim.compress.qat.quantize_aware_train`.
-        val_split: ``(inputs, labels)`` of the val split (never the test split): what accuracy control judges
-            layers on, for ``quantize.method: accuracy_aware`` and the fallback of an INT8 file that fails
-            validation.
-        written: model files written so far, by every exporter, in order.
-        errors: failures recorded by :meth:`attempt` (``{"exporter", "precision", "error"}``).
-        skipped: precisions an exporter does not support or did not write, with the reason.
-    """
-
-    model: Any
-    directory: Path
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    opset: int = 18
-    dynamic_batch: bool = True
-    precisions: tuple[str, ...] = ("fp32",)
-    calibration: list[np.ndarray] | None = None
-    quantize: QuantizeConfig = field(default_factory=QuantizeSection)
-    target: str = "auto"
-    qat_model: Any = None
-    val_split: tuple[np.ndarray, np.ndarray] | None = None
-    written: list[ModelFile] = field(default_factory=list)
-    errors: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    input_name: str = INPUT_NAME
-    output_name: str = OUTPUT_NAME
-    manifest: Manifest | None = None  # the artifact's metadata (name, classes), for exporters that need it
-    int8_formats: tuple[str, ...] | None = None  # formats that get an INT8 file (None: every format that can)
-
-    def wants(self, precision: str) -> bool:
-        """Whether ``precision`` was requested."""
-        return precision in self.precisions
-
-    def int8_scheme(self, fmt: str) -> "Int8Scheme":
-        """The INT8 scheme of a ``fmt`` file made for :attr:`target` (see :func:`edgeslim.hardware.int8_scheme`)."""
-        from ..hardware import int8_scheme
-
-        return int8_scheme(self.target, fmt)
-
-    @property
-    def batch(self) -> int:
-        """The exported batch dimension: -1 when dynamic, else 1."""
-        return -1 if self.dynamic_batch else 1
-
-    def input_dims(self) -> list[int]:
-        """``[batch, C, H, W]`` with -1 for a dynamic batch."""
-        return [self.batch, *self.input_shape]
-
-    def example_input(self, batch: int | None = None) -> "torch.Tensor":
-        """A deterministic random input; batch 2 by default when dynamic (torch.export specialises a batch of 1)."""
-        import torch
-
-        n = batch if batch is not None else (2 if self.dynamic_batch else 1)
-        g = torch.Generator().manual_seed(0)
-        return torch.randn(n, *self.input_shape, generator=g)
-
-    def find(self, format: str, precision: str = "fp32") -> ModelFile | None:
-        """A model file already written by an earlier exporter, or None."""
-        return next((m for m in self.written if m.format == format and m.precision == precision), None)
-
-    def path(self, relative: str) -> Path:
-        """Absolute path of a file in the artifact; creates its folder."""
-        p = self.directory / relative
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def attempt(self, exporter: str, precision: str, fn: Callable[[], list[ModelFile]]) -> list[ModelFile]:
-        """Run one unit of export work; on failure record it, delete the files it created, and return ``[]``.
-
-        The returned files are not added to :attr:`written`; the exporter returns them from ``export``.
-        """
-        before = _files_under(self.directory)
-        try:
-            files = list(fn())
-        except Exception as exc:  # an exporter failing must not stop the others
-            for p in _files_under(self.directory) - before:
-                p.unlink(missing_ok=True)
-            self.errors.append({"exporter": exporter, "precision": precision, "error": _describe(exc)})
-            return []
-        return files
-
-    def skip(self, exporter: str, precision: str, reason: str) -> None:
-        """Record that ``exporter`` did not write ``precision`` and why."""
-        self.skipped.append({"exporter": exporter, "precision": precision, "reason": reason})
-
-
-class Exporter(abc.ABC):
-    """One target format. Subclasses set ``name``, ``precisions`` (and ``after``) and implement :meth:`export`."""
-
-    name: ClassVar[str] = ""
-    #: precisions this exporter can write
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
-    #: exporters whose output this one starts from when available; they run first when both are requested
-    after: ClassVar[tuple[str, ...]] = ()
-
-    @abc.abstractmethod
-    def export(self, ctx: ExportContext) -> list[ModelFile]:
-        """Write this format's files for the requested precisions and return them (see the module docstring)."""
-
-
-EXPORTERS: Registry[type[Exporter]] = Registry("exporter")
-
-
-def _files_under(root: Path) -> set[Path]:
-    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if not isinstance(exc, EdgeslimError):
-        # A library error: keep its type and where it came from, the message alone is often cryptic.
-        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-        text = f"{type(exc).__name__}{where}: {text}"
-    return text
-
-
-def order_formats(formats: Iterable[str]) -> list[str]:
-    """Canonical exporter names in run order: each after the exporters it starts from (when requested)."""
-    names: list[str] = []
-    for f in formats:
-        c = EXPORTERS.canonical(f)
-        if c not in names:
-            names.append(c)
-    ordered: list[str] = []
-
-    def visit(n: str, stack: tuple[str, ...]) -> None:
-        if n in ordered:
-            return
-        if n in stack:
-            raise ConfigError(f"exporters {' -> '.join((*stack, n))} depend on each other in a cycle")
-        for dep in EXPORTERS.get(n).after:
-            if dep in names:
-                visit(dep, (*stack, n))
-        ordered.append(n)
-
-    for n in names:
-        visit(n, ())
-    return ordered
 
 
 # -- weights and sparsity -----------------------------------------------------------------------------------------
@@ -307,7 +128,7 @@ def _check_request(formats: Sequence[str], precisions: Sequence[str], calibratio
     if bad or not precisions:
         raise ConfigError(f"unknown precision(s) {bad or '(none)'}; choose from {', '.join(PRECISIONS)}")
     if "int8" in precisions:
-        if quantize_cfg.method == "none":  # NoQuantization
+        if not quantize_cfg.makes_int8:  # NoQuantization
             raise ConfigError("int8 was requested but quantize.method is 'none'; set it to 'ptq' or drop int8")
         if calibration is None:
             raise ConfigError(
@@ -315,16 +136,6 @@ def _check_request(formats: Sequence[str], precisions: Sequence[str], calibratio
                 " (see edgeslim.compress.quantize.calibration_batches), or precisions=('fp32',)"
             )
     return order_formats(formats), tuple(dict.fromkeys(precisions))
-
-
-def _reference_logits(model: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(inputs), batch):
-            out.append(model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32))).numpy())
-    return np.concatenate(out)
 
 
 def _run_exporters(ctx: ExportContext, names: list[str]) -> None:
@@ -533,183 +344,6 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
         return m
 
     return write_artifact(out_dir, manifest, writer)
-
-
-def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[ModelFile],
-                               val_split: tuple[np.ndarray, np.ndarray]) -> None:
-    """Give each reduced-precision file (INT8, FP16) its own critical-class thresholds, calibrated on the val split
-    to the recipe's decision target (``decision.target_fpr`` / ``target_fnr``), in ``extra["thresholds"]``.
-
-    Why: quantization shifts the scores a little. At the FP32 file's threshold an INT8 file then runs at another
-    operating point (here on ELPV: 4 more missed defective cells of 190 at a lower false-alarm rate), and the
-    validation would charge the shift to quantization. Calibrated like FP32, every file is deployed, validated and
-    compared at the same val FPR (or FNR), which is the comparison the critical-class budget means. The runtime,
-    the server and the profiler apply a file's own thresholds (:meth:`Manifest.thresholds_for`). Nothing happens
-    without manifest thresholds, without a decision target in the manifest's recipe, or under the format-1
-    ``argmax_or_threshold`` rule.
-    """
-    from ..compress.thresholds import calibrate_thresholds, manifest_thresholds
-    from ..runtime import BACKENDS, BackendOptions
-    from ..runtime.predictor import softmax
-    from .validate import DEFAULT_BACKENDS, VALIDATION_OPTIONS, _run
-
-    decision = (m.recipe or {}).get("decision") or {}
-    targets = {k: decision.get(k) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
-    if not m.thresholds or not m.critical or len(targets) != 1 or m.decision_rule != "threshold":
-        return
-    x, y = np.asarray(val_split[0], dtype=np.float32), np.asarray(val_split[1]).astype(np.int64)
-    for mf in files:
-        name = DEFAULT_BACKENDS.get(mf.format)
-        if mf.precision not in ("int8", "fp16") or name is None or name not in BACKENDS:
-            continue
-        try:
-            with BACKENDS.get(name)(directory / mf.path, BackendOptions(**VALIDATION_OPTIONS.get(name, {}))) as b:
-                probs = softmax(_run(b, x))
-            thr = calibrate_thresholds(probs, y, m.critical, **targets)
-        except EdgeslimError as exc:  # cannot run here, or no threshold reaches the target: the manifest's apply
-            mf.extra["thresholds_note"] = f"the manifest's thresholds apply: {exc}"
-            continue
-        mf.extra["thresholds"] = manifest_thresholds(thr)
-        mf.extra["thresholds_calibrated_on"] = {"split": "val", "samples": int(len(y)), **targets}
-
-
-def _validate(directory: Path, m: Manifest, reference: np.ndarray, inputs: np.ndarray, labels: Any,
-              cfg: ValidateSection, *, val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """:func:`~edgeslim.export.validate.validate_exports`, its report also when it finds problems."""
-    from .validate import validate_exports
-
-    try:
-        return validate_exports(directory, m, reference, inputs, labels, cfg, val=val)
-    except ValidationError as exc:
-        return getattr(exc, "report", {"passed": False, "problems": [str(exc)]})
-
-
-def _batch1_latency_ms(path: Path, fmt: str, *, seconds: float = 0.5) -> float | None:
-    """Median batch-1 latency of a model file on this CPU, in its reference runtime (a cost figure for the
-    manifest, not a benchmark: :mod:`edgeslim.devices.profiler` measures properly)."""
-    import time
-
-    from ..runtime import BACKENDS, BackendOptions
-    from .validate import DEFAULT_BACKENDS
-
-    name = DEFAULT_BACKENDS.get(fmt)
-    if name is None or name not in BACKENDS:
-        return None
-    try:
-        with BACKENDS.get(name)(path, BackendOptions(device="cpu")) as backend:
-            spec = backend.inputs[0]
-            x = np.zeros([1, *[d if d > 0 else 1 for d in spec.shape[1:]]], dtype=np.float32)
-            for _ in range(5):
-                backend.infer(x)
-            times: list[float] = []
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end or len(times) < 20:
-                t = time.perf_counter()
-                backend.infer(x)
-                times.append((time.perf_counter() - t) * 1e3)
-        return round(float(np.median(times)), 4)
-    except EdgeslimError:
-        return None
-
-
-def _model_paths(directory: Path, mf: ModelFile) -> list[Path]:
-    p = directory / mf.path
-    return [p, p.with_suffix(".bin")] if mf.format == "openvino" else [p]
-
-
-def _int8_fallback(ctx: ExportContext, m: Manifest, report: dict[str, Any], reference: np.ndarray,
-                   inputs: np.ndarray, labels: Any, validate_cfg: ValidateSection, *,
-                   val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
-    """Re-quantize every INT8 file that missed the validate budget (judged on val, see ``validate_exports(val=)``)
-    with accuracy control.
-
-    NNCF's ``quantize_with_accuracy_control`` keeps the most harmful layers in float until the val top-1 drop is
-    within ``max_drop`` (1 point by default) and the val critical FN, counted at the calibrated thresholds, are no
-    more than FP32's: stricter than the validate limit the val split is then judged by. The
-    new file replaces the failed one only when it passes validation; its manifest entry says which layers stayed in
-    float and the batch-1 latency of FP32, of the failed INT8 and of the new file on this CPU;
-    ``report["int8_fallback"]`` records every attempt.
-    """
-    bad = {p["file"] for p in report.get("problems", []) if isinstance(p, dict)}
-    failing = [mf for mf in m.models if mf.precision == "int8" and mf.path in bad and mf.format in EXPORTERS]
-    if not failing:
-        return
-    attempts = report.setdefault("int8_fallback", [])
-    for mf in failing:
-        old_problems = [p for p in report["problems"] if isinstance(p, dict) and p.get("file") == mf.path]
-        entry: dict[str, Any] = {"file": mf.path, "format": mf.format, "failed": old_problems,
-                                 "from": mf.extra.get("quantizer")}
-        attempts.append(entry)
-        if ctx.quantize.method == "accuracy_aware":
-            entry["result"] = "not retried: the file already came from accuracy control"
-            continue
-        if ctx.val_split is None:
-            entry["result"] = "not retried: accuracy control needs the val split (export_artifact(val_split=...))"
-            continue
-        fp32 = ctx.find(mf.format, "fp32")
-        latency = {"fp32": _batch1_latency_ms(ctx.directory / fp32.path, mf.format) if fp32 else None,
-                   "int8_failed": _batch1_latency_ms(ctx.directory / mf.path, mf.format)}
-        old_paths = _model_paths(ctx.directory, mf)
-        stash = {p: p.read_bytes() for p in old_paths if p.exists()}
-        for p in stash:
-            p.unlink()
-        from ..compress.quant import with_method
-
-        # on val with no extra critical FN (and the recipe's max_drop, if it chose accuracy control): stricter than
-        # the validate limit on val, so a file accuracy control accepts is not left out by the gate after it
-        cfg = with_method(ctx.quantize, "accuracy_aware", max_extra_critical_fn=0,
-                          **({"max_drop": ctx.quantize.max_drop} if hasattr(ctx.quantize, "max_drop") else {}))
-        sub = dataclasses.replace(ctx, precisions=("int8",), quantize=cfg, errors=[], skipped=[],
-                                  written=[w for w in ctx.written if w is not mf])
-        files = sub.attempt(mf.format, "int8", lambda mf=mf, sub=sub: EXPORTERS.get(mf.format)().export(sub))
-        new = next((f for f in files if f.precision == "int8"), None)
-        if new is None:
-            for p, data in stash.items():  # keep the failed file for _drop_failed / strict to judge as before
-                p.write_bytes(data)
-            entry["result"] = "accuracy control failed: " + "; ".join(e["error"] for e in sub.errors)
-            continue
-        latency["int8_accuracy_control"] = _batch1_latency_ms(ctx.directory / new.path, mf.format)
-        kept_float = list(new.extra.get("reverted_to_fp32", []))
-        new.extra["accuracy_control"] = {"fallback_from": mf.extra.get("quantizer"), "failed_validation": old_problems,
-                                         "kept_in_float": kept_float, "latency_ms": latency}
-        _calibrate_file_thresholds(ctx.directory, m, [new], ctx.val_split)
-        sub_manifest = m.model_copy(update={"models": [new]})
-        r = _validate(ctx.directory, sub_manifest, reference, inputs, labels, validate_cfg, val=val)
-        m.models[m.models.index(mf)] = new
-        ctx.written[ctx.written.index(mf)] = new
-        report["models"][new.path] = r.get("models", {}).get(new.path, {})
-        report["problems"] = [p for p in report["problems"] if not (isinstance(p, dict) and p.get("file") == mf.path)]
-        report["problems"] += r.get("problems", [])
-        report["passed"] = not report["problems"]
-        entry.update(result="passed" if r.get("passed") else "still failing", kept_in_float=kept_float,
-                     latency_ms=latency, problems=r.get("problems", []))
-
-
-def _drop_failed(directory: Path, m: Manifest, report: dict[str, Any]) -> None:
-    """Remove the model files that failed validation from the artifact; record each with its reason."""
-    bad: dict[str, list[str]] = {}
-    for p in report.get("problems", []):
-        if isinstance(p, dict) and p.get("file"):
-            bad.setdefault(p["file"], []).append(_problem_line(p))
-    failed = report.setdefault("failed", [])
-    for mf in [mf for mf in m.models if mf.path in bad]:
-        for path in _model_paths(directory, mf):
-            path.unlink(missing_ok=True)
-        folder = (directory / mf.path).parent
-        if folder != directory and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # openvino_int8/ and the like: an empty folder would say the file was there
-        m.models.remove(mf)
-        failed.append({"file": mf.path, "format": mf.format, "precision": mf.precision,
-                       "reason": "failed validation: " + "; ".join(bad[mf.path])})
-    if bad:
-        report["problems"] = [p for p in report["problems"] if not (isinstance(p, dict) and p.get("file") in bad)]
-        report["passed"] = not report["problems"]
-
-
-def _problem_line(p: Any) -> str:
-    from .validate import problem_line
-
-    return problem_line(p)
 
 
 def _check_sparsity(report: dict[str, Any], sparsity: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,12 @@
-"""INT8 for the exporters: the recipe's quantization method (:mod:`edgeslim.compress.quant`) run on a format's
-FP32 graph, with everything it needs taken from the export context.
+"""INT8 for the exporters: the INT8 verb (:func:`edgeslim.quant.quantize`) run on a format's FP32 graph, with
+everything the method needs taken from the export context.
 
 Every exporter that writes INT8 calls one function and never switches on the method's name::
 
     quantized, extra = quantize_graph(ctx, "onnx", fp32_graph)
 
-The method's config is ``ctx.quantize`` (``PTQ``, ``AccuracyControlledPTQ``, ``QAT``, ...), registered with its
-handler in :data:`~edgeslim.methods.QUANT_METHODS`; what the handler needs beyond the graph is an
-:class:`~edgeslim.compress.quant.Int8Job` built here from typed fields of the
+The method's config is ``ctx.quantize`` (``PTQ``, ``AccuracyControlledPTQ``, ``QAT``, ...); what its handler needs
+beyond the graph is an :class:`~edgeslim.quant.Int8Job` built here from typed fields of the
 :class:`~edgeslim.export.base.ExportContext`: the calibration batches, the target's INT8 scheme
 (:func:`edgeslim.hardware.int8_scheme`), the QAT-trained model, the val split and the calibrated thresholds.
 """
@@ -16,8 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..compress.quant import Int8Job, parse_quantize
 from ..methods import QUANT_METHODS
+from ..quant import Int8Job, quantize
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import ExportContext
@@ -26,7 +25,7 @@ __all__ = ["QUANT_METHODS", "int8_job", "quantize_graph"]
 
 
 def int8_job(ctx: "ExportContext", fmt: str) -> Int8Job:
-    """The :class:`~edgeslim.compress.quant.Int8Job` of a ``fmt`` file from the export context."""
+    """The :class:`~edgeslim.quant.Int8Job` of a ``fmt`` file from the export context."""
     m = ctx.manifest
     return Int8Job(
         calibration=ctx.calibration, scheme=ctx.int8_scheme(fmt), val_split=ctx.val_split,
@@ -44,12 +43,5 @@ def quantize_graph(ctx: "ExportContext", fmt: str, graph: Any) -> tuple[Any, dic
         ``(int8_graph, extra)``; ``extra`` records the quantizer, its settings and the INT8 scheme (the target the
         file is made for), and goes into the model file's manifest entry.
     """
-    cfg = parse_quantize(ctx.quantize)
     job = int8_job(ctx, fmt)
-    quantized, extra = QUANT_METHODS.handler(cfg)(cfg, job, fmt, graph)
-    extra = {**extra, "int8_scheme": job.scheme.to_dict()}
-    if cfg.method != "qat":
-        cal = ctx.calibration or []
-        extra.update(calibration_samples=min(cfg.calibration_size, sum(len(b) for b in cal)), preset=cfg.preset,
-                     fast_bias_correction=cfg.fast_bias_correction, ignored_scope=list(cfg.ignored_scope))
-    return quantized, extra
+    return quantize(graph, ctx.quantize, scheme=job.scheme, format=fmt, job=job)

@@ -65,8 +65,6 @@ def store_field_references(directory: Path, m: Manifest, files: Sequence[ModelFi
     manifest without critical classes, gets none (the server then reports drift as off for it)."""
     if not m.critical:
         return
-    from .base import _reference_logits
-
     x = np.asarray(val_split[0], dtype=np.float32)
     y = np.asarray(val_split[1]).astype(np.int64)
     if not len(y):
@@ -77,3 +75,15 @@ def store_field_references(directory: Path, m: Manifest, files: Sequence[ModelFi
         logits = file_logits(directory, mf, x, torch_logits)
         if logits is not None:
             mf.extra[REFERENCE_KEY] = field_reference(m, mf, logits, y, stats)
+
+
+def _reference_logits(model: Any, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The torch model's logits on ``inputs`` (float32 NCHW), in batches: the reference every exported file is
+    validated against."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch):
+            out.append(model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32))).numpy())
+    return np.concatenate(out)

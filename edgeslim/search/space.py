@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from ..methods import PRUNE_METHODS, QUANT_METHODS, MethodConfig
+from ..methods import PRUNE_METHODS, MethodConfig
 from ..recipe import Recipe, parse_recipe
 from ..runtime.runners import DerivedTable
 from .config import SearchSection
@@ -294,15 +294,13 @@ def quantize_config(c: dict[str, Any], base: Recipe, space: SearchSpace) -> Meth
     options) with the candidate's float-kept layers; a base with ``none`` or ``qat`` gets ``ptq`` (QAT trains
     again after the short fine-tune, which the search does not spend on every candidate).
     """
-    from ..compress.quant import with_method
+    from ..quant import no_int8, post_training
 
     q = base.quantize
     if c["precision"] != "int8":
-        return with_method(q, "none", ignored_scope=[])  # type: ignore[arg-type]
+        return no_int8(q)  # type: ignore[arg-type]
     scope = list(space.float_scope.get(c.get("float_layers", "none"), []))
-    if QUANT_METHODS.canonical(q.method) in ("none", "qat"):
-        return with_method(q, "ptq", ignored_scope=scope)  # type: ignore[arg-type]
-    return QUANT_METHODS.parse({**q.model_dump(mode="json"), "ignored_scope": scope})
+    return post_training(q, ignored_scope=scope)  # type: ignore[arg-type]
 
 
 def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: SearchTarget,
