@@ -60,9 +60,12 @@ def field_reference(m: Manifest, mf: ModelFile, logits: np.ndarray, labels: np.n
 
 
 def store_field_references(directory: Path, m: Manifest, files: Sequence[ModelFile], model: Any,
-                           val_split: tuple[np.ndarray, np.ndarray]) -> None:
+                           val_split: tuple[np.ndarray, np.ndarray], *,
+                           torch_logits: np.ndarray | None = None) -> None:
     """Give each of ``files`` its val reference (``extra["field_reference"]``); a file that cannot run here, or a
-    manifest without critical classes, gets none (the server then reports drift as off for it)."""
+    manifest without critical classes, gets none (the server then reports drift as off for it).
+
+    ``torch_logits``: the torch model's logits on the val inputs when the caller has them (computed here if not)."""
     if not m.critical:
         return
     x = np.asarray(val_split[0], dtype=np.float32)
@@ -70,7 +73,7 @@ def store_field_references(directory: Path, m: Manifest, files: Sequence[ModelFi
     if not len(y):
         return
     stats = input_statistics(x)
-    torch_logits = np.asarray(_reference_logits(model, x), dtype=np.float32)
+    torch_logits = np.asarray(_reference_logits(model, x) if torch_logits is None else torch_logits, dtype=np.float32)
     for mf in files:
         logits = file_logits(directory, mf, x, torch_logits)
         if logits is not None:
