@@ -45,11 +45,10 @@ def _cpu() -> str:
 
 
 def _score(artifact: Path, precision: str, data, fpr: float, backend: str, threads: int | None) -> dict:
-    from edgeslim.search.engine import _judge, _scores
-    from edgeslim.search.site import LocalSite
+    from edgeslim.search.site import LocalSite, judge, scores
 
-    z, y, manifest = _scores(LocalSite(backend, threads=threads), artifact, precision, "test", data)
-    return _judge(z, y, manifest, fpr)
+    z, y, manifest = scores(LocalSite(backend, threads=threads), artifact, precision, "test", data)
+    return judge(z, y, manifest, fpr)
 
 
 def _latency(files: dict[str, tuple[Path, str]], backend: str, threads: int | None, rounds: int, iters: int) -> dict:
@@ -120,7 +119,7 @@ def main() -> None:
     from edgeslim.pipeline import run_pipeline
     from edgeslim.recipe import load_recipe, parse_recipe
     from edgeslim.search.config import SearchSection
-    from edgeslim.search.engine import _load_data, search
+    from edgeslim.search.study import _load_data, search
 
     t_all = time.perf_counter()
     hand = load_recipe("lite0-fast-int8").to_dict()
@@ -178,13 +177,12 @@ def main() -> None:
         arms["lite0-fast-int8"] = (lres.artifacts["compressed"], "int8")
 
     # the budgets from the dense model: latency / speedup; critical FNR at the FPR on val at most dense's
-    from edgeslim.search.engine import _judge, _scores
-    from edgeslim.search.site import LocalSite
+    from edgeslim.search.site import LocalSite, judge, scores
 
     # p90 over a few hundred calls: fewer swing by a third on a 2-core VM, and the budget is a third of it
     lat0 = _latency({"dense": arms["dense FP32"]}, "openvino", args.threads, args.rounds, args.iters)["dense"]
-    zv, yv, mv = _scores(LocalSite("openvino", threads=args.threads), dense_art, "fp32", "val", data)
-    dval = _judge(zv, yv, mv, args.fpr)
+    zv, yv, mv = scores(LocalSite("openvino", threads=args.threads), dense_art, "fp32", "val", data)
+    dval = judge(zv, yv, mv, args.fpr)
     fractions = [float(f) for f in args.budget_fractions.split(",") if f] or [1.0 / args.speedup]
     if any(not 0 < f <= 1 for f in fractions):
         raise SystemExit(f"--budget-fractions {args.budget_fractions}: each must be in (0, 1]")

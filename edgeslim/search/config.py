@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -102,3 +102,31 @@ class SearchSection(BaseModel):
         if self.latency_ms is not None:
             return self.latency_ms
         return 1000.0 / self.throughput if self.throughput is not None else None
+
+    def constraints(self, lat: dict[str, Any], acc: dict[str, Any] | None,
+                    dense: dict[str, Any] | None) -> dict[str, float]:
+        """A candidate's constraint values by name, as Optuna takes them (<= 0: feasible): ``lat`` its measured
+        ``p90_ms`` / ``size_mb``; ``acc`` its val scores (None before training: latency and size only); ``dense``
+        the dense reference's val scores (the top-1 drop and the relative critical budgets)."""
+        out: dict[str, float] = {}
+        budget = self.latency_budget_ms
+        if budget is not None:
+            out["latency"] = lat["p90_ms"] - budget
+        if self.max_size_mb is not None:
+            out["size"] = lat["size_mb"] - self.max_size_mb
+        if acc is not None:
+            if self.max_critical_fn is not None:
+                out["critical_fn"] = acc["critical_fn"] - self.max_critical_fn
+            if self.max_critical_fnr is not None:
+                fnr = acc["critical_fnr_at_fpr"]
+                out["critical_fnr"] = (1.0 if fnr is None else fnr) - self.max_critical_fnr
+            if dense is not None:
+                out["top1_drop"] = (dense["top1"] - acc["top1"]) - self.max_top1_drop
+                # relative critical budgets: against the dense reference, judged on val like the candidate
+                if self.max_extra_critical_fn is not None:
+                    out["extra_critical_fn"] = (acc["critical_fn"] - dense["critical_fn"]) - self.max_extra_critical_fn
+                if self.max_extra_critical_fnr is not None:
+                    fnr, ref = acc["critical_fnr_at_fpr"], dense.get("critical_fnr_at_fpr")
+                    out["extra_critical_fnr"] = ((1.0 if fnr is None else fnr) - (0.0 if ref is None else ref)
+                                                 - self.max_extra_critical_fnr)
+        return out

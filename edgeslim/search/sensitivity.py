@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -27,7 +28,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["allocate", "stage_names", "stage_sensitivity"]
+__all__ = ["allocate", "stage_names", "stage_sensitivity", "measure_artifact", "describe"]
 
 _CONTAINERS = ("blocks", "features", "layers", "stages")
 
@@ -139,6 +140,25 @@ def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio
     return {"probe_ratio": ratio, "signal": used, "critical": [int(c) for c in critical],
             "critical_samples": int(crit_mask.sum()), "base_loss": base["mean"],
             "base_critical_loss": base["critical"] if math.isfinite(base["critical"]) else None, "stages": out}
+
+
+def measure_artifact(artifact: Path, x: np.ndarray, y: np.ndarray, *, ratio: float, cfg: Any,
+                     critical: Sequence[int] = (), signal: str = "critical") -> dict[str, Any]:
+    """:func:`stage_sensitivity` of the trained model in ``artifact`` (the search's dense reference), loaded with
+    the torch backend."""
+    from ..runtime import load
+
+    with load(artifact, backend="torch") as pred:
+        return stage_sensitivity(pred.backend.model, x, y, ratio=ratio, cfg=cfg, critical=critical,  # type: ignore[attr-defined]
+                                 signal=signal)
+
+
+def describe(sens: dict[str, Any], seconds: float) -> str:
+    """One line of a :func:`stage_sensitivity` result: each stage's loss increase."""
+    return (f"stage sensitivity ({'critical-class' if sens['signal'] == 'critical' else 'mean'} val loss increase,"
+            f" each stage alone at ratio {sens['probe_ratio']:g}; {seconds:.0f} s): " + ", ".join(
+                f"{k} {'-' if v['loss_increase'] is None else format(v['loss_increase'], '+.3f')}"
+                for k, v in sens["stages"].items()))
 
 
 def allocate(sens: dict[str, Any], ratio: float) -> dict[str, float]:

@@ -18,13 +18,16 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, ExportError
 
-__all__ = ["LocalSite", "RemoteSite", "Site"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .target import SearchTarget
+
+__all__ = ["LocalSite", "RemoteSite", "Site", "make_site", "require_file", "scores", "judge"]
 
 
 class LocalSite:
@@ -153,3 +156,62 @@ class RemoteSite:
 
 
 Site = LocalSite | RemoteSite
+
+
+def make_site(target: SearchTarget, threads: int | None) -> Site:
+    """Where ``target``'s files are timed and scored: the remote server it names, else this process."""
+    if target.url:
+        return RemoteSite(target.url, token=target.token, backend=target.backend)
+    return LocalSite(target.backend, device=target.device, threads=threads)
+
+
+def scores(site: Site, artifact: Path, precision: str, split: str, data: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Outputs of the deployed file on a split, where the target runs it, with the manifest as the file deploys
+    (its own calibrated thresholds)."""
+    from ..compress.data import split_arrays
+
+    x, y = split_arrays(data, split)
+    z, manifest = site.logits(artifact, precision, x)
+    return z, y, manifest
+
+
+def judge(z: np.ndarray, y: np.ndarray, manifest: Any, at_fpr: float) -> dict[str, Any]:
+    """A candidate's scores from its file's outputs: top-1, critical FN at the file's thresholds, the mean critical
+    FNR at ``at_fpr``, per-class recall."""
+    from ..compress.metrics import evaluate
+    from ..compress.thresholds import fnr_at_fpr
+    from ..runtime.predictor import softmax
+
+    m = evaluate(z, y, manifest.classes, manifest.critical, thresholds=manifest.thresholds or None,
+                 rule=manifest.decision_rule)
+    probs = softmax(z)
+    fnrs = [f for f in (fnr_at_fpr(probs, y, c, at_fpr) for c in manifest.critical) if f is not None]
+    return {
+        "top1": float(m.accuracy), "critical_fn": m.critical_fn(),
+        "critical_fnr_at_fpr": float(np.mean(fnrs)) if fnrs else None,
+        "per_class_recall": [pc["recall"] for pc in m.per_class],
+        "critical_stats": {str(k): v for k, v in m.critical_stats.items()}, "n": int(m.n),
+    }
+
+
+def require_file(artifact: Path, backend: str, precision: str) -> None:
+    """A partial export (the default) leaves a file out that failed validation, e.g. an INT8 file that even
+    accuracy control could not bring within the critical-FN budget: that rules the candidate out, with the export's
+    own reason, instead of stopping the search at load time.
+
+    Raises:
+        ExportError: the candidate's file (``precision`` in a format ``backend`` runs) is not in the artifact.
+    """
+    from ..artifact import load_manifest
+    from ..runtime.base import BACKENDS
+
+    manifest = load_manifest(artifact)
+    formats = BACKENDS.get(backend).formats
+    if any(mf.precision == precision and mf.format in formats for mf in manifest.models):
+        return
+    reasons = [f"{f.get('file')}: {f.get('reason')}" for f in (manifest.validation or {}).get("failed", [])
+               if f.get("precision") == precision and f.get("format") in formats]
+    raise ExportError(
+        f"the export left the {precision} {backend} file out"
+        + (f" ({'; '.join(reasons)})" if reasons else " (no such file in the artifact)")
+    )

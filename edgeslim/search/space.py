@@ -1,43 +1,39 @@
-"""The search space: which recipe changes a candidate may combine on a target, as typed method configs.
+"""The search space: which recipe changes a candidate may combine on a target.
 
-A candidate is a small dict of choices (``prune``, ``precision``, ``float_layers``, ``image_size``, ``gamma``); the
-``prune`` choice is ``<method>:<argument>`` (``structured:0.5``, ``nm:2:4``, ``one_shot:0.75``). The choices come
-from the registered method configs: :func:`build_space` walks :data:`edgeslim.methods.PRUNE_METHODS` and proposes
-every method whose result the target runs faster (channel pruning everywhere, 2:4 where TensorRT has sparse
-kernels, unstructured sparsity where the kernels skip zeros), listing the others as ruled out with why.
-:func:`prune_config` and :func:`quantize_config` turn a candidate into the method configs
-(:class:`~edgeslim.compress.prune.Structured`, :class:`~edgeslim.compress.quant.PTQ`, ...), :func:`overlay` into
-version-2 recipe sections, and :func:`candidate_recipe` merges that into the base recipe, so the chosen candidate
-is an ordinary recipe that ``edgeslim pipeline`` re-runs, with ``target:`` set to the searched target (the same
-INT8 scheme).
+The space is a list of categorical dimensions (``prune``, ``precision``, ``image_size``, ``gamma``, and
+``float_layers`` under INT8) that Optuna samples; a trial's choices make a
+:class:`~edgeslim.search.candidate.Candidate`. The ``prune`` choices are typed
+(:class:`~edgeslim.search.candidate.PruneChoice`) and come from the registered method configs: :func:`build_space`
+walks :data:`edgeslim.methods.PRUNE_METHODS` and proposes every method whose result the target runs faster (channel
+pruning everywhere, 2:4 where TensorRT has sparse kernels, unstructured sparsity where the kernels skip zeros),
+listing the others as ruled out with why.
 
-This module is the one place that knows how a choice maps onto recipe fields.
+How a candidate maps onto recipe fields lives in :mod:`edgeslim.search.candidate`
+(:meth:`~edgeslim.search.candidate.Candidate.to_recipe`); :func:`prune_config`, :func:`quantize_config`,
+:func:`overlay`, :func:`candidate_recipe`, :func:`candidate_key` and :func:`arch_key` stay importable from here.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from ..methods import PRUNE_METHODS, MethodConfig
-from ..recipe import Recipe, parse_recipe
+from ..methods import PRUNE_METHODS
+from ..recipe import Recipe
 from ..runtime.runners import DerivedTable
+from .candidate import SENS, Candidate, PruneChoice, _kind, overlay, prune_config, quantize_config
 from .config import SearchSection
 from .target import SearchTarget
 
 __all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key", "overlay", "candidate_recipe",
-           "prune_config", "quantize_config"]
+           "prune_config", "quantize_config", "SENS"]
 
 # float-kept layers of an INT8 candidate: "stem" keeps the first convolution (the layer INT8 most often hurts:
 # it sees raw pixels) in float, named by quantize.ignored_scope's '@first_conv', which the quantizer resolves on
 # each exported graph (node names differ between a dynamic- and a fixed-batch export of one architecture). The
 # classifier is not offered: its node has no alias, and torch.onnx and OpenVINO name it differently.
 FLOAT_CHOICES = ("none", "stem")
-#: the suffix of a structured choice whose ratio is spread over the stages by measured sensitivity
-SENS = "sens"
 
 
 def export_formats(backend: str) -> list[str]:
@@ -77,6 +73,11 @@ class Dimension:
     choices: list[Any]
     when: tuple[str, Any] | None = None
 
+    @property
+    def values(self) -> list[Any]:
+        """The choices as Optuna stores them (a prune choice as its label)."""
+        return [c.label if isinstance(c, PruneChoice) else c for c in self.choices]
+
 
 @dataclass
 class SearchSpace:
@@ -98,51 +99,62 @@ class SearchSpace:
                 n *= len(d.choices)
         return n
 
-    def corners(self) -> dict[str, dict[str, Any]]:
+    def corners(self) -> dict[str, Candidate]:
         """The cheapest and the dense candidate (for the latency range before training)."""
-        prune = self.dim("prune").choices  # type: ignore[union-attr]
+        prune: list[PruneChoice] = self.dim("prune").choices  # type: ignore[union-attr]
         prec = self.dim("precision").choices  # type: ignore[union-attr]
         sizes = self.dim("image_size").choices  # type: ignore[union-attr]
         gammas = self.dim("gamma").choices  # type: ignore[union-attr]
         # uniform choices only: the per-stage ones need the dense reference's sensitivity, measured later
-        structured = [p for p in prune if p.startswith("structured:") and not p.endswith(":" + SENS)]
-        fastest = max(structured, key=lambda p: float(p.split(":")[1])) if structured else prune[0]
-        densest = min(structured, key=lambda p: float(p.split(":")[1])) if structured else prune[0]
-        base = {"gamma": gammas[0]}
+        structured = [p for p in prune if p.method == "structured" and p.ratio is not None and not p.per_stage]
+        fastest = max(structured, key=lambda p: p.ratio or 0.0) if structured else prune[0]
+        densest = min(structured, key=lambda p: p.ratio or 0.0) if structured else prune[0]
         out = {}
         for label, p, size in (("fastest", fastest, min(sizes)), ("largest", densest, max(sizes))):
             for q in prec:
-                c = {"prune": p, "precision": q, "image_size": size, **base}
-                if q == "int8":
-                    c["float_layers"] = "none"
-                out[f"{label}-{q}"] = c
+                out[f"{label}-{q}"] = Candidate(prune=p, precision=q, image_size=size, gamma=gammas[0],
+                                                float_layers="none" if q == "int8" else None)
         return out
 
+    def suggest(self, trial: Any) -> Candidate:
+        """The candidate an Optuna trial proposes: one categorical choice per dimension that applies."""
+        params: dict[str, Any] = {}
+        for d in self.dims:
+            if d.when is not None and params.get(d.when[0]) != d.when[1]:
+                continue
+            params[d.name] = trial.suggest_categorical(d.name, d.values)
+        return Candidate.from_params(params)
+
+    def dense(self, base: Recipe) -> Candidate:
+        """The dense reference: channel ratio 0, so it trains on the pruned candidates' schedule (dense round, then
+        the short fine-tune); a candidate only when ``search.ratios`` holds 0, the reference of the top-1 drop
+        always. At the base recipe's image size and loss weight where the space has them."""
+        sizes = self.dim("image_size").choices  # type: ignore[union-attr]
+        size = base.data.image_size if base.data.image_size in sizes else max(sizes)
+        gammas = self.dim("gamma").choices  # type: ignore[union-attr]
+        g = base.loss.gamma if base.loss.gamma in gammas else gammas[0]
+        prec = self.dim("precision").choices  # type: ignore[union-attr]
+        return Candidate(prune=PruneChoice("structured", ratio=0.0), precision="fp32" if "fp32" in prec else prec[0],
+                         image_size=size, gamma=g)
+
+    def per_stage_ratios(self) -> list[float]:
+        """The ratios of the per-stage choices (they need the dense reference's measured sensitivity)."""
+        return [p.ratio for p in self.dim("prune").choices  # type: ignore[union-attr]
+                if p.per_stage and p.ratio is not None]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"dims": [{"name": d.name, "choices": d.choices, "when": list(d.when) if d.when else None}
+        return {"dims": [{"name": d.name, "choices": d.values, "when": list(d.when) if d.when else None}
                          for d in self.dims], "ruled_out": self.ruled_out, "float_scope": self.float_scope,
                 "methods": self.methods}
 
 
-def _kind(config: type[MethodConfig]) -> str | None:
-    """What a pruning method's result is, from its config class (a subclass registered by a plugin counts too):
-    ``channels`` (a narrower dense model), ``n:m``, ``unstructured``, ``dense``, ``source`` (the zeros of a sparse
-    source checkpoint), or None (the search does not know what it runs like)."""
-    from ..compress.prune import NM, Gradual, LotteryTicket, NoPruning, OneShot, SparseTransfer, Structured
-
-    for klass, kind in ((Structured, "channels"), (NM, "n:m"), (OneShot, "unstructured"), (Gradual, "unstructured"),
-                        (LotteryTicket, "unstructured"), (NoPruning, "dense"), (SparseTransfer, "source")):
-        if issubclass(config, klass):
-            return kind
-    return None
-
-
-def _prune_choices(section: SearchSection, target: SearchTarget) -> tuple[list[str], list[str], dict[str, str]]:
+def _prune_choices(section: SearchSection, target: SearchTarget
+                   ) -> tuple[list[PruneChoice], list[str], dict[str, str]]:
     """The ``prune`` choices of the registered methods the target runs faster; the ruled-out lines; a note per
     registered method."""
     from ..compress.prune import NM, OneShot
 
-    choices: list[str] = []
+    choices: list[PruneChoice] = []
     ruled: list[str] = []
     notes: dict[str, str] = {}
     unstructured: list[str] = []
@@ -151,17 +163,18 @@ def _prune_choices(section: SearchSection, target: SearchTarget) -> tuple[list[s
         kind = _kind(config)
         if kind == "channels":
             ratios = sorted(set(section.ratios))
-            mine = [f"{name}:{r:g}" for r in ratios if r == 0 or "uniform" in section.allocations]
+            mine = [PruneChoice(name, ratio=r) for r in ratios if r == 0 or "uniform" in section.allocations]
             if "sensitivity" in section.allocations:  # per-stage ratios, once the dense reference is measured
-                mine += [f"{name}:{r:g}:{SENS}" for r in ratios if r > 0]
+                mine += [PruneChoice(name, ratio=r, per_stage=True) for r in ratios if r > 0]
             choices += mine
-            notes[name] = (f"proposed: channel ratio {', '.join(c.split(':', 1)[1] for c in mine) or '(search.ratios empty)'}"
+            said = [f"{c.ratio:g}" + (f":{SENS}" if c.per_stage else "") for c in mine]
+            notes[name] = (f"proposed: channel ratio {', '.join(said) or '(search.ratios empty)'}"
                            + (f" (:{SENS} = per-stage ratios from measured sensitivity)" if any(
-                               c.endswith(SENS) for c in mine) else ""))
+                               c.per_stage for c in mine) else ""))
         elif kind == "n:m":
             n, m = NM.model_fields["n"].default, NM.model_fields["m"].default
             if target.sparse_2_4:
-                choices.append(f"{name}:{n}:{m}")
+                choices.append(PruneChoice(name, nm=(n, m)))
                 notes[name] = f"proposed: {n}:{m}"
             else:
                 why = (f"{target.name} via {target.backend} has no {n}:{m} sparse kernels (TensorRT on Ampere / Orin"
@@ -173,9 +186,9 @@ def _prune_choices(section: SearchSection, target: SearchTarget) -> tuple[list[s
             if not target.sparse_unstructured:
                 notes[name] = f"not proposed: {target.backend} on {target.name} runs zeros as dense weights"
             elif issubclass(config, OneShot):
-                mine = [f"{name}:{s:g}" for s in sorted(set(section.sparsities))]
-                choices += mine
-                notes[name] = f"proposed: sparsity {', '.join(c.split(':')[1] for c in mine) or '(none asked)'}"
+                sparse = [PruneChoice(name, ratio=s) for s in sorted(set(section.sparsities))]
+                choices += sparse
+                notes[name] = f"proposed: sparsity {', '.join(f'{c.ratio:g}' for c in sparse) or '(none asked)'}"
             else:  # the latency depends on the sparsity only: the one-shot method reaches it with one fine-tune
                 notes[name] = "not proposed: one_shot reaches the same sparsities with one fine-tune"
         elif kind == "dense":
@@ -228,115 +241,19 @@ def build_space(base: Recipe, section: SearchSection, target: SearchTarget) -> S
     return SearchSpace(dims=dims, ruled_out=ruled, float_scope=scope, methods=notes)
 
 
-def candidate_key(c: dict[str, Any]) -> str:
-    """A stable id of a candidate (its choices, sorted)."""
-    return json.dumps(c, sort_keys=True)
 
 
-def arch_key(c: dict[str, Any]) -> str:
-    """A stable id of what the latency depends on (not the loss weight)."""
-    return json.dumps({k: v for k, v in c.items() if k != "gamma"}, sort_keys=True)
+def candidate_key(c: Candidate | Mapping[str, Any]) -> str:
+    """A stable id of a candidate (:attr:`Candidate.key`)."""
+    return Candidate.from_params(c).key
 
 
-def prune_config(choice: str, base: Recipe, stage_ratios: dict[str, float] | None = None) -> MethodConfig:
-    """The pruning method config of a ``prune`` choice (``structured:0.5`` -> ``Structured(ratio=0.5, ...)``;
-    ``structured:0.5:sens`` -> the same with ``stage_ratios``, which the caller gives from the measured sensitivity).
-
-    Options of the base recipe's method are kept where they mean the same: all of them when the choice is the
-    base's method (scope, round_to, importance, ...), the layer choice (``exclude``, ``prune_first_conv``,
-    ``prune_classifier``) otherwise; other methods' fields do not exist in the config, so none can leak in.
-
-    Raises:
-        ConfigError / UnknownNameError: a choice of an unknown method, or one the search cannot express.
-    """
-    from ..compress.prune import LayerPruneConfig
-
-    name, _, arg = choice.partition(":")
-    config = PRUNE_METHODS.config_class(name)
-    kind = _kind(config)
-    try:
-        if kind == "channels":
-            ratio, _, alloc = arg.partition(":")
-            data: dict[str, Any] = {"ratio": float(ratio)}
-            if alloc == SENS:
-                if stage_ratios is None:
-                    raise ConfigError(f"prune choice '{choice}' needs the per-stage ratios measured on the dense"
-                                      " reference (stage_ratios)")
-                data["stage_ratios"] = dict(stage_ratios)
-            elif alloc:
-                raise ValueError(alloc)
-        elif kind == "n:m":
-            n, m = arg.split(":")
-            data = {"n": int(n), "m": int(m)}
-        elif kind == "unstructured":
-            data = {"sparsity": float(arg)}
-        elif kind == "dense":
-            data = {}
-        else:
-            raise ConfigError(f"prune choice '{choice}': the search cannot build method '{name}'")
-    except ConfigError:
-        raise
-    except ValueError:
-        raise ConfigError(f"prune choice '{choice}': expected <method>:<ratio>, nm:<n>:<m> or <method>:<sparsity>"
-                          ) from None
-    own = base.prune
-    same = PRUNE_METHODS.canonical(own.method) == PRUNE_METHODS.canonical(name)
-    layer_choice = set(LayerPruneConfig.model_fields) - {"method"}
-    keep = {k: getattr(own, k) for k in config.model_fields
-            if k != "method" and k not in data and k in type(own).model_fields and (same or k in layer_choice)}
-    return PRUNE_METHODS.parse({"method": name, **keep, **data})
+def arch_key(c: Candidate | Mapping[str, Any]) -> str:
+    """A stable id of what the latency depends on, not the loss weight (:attr:`Candidate.arch_key`)."""
+    return Candidate.from_params(c).arch_key
 
 
-def quantize_config(c: dict[str, Any], base: Recipe, space: SearchSpace) -> MethodConfig:
-    """The quantization method config of a candidate, from the base recipe's (its calibration options kept).
-
-    FP32 / FP16: ``none``. INT8: the base's post-training method (``ptq`` or ``accuracy_aware``, with its own
-    options) with the candidate's float-kept layers; a base with ``none`` or ``qat`` gets ``ptq`` (QAT trains
-    again after the short fine-tune, which the search does not spend on every candidate).
-    """
-    from ..quant import no_int8, post_training
-
-    q = base.quantize
-    if c["precision"] != "int8":
-        return no_int8(q)  # type: ignore[arg-type]
-    scope = list(space.float_scope.get(c.get("float_layers", "none"), []))
-    return post_training(q, ignored_scope=scope)  # type: ignore[arg-type]
-
-
-def overlay(c: dict[str, Any], base: Recipe, section: SearchSection, target: SearchTarget,
-            space: SearchSpace) -> dict[str, Any]:
-    """The version-2 recipe sections a candidate changes, as plain data (``prune`` and ``quantize`` whole)."""
-    out: dict[str, Any] = {
-        "target": target.name,  # the searched target decides the INT8 scheme of the candidate and of its re-run
-        "prune": prune_config(c["prune"], base, c.get("stage_ratios")).model_dump(mode="json"),
-        "quantize": quantize_config(c, base, space).model_dump(mode="json"),
-        "data": {"image_size": c["image_size"]},
-        "loss": {"gamma": c["gamma"]},
-        "train": {"final_epochs": section.fine_tune_epochs},
-        "export": {"formats": list(_FORMATS.get(target.backend, ["onnx"]))},
-        "profile": {"backends": [target.backend], "batch_sizes": [1]},
-    }
-    if section.max_critical_fnr is not None or section.max_extra_critical_fnr is not None:
-        out["decision"] = {"target_fpr": section.at_fpr, "target_fnr": None}
-    return out
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("prune", "quantize"):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)  # a method config is replaced whole: another method's fields must not leak in
-    return out
-
-
-def candidate_recipe(base: Recipe, c: dict[str, Any], section: SearchSection, target: SearchTarget,
+def candidate_recipe(base: Recipe, c: Candidate | Mapping[str, Any], section: SearchSection, target: SearchTarget,
                      space: SearchSpace, *, name: str | None = None) -> Recipe:
-    """The whole recipe of a candidate (without the ``search`` section): base + :func:`overlay`."""
-    data = base.to_dict()
-    data.pop("search", None)
-    merged = _merge(data, overlay(c, base, section, target, space))
-    if name:
-        merged["name"] = name
-    return parse_recipe(merged, where=f"(search candidate {candidate_key(c)})")
+    """The whole recipe of a candidate (:meth:`Candidate.to_recipe`)."""
+    return Candidate.from_params(c).to_recipe(base, section, target, space, name=name)

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from edgeslim.search.engine import _Busy, _claim
+from edgeslim.search.study import _Busy, _claim
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from edgeslim.search.engine import _claim
+from edgeslim.search.study import _claim
 with _claim(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(60)

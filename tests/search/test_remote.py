@@ -86,7 +86,7 @@ def test_a_search_against_a_remote_target_measures_every_candidate_there(tmp_pat
     import json
 
     from edgeslim.recipe import parse_recipe
-    from edgeslim.search.engine import search
+    from edgeslim.search.study import search
 
     from .conftest import TINY_BASE
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from edgeslim.cli import app
 from edgeslim.errors import SearchError
 from edgeslim.recipe import parse_recipe
-from edgeslim.search.engine import search
+from edgeslim.search.study import search
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,7 +119,7 @@ def test_relative_critical_budgets_are_judged_against_the_dense_reference_on_val
     """--max-extra-critical-fn N: a candidate's val critical FN minus the dense reference's (both at their calibrated
     thresholds on val), at most N; --max-extra-critical-fnr: the same for the critical FNR at at_fpr."""
     from edgeslim.search.config import SearchSection
-    from edgeslim.search.engine import _Context, _constraints
+    from edgeslim.search.study import _Context, _constraints
 
     lat = {"p90_ms": 1.0, "size_mb": 1.0}
     dense = {"top1": 0.9, "critical_fn": 7, "critical_fnr_at_fpr": 0.20}

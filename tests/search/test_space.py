@@ -25,7 +25,7 @@ def test_this_host_never_gets_2_4_or_unstructured_sparsity(tiny_base):
     target = resolve_target("auto")  # this host is a CPU: no 2:4 kernels, no zero-skipping convolutions
     assert target.kind == "cpu" and not target.sparse_2_4
     space = build_space(base, SearchSection(ratios=[0.0, 0.5], sparsities=[0.5]), target)
-    prune = space.dim("prune").choices
+    prune = space.dim("prune").values  # the choices as the study stores them: their labels
     # uniform ratios, and the same ratios spread over the stages by measured sensitivity
     assert prune == ["structured:0", "structured:0.5", "structured:0.5:sens"]
     assert not any(p.startswith(("nm:", "one_shot:")) for p in prune)
@@ -45,7 +45,7 @@ def test_fp16_only_where_the_cpu_has_fp16_kernels(tiny_base):
 
 def test_2_4_is_proposed_on_an_ampere_tensorrt_target(tiny_base):
     space = build_space(parse_recipe(tiny_base), SearchSection(ratios=[0.0, 0.3]), _orin())
-    assert "nm:2:4" in space.dim("prune").choices
+    assert "nm:2:4" in space.dim("prune").values
     assert space.dim("precision").choices == ["fp32", "fp16", "int8"]
 
 
@@ -79,7 +79,7 @@ def test_candidate_is_an_ordinary_recipe(tiny_base):
     assert r.loss.gamma == 2.0 and r.train.final_epochs == section.fine_tune_epochs
     assert r.export.formats == ["onnx", "openvino"] and r.profile.backends == ["openvino"]
     assert r.search is None  # the chosen recipe re-runs with `edgeslim pipeline`, not another search
-    fp32 = candidate_recipe(base, {**c, "precision": "fp32"}, section, _cpu(), space)
+    fp32 = candidate_recipe(base, {**c, "precision": "fp32", "float_layers": None}, section, _cpu(), space)
     assert isinstance(fp32.quantize, NoQuantization) and fp32.quantize.calibration_size == 64
     # the recipe round-trips through YAML as version 2 (what chosen-recipe.yaml holds)
     import yaml
@@ -117,11 +117,11 @@ def test_the_space_walks_the_registered_methods(tiny_base):
     # a target whose kernels skip zeros gets the one-shot sparsities (the cheapest way to reach them)
     sparse = SearchTarget(name="x", kind="gpu", backend="tensorrt", precisions=("fp32",), sparse_unstructured=True)
     s = build_space(base, SearchSection(ratios=[0.5], sparsities=[0.5, 0.75]), sparse)
-    assert set(s.dim("prune").choices) == {"structured:0.5", "structured:0.5:sens", "one_shot:0.5", "one_shot:0.75"}
+    assert set(s.dim("prune").values) == {"structured:0.5", "structured:0.5:sens", "one_shot:0.5", "one_shot:0.75"}
     uniform = build_space(base, SearchSection(ratios=[0.0, 0.5], allocations=["uniform"]), _cpu())
-    assert uniform.dim("prune").choices == ["structured:0", "structured:0.5"]
+    assert uniform.dim("prune").values == ["structured:0", "structured:0.5"]
     staged = build_space(base, SearchSection(ratios=[0.0, 0.5], allocations=["sensitivity"]), _cpu())
-    assert staged.dim("prune").choices == ["structured:0", "structured:0.5:sens"]  # 0 stays: the dense reference
+    assert staged.dim("prune").values == ["structured:0", "structured:0.5:sens"]  # 0 stays: the dense reference
     assert s.methods["one_shot"].startswith("proposed") and s.methods["gradual"].startswith("not proposed")
 
 
@@ -137,7 +137,7 @@ def test_a_plugin_method_the_search_cannot_model_is_listed_not_proposed(tiny_bas
     try:
         space = build_space(parse_recipe(tiny_base), SearchSection(ratios=[0.5]), _cpu())
         assert space.methods["mystery_test"].startswith("not proposed")
-        assert not any(p.startswith("mystery_test") for p in space.dim("prune").choices)
+        assert not any(p.method == "mystery_test" for p in space.dim("prune").choices)
     finally:
         PRUNE_METHODS.unregister("mystery_test")
 
@@ -151,7 +151,7 @@ def test_section_validation():
 
 
 def test_a_ratio_that_empties_a_layer_is_dropped_with_its_reason(tiny_base, tmp_path):
-    from edgeslim.search.engine import _Context, _drop_refused_ratios, make_site
+    from edgeslim.search.study import _Context, _drop_refused_ratios, make_site
 
     base = parse_recipe(tiny_base)
     section = SearchSection(ratios=[0.0, 0.5, 0.95], precisions=["fp32"])
@@ -161,8 +161,7 @@ def test_a_ratio_that_empties_a_layer_is_dropped_with_its_reason(tiny_base, tmp_
                    say=lambda m: None, site=make_site(target, None))
     _drop_refused_ratios(ctx)
     # a per-stage choice is capped stage by stage (sensitivity.allocate), so it is never refused
-    assert space.dim("prune").choices == ["structured:0", "structured:0.5", "structured:0.5:sens",
-                                          "structured:0.95:sens"]
+    assert space.dim("prune").values == ["structured:0", "structured:0.5", "structured:0.5:sens", "structured:0.95:sens"]
     assert any(line.startswith("ch 0.95: structured ratio 0.95") and "would remove every channel" in line
                for line in space.ruled_out)
 
@@ -170,7 +169,7 @@ def test_a_ratio_that_empties_a_layer_is_dropped_with_its_reason(tiny_base, tmp_
 def test_squeeze_excitation_layers_kept_whole_rule_out_no_ratio_of_mobilenet_v3(tiny_base, tmp_path):
     """MobileNetV3-small's first SE reduction has 8 channels: round_to 8 keeps it whole at every ratio, so the search
     keeps its ratios (it used to drop them all, leaving the space empty)."""
-    from edgeslim.search.engine import _Context, _drop_refused_ratios, make_site
+    from edgeslim.search.study import _Context, _drop_refused_ratios, make_site
 
     tiny_base["model"] = {"source": "torchvision:mobilenet_v3_small", "pretrained": False}
     tiny_base["data"]["image_size"] = 32
@@ -182,7 +181,7 @@ def test_squeeze_excitation_layers_kept_whole_rule_out_no_ratio_of_mobilenet_v3(
     ctx = _Context(base=base, section=section, target=target, space=space, out_dir=tmp_path, num_classes=10,
                    say=lambda m: None, site=make_site(target, None))
     _drop_refused_ratios(ctx)
-    assert space.dim("prune").choices == ["structured:0", "structured:0.3"]
+    assert space.dim("prune").values == ["structured:0", "structured:0.3"]
     # 0.9 would empty layers wider than round_to: dropped, with the layers named
     assert any(line.startswith("ch 0.9: structured ratio 0.9") and "would remove every channel" in line
                and "features.1.block.1.fc1" not in line for line in space.ruled_out)

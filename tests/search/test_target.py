@@ -80,7 +80,7 @@ def test_target_names_follow_edgeslim_hardware():
 
 def test_missing_optuna_names_the_search_extra(monkeypatch):
     from edgeslim.errors import MissingDependencyError
-    from edgeslim.search.engine import _optuna
+    from edgeslim.search.study import _optuna
 
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna now raises ImportError
     with pytest.raises(MissingDependencyError, match=r"edgeslim\[search\]"):
