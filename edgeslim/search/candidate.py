@@ -25,6 +25,7 @@ from typing import Any, Mapping, Protocol
 from ..errors import ConfigError
 from ..methods import PRUNE_METHODS, MethodConfig
 from ..recipe import Recipe, parse_recipe
+from ..runtime.runners import DerivedTable
 from .config import SearchSection
 from .target import SearchTarget
 
@@ -323,11 +324,38 @@ def quantize_config(c: Candidate | Mapping[str, Any], base: Recipe, space: Searc
     return post_training(q, ignored_scope=scope)  # type: ignore[arg-type]
 
 
-def _export_formats(backend: str) -> list[str]:
-    """The export formats for ``backend``, derived from the registered runners and exporters (onnx for a backend
-    no runner is registered for: the recipe's own name check reports it)."""
-    from .space import _FORMATS
+def export_formats(backend: str) -> list[str]:
+    """The export formats the pipeline writes for runtime backend ``backend``: the exporter of the file it runs
+    (``runtime.file_format``) after the exporters that one starts from (openvino: onnx, openvino); none when no
+    exporter writes that file (torch runs the artifact's weights)."""
+    from ..export import EXPORTERS
+    from ..runtime import file_format
 
+    out: list[str] = []
+
+    def add(fmt: str) -> None:
+        if fmt in EXPORTERS and EXPORTERS.canonical(fmt) not in out:
+            for dep in EXPORTERS.get(fmt).after:
+                add(dep)
+            out.append(EXPORTERS.canonical(fmt))
+
+    add(file_format(backend))
+    return out
+
+
+def _backend_formats() -> dict[str, list[str]]:
+    from ..runtime import BACKENDS
+
+    return {b: export_formats(b) for b in BACKENDS.names()}
+
+
+# export formats each backend runs, derived from the registered runners and exporters
+_FORMATS: Mapping[str, list[str]] = DerivedTable(_backend_formats, "runtime backend -> export formats")
+
+
+def _export_formats(backend: str) -> list[str]:
+    """The export formats for ``backend`` (onnx for a backend no runner is registered for: the recipe's own name
+    check reports it)."""
     return list(_FORMATS.get(backend, ["onnx"]))
 
 

@@ -21,8 +21,9 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from ..methods import PRUNE_METHODS
 from ..recipe import Recipe
-from ..runtime.runners import DerivedTable
+from .candidate import _FORMATS as _FORMATS  # re-exported: the runner-derived backend -> formats table
 from .candidate import SENS, Candidate, PruneChoice, _kind, overlay, prune_config, quantize_config
+from .candidate import export_formats as export_formats
 from .config import SearchSection
 from .target import SearchTarget
 
@@ -35,34 +36,6 @@ __all__ = ["Dimension", "SearchSpace", "build_space", "candidate_key", "arch_key
 # classifier is not offered: its node has no alias, and torch.onnx and OpenVINO name it differently.
 FLOAT_CHOICES = ("none", "stem")
 
-
-def export_formats(backend: str) -> list[str]:
-    """The export formats the pipeline writes for runtime backend ``backend``: the exporter of the file it runs
-    (``runtime.file_format``) after the exporters that one starts from (openvino: onnx, openvino); none when no
-    exporter writes that file (torch runs the artifact's weights)."""
-    from ..export import EXPORTERS
-    from ..runtime import file_format
-
-    out: list[str] = []
-
-    def add(fmt: str) -> None:
-        if fmt in EXPORTERS and EXPORTERS.canonical(fmt) not in out:
-            for dep in EXPORTERS.get(fmt).after:
-                add(dep)
-            out.append(EXPORTERS.canonical(fmt))
-
-    add(file_format(backend))
-    return out
-
-
-def _backend_formats() -> dict[str, list[str]]:
-    from ..runtime import BACKENDS
-
-    return {b: export_formats(b) for b in BACKENDS.names()}
-
-
-# export formats each backend runs, derived from the registered runners and exporters
-_FORMATS: Mapping[str, list[str]] = DerivedTable(_backend_formats, "runtime backend -> export formats")
 
 
 @dataclass
