@@ -2,12 +2,8 @@
 contract`, is re-exported here), validates every file (:mod:`edgeslim.export.gate`) and writes one artifact
 atomically; :func:`export_existing` re-exports formats of an existing artifact.
 
-Failures: an exception escaping ``export`` fails that exporter only; :func:`export_artifact` records it, removes
-the files it left behind and carries on with the others. An exporter that writes several precisions wraps each in
-``ctx.attempt(self.name, precision, fn)`` so that, say, a failed INT8 keeps the FP32 file. At the end
-``strict=True`` raises one :class:`~edgeslim.errors.ExportError` listing every failure (and no artifact is
-written); ``strict=False`` writes what succeeded and records the failures in ``manifest.validation["errors"]`` (and
-precisions an exporter does not write in ``manifest.validation["export_skipped"]``).
+Failures: one failed exporter or precision never takes the others with it (the contract's docstring says how);
+``strict=True`` makes it all or nothing.
 """
 
 from __future__ import annotations
