@@ -237,14 +237,21 @@ class ServedModel:
 
     @property
     def triton_platform(self) -> str:
-        """Triton's ``platform`` for the model file; empty where Triton names only a backend (OpenVINO)."""
-        return {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan",
-                "torch": "pytorch_libtorch"}.get(self.backend.name, "")
+        """Triton's ``platform`` for the model file; empty where Triton names only a backend (OpenVINO).
+
+        The runner's own ``triton_platform`` (what the Triton exporter writes), except for the torch runner: Triton
+        cannot serve its state dict, so the runner declares none, but the metadata still names the framework as
+        Triton names PyTorch models."""
+        runner = type(self.backend)
+        if runner.triton_platform or runner.triton_backend:
+            return runner.triton_platform or ""
+        return {"torch": "pytorch_libtorch"}.get(self.backend.name, "")
 
     @property
     def triton_backend(self) -> str:
-        """Triton's ``backend`` name for the model file (as in the ``config.pbtxt`` the triton exporter writes)."""
-        return {"torch": "pytorch"}.get(self.backend.name, self.backend.name)
+        """Triton's ``backend`` name for the model file (as in the ``config.pbtxt`` the triton exporter writes; for
+        the torch runner, which declares none, Triton's name of the PyTorch backend)."""
+        return type(self.backend).triton_backend or {"torch": "pytorch"}.get(self.backend.name, self.backend.name)
 
     def metadata(self) -> dict[str, Any]:
         """KServe v2 model metadata (``-1`` marks a variable dimension)."""
