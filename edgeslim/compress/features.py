@@ -131,13 +131,15 @@ class FeatureCache:
             ref = torch_run(first)
             with torch.no_grad():
                 om = ov.convert_model(prefix, example_input=first, input=[ov.PartialShape([-1, *first.shape[1:]])])
-            compiled = ov.Core().compile_model(om, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT",
-                                                            "INFERENCE_PRECISION_HINT": "f32"})
-            request = compiled.create_infer_request()
+            # run by the OpenVINO runner like every other model (f32: the cache stands in for PyTorch's outputs)
+            from ..runtime import BackendOptions, from_model
+
+            runner = from_model(om, BackendOptions(device="cpu"),
+                                openvino={"hint": "THROUGHPUT", "inference_precision": "f32"})
+            output = runner.outputs[0].name
 
             def ov_run(x: torch.Tensor) -> torch.Tensor:
-                out = request.infer([x.numpy()])
-                return torch.from_numpy(np.array(out[compiled.output(0)], copy=True))
+                return torch.from_numpy(np.array(runner.infer(x.numpy())[output], copy=True))
 
             got = ov_run(first)
             scale = float(ref.abs().max()) or 1.0
