@@ -17,7 +17,6 @@ _NONFINITE = ("reject", "allow")
 _MODEL_CONTROL = ("none", "explicit")
 #: Bind addresses only this machine reaches.
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-_BACKENDS_HINT = "openvino, onnxruntime, tensorrt, torch"
 #: backend name meaning "the file each artifact's manifest recommends" (Manifest.recommended), else DEFAULT_BACKEND
 RECOMMENDED = "recommended"
 DEFAULT_BACKEND = "onnxruntime"
@@ -221,7 +220,9 @@ class ServerSettings:
         if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 8):
             raise ConfigError("ServerSettings.token must be a string of at least 8 characters (or None for no auth)")
         if not self.backend:
-            raise ConfigError(f"ServerSettings.backend is empty; use one of {_BACKENDS_HINT}")
+            from ..runtime import BACKENDS  # the registered runners (plugins included); no runtime library loads
+
+            raise ConfigError(f"ServerSettings.backend is empty; use one of {', '.join([RECOMMENDED, *BACKENDS.names()])}")
 
 
 def _scalar(text: str) -> Any:
