@@ -89,15 +89,15 @@ def recipes(args) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------------ one run
 
 
-def _probs(directory: Path, mf, x: np.ndarray) -> np.ndarray:
-    """Probabilities of one manifest file, run by the runtime that deploys it (an OpenVINO IR by OpenVINO, an ONNX
-    file by ONNX Runtime), so the INT8 file the summary recommends is scored as it ships."""
-    from edgeslim.runtime import load
+def _probs(directory: Path, mf, *splits: np.ndarray) -> list[np.ndarray]:
+    """Probabilities of one manifest file on each of ``splits``, run (loaded once) by the runner that deploys its
+    format (an OpenVINO IR by OpenVINO, an ONNX file by ONNX Runtime), so the INT8 file the summary recommends is
+    scored as it ships."""
+    from edgeslim.runtime import load, runner_for_format
     from edgeslim.scoring import softmax
 
-    backend = {"onnx": "onnxruntime", "openvino": "openvino"}[mf.format]
-    with load(directory, backend=backend, precision=mf.precision) as pred:
-        return softmax(pred.infer(x), dtype=np.float64)
+    with load(directory, backend=runner_for_format(mf.format).name, precision=mf.precision) as pred:
+        return [softmax(pred.infer(x), dtype=np.float64) for x in splits]
 
 
 def _score(pv, yv, pt, yt, c: int, thresholds: dict[int, float]) -> dict[str, Any]:
@@ -155,7 +155,8 @@ def run_one(name: str, recipe: dict, seed: int, out: Path) -> dict[str, Any]:
         for mf in chosen.values():
             # as deployed: a reduced-precision file at its own threshold, calibrated on val to the recipe's FPR
             thresholds = {int(k): float(v) for k, v in man.thresholds_for(mf).items()}
-            scored = _score(_probs(run_dir / key, mf, xv), yv, _probs(run_dir / key, mf, xt), yt, c, thresholds)
+            pv, pt = _probs(run_dir / key, mf, xv, xt)
+            scored = _score(pv, yv, pt, yt, c, thresholds)
             paths = {f"{key}/{m2.path}" for m2 in man.models if m2.precision == mf.precision}
             lat = {e["backend"]["name"]: e["latency_ms"]["median"] for e in res.profile
                    if e["model"]["path"] in paths and e.get("status") == "ok" and e.get("batch") == 1}
