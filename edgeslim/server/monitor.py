@@ -139,6 +139,8 @@ class FieldMonitor:
         if not request_id:
             self._seq += 1
             request_id = f"{self._prefix}-{self._seq}"
+        if self.reference is None:  # feedback is refused and drift is off for this file: nothing to keep
+            return request_id
         logits = outputs[self.output_name]
         rows = logits.copy() if logits.ndim == 2 else np.array(logits, dtype=np.float32).reshape(-1, logits.shape[-1])
         pending = self._pending
