@@ -158,7 +158,7 @@ async def run_request(
         timeout = min(timeout, max(deadline_s, 1e-3))
     out, timing = await model.batcher.submit(feeds, timeout_s=timeout, inline=alone())
     if model.monitor is not None:  # feedback and drift (edgeslim.server.monitor); the answer carries the id
-        req.id = model.monitor.record(req.id, feeds, out)
+        req.id = model.monitor.record_soon(req.id, feeds, out)
 
     results: list[tuple[str, np.ndarray, Any]]
     if wanted is None:

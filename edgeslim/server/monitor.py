@@ -1,10 +1,11 @@
 """Accuracy in the field: ground-truth feedback and label-free drift, per served model.
 
-Both protocols call :meth:`FieldMonitor.record` once per answered inference request (REST and gRPC share
-:func:`edgeslim.server.infer.run_request`); it costs a copy of the request's logits, two reductions over its input
-(mean and standard deviation, :func:`edgeslim.field_reference.input_statistics`) and an id. Everything else runs
-later: the feedback endpoint (:mod:`edgeslim.server.feedback`), the statistics and ``/metrics`` reads, and the drift
-test, which runs every ``drift_every`` items in a worker thread.
+Both protocols call :meth:`FieldMonitor.record_soon` once per answered inference request (REST and gRPC share
+:func:`edgeslim.server.infer.run_request`); on the answer's path it costs an id, and the rest (a copy of the
+request's logits, two reductions over its input: mean and standard deviation,
+:func:`edgeslim.field_reference.input_statistics`) runs in the event loop's next turn, after the answer has left.
+Everything else runs later: the feedback endpoint (:mod:`edgeslim.server.feedback`), the statistics and
+``/metrics`` reads, and the drift test, which runs every ``drift_every`` items in a worker thread.
 
 **Feedback.** Every answered request gets an id (the client's v2 ``id``, else one generated here and returned in the
 answer). Its logits wait in a bounded ring of ``pending`` requests keyed by id. Feedback
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import mmap
 import secrets
 import threading
 from dataclasses import dataclass
@@ -62,6 +64,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     from ..runtime.predictor import softmax
 
     return softmax(logits)
+
+
+def _views_mapping(x: np.ndarray) -> bool:
+    """Whether ``x`` views a memory mapping (a shared-memory region, :mod:`edgeslim.server.sharedmem`)."""
+    base: Any = x
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap) or (isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap))
 
 
 class FieldMonitor:
@@ -135,13 +145,43 @@ class FieldMonitor:
 
     # -- the request path -----------------------------------------------------------------------------------------
     def record(self, request_id: str | None, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> str:
-        """Remember one answered request; returns its id (``request_id``, or a new one when the client sent none)."""
+        """Remember one answered request now; returns its id (``request_id``, or a new one when the client sent
+        none). Tests and replays call this; the server calls :meth:`record_soon`."""
+        request_id = self._answer_id(request_id)
+        if self.reference is not None:  # else feedback is refused and drift is off for this file: nothing to keep
+            self._record(request_id, feeds[self.input_name], outputs[self.output_name], None)
+        return request_id
+
+    def record_soon(self, request_id: str | None, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> str:
+        """:meth:`record`, with its work moved after the answer: returns the id the answer carries at once and
+        keeps the request in the event loop's next turn (``loop.call_soon``), once the response is on its way.
+
+        The order feedback relies on holds: a feedback request is read from a socket in a later turn of the same
+        loop, after every callback queued before it, so it always finds the request it refers to. The one thing
+        read now is an input the client may overwrite as soon as it has its answer, a view of a system
+        shared-memory region: its statistics are taken before the answer. Every other input is the request's own
+        (a body buffer allocated per request, JSON contents, gRPC raw contents) and waits.
+        """
+        request_id = self._answer_id(request_id)
+        if self.reference is None:
+            return request_id
+        x, logits = feeds[self.input_name], outputs[self.output_name]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no server around it: record now
+            self._record(request_id, x, logits, None)
+            return request_id
+        stats = input_statistics(x) if self.drift_on and _views_mapping(x) else None
+        loop.call_soon(self._record, request_id, x, logits, stats)
+        return request_id
+
+    def _answer_id(self, request_id: str | None) -> str:
         if not request_id:
             self._seq += 1
             request_id = f"{self._prefix}-{self._seq}"
-        if self.reference is None:  # feedback is refused and drift is off for this file: nothing to keep
-            return request_id
-        logits = outputs[self.output_name]
+        return request_id
+
+    def _record(self, request_id: str, x: np.ndarray, logits: np.ndarray, stats: np.ndarray | None) -> None:
         rows = logits.copy() if logits.ndim == 2 else np.array(logits, dtype=np.float32).reshape(-1, logits.shape[-1])
         pending = self._pending
         if request_id in pending:  # a client that reuses ids: the newest answer is the one feedback refers to
@@ -158,13 +198,13 @@ class FieldMonitor:
                 if len(dropped) > self.pending_size:
                     dropped.popitem(last=False)
         if self.drift_on:
-            self._push(rows, feeds[self.input_name])
-        return request_id
+            self._push(rows, x if stats is None else None, stats)
 
-    def _push(self, rows: np.ndarray, x: np.ndarray) -> None:
+    def _push(self, rows: np.ndarray, x: np.ndarray | None, stats: np.ndarray | None = None) -> None:
         if rows.shape[1] != self._ring_logits.shape[1]:
             return  # not the model's logits: nothing to compare with the reference
-        stats = input_statistics(x)
+        if stats is None:
+            stats = input_statistics(x)
         w = self.drift_window
         for i in range(rows.shape[0]):  # the request's batch: 1 for most clients
             pos = self._ring_pos

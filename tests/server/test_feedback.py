@@ -161,3 +161,44 @@ def test_feedback_for_a_file_without_reference_is_refused_and_reported(tmp_path:
     assert rep["feedback"]["rejected"] == {"no_reference": 1}
     assert rep["feedback"]["recall_test"].startswith("off: no reference")
     assert rep["drift"]["on"] is False and "no reference" in rep["drift"]["reason"]
+
+
+def test_the_server_records_after_the_answer_and_feedback_still_finds_it(digits_model: DigitsModel, predictor) -> None:
+    """record_soon answers with the id at once and keeps the request in the loop's next turn: the same counts as
+    record, feedback sent in a later turn finds it, and an input in memory the client may overwrite once it has its
+    answer (a writable view: shared memory) has its statistics taken before the answer."""
+    import asyncio
+
+    x, y = digits_model.test
+    n = 40
+    logits = _logits_one_by_one(predictor, x[:n])
+    now, soon = _monitor(predictor, window=n, drift_window=10), _monitor(predictor, window=n, drift_window=10)
+    import mmap
+
+    mapping = mmap.mmap(-1, x[:1].nbytes)  # a client's shared-memory region, reused every request
+    region = view = np.frombuffer(memoryview(mapping), dtype=np.float32).reshape(1, *x.shape[1:])
+
+    async def serve() -> list[str]:
+        ids = []
+        for i in range(n):
+            if i % 2:
+                region[:] = x[i : i + 1]
+                feeds = {"input": view}
+            else:  # a body buffer of its own, as the server allocates one per request
+                feeds = {"input": np.frombuffer(memoryview(bytearray(x[i : i + 1].tobytes())),
+                                                dtype=np.float32).reshape(region.shape)}
+            rid = soon.record_soon(None, feeds, {"logits": logits[i : i + 1]})
+            assert rid not in soon._pending  # not yet kept: the answer goes first
+            region[:] = 0.0  # the client reuses its region once answered
+            await asyncio.sleep(0)  # a later turn, as any feedback request is
+            soon.feedback(rid, int(y[i]))
+            ids.append(rid)
+        return ids
+
+    ids = asyncio.run(serve())
+    for i in range(n):
+        now.feedback(now.record(None, {"input": x[i : i + 1]}, {"logits": logits[i : i + 1]}), int(y[i]))
+    assert len(set(ids)) == n
+    assert soon.feedback_report()["confusion"] == now.feedback_report()["confusion"]
+    np.testing.assert_array_equal(soon._ring_stats, now._ring_stats)  # the shared-memory inputs read before reuse
+    np.testing.assert_array_equal(soon._ring_logits, now._ring_logits)
