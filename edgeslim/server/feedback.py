@@ -34,10 +34,10 @@ class FeedbackBody(BaseModel):
 def _monitor(request: Request, name: str, version: str | None) -> Any:
     model = request.app.state.repository.get(name, version)
     if model.monitor is None:
-        raise InputError(
-            f"model '{model.name}' keeps no feedback: the server runs with field monitoring off; restart it without"
-            " --no-field-monitoring"
-        )
+        settings = request.app.state.repository.settings
+        why = ("its model_field_monitoring setting turns it off" if model.name in settings.model_field_monitoring
+               else "the server runs with field monitoring off; restart it without --no-field-monitoring")
+        raise InputError(f"model '{model.name}' keeps no feedback: {why}")
     return model.monitor
 
 

@@ -200,7 +200,8 @@ class ServedModel:
         self.settings = settings
         self.stats = ModelStats()
         self.monitor = None
-        if settings.field_monitoring:  # feedback and drift (edgeslim.server.monitor), in its statistics
+        # feedback and drift (edgeslim.server.monitor), in its statistics
+        if settings.model_field_monitoring.get(self.name, settings.field_monitoring):
             from .monitor import FieldMonitor
 
             self.monitor = FieldMonitor(
@@ -413,9 +414,11 @@ class ModelRepository:
             backend = self.settings.model_backends.get(name, self.settings.backend)
             manifest, be, mf = _open(path, self.settings, backend)
             self.models[name] = ServedModel(manifest, be, self.settings, path, model_file=mf)
-        unknown = sorted(set(self.settings.model_backends) - set(self.models))
-        if unknown:
-            raise ConfigError(f"model_backends names models that are not served: {unknown}; served: {sorted(self.models)}")
+        for option in ("model_backends", "model_field_monitoring"):
+            unknown = sorted(set(getattr(self.settings, option)) - set(self.models))
+            if unknown:
+                raise ConfigError(f"{option} names models that are not served: {unknown}; served: {sorted(self.models)}."
+                                  f"{did_you_mean(unknown[0], list(self.models))}")
 
     def start(self) -> None:
         for m in self.models.values():

@@ -91,8 +91,10 @@ class ServerSettings:
             batcher, limits and token; 0 (the default here) serves REST only. ``edgeslim serve`` uses 8001, Triton's
             gRPC port.
         field_monitoring: keep feedback counts and drift tests per model (:mod:`edgeslim.server.monitor`): every
-            answer carries an id, ``POST /v2/models/{m}/feedback`` takes its true class. Costs a few microseconds
-            per request.
+            answer carries an id, ``POST /v2/models/{m}/feedback`` takes its true class. Costs an id on the
+            answer's path; the rest (tens of microseconds) runs after the answer has left.
+        model_field_monitoring: per-model override of ``field_monitoring``, ``{model name: on}`` (e.g. off for a
+            model whose ground truth never comes back).
         feedback_pending: answered requests kept awaiting feedback per model (the oldest are dropped first).
         feedback_window: judged items the live counts cover per model (a sliding window).
         drift_window: recent items each drift test compares with the model file's val reference.
@@ -130,6 +132,7 @@ class ServerSettings:
     max_upload_bytes: int = 512 * 1024 * 1024
     grpc_port: int = 0
     field_monitoring: bool = True
+    model_field_monitoring: dict[str, bool] = field(default_factory=dict)
     feedback_pending: int = 10_000
     feedback_window: int = 1_000
     drift_window: int = 200
@@ -157,6 +160,14 @@ class ServerSettings:
         object.__setattr__(self, "models", tuple(Path(m) for m in models))
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(self.preferred_batch_sizes))))
         object.__setattr__(self, "model_backends", dict(self.model_backends))
+        if not isinstance(self.model_field_monitoring, dict) or not all(
+            isinstance(k, str) and isinstance(v, bool) for k, v in self.model_field_monitoring.items()
+        ):
+            raise ConfigError(
+                "ServerSettings.model_field_monitoring must map a model name to True or False, e.g. {'cells': False};"
+                f" got {self.model_field_monitoring!r}"
+            )
+        object.__setattr__(self, "model_field_monitoring", dict(self.model_field_monitoring))
         if not isinstance(self.backend_options, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) for k, v in self.backend_options.items()
         ):

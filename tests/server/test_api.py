@@ -384,6 +384,25 @@ def test_several_models_from_a_directory(tmp_path, artifact):
     assert CLASSES
 
 
+def test_field_monitoring_per_model(tmp_path, artifact):
+    import shutil
+
+    shutil.copytree(artifact, tmp_path / "a")
+    build_tiny_artifact(tmp_path / "b", name="tiny-b")
+    with pytest.raises(ConfigError, match="model_field_monitoring must map"):
+        ServerSettings(models=[tmp_path], model_field_monitoring={"tiny": "off"})
+    with pytest.raises(ConfigError, match=r"not served: \['tiny-c'\].*Did you mean 'tiny-b'"):
+        with TestClient(create_app(ServerSettings(models=[tmp_path], model_field_monitoring={"tiny-c": False}))):
+            pass
+    settings = ServerSettings(models=[tmp_path], threads=1, model_field_monitoring={"tiny-b": False})
+    with TestClient(create_app(settings)) as c:
+        on = c.post("/v2/models/tiny/infer", json=infer_json(batch(1))).json()
+        off = c.post("/v2/models/tiny-b/infer", json=infer_json(batch(1))).json()
+        assert on["id"] and "id" not in off  # only a monitored model's answer carries an id for feedback
+        r = c.post("/v2/models/tiny-b/feedback", json={"id": "x", "label": 0})
+        assert_error(r, 400, "model_field_monitoring setting turns it off")
+
+
 def test_power_gauges_from_a_windowed_reader(artifact):
     from edgeslim.server.metrics import WindowedPower
 
