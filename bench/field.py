@@ -184,42 +184,6 @@ def record_cost(artifact: Path, x: np.ndarray, n: int = 20000) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
-def ab_cost(artifact: Path, x: np.ndarray, blocks: int = 20, per_block: int = 300, pairs: int = 1,
-            control: bool = False) -> dict:
-    """Monitoring on vs off, two live servers measured in alternating blocks of ``per_block`` requests at
-    concurrency 1 (tritonclient.http, binary): the median over blocks of the paired p50 difference. Finer
-    interleaving than bench/server.py's rounds, for an effect smaller than a shared host's drift between rounds.
-
-    ``pairs`` > 1 starts that many fresh pairs of server processes (in alternating start order), ``blocks`` blocks
-    each: two processes differ by where their memory and threads land, which a single pair cannot tell from the
-    monitoring. ``control`` runs the same protocol with monitoring on in both servers (an A/A run): its spread is
-    the noise the A/B difference has to stand out from."""
-    p50: dict[str, list[float]] = {"on": [], "off": []}
-    per_pair: list[float] = []
-    name = json.loads((artifact / "manifest.json").read_text())["name"]
-    for pair in range(pairs):
-        settings = {"on": {}, "off": {} if control else {"field_monitoring": False}}
-        order = ("on", "off") if pair % 2 == 0 else ("off", "on")
-        with server(artifact, **settings[order[0]]) as first, server(artifact, **settings[order[1]]) as second:
-            clients = {order[0]: Client(first, name), order[1]: Client(second, name)}
-            for c in clients.values():
-                for i in range(200):
-                    c.infer(x[i % len(x) : i % len(x) + 1])
-            start = len(p50["on"])
-            for b in range(blocks):
-                for key in (("on", "off") if b % 2 == 0 else ("off", "on")):
-                    c, ts = clients[key], []
-                    for i in range(per_block):
-                        t = time.perf_counter()
-                        c.infer(x[i % len(x) : i % len(x) + 1])
-                        ts.append(time.perf_counter() - t)
-                    p50[key].append(float(np.median(ts)) * 1e3)
-            per_pair.append(float(np.median([a - b for a, b in zip(p50["on"][start:], p50["off"][start:])])))
-    diff = [a - b for a, b in zip(p50["on"], p50["off"])]
-    return {"on": float(np.median(p50["on"])), "off": float(np.median(p50["off"])), "diff": float(np.median(diff)),
-            "q25": float(np.percentile(diff, 25)), "q75": float(np.percentile(diff, 75)), "per_pair": per_pair}
-
-
 def host() -> str:
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), platform.processor())
@@ -239,9 +203,9 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.01, help="the server's monitor_alpha (its default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cost-only", action="store_true", help="only the monitoring's cost (on/off A/B at c=1)")
-    ap.add_argument("--pairs", type=int, default=1, help="cost: fresh pairs of server processes (alternating start "
-                    "order), each measured in --blocks alternating blocks")
-    ap.add_argument("--blocks", type=int, default=20, help="cost: alternating blocks of 300 requests per pair")
+    ap.add_argument("--rounds", type=int, default=3, help="cost: fresh servers, each serving the model three times"
+                    " (one copy unmonitored, the role rotating)")
+    ap.add_argument("--cost-requests", type=int, default=2000, help="cost: requests per copy and round")
     args = ap.parse_args()
     if args.build:
         from edgeslim.pipeline import run_pipeline
@@ -265,7 +229,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     tx, ty = splits["test"]
     if args.cost_only:
-        return print_cost(art, tx, pairs=args.pairs, blocks=args.blocks)
+        return print_cost(art, tx, rounds=args.rounds, requests=args.cost_requests)
     px, py = splits["poly"]
     print(f"# bench/field.py on {art.name} ({m.arch or m.source}, input {m.input.shape}), host: {host()}\n")
     print(f"command: `python bench/field.py --artifact {art}` (window {args.window}, alpha {args.alpha}); val reference:"
@@ -322,21 +286,20 @@ def main() -> None:
           f" {d['alarms']} alarm(s) (expected at most {checks * args.alpha:.2f}; the level allows at most"
           f" {int(binom.ppf(0.99, checks, args.alpha))} at 99 %). Replayed at {args.requests / r['seconds']:.0f}"
           " requests/s (c=1, tritonclient.http).\n")
-    print_cost(art, tx, pairs=args.pairs, blocks=args.blocks)
+    print_cost(art, tx, rounds=args.rounds, requests=args.cost_requests)
     json.dump({"pre": pre, "post": post, "unshifted_alarms": d["alarms"], "checks": checks}, sys.stderr)
 
 
-def print_cost(art: Path, tx: np.ndarray, *, pairs: int = 1, blocks: int = 20) -> None:
+def print_cost(art: Path, tx: np.ndarray, *, rounds: int = 3, requests: int = 2000) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from server import monitoring_cost, print_monitoring_cost  # bench/server.py: the same measurement
+
     print("## 4. Cost per request\n")
     print(f"In process: FieldMonitor.record {record_cost(art, tx):.1f} us per batch-1 request (id, logits copied, input"
-          " mean and std; the drift tests run in a worker thread every window).")
-    for control in ((False, True) if pairs > 1 else (False,)):
-        r = ab_cost(art, tx, blocks=blocks, pairs=pairs, control=control)
-        what = "A/A control, monitoring on in both" if control else "monitoring on vs off"
-        print(f"Live, concurrency 1, tritonclient.http, {what}, {pairs} pair(s) of fresh servers x {blocks} alternating"
-              f" blocks of 300 requests: p50 {r['on']:.3f} ms / {r['off']:.3f} ms; paired difference {r['diff']:+.3f} ms"
-              f" (interquartile {r['q25']:+.3f} .. {r['q75']:+.3f}), {r['diff'] / r['off']:+.1%} of p50; per pair: "
-              + ", ".join(f"{d:+.3f}" for d in r["per_pair"]) + " ms.")
+          " mean and std; the server runs it after the answer has left, and the drift tests in a worker thread).")
+    res = monitoring_cost(art, tx[:64], rounds=rounds, requests=requests,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    print_monitoring_cost(res, "Live, onnxruntime 1 thread, tritonclient.http: ")
 
 
 def dihedral_stream(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -253,7 +253,8 @@ def free_port() -> int:
 class Server:
     def __init__(self, artifact: Path, *, backend: str, threads: int, batching: bool, max_batch: int,
                  delay_ms: float, preferred: tuple[int, ...], options: dict, cpus: list[int] | None,
-                 inference_cpus: list[int] | None = None, busy_poll_us: int = 0, field_monitoring: bool = True) -> None:
+                 inference_cpus: list[int] | None = None, busy_poll_us: int = 0, field_monitoring: bool = True,
+                 model_field_monitoring: dict[str, bool] | None = None) -> None:
         import tritonclient.http as httpclient
 
         self.port, self.grpc_port = free_port(), free_port()
@@ -269,7 +270,8 @@ class Server:
                                  backend_options={{{backend!r}: {options!r}}},
                                  inference_cpus={tuple(inference_cpus) if inference_cpus else None!r},
                                  shared_memory=True, busy_poll_us={busy_poll_us},
-                                 field_monitoring={field_monitoring}, grpc_port={self.grpc_port}))
+                                 field_monitoring={field_monitoring}, grpc_port={self.grpc_port},
+                                 model_field_monitoring={model_field_monitoring or {}!r}))
         """)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 180
@@ -296,6 +298,101 @@ class Server:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(60)
+
+
+# -- the field monitoring's cost ------------------------------------------------------------------------------------
+def copies_of(artifact: Path, names: list[str], directory: Path) -> Path:
+    """A model repository of ``artifact`` served under each of ``names`` (the same files, manifests renamed)."""
+    import shutil
+
+    for n in names:
+        shutil.copytree(artifact, directory / n)
+        manifest = directory / n / "manifest.json"
+        data = json.loads(manifest.read_text())
+        data["name"] = n
+        manifest.write_text(json.dumps(data, indent=1))
+    return directory
+
+
+def monitoring_cost(artifact: Path, x: np.ndarray, *, backend: str = "onnxruntime", threads: int = 1,
+                    options: dict | None = None, rounds: int = 3, requests: int = 2000,
+                    cpus: list[int] | None = None, log=print) -> dict:
+    """The field monitoring's cost per request at concurrency 1, paired inside one server process.
+
+    Two server processes differ by where their memory and threads land, by as much as the monitoring costs (an A/A
+    run of two identical servers measured -1 % .. +1 % here), so the comparison is made inside one: a no-batching
+    server serves three copies of the model, two with field monitoring and one without
+    (``ServerSettings.model_field_monitoring``), and each step sends one request to each copy in rotating order
+    (tritonclient.http, binary, c=1). The two monitored copies give the A/A control in the same run. Every round
+    starts a fresh server and moves the unmonitored role to the next copy, so that where a copy landed cannot pass
+    for the monitoring. ``x``: the inputs, cycled (their first answer is checked against the in-process one).
+
+    Returns ``on``/``off`` p50 (ms, over every round), ``diff``/``aa`` (on - off and on - on', medians of per-round
+    differences, ms), ``ci``/``aa_ci`` (95 % bootstrap intervals of the pooled differences) and ``per_round``.
+    """
+    import tritonclient.http as httpclient
+
+    names = [f"{MODEL}-{i}" for i in range(3)]
+    lat: dict[str, list[np.ndarray]] = {"on": [], "on2": [], "off": []}
+    per_round: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = copies_of(artifact, names, Path(tmp))
+        for r in range(rounds):
+            off = names[r % 3]
+            on, on2 = [n for n in names if n != off][:: 1 if r % 2 == 0 else -1]
+            roles = {on: "on", on2: "on2", off: "off"}
+            srv = Server(repo, backend=backend, threads=threads, batching=False, max_batch=8, delay_ms=0.0,
+                         preferred=(8,), options=options or {}, cpus=cpus, model_field_monitoring={off: False})
+            try:
+                c = httpclient.InferenceServerClient(srv.url, connection_timeout=30, network_timeout=60)
+                inputs = []
+                for i in range(len(x)):
+                    inp = httpclient.InferInput("input", [1, *x.shape[1:]], "FP32")
+                    inp.set_data_from_numpy(np.ascontiguousarray(x[i : i + 1], dtype=np.float32), binary_data=True)
+                    inputs.append(inp)
+                first = {n: c.infer(n, [inputs[0]]).as_numpy("logits") for n in names}
+                for n in names[1:]:  # the same model three times: the same answers
+                    np.testing.assert_allclose(first[n], first[names[0]], rtol=1e-5, atol=1e-5)
+                ts: dict[str, list[float]] = {n: [] for n in names}
+                for i in range(200 + requests):  # 200 warm-up steps, then measured ones
+                    order = names[i % 3:] + names[: i % 3]
+                    for n in order:
+                        t = time.perf_counter()
+                        c.infer(n, [inputs[i % len(inputs)]])
+                        if i >= 200:
+                            ts[n].append((time.perf_counter() - t) * 1e3)
+                ids = c.infer(on, [inputs[0]]).get_response().get("id"), c.infer(off, [inputs[0]]).get_response().get("id")
+                assert ids[0] and not ids[1], f"monitoring not on/off as asked: ids {ids}"  # the switch took
+            finally:
+                srv.stop()
+            row = {k: float(np.median(ts[n])) for n, k in roles.items()}
+            row["diff"], row["aa"] = row["on"] - row["off"], row["on2"] - row["on"]
+            per_round.append(row)
+            for n, k in roles.items():
+                lat[k].append(np.asarray(ts[n]))
+            log(f"[monitoring round {r + 1}/{rounds}] unmonitored copy {off}: p50 on {row['on']:.3f} / on' "
+                f"{row['on2']:.3f} / off {row['off']:.3f} ms; on - off {row['diff']:+.3f} ms, A/A {row['aa']:+.3f} ms")
+    pooled = {k: np.concatenate(v) for k, v in lat.items()}
+    rng = np.random.default_rng(0)
+
+    def boot(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        d = [np.median(rng.choice(a, a.size)) - np.median(rng.choice(b, b.size)) for _ in range(1000)]
+        return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+    return {"on": float(np.median(pooled["on"])), "off": float(np.median(pooled["off"])),
+            "diff": float(np.median([p["diff"] for p in per_round])), "aa": float(np.median([p["aa"] for p in per_round])),
+            "ci": boot(pooled["on"], pooled["off"]), "aa_ci": boot(pooled["on2"], pooled["on"]),
+            "per_round": per_round, "requests": requests, "rounds": rounds}
+
+
+def print_monitoring_cost(res: dict, label: str = "") -> None:
+    off = res["off"]
+    print(f"{label}field monitoring at concurrency 1, paired in one server ({res['rounds']} rounds x"
+          f" {res['requests']} requests per copy): p50 {res['on']:.3f} ms on, {off:.3f} ms off; on - off"
+          f" {res['diff']:+.3f} ms ({res['diff'] / off:+.2%} of p50, 95 % CI {res['ci'][0] / off:+.2%} .."
+          f" {res['ci'][1] / off:+.2%}; target within 2 %); A/A control {res['aa']:+.3f} ms ({res['aa'] / off:+.2%},"
+          f" CI {res['aa_ci'][0] / off:+.2%} .. {res['aa_ci'][1] / off:+.2%}); per round on - off "
+          + " / ".join(f"{p['diff']:+.3f}" for p in res["per_round"]) + " ms")
 
 
 # -- clients --------------------------------------------------------------------------------------------------------
@@ -640,8 +737,11 @@ def main() -> None:
     ap.add_argument("--busy-poll-us", type=int, default=0,
                     help="also measure a no-batching server with this busy_poll_us (its rows are labelled)")
     ap.add_argument("--monitoring-off", action="store_true",
-                    help="also measure a no-batching server without field monitoring (feedback ids, drift windows):"
-                         " the monitoring's cost per request is its c=1 p50 beside the no-batching rows'")
+                    help="also measure the field monitoring's cost at concurrency 1 (feedback ids, drift windows):"
+                         " one no-batching server per round serving three copies of the model, one of them"
+                         " unmonitored, requests alternating between them (monitoring_cost)")
+    ap.add_argument("--monitoring-requests", type=int, default=2000,
+                    help="--monitoring-off: requests per copy and round")
     ap.add_argument("--inprocess-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inprocess_worker:
@@ -655,7 +755,7 @@ def main() -> None:
     preferred = tuple(args.preferred) if args.preferred is not None else (args.max_batch,)
     configs = cpu_sets(args)
     # server modes: "none" (no batching), "batching" (dynamic batching), "poll" (no batching + --busy-poll-us)
-    modes = ("none", "batching") + (("poll",) if args.busy_poll_us else ()) + (("nomon",) if args.monitoring_off else ())
+    modes = ("none", "batching") + (("poll",) if args.busy_poll_us else ())
     cells: list[tuple[str, str, int]] = []  # (client, mode, concurrency), in measuring order
     for mode in modes:
         for conc in args.concurrency:
@@ -680,8 +780,7 @@ def main() -> None:
                                  max_batch=args.max_batch, delay_ms=args.batch_delay_ms, preferred=preferred,
                                  options=options, cpus=cfg.get("process", cfg["server"]),
                                  inference_cpus=cfg.get("inference"),
-                                 busy_poll_us=args.busy_poll_us if m == "poll" else 0,
-                                 field_monitoring=m != "nomon") for m in modes}
+                                 busy_poll_us=args.busy_poll_us if m == "poll" else 0) for m in modes}
             x = sample_input(ref.shape)
             try:
                 if cfg["client"]:
@@ -708,13 +807,25 @@ def main() -> None:
                 for s in servers.values():
                     s.stop()
                 ref.close()
-    report(args, configs, preferred, same, ref.shape, results, refs)
+        report(args, configs, preferred, same, ref.shape, results, refs)
+        if args.monitoring_off:
+            print()
+            for name, cfg in configs.items():
+                try:
+                    if cfg["client"]:
+                        os.sched_setaffinity(0, cfg["client"])
+                    res = monitoring_cost(artifact, x, backend=args.backend, threads=cfg["threads"], options=options,
+                                          rounds=max(args.rounds, 3), requests=args.monitoring_requests,
+                                          cpus=cfg.get("process", cfg["server"]),
+                                          log=lambda m: print(m, file=sys.stderr, flush=True))
+                finally:
+                    os.sched_setaffinity(0, every)
+                print_monitoring_cost(res, f"{name}: ")
 
 
 def mode_label(mode: str, args: argparse.Namespace) -> str:
     return {"none": "no batching", "batching": "dynamic batching",
-            "poll": f"no batching, busy poll {args.busy_poll_us} us",
-            "nomon": "no batching, field monitoring off"}[mode]
+            "poll": f"no batching, busy poll {args.busy_poll_us} us"}[mode]
 
 
 def report(args, configs, preferred, same, shape, results, refs) -> None:
@@ -776,13 +887,6 @@ def report(args, configs, preferred, same, shape, results, refs) -> None:
                       f" {med(t['p50'] for t, _ in rest):.2f} ms, tritonclient.grpc"
                       f" {med(t['p50'] for t, _ in over_grpc):.2f} ms (gRPC - REST, median of rounds:"
                       f" {med(g['p50'] - r['p50'] for (g, _), (r, _) in zip(over_grpc, rest)):+.2f} ms)")
-        for client in args.client:  # the field monitoring's cost: the same no-batching server with it on and off
-            on, off = results.get((name, "none", client, 1)), results.get((name, "nomon", client, 1))
-            if on and off:
-                d = [t["p50"] - o["p50"] for (t, _), (o, _) in zip(on, off)]
-                print(f"{name}, {client}: field monitoring at concurrency 1: p50 {med(t['p50'] for t, _ in on):.3f} ms"
-                      f" on, {med(o['p50'] for o, _ in off):.3f} ms off; on - off {med(d):+.3f} ms, median of rounds"
-                      f" ({med(d) / med(o['p50'] for o, _ in off):+.1%} of p50; target within 2 %)")
         cold = [h["paced_p50"] - h["p50"] for h in refs[name]]
         if any((name, "none", client, 1) in results for client in args.client):
             print(f"{name}: of that, the model itself runs {med(cold):+.2f} ms slower in-process when idle"
