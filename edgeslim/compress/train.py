@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, TrainingError
 from . import distributed as dist
-from .metrics import ClassificationMetrics, evaluate, predict_logits
+from .metrics import ClassificationMetrics, evaluate, predict_logits, split_logits
 from .checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -190,7 +190,7 @@ def _evaluate_split(model: nn.Module, data: Any, split: str, batch_size: int, de
         logits, labels = predict_logits(model, loader, device=str(device))
         logits, labels = dist.gather_ordered(logits, n), dist.gather_ordered(labels, n)
         return evaluate(logits, labels, data.classes, data.critical)
-    logits, labels = predict_logits(model, data.loader(split, batch_size=batch_size, shuffle=False), device=str(device))
+    logits, labels = split_logits(model, data, split, batch_size=batch_size, device=str(device))
     return evaluate(logits, labels, data.classes, data.critical)
 
 

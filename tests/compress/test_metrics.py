@@ -164,3 +164,45 @@ def test_predict_logits_rejects_an_empty_loader():
     empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), batch_size=4)
     with pytest.raises(DataError, match="empty"):
         predict_logits(_Noisy(), empty)
+
+
+def test_split_logits_runs_a_model_once_per_split_and_state():
+    """The pipeline scores, calibrates and validates against the same torch logits: split_logits runs each split
+    once per model state, and runs again once the model's numbers change."""
+    from _digits import digits
+
+    from edgeslim.compress.data import split_arrays
+    from edgeslim.compress.metrics import split_logits
+    from edgeslim.testing import TinyNet
+
+    data = digits()
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=len(data.classes)).eval()
+    x, y = split_arrays(data, "val")
+    runs = []
+    original = data.loader
+
+    def counting(split, **kw):
+        runs.append(split)
+        return original(split, **kw)
+
+    data.loader = counting
+    logits, labels = split_logits(model, data, "val")
+    again, _ = split_logits(model, data, "val", batch_size=7)
+    assert runs == ["val"] and np.array_equal(logits, again)
+    again[:] = 0  # a copy: the caller cannot corrupt what the next one gets
+    assert np.array_equal(split_logits(model, data, "val")[0], logits)
+    # the same numbers as a torch pass over the split's arrays, which the export would otherwise run
+    with torch.inference_mode():
+        direct = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+    assert np.array_equal(labels, y)
+    np.testing.assert_allclose(logits, direct, rtol=1e-5, atol=1e-5)
+    split_logits(model, data, "test")
+    assert runs == ["val", "test"]
+    with torch.no_grad():  # an in-place change of one weight: run again
+        next(model.parameters()).mul_(0.5)
+    changed, _ = split_logits(model, data, "val")
+    assert runs == ["val", "test", "val"] and not np.allclose(changed, logits)
+    model.train()(torch.from_numpy(np.asarray(x[:8], dtype=np.float32)))  # BatchNorm statistics move
+    split_logits(model.eval(), data, "val")
+    assert runs == ["val", "test", "val", "val"]
