@@ -160,6 +160,9 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
                     qat_model=None) -> None:
     """Calibrate, export, profile and write the reports (the single process, or rank 0 under torchrun)."""
     from .compress.data import calibration_arrays, split_arrays
+    import numpy as np
+
+    from .compress.metrics import split_logits
     from .export import export_artifact
     from .summary import write_pipeline_report
 
@@ -188,6 +191,14 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
             **base,
         )
         say(f"exporting {key}: {', '.join(formats) or 'torch'} ({', '.join(precisions)})")
+        # the torch logits the compress stage scored and calibrated with (remembered per model): the export
+        # validates every file against them instead of running the model over val and test again
+        known = {}
+        for split, (_, labels) in (("test", (test_x, test_y)), ("val", val_split or (None, None))):
+            if labels is not None:
+                logits, order = split_logits(m, data, split)
+                if np.array_equal(order, labels):
+                    known[split] = logits
         result.manifests[key] = export_artifact(
             m.eval(),
             out_dir / key,
@@ -203,6 +214,7 @@ def _finish_on_main(result, recipe, data, variants, base, formats, stages, out_d
             target=recipe.target,
             qat_model=qat_model if key == "compressed" else None,
             val_split=val_split,
+            reference_logits=known,
         )
         result.artifacts[key] = out_dir / key
         for f in result.manifests[key].validation.get("failed", []):
@@ -324,14 +336,14 @@ def _torch_device(recipe: Recipe):
 
 def _calibrate(variants, data, recipe: Recipe, say) -> dict[str, dict[str, float]]:
     """Per-model critical-class thresholds calibrated on the val split to the recipe's target FNR / FPR."""
-    from .compress.metrics import predict_logits
+    from .compress.metrics import split_logits
     from .compress.thresholds import calibrate_thresholds, manifest_thresholds
     from .errors import DataError
     from .scoring import softmax
 
     out = {}
     for key, (m, _, _) in variants.items():
-        logits, labels = predict_logits(m, data.loader("val", batch_size=64))
+        logits, labels = split_logits(m, data, "val")
         probs = softmax(logits)
         try:
             thr = calibrate_thresholds(

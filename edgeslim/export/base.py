@@ -168,6 +168,7 @@ def export_artifact(
     target: str = "auto",
     qat_model: Any = None,
     val_split: tuple[np.ndarray, np.ndarray] | None = None,
+    reference_logits: dict[str, np.ndarray] | None = None,
 ) -> Manifest:
     """Export ``model`` to every requested format and precision and write one validated artifact, atomically.
 
@@ -206,6 +207,9 @@ def export_artifact(
             accuracy control judges layers on it, both for ``quantize.method: accuracy_aware`` and when an INT8
             file misses the validate budget (the fallback keeps the most harmful layers in float, see
             ``manifest.validation["int8_fallback"]``).
+        reference_logits: the model's logits the caller already has, ``{"test": ..., "val": ...}`` on the
+            ``validation`` and ``val_split`` inputs (the pipeline scored and calibrated with them): every file is
+            compared with these instead of a torch pass over the split again. One of the wrong shape is computed.
 
     Returns:
         The written manifest (with file hashes).
@@ -218,14 +222,15 @@ def export_artifact(
     return _export(model, out_dir, manifest, formats=formats, precisions=precisions, calibration=calibration,
                    validation=validation, export_cfg=export_cfg, quantize_cfg=quantize_cfg,
                    validate_cfg=validate_cfg, strict=strict, existing=None, target=target, qat_model=qat_model,
-                   val_split=val_split)
+                   val_split=val_split, reference_logits=reference_logits)
 
 
 def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[str] | None,
             precisions: Sequence[str], calibration: Any, validation: Any, export_cfg: ExportSection | None,
             quantize_cfg: QuantizeConfig | None, validate_cfg: ValidateSection | None, strict: bool,
             existing: Path | None, target: str = "auto", qat_model: Any = None,
-            val_split: tuple[np.ndarray, np.ndarray] | None = None) -> Manifest:
+            val_split: tuple[np.ndarray, np.ndarray] | None = None,
+            reference_logits: dict[str, np.ndarray] | None = None) -> Manifest:
     import torch
 
     export_cfg = export_cfg or ExportSection()
@@ -267,6 +272,12 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
     manifest.input = TensorInfo(name=INPUT_NAME, dtype="float32", shape=[batch, *input_shape])
     manifest.outputs = [TensorInfo(name=OUTPUT_NAME, dtype="float32", shape=[batch, num_classes])]
 
+    def known(split: str, x: np.ndarray) -> np.ndarray:
+        given = (reference_logits or {}).get(split)
+        if given is not None and np.shape(given) == (len(x), num_classes):
+            return np.asarray(given, dtype=np.float32)
+        return _reference_logits(model, np.asarray(x, dtype=np.float32))
+
     def writer(tmp: Path) -> Manifest:
         ctx = ExportContext(
             manifest=manifest,
@@ -293,9 +304,9 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             sparsity["onnx"] = onnx_weight_sparsity(tmp / onnx_fp32.path)
         m.sparsity = sparsity
 
-        # the torch model's val logits, computed once: the field reference and the validation both compare with
-        # them (a torch pass over val is the export's costliest step after the ONNX trace at 192-224 px)
-        val_torch = None if val_split is None else _reference_logits(model, np.asarray(val_split[0], dtype=np.float32))
+        # the torch model's val logits, computed once (or given): the field reference and the validation both
+        # compare with them (a torch pass over val is the export's costliest step after the ONNX trace at 192 px)
+        val_torch = None if val_split is None else known("val", val_split[0])
         if val_split is not None:  # the files just written; those copied from an existing artifact keep theirs
             written = [f for f in m.models if not any(f is k for k in kept)]
             _calibrate_file_thresholds(tmp, m, written, val_split)
@@ -304,7 +315,7 @@ def _export(model: Any, out_dir: Any, manifest: Manifest, *, formats: Sequence[s
             store_field_references(tmp, m, written, model, val_split, torch_logits=val_torch)
         report: dict[str, Any] = {}
         if validation is not None:
-            reference = _reference_logits(model, inputs)
+            reference = known("test", inputs)
             # FP16 / INT8 files are judged on val when there is one (what ships is decided there); test is reported
             val = None if val_split is None or labels is None or val_torch is None else (
                 val_split[0], val_split[1], val_torch)
