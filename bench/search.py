@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--data-from", default="lite0-fast-int8",
                     help="recipe whose data and loss sections every arm uses (default: the hand recipe's, digits; "
                     "'default' is the main job, ELPV)")
+    ap.add_argument("--train-from", default=None,
+                    help="take every arm's train and distill sections from this recipe (e.g. 'default': the main"
+                         " job's frozen, cached stages), epochs as given; default: lite0-fast-int8's SGD schedule")
     ap.add_argument("--dataset", default=None, help="override data.dataset (digits, elpv, imagefolder:DIR, ...)")
     ap.add_argument("--source", default="efficientnet_lite0", help="model.source of the base recipe")
     ap.add_argument("--image-size", type=int, default=None, help="override data.image_size")
@@ -131,9 +134,12 @@ def main() -> None:
                     **({"image_size": args.image_size} if args.image_size else {})}
     base["loss"] = job["loss"]
     args.dataset, args.image_size = base["data"]["dataset"], base["data"]["image_size"]
-    base["train"] = {**hand["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
+    # the training schedule of every arm: the hand recipe's (SGD, full fine-tune), or with --train-from the main
+    # job's (frozen, cached early stages and distillation: the only way 192 px trains in minutes on 2 cores)
+    trainer = load_recipe(args.train_from).to_dict() if args.train_from else hand
+    base["train"] = {**trainer["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                      "threads": args.threads}
-    base["distill"] = {"weight": 0.0, "temperature": 4.0}
+    base["distill"] = trainer["distill"] if args.train_from else {"weight": 0.0, "temperature": 4.0}
     if args.source != "efficientnet_lite0":  # the hand recipe's exclude names a Lite0 layer
         base["prune"] = {**hand["prune"], "exclude": [], "round_to": 4}
     base["decision"] = {"target_fpr": args.fpr, "target_fnr": None}
