@@ -158,7 +158,7 @@ def main() -> None:
     # baseline is not under-trained against them (the search's own reference, ratio 0, trains both rounds)
     dense_train = {**base["train"], "final_epochs": args.epochs + args.final_epochs}
     dense_r = parse_recipe({**base, "name": "bench-dense", "prune": {"method": "none"}, "quantize": ptq,
-                            "train": dense_train})
+                            "train": dense_train, "distill": {**base["distill"], "weight": 0.0}})  # no teacher
     t0 = time.perf_counter()
     d = out / "dense"
     dres = run_pipeline(dense_r, d, resume=(d / "run").is_dir(), progress=False, stages=("compress", "export"))
