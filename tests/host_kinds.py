@@ -9,8 +9,8 @@ kernels that really ran). oneDNN can hold a CPU to an older ISA, never lift it t
 host's are not covered here. onnxruntime's MLAS picks its kernels from CPUID with no such cap, so its INT8 is
 covered for this host's kind only. Nor does the cap reach OpenVINO's own choice of precision for float layers: on a
 CPU with BF16 (AMX, AVX512_BF16) it still defaults to bf16, whose kernels an AVX2 cap removes ("Convolution node ...
-object is not initialized"); the emulated runs therefore compile as the validation does, pinned to f32, and an
-OpenVINO model compiled at its default precision (accuracy control's scoring) cannot be emulated below AVX-512.
+object is not initialized"); the emulated runs therefore compile as the validation, accuracy control and the
+runtime do on a CPU, pinned to f32.
 
 Used by ``tests/conftest.py`` (the session header and summary) and by ``.ci/run`` (``python tests/host_kinds.py``).
 """
@@ -94,17 +94,6 @@ def session_cap() -> str | None:
     kind = next((k.name for k in KINDS if k.isa_cap == cap.upper()), None)
     return (f"this session runs under ONEDNN_MAX_CPU_ISA={cap}: OpenVINO and torch as {kind or cap}, onnxruntime as"
             " this CPU")
-
-
-def capped_below_bf16() -> str | None:
-    """Why OpenVINO at its default precision cannot run in this session, or None: the session is held below AVX-512
-    by ``ONEDNN_MAX_CPU_ISA`` on a CPU with BF16, so OpenVINO still picks bf16 for float layers (from CPUID) while
-    oneDNN has no bf16 kernels left. A real AVX2 host defaults to f32; this is the emulation's limit, not the host's."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if cap in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2") and cpu_flags() & {"avx512_bf16", "amx_bf16"}:
-        return (f"ONEDNN_MAX_CPU_ISA={cap} on a BF16 CPU: OpenVINO still defaults float layers to bf16, which the cap"
-                " leaves without kernels (a real AVX2 host runs them in f32)")
-    return None
 
 
 def describe_plan(flags: frozenset[str] | None = None) -> str:
