@@ -96,23 +96,26 @@ def prepare(base: Recipe, section: SearchSection | None = None, *, progress: boo
 
 
 # -- latency ------------------------------------------------------------------------------------------------------
-def _arch_attr(c: Candidate) -> str:
-    return "arch:" + _digest(c.arch_key)
+def _arch_attr(c: Candidate, frozen: str | None) -> str:
+    # layers frozen by the base's train.freeze are kept whole, so the same candidate is another architecture
+    return "arch:" + _digest(c.arch_key if not frozen else f"{c.arch_key}|frozen up to {frozen}")
 
 
-def _cached_arch(study: Any, c: Candidate) -> dict[str, Any] | None:
-    return study.user_attrs.get(_arch_attr(c))
+def _cached_arch(study: Any, c: Candidate, frozen: str | None) -> dict[str, Any] | None:
+    return study.user_attrs.get(_arch_attr(c, frozen))
 
 
-def _archs(study: Any) -> list[dict[str, Any]]:
-    """The study's architecture measurements (each with its ``candidate``, gamma left out)."""
-    return [v for k, v in study.user_attrs.items() if k.startswith("arch:")]
+def _archs(study: Any, frozen: str | None) -> list[dict[str, Any]]:
+    """The study's architecture measurements of the base's freeze boundary (each with its ``candidate``, gamma
+    left out)."""
+    return [v for k, v in study.user_attrs.items() if k.startswith("arch:") and v.get("frozen_up_to") == frozen]
 
 
 def _measure(ctx: _Context, study: Any, c: Candidate) -> dict[str, Any]:
     from .latency import measure_architecture
 
-    hit = _cached_arch(study, c)
+    frozen = ctx.base.train.freeze
+    hit = _cached_arch(study, c, frozen)
     if hit is not None:
         return hit
     s = ctx.section
@@ -120,17 +123,17 @@ def _measure(ctx: _Context, study: Any, c: Candidate) -> dict[str, Any]:
                              iterations=s.measure_iterations, seconds=s.measure_seconds, threads=s.threads,
                              float_scope=ctx.space.float_scope.get(c.float_layers or "none", []),
                              device=ctx.target.device, target=ctx.target.name, site=ctx.site)
-    d = {**m.to_dict(), "candidate": c.arch().to_dict()}
-    study.set_user_attr(_arch_attr(c), d)
+    d = {**m.to_dict(), "candidate": c.arch().to_dict(), **({"frozen_up_to": frozen} if frozen else {})}
+    study.set_user_attr(_arch_attr(c, frozen), d)
     ctx.say(f"measured {c.label}: p90 {m.p90_ms:.3f} ms, {m.size_mb:.2f} MB ({m.seconds:.1f} s)")
     return d
 
 
-def _latency_model(study: Any):
+def _latency_model(study: Any, frozen: str | None):
     from .latency import ArchMeasurement, LatencyModel
 
     lm = LatencyModel()
-    for v in _archs(study):
+    for v in _archs(study, frozen):
         m = ArchMeasurement.from_dict({f: v[f] for f in ArchMeasurement.__dataclass_fields__})
         if m.layers:
             lm.add(v["candidate"]["precision"], m)
@@ -235,10 +238,10 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
         if before is not None:
             return before
         budget = ctx.section.latency_budget_ms
-        if budget is not None and _cached_arch(study, c) is None:
+        if budget is not None and _cached_arch(study, c, ctx.base.train.freeze) is None:
             from .latency import build_candidate_model, macs_by_kind
 
-            lm = _latency_model(study)
+            lm = _latency_model(study, ctx.base.train.freeze)
             if lm.error().get(c.precision, {}).get("n", 0) >= 3:
                 macs = macs_by_kind(*build_candidate_model(ctx.base, c.to_dict(), ctx.num_classes))
                 pred = lm.predict(c.precision, macs)
@@ -487,14 +490,15 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
     complete = [point(t) for t in trials if "val" in t.user_attrs and "duplicate_of" not in t.user_attrs]
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
     s = ctx.section
-    ruled = ruled_out_lines(s, ctx.space.ruled_out, (t.user_attrs.get("ruled_out") for t in pruned), _archs(study),
+    ruled = ruled_out_lines(s, ctx.space.ruled_out, (t.user_attrs.get("ruled_out") for t in pruned),
+                            _archs(study, ctx.base.train.freeze),
                             complete, dense)
     feasible = [p for p in complete if p["feasible"]]
     front = pareto(complete)
     # every point on the front measured end to end with the profiler, on its trained, exported file
     cfg = ProfileConfig(warmup=5, iterations=max(s.measure_iterations, 50), seconds=s.measure_seconds,
                         throughput=False)
-    lm = _latency_model(study)
+    lm = _latency_model(study, ctx.base.train.freeze)
     for p in front:
         e = ctx.site.latency(Path(p["dir"]) / "compressed", p["candidate"]["precision"], cfg)
         p["measured_p90_ms"] = float(e["latency_ms"]["p90"])
