@@ -108,7 +108,7 @@ def candidate_channel_plan(base: Recipe, candidate: dict[str, Any], num_classes:
     import torch
 
     from ..compress.prune import Structured
-    from ..compress.prune.structured import _ignored, channel_plan
+    from ..compress.prune.structured import channel_plan, kept_whole
     from ..compress.sources import load_pretrained, replace_head
     from .space import prune_config
 
@@ -119,18 +119,8 @@ def candidate_channel_plan(base: Recipe, candidate: dict[str, Any], num_classes:
     model = replace_head(src.model, num_classes).eval()
     size = int(candidate["image_size"] or src.preprocessing.crop)
     return channel_plan(model, torch.zeros((1, 3, size, size)), ratio=cfg.ratio, round_to=cfg.round_to,
-                        ignored_layers=_ignored(model, prune_first_conv=cfg.prune_first_conv,
-                                                exclude=_kept_whole(model, base, cfg)),
+                        ignored_layers=kept_whole(model, cfg, base.train.freeze),
                         stage_ratios=cfg.stage_ratios, scope=cfg.scope)
-
-
-def _kept_whole(model: Any, base: Recipe, cfg: Any) -> list[str]:
-    """The layers structured pruning leaves alone: the config's ``exclude`` and, as in training
-    (:func:`edgeslim.compress.prune.structured.structured`), those frozen by the base's ``train.freeze``. Without the
-    latter the search measured architectures narrower than the files it trains (1.2 against 1.9 ms)."""
-    from ..compress.prune.structured import _frozen_prunable
-
-    return [*cfg.exclude, *_frozen_prunable(model, base.train.freeze)]
 
 
 def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: int) -> tuple[Any, tuple[int, ...]]:
@@ -146,7 +136,7 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     from ..compress.prune.base import mask_options
     from ..compress.prune.masks import MaskSet
     from ..compress.prune.nm import apply_nm
-    from ..compress.prune.structured import _ignored, prune_channels
+    from ..compress.prune.structured import kept_whole, prune_channels
     from ..compress.sources import load_pretrained, replace_head
     from .space import prune_config
 
@@ -157,7 +147,7 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     shape = (1, 3, size, size)
     cfg = prune_config(candidate["prune"], base, candidate.get("stage_ratios"))
     if isinstance(cfg, Structured) and (cfg.ratio > 0 or cfg.stage_ratios):
-        ign = _ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=_kept_whole(model, base, cfg))
+        ign = kept_whole(model, cfg, base.train.freeze)  # as training prunes: frozen layers whole
         prune_channels(model, torch.zeros(shape), ratio=cfg.ratio, scope=cfg.scope, round_to=cfg.round_to,
                        iterative_steps=cfg.iterative_steps, importance=cfg.importance, ignored_layers=ign,
                        stage_ratios=cfg.stage_ratios)

@@ -90,6 +90,14 @@ def _ignored(model: nn.Module, *, prune_first_conv: bool, exclude: Iterable[str]
     return [model.get_submodule(n) for n in sorted(keep)]
 
 
+def kept_whole(model: nn.Module, cfg: Any, freeze: str | None) -> list[nn.Module]:
+    """The layers of ``model`` that structured pruning as ``cfg`` leaves whole: the classifier, the stem unless
+    ``prune_first_conv``, ``cfg.exclude``, and the layers frozen by ``train.freeze`` (no training would let them
+    recover). Training and the search (its architectures and its sensitivity probes) prune around this one set."""
+    return _ignored(model, prune_first_conv=cfg.prune_first_conv,
+                    exclude=[*cfg.exclude, *_frozen_prunable(model, freeze)])
+
+
 def _check_ratio(ratio: float, round_to: int | None, iterative_steps: int) -> None:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ConfigError(f"structured ratio {ratio!r}: must be in [0, 1) (the fraction of channels removed)")
@@ -344,9 +352,7 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     example = torch.zeros(shape)
     # layers frozen by train.freeze are never pruned: no training would let them recover, and the pruned round's
     # cache and its distillation teacher need the frozen layers unchanged
-    frozen = _frozen_prunable(ctx.model, ctx.training.freeze)
-    exclude = [*p.exclude, *frozen]
-    ignored = _ignored(ctx.model, prune_first_conv=p.prune_first_conv, exclude=exclude)
+    ignored = kept_whole(ctx.model, p, ctx.training.freeze)
     # decided on W0 (the dense round changes weights, not widths): bad options fail before any training, and the
     # layers kept whole or pruned less than asked are the run's notes
     plan = channel_plan(ctx.model, example, ratio=p.ratio, round_to=p.round_to, ignored_layers=ignored,
@@ -355,7 +361,7 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     def prune(model: nn.Module, _masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
         before = copy.deepcopy(model)
         params0, macs0 = count_params_macs(model, shape)
-        ign = _ignored(model, prune_first_conv=p.prune_first_conv, exclude=exclude)
+        ign = kept_whole(model, p, ctx.training.freeze)
         prune_channels(model, example, ratio=p.ratio, scope=p.scope, round_to=p.round_to,
                        iterative_steps=p.iterative_steps, importance=p.importance, ignored_layers=ign,
                        stage_ratios=p.stage_ratios)
@@ -369,6 +375,7 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
 
     res = train_dense_then_pruned(ctx, cfg, prune)
     res.notes.extend(plan.notes())
+    frozen = _frozen_prunable(ctx.model, ctx.training.freeze)
     if frozen:
         res.notes.append(f"{len(frozen)} layers up to '{ctx.training.freeze}' kept whole: frozen by train.freeze")
     return res
