@@ -81,7 +81,8 @@ def _signals(losses: np.ndarray, critical_mask: np.ndarray) -> dict[str, float]:
 
 
 def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio: float, cfg: Any,
-                      critical: Sequence[int] = (), signal: str = "critical") -> dict[str, Any]:
+                      critical: Sequence[int] = (), signal: str = "critical",
+                      freeze: str | None = None) -> dict[str, Any]:
     """Each stage pruned alone at ``ratio`` (``cfg``: the :class:`~edgeslim.compress.prune.Structured` options), its
     val loss increase, its prunable parameters and the largest ratio that leaves every layer of it a channel.
 
@@ -100,13 +101,13 @@ def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio
     """
     import torch
 
-    from ..compress.prune.structured import _ignored, check_structured, prune_channels
+    from ..compress.prune.structured import check_structured, kept_whole, prune_channels
 
     if signal not in ("critical", "mean"):
         raise ConfigError(f"sensitivity signal '{signal}': use 'critical' (the critical classes' val loss) or 'mean'")
     model = copy.deepcopy(model).eval()
     example = torch.from_numpy(x[:1])
-    ignored = _ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude)
+    ignored = kept_whole(model, cfg, freeze)  # as training prunes: layers frozen by train.freeze stay whole
     rows = check_structured(model, example, ratio=0.0, round_to=cfg.round_to, ignored_layers=ignored)
     step = cfg.round_to or 1
     crit_mask = np.isin(y, np.asarray(list(critical), dtype=y.dtype)) if len(critical) else np.zeros(len(y), bool)
@@ -128,7 +129,7 @@ def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio
         inc: dict[str, float | None] = {"mean": None, "critical": None}
         try:
             prune_channels(probe, example, ratio=0.0, round_to=cfg.round_to, importance=cfg.importance,
-                           ignored_layers=_ignored(probe, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude),
+                           ignored_layers=kept_whole(probe, cfg, freeze),
                            stage_ratios={stage: min(ratio, max_ratio)})
             after = _signals(_losses(probe.eval(), x, y), crit_mask)
             inc = {k: after[k] - base[k] if math.isfinite(after[k] - base[k]) else None for k in after}
@@ -143,14 +144,15 @@ def stage_sensitivity(model: "nn.Module", x: np.ndarray, y: np.ndarray, *, ratio
 
 
 def measure_artifact(artifact: Path, x: np.ndarray, y: np.ndarray, *, ratio: float, cfg: Any,
-                     critical: Sequence[int] = (), signal: str = "critical") -> dict[str, Any]:
+                     critical: Sequence[int] = (), signal: str = "critical",
+                     freeze: str | None = None) -> dict[str, Any]:
     """:func:`stage_sensitivity` of the trained model in ``artifact`` (the search's dense reference), loaded with
     the torch backend."""
     from ..runtime import load
 
     with load(artifact, backend="torch") as pred:
         return stage_sensitivity(pred.backend.model, x, y, ratio=ratio, cfg=cfg, critical=critical,  # type: ignore[attr-defined]
-                                 signal=signal)
+                                 signal=signal, freeze=freeze)
 
 
 def describe(sens: dict[str, Any], seconds: float) -> str:

@@ -370,7 +370,7 @@ def _stage_sensitivity(ctx: _Context, study: Any) -> dict[str, Any]:
     x, y = split_arrays(data, "val")  # at the dense reference's resolution
     sens = measure_artifact(Path(dense["dir"]) / "compressed", x, y, ratio=probe,
                             cfg=prune_config(PruneChoice("structured", ratio=probe), ctx.base), critical=data.critical,
-                            signal=ctx.section.sensitivity)
+                            signal=ctx.section.sensitivity, freeze=ctx.base.train.freeze)
     ctx.say(describe(sens, time.perf_counter() - t0))
     study.set_user_attr("sensitivity", sens)
     return sens

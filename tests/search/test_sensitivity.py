@@ -54,6 +54,12 @@ def test_stage_sensitivity_measures_every_stage_on_real_data():
     r = allocate(s, 0.5)
     assert r and all(0 <= v <= st[k]["max_ratio"] for k, v in r.items())
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in TinyNet(10).parameters())  # not pruned
+    # a stage frozen by train.freeze is pruned by no training: the probe leaves it whole and gives it no ratio
+    frozen = stage_sensitivity(model, x[:128], y[:128], ratio=0.5, cfg=Structured(ratio=0.5, round_to=4),
+                               freeze="blocks.5")
+    assert frozen["stages"]["blocks.3"]["max_ratio"] == 0.0 and frozen["stages"]["blocks.3"]["loss_increase"] is None
+    assert frozen["stages"]["blocks.6"] == st["blocks.6"]
+    assert allocate(frozen, 0.5).get("blocks.3", 0.0) == 0.0
 
 
 def _digits_val(n: int = 256):
