@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .artifact import Preprocessing
 from .errors import ArtifactError, ConfigError, SourceError, UnknownNameError
@@ -449,6 +450,23 @@ def rebuild_model(arch: str, num_classes: int, structure: dict[str, Any] | None 
 
 
 # --------------------------------------------------------------------------------------------- prefix / suffix
+
+
+@contextmanager
+def eval_mode(module: "nn.Module") -> "Iterator[nn.Module]":
+    """``module`` and everything under it in eval mode for the block, then each submodule's own mode back.
+
+    ``module.train(was)`` is not the same: a prefix or suffix of :func:`split_at` is a fresh chain (training, as
+    every new module) around a model's own modules, and ``.train(True)`` on it would put a teacher's frozen
+    BatchNorms into training mode.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, was in modes:
+            m.training = was
 
 
 def _chain_class() -> type:

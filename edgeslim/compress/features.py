@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models import eval_mode
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FeatureCache", "SYMMETRIES", "frozen_digest"]
@@ -107,13 +109,9 @@ class FeatureCache:
 
     def _runner(self, prefix: nn.Module, first: torch.Tensor):
         def torch_run(x: torch.Tensor) -> torch.Tensor:
-            was = prefix.training
-            prefix.eval()  # frozen BatchNorm: running statistics, as the deployed model computes them
-            try:
-                with torch.no_grad():
-                    return prefix(x).detach().clone()
-            finally:
-                prefix.train(was)
+            # frozen BatchNorm: running statistics, as the deployed model computes them
+            with eval_mode(prefix), torch.no_grad():
+                return prefix(x).detach().clone()
 
         if self.engine == "torch":
             return torch_run, "torch"
@@ -125,32 +123,29 @@ class FeatureCache:
 
                 require("openvino", extra="serve")
             return torch_run, "torch"
-        was = prefix.training
-        prefix.eval()
-        try:
-            ref = torch_run(first)
-            with torch.no_grad():
-                om = ov.convert_model(prefix, example_input=first, input=[ov.PartialShape([-1, *first.shape[1:]])])
-            # run by the OpenVINO runner like every other model (f32: the cache stands in for PyTorch's outputs)
-            from ..runtime import BackendOptions, from_model
+        with eval_mode(prefix):
+            try:
+                ref = torch_run(first)
+                with torch.no_grad():
+                    om = ov.convert_model(prefix, example_input=first, input=[ov.PartialShape([-1, *first.shape[1:]])])
+                # run by the OpenVINO runner like every other model (f32: the cache stands in for PyTorch's outputs)
+                from ..runtime import BackendOptions, from_model
 
-            runner = from_model(om, BackendOptions(device="cpu"),
-                                openvino={"hint": "THROUGHPUT", "inference_precision": "f32"})
-            output = runner.outputs[0].name
+                runner = from_model(om, BackendOptions(device="cpu"),
+                                    openvino={"hint": "THROUGHPUT", "inference_precision": "f32"})
+                output = runner.outputs[0].name
 
-            def ov_run(x: torch.Tensor) -> torch.Tensor:
-                return torch.from_numpy(np.array(runner.infer(x.numpy())[output], copy=True))
+                def ov_run(x: torch.Tensor) -> torch.Tensor:
+                    return torch.from_numpy(np.array(runner.infer(x.numpy())[output], copy=True))
 
-            got = ov_run(first)
-            scale = float(ref.abs().max()) or 1.0
-            err = float((got - ref).abs().max())
-            if got.shape != ref.shape or err > 1e-3 * scale:
-                log.warning("OpenVINO's frozen-layer outputs differ from PyTorch's by %.2g (scale %.2g): caching with"
-                            " PyTorch instead", err, scale)
+                got = ov_run(first)
+                scale = float(ref.abs().max()) or 1.0
+                err = float((got - ref).abs().max())
+                if got.shape != ref.shape or err > 1e-3 * scale:
+                    log.warning("OpenVINO's frozen-layer outputs differ from PyTorch's by %.2g (scale %.2g): caching with"
+                                " PyTorch instead", err, scale)
+                    return torch_run, "torch"
+                return ov_run, "openvino"
+            except Exception as exc:  # noqa: BLE001 - any conversion failure means "use PyTorch", said once
+                log.warning("OpenVINO could not run the frozen layers (%s): caching with PyTorch", exc)
                 return torch_run, "torch"
-            return ov_run, "openvino"
-        except Exception as exc:  # noqa: BLE001 - any conversion failure means "use PyTorch", said once
-            log.warning("OpenVINO could not run the frozen layers (%s): caching with PyTorch", exc)
-            return torch_run, "torch"
-        finally:
-            prefix.train(was)
