@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -222,6 +222,46 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 # -- frozen layers, computed once --------------------------------------------------------------------------------
 
 
+class _TeacherLookup(nn.Module):
+    """A distillation teacher whose logits for every cached training sample were computed once: it answers for
+    the samples of the batch that :class:`_Batches` is handing out (the student's input is only checked for size)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.index: torch.Tensor | None = None
+        self._anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # gives the loss a device to move to
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.index is None or len(self.index) != x.shape[0]:
+            raise TrainingError("the cached teacher was asked about a batch it was not handed")
+        return self.logits[self.index]
+
+
+def _suffix_logits(suffix: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    from ..models import eval_mode
+
+    with eval_mode(suffix), torch.no_grad():
+        return torch.cat([suffix(x).float() for x in feats.split(256)])
+
+
+class _Batches:
+    """One epoch of cached batches; tells the teacher lookup (if any) which samples each batch holds."""
+
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor, order: tuple[torch.Tensor, ...],
+                 lookup: _TeacherLookup | None) -> None:
+        self.feats, self.labels, self.order, self.lookup = feats, labels, order, lookup
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in self.order:
+            if self.lookup is not None:
+                self.lookup.index = i
+            yield self.feats[i], self.labels[i]
+
+
 class _Cached:
     """The trainable suffix of a model whose frozen prefix's outputs are cached (``train.freeze`` + ``cache``)."""
 
@@ -255,17 +295,22 @@ class _Cached:
         feats, labels = cache.get(prefix, data, "train", symmetries=aug is not None)
         val = cache.get(prefix, data, "val", symmetries=False) if _has_split(data, "val") else None
         undo: Callable[[], None] = lambda: None
+        lookup: _TeacherLookup | None = None
         if isinstance(loss_fn, DistillationLoss):
             teacher = loss_fn.teacher
             t_prefix, t_suffix = split_at(teacher, cfg.freeze or "", probe)
-            if frozen_digest(t_prefix) != frozen_digest(prefix):
-                raise ConfigError(
-                    f"the distillation teacher's layers up to '{cfg.freeze}' differ from the student's (pruned or"
-                    " trained there), so one cache cannot feed both; exclude the frozen layers from pruning"
-                    " (prune.exclude) or set train.cache: false"
-                )
-            handle = loss_fn.wrap_student(suffix)
-            loss_fn.teacher = t_suffix
+            if frozen_digest(t_prefix) == frozen_digest(prefix):
+                handle = loss_fn.wrap_student(suffix)
+                loss_fn.teacher = t_suffix
+            else:
+                # the student's frozen layers were pruned (prune.frozen_ratio): the teacher sees its own cached
+                # features of the same cells and symmetries, and its logits are computed once
+                t_feats, t_labels = cache.get(t_prefix, data, "train", symmetries=aug is not None)
+                if not torch.equal(t_labels, labels):
+                    raise TrainingError("the teacher's and the student's feature caches hold different samples")
+                lookup = _TeacherLookup(_suffix_logits(t_suffix, t_feats))
+                handle = loss_fn.wrap_student(suffix)
+                loss_fn.teacher = lookup
 
             def undo() -> None:
                 handle.remove()
@@ -273,14 +318,20 @@ class _Cached:
 
         info = {"frozen": cfg.freeze, "samples": int(feats.shape[0]), "shape": list(feats.shape[1:]),
                 "symmetries": 8 if aug is not None else 1}
-        return cls(suffix, feats, labels, val, info, undo)
+        if lookup is not None:
+            info["teacher"] = "own cache"
+        built = cls(suffix, feats, labels, val, info, undo)
+        built.lookup = lookup
+        return built
+
+    lookup: "_TeacherLookup | None" = None
 
     def steps(self, batch_size: int) -> int:
         return -(-int(self.labels.shape[0]) // batch_size)
 
-    def batches(self, batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, seed: int) -> "_Batches":
         order = torch.randperm(int(self.labels.shape[0]), generator=torch.Generator().manual_seed(seed))
-        return [(self.feats[i], self.labels[i]) for i in order.split(batch_size)]
+        return _Batches(self.feats, self.labels, order.split(batch_size), self.lookup)
 
     def val_logits(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.val is None:

@@ -14,7 +14,7 @@ from edgeslim.compress.distill import DistillationLoss
 from edgeslim.compress.loss import CrossEntropy, build_loss
 from edgeslim.compress.metrics import evaluate, predict_logits
 from edgeslim.compress.train import fine_tune, lr_factor
-from edgeslim.errors import ConfigError
+from edgeslim.errors import ConfigError, TrainingError
 from edgeslim.models import split_at
 from edgeslim.recipe import LossSection, TrainSection
 from edgeslim.testing import TinyNet
@@ -140,11 +140,56 @@ def test_distillation_runs_the_teachers_suffix_on_the_cached_features(digits):
         handle.remove()
     assert res.history[0]["kd"] is not None and res.history[0]["kd"] >= 0
 
-    torch.manual_seed(1)  # fine_tune re-seeds the global RNG with its seed: draw another init explicitly
-    other = TinyNet(10)  # a teacher whose frozen layers differ: one cache cannot feed both
-    loss = DistillationLoss(CrossEntropy(), other.eval(), weight=1.0, temperature=4.0)
-    with pytest.raises(ConfigError, match="teacher's layers up to 'blocks.2' differ"):
-        fine_tune(copy.deepcopy(teacher), digits, loss, _cfg(epochs=1), progress=False)
+
+
+def test_a_teacher_whose_frozen_layers_differ_is_run_on_its_own_cache_of_the_same_samples(digits):
+    """prune.frozen_ratio changes the student's frozen layers: the teacher's logits come from its own cached
+    features, sample for sample the ones the student's batch holds."""
+    from edgeslim.compress.data import split_arrays
+    from edgeslim.compress.train import _Cached
+
+    torch.manual_seed(0)
+    student = TinyNet(10)
+    torch.manual_seed(1)
+    teacher = TinyNet(10)  # other frozen layers: one cache cannot feed both
+    fine_tune(teacher, digits, _ce(digits), _cfg(epochs=1), progress=False)  # logits that tell samples apart
+    teacher.eval()
+    loss = DistillationLoss(CrossEntropy(), teacher, weight=1.0, temperature=4.0)
+    cached = _Cached.build(student, digits, loss, _cfg(), batch_size=32)
+    try:
+        assert cached.info["teacher"] == "own cache"
+        images, _ = split_arrays(digits, "train")  # the cache's order: the train split's
+        batches = cached.batches(32, seed=5)
+        assert len(batches) == cached.steps(32)
+        for k, (x, y) in enumerate(batches):
+            if k == 3:
+                break
+            idx = batches.order[k]
+            with torch.no_grad():
+                want = teacher(torch.from_numpy(images[idx.numpy()]))
+            got = loss.teacher(x)
+            # the cache may come from OpenVINO (checked against PyTorch to 1e-3 of the feature scale), so the
+            # logits agree to about that; a sample mismatch would not: each row is nearest its own image's logits
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-2 * float(want.abs().max()))
+            dist = torch.cdist(got, want)
+            assert torch.equal(dist.diagonal(), dist.min(1).values)
+            assert torch.equal(y, cached.labels[idx])
+        # a batch it was not handed is refused, not answered with another batch's logits
+        with pytest.raises(TrainingError, match="not handed"):
+            loss.teacher(x[:5])
+    finally:
+        cached.close()
+    assert loss.teacher is teacher  # undone
+    assert not any(m.training for m in teacher.modules())  # caching it left every norm as it was
+
+    # and training with it distils
+    loss = DistillationLoss(CrossEntropy(), teacher, weight=1.0, temperature=4.0)
+    handle = loss.wrap_student(student)
+    try:
+        res = fine_tune(student, digits, loss, _cfg(epochs=1), progress=False)
+    finally:
+        handle.remove()
+    assert res.history[0]["kd"] is not None and res.history[0]["kd"] > 0
 
 
 def test_cache_refuses_a_random_augmentation_it_would_freeze():
