@@ -136,7 +136,8 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     from ..compress.prune.base import mask_options
     from ..compress.prune.masks import MaskSet
     from ..compress.prune.nm import apply_nm
-    from ..compress.prune.structured import kept_whole, prune_channels
+    from ..compress.prune.reconstruct import prune_hidden_widths
+    from ..compress.prune.structured import frozen_refittable, kept_whole, prune_channels
     from ..compress.sources import load_pretrained, replace_head
     from .space import prune_config
 
@@ -146,6 +147,9 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     size = int(candidate["image_size"] or src.preprocessing.crop)
     shape = (1, 3, size, size)
     cfg = prune_config(candidate["prune"], base, candidate.get("stage_ratios"))
+    if isinstance(cfg, Structured) and cfg.frozen_ratio:  # as training prunes: the frozen layers' hidden widths
+        prune_hidden_widths(model, torch.zeros(shape), ratio=cfg.frozen_ratio, round_to=cfg.round_to,
+                            allowed=frozen_refittable(model, cfg, base.train.freeze))
     if isinstance(cfg, Structured) and (cfg.ratio > 0 or cfg.stage_ratios):
         ign = kept_whole(model, cfg, base.train.freeze)  # as training prunes: frozen layers whole
         prune_channels(model, torch.zeros(shape), ratio=cfg.ratio, scope=cfg.scope, round_to=cfg.round_to,

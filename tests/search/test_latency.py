@@ -39,6 +39,26 @@ def test_layers_frozen_by_the_base_are_kept_whole_as_training_keeps_them(base):
     assert kept.blocks[6].out_channels == loose.blocks[6].out_channels == 16  # after it: pruned alike
 
 
+def test_the_frozen_layers_hidden_widths_are_cut_as_frozen_ratio_cuts_them_in_training():
+    """With prune.frozen_ratio the base's training refits narrower frozen expansions; the search times that
+    architecture, not one with the frozen layers whole."""
+    def lite0(**prune):
+        return parse_recipe({"model": {"source": "efficientnet_lite0"}, "data": {"image_size": 32},
+                             "train": {"freeze": "blocks.4"},
+                             "prune": {"method": "structured", "round_to": 8, **prune}})
+
+    c = {**C, "image_size": 32, "prune": "structured:0.5"}
+    whole, _ = build_candidate_model(lite0(), c, 2)
+    cut, _ = build_candidate_model(lite0(frozen_ratio=0.5), c, 2)
+    for i in range(1, 5):  # the frozen stages' expansions: half as wide, in the consumer too
+        for a, b in zip(whole.blocks[i], cut.blocks[i]):
+            assert b.conv_pw.out_channels == b.conv_pwl.in_channels == a.conv_pw.out_channels // 2
+            assert b.conv_pwl.out_channels == a.conv_pwl.out_channels  # block outputs: whole
+    assert cut.conv_stem.out_channels == 32  # the stem: only with prune_first_conv
+    for a, b in zip(whole.blocks[5], cut.blocks[5]):  # the trained stages: pruned alike
+        assert b.conv_pw.out_channels == a.conv_pw.out_channels
+
+
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_per_layer_counters_add_up_to_about_the_end_to_end_time(base, backend):
     m = measure_architecture(base, C, backend=backend, num_classes=10, iterations=20, seconds=0.05, threads=1)

@@ -7,6 +7,8 @@ ranked across groups) together with everything that depends on them (BatchNorm, 
 depthwise groups), keeping the widths multiples of ``round_to`` (8 suits the vector units of CPUs and tensor
 cores). ``stage_ratios`` gives the layers under a module (a stage, ``blocks.5``) their own ratio, as
 Torch-Pruning's ``pruning_ratio_dict`` does; ``edgeslim search`` sets them from each stage's measured sensitivity.
+Layers frozen by ``train.freeze`` are not trained, so this pruning leaves them whole; ``frozen_ratio`` prunes their
+hidden channels instead, with a least-squares refit that needs no training (:mod:`.reconstruct`).
 The classifier (its outputs are the classes) is never pruned; the first conv and ``exclude`` patterns are kept at
 full width unless ``prune_first_conv``. A layer no wider than ``round_to`` (a squeeze-excitation reduction of 8
 channels in MobileNetV3 or EfficientNet) cannot be pruned at that rounding and is kept whole (Torch-Pruning's
@@ -51,6 +53,11 @@ class Structured(LayerPruneConfig):
         default_factory=dict, description="module name -> ratio of the layers under it (e.g. blocks.5: 0.6), over"
         " `ratio`; the layer scope only"
     )
+    frozen_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="fraction of the hidden channels of the layers frozen by train.freeze"
+        " removed, each group's consumer refit by least squares on training images (no training needed)"
+    )
+    frozen_samples: int = Field(default=256, ge=8, description="training images the frozen layers' refit uses")
 
     @field_validator("stage_ratios")
     @classmethod
@@ -358,9 +365,14 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
     plan = channel_plan(ctx.model, example, ratio=p.ratio, round_to=p.round_to, ignored_layers=ignored,
                         stage_ratios=p.stage_ratios, scope=p.scope)
 
+    if p.frozen_ratio and not ctx.training.freeze:
+        raise ConfigError(f"prune.frozen_ratio = {p.frozen_ratio} prunes the layers that train.freeze freezes, and"
+                          " train.freeze is not set; set train.freeze (e.g. blocks.4) or prune.frozen_ratio: 0")
+
     def prune(model: nn.Module, _masks: MaskSet) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
         before = copy.deepcopy(model)
         params0, macs0 = count_params_macs(model, shape)
+        frozen_info = _prune_frozen(model, p, ctx)
         ign = kept_whole(model, p, ctx.training.freeze)
         prune_channels(model, example, ratio=p.ratio, scope=p.scope, round_to=p.round_to,
                        iterative_steps=p.iterative_steps, importance=p.importance, ignored_layers=ign,
@@ -370,15 +382,47 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
                 "macs_before": macs0, "params_after": params1, "macs_after": macs1,
                 "widths": channel_table(before, model), "structure": structure_spec(model, reference=before),
                 **plan.to_dict()}
+        if frozen_info is not None:
+            info["frozen_reconstruction"] = frozen_info.to_dict()
+            notes.extend(frozen_info.notes())
         # dense: an all-ones mask set over the new widths keeps the shared reporting (sparsity table) working
         return model, MaskSet({n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in prunable_layers(model)}), info
 
+    notes: list[str] = []
     res = train_dense_then_pruned(ctx, cfg, prune)
     res.notes.extend(plan.notes())
     frozen = _frozen_prunable(ctx.model, ctx.training.freeze)
-    if frozen:
+    if frozen and not p.frozen_ratio:
         res.notes.append(f"{len(frozen)} layers up to '{ctx.training.freeze}' kept whole: frozen by train.freeze")
+    res.notes.extend(notes)
     return res
+
+
+def _prune_frozen(model: nn.Module, cfg: Structured, ctx: PruneContext) -> Any:
+    """``cfg.frozen_ratio`` of the hidden channels of the frozen layers removed with a least-squares refit
+    (:mod:`.reconstruct`), on ``cfg.frozen_samples`` training images; ``None`` when the ratio is 0."""
+    if not cfg.frozen_ratio:
+        return None
+    import numpy as np
+    import torch
+
+    from ..data import calibration_arrays
+    from .reconstruct import reconstruct_pruned
+
+    images = torch.from_numpy(np.concatenate(calibration_arrays(ctx.data, cfg.frozen_samples)))
+    return reconstruct_pruned(model, images, ratio=cfg.frozen_ratio, allowed=frozen_refittable(model, cfg,
+                              ctx.training.freeze), round_to=cfg.round_to)
+
+
+def frozen_refittable(model: nn.Module, cfg: Structured, freeze: str | None) -> set[str]:
+    """The modules ``frozen_ratio`` may change: those ``train.freeze`` freezes, less the stem (unless
+    ``prune_first_conv``) and ``exclude``; training and the search's architectures use this one set."""
+    if not freeze:
+        return set()
+    from ...models import frozen_modules
+
+    whole = {id(m) for m in _ignored(model, prune_first_conv=cfg.prune_first_conv, exclude=cfg.exclude)}
+    return {n for n in frozen_modules(model, freeze) if id(model.get_submodule(n)) not in whole}
 
 
 def _frozen_prunable(model: nn.Module, freeze: str | None) -> list[str]:
