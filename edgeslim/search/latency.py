@@ -149,7 +149,7 @@ def build_candidate_model(base: Recipe, candidate: dict[str, Any], num_classes: 
     cfg = prune_config(candidate["prune"], base, candidate.get("stage_ratios"))
     if isinstance(cfg, Structured) and cfg.frozen_ratio:  # as training prunes: the frozen layers' hidden widths
         prune_hidden_widths(model, torch.zeros(shape), ratio=cfg.frozen_ratio, round_to=cfg.round_to,
-                            allowed=frozen_refittable(model, cfg, base.train.freeze))
+                            allowed=frozen_refittable(model, cfg, base.train.freeze), stage_ratios=cfg.stage_ratios)
     if isinstance(cfg, Structured) and (cfg.ratio > 0 or cfg.stage_ratios):
         ign = kept_whole(model, cfg, base.train.freeze)  # as training prunes: frozen layers whole
         prune_channels(model, torch.zeros(shape), ratio=cfg.ratio, scope=cfg.scope, round_to=cfg.round_to,

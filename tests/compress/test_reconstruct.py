@@ -112,10 +112,28 @@ def test_a_refit_model_is_rebuilt_from_its_widths_and_gives_the_same_outputs(lit
         torch.testing.assert_close(rebuilt.eval()(held_out[:4]), model(held_out[:4]))
 
 
+def test_stage_ratios_give_frozen_stages_their_own_ratio_in_the_refit_and_in_the_timed_architecture(lite0, images):
+    """Early stages at full resolution hold the latency and refit with the least error: a recipe cuts them more."""
+    from edgeslim.compress.prune.reconstruct import prune_hidden_widths
+
+    lite0, _ = lite0
+    ratios = {"blocks.1": 0.75, "blocks.2.1": 0.25}
+    refit, timed = copy.deepcopy(lite0), copy.deepcopy(lite0)
+    reconstruct_pruned(refit, images[0][:16], ratio=0.5, allowed=_frozen(refit, stem=False),
+                       stage_ratios=ratios)
+    prune_hidden_widths(timed, images[0][:1], ratio=0.5, allowed=_frozen(timed, stem=False), stage_ratios=ratios)
+    for model in (refit, timed):
+        hidden = {f"{i}.{j}": model.blocks[i][j].conv_pw.out_channels for i in (1, 2, 3) for j in range(2)}
+        # blocks.1: 96 and 144 channels cut by 0.75; blocks.2.1 (the longest match) by 0.25; the rest by 0.5
+        assert hidden == {"1.0": 24, "1.1": 32, "2.0": 72, "2.1": 176, "3.0": 120, "3.1": 240}
+
+
 def test_bad_reconstruction_input_is_refused(lite0, images):
     lite0, _ = lite0
     with pytest.raises(ConfigError, match="frozen_ratio"):
         reconstruct_pruned(copy.deepcopy(lite0), images[0], ratio=1.0, allowed=set())
+    with pytest.raises(ConfigError, match="stage_ratios"):
+        reconstruct_pruned(copy.deepcopy(lite0), images[0], ratio=0.5, allowed=set(), stage_ratios={"blocks.1": 1})
     with pytest.raises(ConfigError, match="calibration images"):
         reconstruct_pruned(copy.deepcopy(lite0), images[0][0], ratio=0.5, allowed=set())
 

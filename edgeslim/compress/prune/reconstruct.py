@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ...errors import ConfigError
 
@@ -80,7 +80,8 @@ class ReconstructionReport:
         if not pruned:
             return []
         worst = max(pruned, key=lambda r: r["relative_error"])
-        return [f"{len(pruned)} hidden groups of the frozen layers pruned by {self.ratio:g} with least-squares"
+        kept = sum(r["after"] for r in pruned) / sum(r["before"] for r in pruned)
+        return [f"{len(pruned)} hidden groups of the frozen layers pruned to {kept:.0%} of their channels with least-squares"
                 f" reconstruction on {self.samples} training images ({self.seconds:.0f} s); largest relative output"
                 f" error {worst['relative_error']:.3f} at '{worst['consumer']}'"]
 
@@ -197,6 +198,20 @@ def _positions(n: int, hw: int, key: int) -> torch.Tensor:
     return torch.randint(0, hw, (n, min(_POSITIONS, hw)), generator=g)
 
 
+def _check_ratios(ratio: float, stage_ratios: Mapping[str, float] | None) -> None:
+    if not 0 <= ratio < 1:
+        raise ConfigError(f"prune.frozen_ratio = {ratio}: must be in [0, 1)")
+    bad = {k: r for k, r in (stage_ratios or {}).items() if not 0 <= r < 1}
+    if bad:
+        raise ConfigError(f"prune.stage_ratios {bad}: every ratio must be in [0, 1)")
+
+
+def _group_ratio(group: HiddenGroup, ratio: float, stage_ratios: Mapping[str, float] | None) -> float:
+    from .structured import ratio_for
+
+    return ratio_for(group.producer, ratio, dict(stage_ratios or {}))
+
+
 def _kept(channels: int, ratio: float, round_to: int | None) -> int:
     """Channels a group keeps: a multiple of ``round_to``, at least one multiple; a group no wider is kept whole."""
     if not round_to:
@@ -218,7 +233,8 @@ def _following_norm(graph: Any, layer: nn.Module) -> nn.Module | None:
 
 
 def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, allowed: Iterable[str],
-                       round_to: int | None = 8) -> ReconstructionReport:
+                       round_to: int | None = 8, stage_ratios: Mapping[str, float] | None = None
+                       ) -> ReconstructionReport:
     """Prune ``ratio`` of every hidden group among ``allowed`` layers and refit each consumer, in place.
 
     Args:
@@ -227,6 +243,8 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
         ratio: fraction of each group's channels removed, in ``[0, 1)``.
         allowed: names of the modules that may change (the frozen layers, less those kept whole).
         round_to: kept widths are multiples of this; a group no wider than it is left whole.
+        stage_ratios: module name -> the ratio of the groups whose producer lies under it (the longest match
+            wins), over ``ratio``: early high-resolution stages hold the latency and refit with the least error.
 
     Returns:
         A :class:`ReconstructionReport` (per group: widths before and after, relative output error of the consumer
@@ -238,12 +256,11 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
     import torch
     import torch_pruning as tp
 
-    if not 0 <= ratio < 1:
-        raise ConfigError(f"prune.frozen_ratio = {ratio}: must be in [0, 1)")
+    _check_ratios(ratio, stage_ratios)
     if images.ndim != 4 or images.shape[0] == 0:
         raise ConfigError(f"reconstruction needs a batch of calibration images (N, C, H, W); got {tuple(images.shape)}")
     report = ReconstructionReport(ratio=ratio, samples=int(images.shape[0]))
-    if ratio == 0:
+    if ratio == 0 and not any((stage_ratios or {}).values()):
         return report
     t0 = time.perf_counter()
     was = model.training
@@ -271,7 +288,7 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
         for gi, g in enumerate(groups):
             producer, consumer = model.get_submodule(g.producer), model.get_submodule(g.consumer)
             h = consumer.in_channels
-            keep = _kept(h, ratio, round_to)
+            keep = _kept(h, _group_ratio(g, ratio, stage_ratios), round_to)
             row: dict[str, Any] = {"producer": g.producer, "consumer": g.consumer, "before": h, "after": h,
                                    "relative_error": 0.0}
             report.layers.append(row)
@@ -321,19 +338,18 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
 
 
 def prune_hidden_widths(model: nn.Module, example: torch.Tensor, *, ratio: float, allowed: Iterable[str],
-                        round_to: int | None = 8) -> nn.Module:
+                        round_to: int | None = 8, stage_ratios: Mapping[str, float] | None = None) -> nn.Module:
     """The architecture :func:`reconstruct_pruned` makes, without its data or refit (channels ranked by L2 norm):
     for timing a candidate (the search), where only the widths matter. In place; returns ``model``."""
     import torch_pruning as tp
 
-    if not 0 <= ratio < 1:
-        raise ConfigError(f"prune.frozen_ratio = {ratio}: must be in [0, 1)")
-    if ratio == 0:
+    _check_ratios(ratio, stage_ratios)
+    if ratio == 0 and not any((stage_ratios or {}).values()):
         return model
     graph = _dependency_graph(model, example)
     for g in hidden_groups(model, example, allowed, graph=graph):
         producer = model.get_submodule(g.producer)
-        keep = _kept(g.channels, ratio, round_to)
+        keep = _kept(g.channels, _group_ratio(g, ratio, stage_ratios), round_to)
         if keep < g.channels:
             order = producer.weight.detach().flatten(1).norm(dim=1).argsort()
             graph.get_pruning_group(producer, tp.prune_conv_out_channels,

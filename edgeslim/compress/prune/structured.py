@@ -55,7 +55,8 @@ class Structured(LayerPruneConfig):
     )
     frozen_ratio: float = Field(
         default=0.0, ge=0, lt=1, description="fraction of the hidden channels of the layers frozen by train.freeze"
-        " removed, each group's consumer refit by least squares on training images (no training needed)"
+        " removed, each group's consumer refit by least squares on training images (no training needed);"
+        " stage_ratios under the frozen layers override it there"
     )
     frozen_samples: int = Field(default=256, ge=8, description="training images the frozen layers' refit uses")
 
@@ -401,7 +402,7 @@ def structured(cfg: Structured, ctx: PruneContext) -> PruneResult:
 def _prune_frozen(model: nn.Module, cfg: Structured, ctx: PruneContext) -> Any:
     """``cfg.frozen_ratio`` of the hidden channels of the frozen layers removed with a least-squares refit
     (:mod:`.reconstruct`), on ``cfg.frozen_samples`` training images; ``None`` when the ratio is 0."""
-    if not cfg.frozen_ratio:
+    if not cfg.frozen_ratio:  # stage_ratios alone never reach into the frozen layers: frozen_ratio turns it on
         return None
     import numpy as np
     import torch
@@ -411,7 +412,7 @@ def _prune_frozen(model: nn.Module, cfg: Structured, ctx: PruneContext) -> Any:
 
     images = torch.from_numpy(np.concatenate(calibration_arrays(ctx.data, cfg.frozen_samples)))
     return reconstruct_pruned(model, images, ratio=cfg.frozen_ratio, allowed=frozen_refittable(model, cfg,
-                              ctx.training.freeze), round_to=cfg.round_to)
+                              ctx.training.freeze), round_to=cfg.round_to, stage_ratios=cfg.stage_ratios)
 
 
 def frozen_refittable(model: nn.Module, cfg: Structured, freeze: str | None) -> set[str]:
