@@ -82,8 +82,9 @@ def main() -> None:
                     help="recipe whose data and loss sections every arm uses (default: the hand recipe's, digits; "
                     "'default' is the main job, ELPV)")
     ap.add_argument("--train-from", default=None,
-                    help="take every arm's train and distill sections from this recipe (e.g. 'default': the main"
-                         " job's frozen, cached stages), epochs as given; default: lite0-fast-int8's SGD schedule")
+                    help="take every arm's train and distill sections, and a structured prune section's options, from"
+                         " this recipe (e.g. 'default': the main job's frozen, cached stages and their refit), epochs"
+                         " as given; default: lite0-fast-int8's SGD schedule")
     ap.add_argument("--dataset", default=None, help="override data.dataset (digits, elpv, imagefolder:DIR, ...)")
     ap.add_argument("--source", default="efficientnet_lite0", help="model.source of the base recipe")
     ap.add_argument("--image-size", type=int, default=None, help="override data.image_size")
@@ -140,7 +141,10 @@ def main() -> None:
     base["train"] = {**trainer["train"], "epochs": args.epochs, "final_epochs": args.final_epochs,
                      "threads": args.threads}
     base["distill"] = trainer["distill"] if args.train_from else {"weight": 0.0, "temperature": 4.0}
-    if args.source != "efficientnet_lite0":  # the hand recipe's exclude names a Lite0 layer
+    if args.train_from and trainer["prune"]["method"] == "structured":
+        # the main job's channel-pruning options (its frozen layers' refit, the stem): each candidate sets the ratio
+        base["prune"] = trainer["prune"]
+    elif args.source != "efficientnet_lite0":  # the hand recipe's exclude names a Lite0 layer
         base["prune"] = {**hand["prune"], "exclude": [], "round_to": 4}
     base["decision"] = {"target_fpr": args.fpr, "target_fnr": None}
     base["profile"] = {**hand["profile"], "backends": ["openvino"], "threads": args.threads}
