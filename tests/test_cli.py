@@ -81,7 +81,8 @@ def test_recipes_lists_and_prints_default():
     assert printed["version"] == 2
     # the default (ELPV) job prunes channels: the structured method's keys, none of the other methods'
     assert list(printed["prune"]) == ["method", "ratio", "scope", "round_to", "iterative_steps", "importance",
-                                      "stage_ratios", "prune_first_conv", "prune_classifier", "exclude"]
+                                      "stage_ratios", "frozen_ratio", "frozen_samples", "prune_first_conv",
+                                      "prune_classifier", "exclude"]
     assert printed["data"]["dataset"] == "elpv" and printed["quantize"]["method"] == "ptq"
     r = runner.invoke(app, ["recipes", "digits"])  # a lottery-ticket recipe prints the lottery ticket's keys
     assert list(yaml.safe_load(r.output)["prune"]) == ["method", "rounds", "rate", "scope", "score", "rewind",

@@ -81,7 +81,8 @@ def test_v2_prune_section_is_the_methods_config():
     # the resolved recipe holds only the chosen method's keys, method first, and round-trips
     d = parse_recipe({"version": 2, "prune": {"method": "structured", "ratio": 0.5}}).to_dict()
     assert list(d["prune"]) == ["method", "ratio", "scope", "round_to", "iterative_steps", "importance",
-                                "stage_ratios", "prune_first_conv", "prune_classifier", "exclude"]
+                                "stage_ratios", "frozen_ratio", "frozen_samples", "prune_first_conv", "prune_classifier",
+                                "exclude"]
     assert parse_recipe(d).prune == Structured(ratio=0.5)
     # Python callers may give a config object directly
     assert Recipe(prune=NM(n=1, m=4)).prune.n == 1

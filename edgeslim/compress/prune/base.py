@@ -344,3 +344,12 @@ def round_summary(r: int, gamma: float, epochs: int, masks: "MaskSet", res: "Tra
         "val_critical_fn": vm.critical_fn() if vm is not None else None,
         "seconds": float(sum(h.get("seconds", 0.0) for h in res.history)),
     }
+
+
+def ratio_for(name: str, ratio: float, stage_ratios: dict[str, float] | None) -> float:
+    """The ratio of layer ``name``: that of the longest ``stage_ratios`` prefix it lies under, else ``ratio``."""
+    best = None
+    for prefix in stage_ratios or {}:
+        if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return ratio if best is None else float(stage_ratios[best])  # type: ignore[index]

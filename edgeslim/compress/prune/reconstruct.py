@@ -207,7 +207,7 @@ def _check_ratios(ratio: float, stage_ratios: Mapping[str, float] | None) -> Non
 
 
 def _group_ratio(group: HiddenGroup, ratio: float, stage_ratios: Mapping[str, float] | None) -> float:
-    from .structured import ratio_for
+    from .base import ratio_for
 
     return ratio_for(group.producer, ratio, dict(stage_ratios or {}))
 

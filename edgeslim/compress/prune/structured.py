@@ -29,7 +29,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ...errors import ConfigError, TrainingError
 from ...models import prunable_layers, rebuild_model, restore_structure, structure_spec  # noqa: F401 - re-exported
-from .base import PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, teacher_check
+from .base import (PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, ratio_for,
+                   teacher_check)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -113,15 +114,6 @@ def _check_ratio(ratio: float, round_to: int | None, iterative_steps: int) -> No
         raise ConfigError(f"round_to {round_to!r}: must be a positive integer or None")
     if not isinstance(iterative_steps, int) or iterative_steps < 1:
         raise ConfigError(f"iterative_steps {iterative_steps!r}: must be an integer >= 1")
-
-
-def ratio_for(name: str, ratio: float, stage_ratios: dict[str, float] | None) -> float:
-    """The ratio of layer ``name``: that of the longest ``stage_ratios`` prefix it lies under, else ``ratio``."""
-    best = None
-    for prefix in stage_ratios or {}:
-        if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best)):
-            best = prefix
-    return ratio if best is None else float(stage_ratios[best])  # type: ignore[index]
 
 
 def _ratio_dict(model: nn.Module, stage_ratios: dict[str, float]) -> dict[Any, float]:
