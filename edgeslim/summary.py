@@ -109,6 +109,9 @@ def summary_rows(result: "PipelineResult") -> list[dict[str, Any]]:
                 "size_mb": _file_mb(art, manifest, mf.path),
                 "latency_ms": {e["backend"]["name"]: e["latency_ms"]["median"] for e in ok if e.get("batch") == 1},
                 "latency_p90_ms": {e["backend"]["name"]: e["latency_ms"]["p90"] for e in ok if e.get("batch") == 1},
+                # backends timed at the host's full ISA while an ISA cap emulated an older kind for the others
+                "outside_isa_cap": sorted({e["backend"]["name"] for e in ok if e.get("batch") == 1
+                                           and ((e.get("conditions") or {}).get("isa_cap") or {}).get("held") is False}),
             }
             row["majority"] = test.get("majority")
             if not test:
@@ -183,7 +186,11 @@ def recommend(rows: list[dict[str, Any]], budgets: dict[str, Any], *, only: str 
     held, rejected = [], []
     for o in _options([r for r in rows if only is None or r["model"] == only]):
         v = o["row"].get("val") or {}
-        if not v:
+        if o["backend"] in (o["row"].get("outside_isa_cap") or ()):
+            rejected.append({"file": _where(o["row"]), "backend": o["backend"], "why": (
+                "timed at this CPU's full instruction set while ONEDNN_MAX_CPU_ISA emulated an older kind for the"
+                f" other runners ({o['backend']}'s kernels ignore that cap): not the emulated host's time")})
+        elif not v:
             rejected.append({"file": _where(o["row"]), "backend": o["backend"], "why": "not scored on val"})
         elif v["accuracy"] < min_top1 - 1e-12:
             rejected.append({"file": _where(o["row"]), "backend": o["backend"],

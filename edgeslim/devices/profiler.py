@@ -224,6 +224,10 @@ def profile_artifact(
                     "config": cfg.to_dict(),
                     "python": platform.python_version(),
                 }
+                if os.environ.get("ONEDNN_MAX_CPU_ISA") and device.get("kind") == "cpu":
+                    # an emulated older host kind: say whether this runner's timing is that kind's at all
+                    conditions["isa_cap"] = {"ONEDNN_MAX_CPU_ISA": os.environ["ONEDNN_MAX_CPU_ISA"],
+                                             "held": bool(cls.honours_isa_cap)}
                 try:
                     result = profile_backend(
                         backend,

@@ -76,6 +76,9 @@ class Backend(abc.ABC):
     extra: ClassVar[str | None] = None
     #: suffix of the file it runs (``.onnx``, ``.xml``, ...): Triton's model file is ``model`` + this suffix
     suffix: ClassVar[str] = ""
+    #: whether its CPU kernels obey oneDNN's ``ONEDNN_MAX_CPU_ISA``, the cap that emulates an older x86 host kind
+    #: (OpenVINO's CPU plugin and PyTorch do; ONNX Runtime's own MLAS kernels pick by CPUID and do not)
+    honours_isa_cap: ClassVar[bool] = True
     #: how Triton serves this runner's format: its ``platform`` (None where the backend alone names it), its
     #: ``backend`` (None: Triton does not serve the format) and the default instance kind (``KIND_AUTO``, ...)
     triton_platform: ClassVar[str | None] = None

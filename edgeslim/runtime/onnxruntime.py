@@ -137,6 +137,7 @@ class OnnxRuntimeBackend(Backend):
     library = "onnxruntime"
     extra = "serve"
     suffix = ".onnx"
+    honours_isa_cap = False  # MLAS dispatches on CPUID: ONEDNN_MAX_CPU_ISA leaves it at the host's full ISA
     triton_platform = "onnxruntime_onnx"
     triton_backend = "onnxruntime"
     triton_kind = "KIND_AUTO"  # on a GPU when the Triton host has one, else on the CPU (ONNX Runtime runs on both)

@@ -271,3 +271,36 @@ def test_a_recommendation_naming_a_file_the_artifact_no_longer_has_is_not_follow
                                                  "precision": "int8", "reason": "measured before a re-export"}})
     atomic_write_json(art / MANIFEST, stale.model_dump(mode="json"))
     assert recommended_choice(art, RECOMMENDED, None) == ("onnxruntime", None)
+
+
+def test_under_an_isa_cap_a_runner_that_ignores_it_is_not_ranked_against_those_it_holds():
+    """ONEDNN_MAX_CPU_ISA emulates an older x86 kind for OpenVINO and PyTorch; ONNX Runtime's MLAS ignores it. On the
+    emulated AVX2 kind the summary recommended ONNX Runtime FP32 for a time measured with AVX-512."""
+    budgets = {"max_top1_drop": 0.01, "max_extra_critical_fn": 1, "max_extra_critical_fnr": None,
+               "max_critical_fn": None}
+    rows = [
+        _row("dense", "fp32", "openvino", 5.2, 5.9, 0.80, 20, fmt="xml"),
+        _row("compressed", "fp32", "onnxruntime", 1.7, 1.9, 0.80, 20),
+        _row("compressed", "int8", "openvino", 1.9, 2.1, 0.80, 20, fmt="xml"),
+    ]
+    assert recommend(rows, budgets)["backend"] == "onnxruntime"  # no cap: the fastest
+    rows[1]["outside_isa_cap"] = ["onnxruntime"]
+    rec = recommend(rows, budgets)
+    assert (rec["file"], rec["backend"]) == ("compressed/m.int8.xml", "openvino")
+    assert any(r["backend"] == "onnxruntime" and "ONEDNN_MAX_CPU_ISA" in r["why"] for r in rec["rejected"])
+
+
+def test_the_profiler_records_which_runner_an_isa_cap_held(two_models, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root, arts, _ = two_models
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}  # its own process: the cap sticks
+    cmd = [sys.executable, "-m", "edgeslim.cli", "profile", str(arts["dense"]), "--backends", "onnxruntime,openvino",
+           "--iterations", "3", "--duration", "0s", "--warmup", "1", "--no-html", "-o", str(tmp_path)]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    entries = [e for e in json.loads((tmp_path / "report.json").read_text())["entries"] if e["status"] == "ok"]
+    held = {e["backend"]["name"]: e["conditions"]["isa_cap"] for e in entries}
+    assert held["onnxruntime"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "held": False}
+    assert held["openvino"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "held": True}
