@@ -14,6 +14,9 @@ group has channels (an expanded representation, the redundancy a linear refit ca
 inverted-residual block with its depthwise conv (consumed by the block's projection), or the stem with the first
 depthwise conv (consumed by the first pointwise conv, with ``prune_first_conv``). Widths that residual additions
 share, and so every block's output, stay as they are: the features at the freeze boundary keep their shape.
+Blocks that gate their hidden channels with squeeze-excitation (EfficientNet-B0, some MobileNetV3 blocks) have a
+second consumer and are left whole, as are ResNet bottlenecks (their 3x3 conv consumes, and their 1x1 projection
+widens); EfficientNet-Lite and MobileNetV2 blocks qualify.
 
 Each group is pruned in forward order. Its channels are ranked by the output energy each carries into the consumer,
 ``E[a_c^2] * ||W[:, c]||^2`` over the calibration images (a weight-only norm ignores that most frozen ImageNet
@@ -247,8 +250,8 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
             wins), over ``ratio``: early high-resolution stages hold the latency and refit with the least error.
 
     Returns:
-        A :class:`ReconstructionReport` (per group: widths before and after, relative output error of the consumer
-        on the sampled positions).
+        A :class:`ReconstructionReport` (per group: widths before and after, and the consumer's residual on the
+        sampled positions relative to the mean square of its unpruned outputs there).
 
     Raises:
         ConfigError: ``ratio`` outside ``[0, 1)`` or no calibration images.
