@@ -266,8 +266,10 @@ class _Cached:
     """The trainable suffix of a model whose frozen prefix's outputs are cached (``train.freeze`` + ``cache``)."""
 
     def __init__(self, suffix: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
-                 val: tuple[torch.Tensor, torch.Tensor] | None, info: dict[str, Any], undo: Callable[[], None]) -> None:
+                 val: tuple[torch.Tensor, torch.Tensor] | None, info: dict[str, Any], undo: Callable[[], None],
+                 lookup: _TeacherLookup | None = None) -> None:
         self.suffix, self.feats, self.labels, self.val, self.info, self._undo = suffix, feats, labels, val, info, undo
+        self.lookup = lookup  # the teacher that answers per batch, when it has its own cache
 
     @classmethod
     def build(cls, model: nn.Module, data: Any, loss_fn: nn.Module, cfg: "TrainSection", batch_size: int
@@ -320,11 +322,7 @@ class _Cached:
                 "symmetries": 8 if aug is not None else 1}
         if lookup is not None:
             info["teacher"] = "own cache"
-        built = cls(suffix, feats, labels, val, info, undo)
-        built.lookup = lookup
-        return built
-
-    lookup: "_TeacherLookup | None" = None
+        return cls(suffix, feats, labels, val, info, undo, lookup)
 
     def steps(self, batch_size: int) -> int:
         return -(-int(self.labels.shape[0]) // batch_size)
