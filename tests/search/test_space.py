@@ -209,3 +209,15 @@ def test_a_per_stage_candidate_carries_its_ratios_into_the_recipe_and_the_model(
     assert model.blocks[3].out_channels == 24 and model.blocks[6].out_channels == 8  # 32 -> 24, 32 -> 8
     uniform = macs_by_kind(*build_candidate_model(base, {**c, "prune": "structured:0.5", "stage_ratios": None}, 10))
     assert macs_by_kind(model, shape) != uniform
+
+
+def test_the_dense_reference_prunes_nothing_while_candidates_keep_the_bases_frozen_refit():
+    """A base that refits its frozen layers (prune.frozen_ratio) passes that to every channel candidate, but the
+    ratio-0 reference the candidates are judged against is dense: with the refit it missed 41 val cells, dense 33."""
+    from edgeslim.search.space import prune_config
+
+    base = parse_recipe({"train": {"freeze": "blocks.4"},
+                         "prune": {"method": "structured", "ratio": 0.5, "frozen_ratio": 0.5, "prune_first_conv": True}})
+    assert prune_config("structured:0", base).frozen_ratio == 0.0
+    cand = prune_config("structured:0.6", base)
+    assert cand.ratio == 0.6 and cand.frozen_ratio == 0.5 and cand.prune_first_conv
