@@ -334,13 +334,10 @@ class _Cached:
     def val_logits(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.val is None:
             raise DataError("no validation split was cached")
-        was = self.suffix.training
-        self.suffix.eval()
-        try:
-            with torch.no_grad():
-                out = [self.suffix(x.to(device)).float().cpu() for x in self.val[0].split(256)]
-        finally:
-            self.suffix.train(was)
+        from ..models import eval_mode
+
+        with eval_mode(self.suffix), torch.no_grad():  # the suffix is a chain: .train(was) would not restore it
+            out = [self.suffix(x.to(device)).float().cpu() for x in self.val[0].split(256)]
         return torch.cat(out), self.val[1]
 
     def close(self) -> None:

@@ -100,19 +100,18 @@ def _dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
 
     import torch
 
-    was = model.training
+    from ...models import eval_mode
+
     # Torch-Pruning traces through autograd: layers frozen by train.freeze (requires_grad False) would be missing
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    model.eval()
     try:
         for p in frozen:
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs=example)
     finally:
         for p in frozen:
             p.requires_grad_(False)
-        model.train(was)
 
 
 def hidden_groups(model: nn.Module, example: torch.Tensor, allowed: Iterable[str], *,
@@ -256,8 +255,7 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
     Raises:
         ConfigError: ``ratio`` outside ``[0, 1)`` or no calibration images.
     """
-    import torch
-    import torch_pruning as tp
+    from ...models import eval_mode
 
     _check_ratios(ratio, stage_ratios)
     if images.ndim != 4 or images.shape[0] == 0:
@@ -266,16 +264,24 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
     if ratio == 0 and not any((stage_ratios or {}).values()):
         return report
     t0 = time.perf_counter()
-    was = model.training
-    model.eval()
+    with eval_mode(model):  # each module's own mode back afterwards (frozen norms stay in eval)
+        _refit(model, images, ratio, allowed, round_to, stage_ratios, report)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _refit(model: nn.Module, images: torch.Tensor, ratio: float, allowed: Iterable[str], round_to: int | None,
+           stage_ratios: Mapping[str, float] | None, report: ReconstructionReport) -> None:
+    """The body of :func:`reconstruct_pruned`, with ``model`` in eval mode; fills ``report.layers``."""
+    import torch
+    import torch_pruning as tp
+
     original = copy.deepcopy(model).eval()
     example = images[:1]
     graph = _dependency_graph(model, example)
     groups = hidden_groups(model, example, allowed, graph=graph)
     if not groups:
-        model.train(was)
-        report.seconds = time.perf_counter() - t0
-        return report
+        return
     chunks = list(images.split(_CHUNK))
     consumers0 = {g.consumer: original.get_submodule(g.consumer) for g in groups}
     # the unpruned network's consumer outputs at the sampled positions: one pass for every group
@@ -313,12 +319,12 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
             energy = torch.diagonal(gram)[:h] / n * (w * w).sum(0)
             kept = torch.sort(torch.topk(energy, keep).indices).values
             sub = torch.cat([kept, torch.tensor([h])])
-            g_sub = gram[sub][:, sub]
-            ridge = _RIDGE * float(torch.diagonal(g_sub)[:-1].mean())
-            g_sub = g_sub + ridge * torch.eye(len(sub), dtype=torch.float64)
+            g_kept = gram[sub][:, sub]
+            ridge = _RIDGE * float(torch.diagonal(g_kept)[:-1].mean())
+            g_sub = g_kept + ridge * torch.eye(len(sub), dtype=torch.float64)
             g_sub[-1, -1] -= ridge  # the intercept is not shrunk
             sol = torch.linalg.solve(g_sub, cross[sub])  # (keep + 1, out)
-            residual = tt - 2 * (sol * cross[sub]).sum(0) + (sol * (gram[sub][:, sub] @ sol)).sum(0)
+            residual = tt - 2 * (sol * cross[sub]).sum(0) + (sol * (g_kept @ sol)).sum(0)
             row["relative_error"] = round(float(residual.sum() / tt.sum().clamp_min(1e-30)), 5)
             row["after"] = keep
             removed = sorted(set(range(h)) - set(kept.tolist()))
@@ -335,9 +341,6 @@ def reconstruct_pruned(model: nn.Module, images: torch.Tensor, *, ratio: float, 
                 else:  # no place for an intercept: refit without one
                     fit = torch.linalg.solve(g_sub[:-1, :-1], cross[kept])
                     consumer.weight.data = fit.T.to(consumer.weight.dtype).reshape_as(consumer.weight).contiguous()
-    model.train(was)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def prune_hidden_widths(model: nn.Module, example: torch.Tensor, *, ratio: float, allowed: Iterable[str],
