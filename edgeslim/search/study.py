@@ -96,8 +96,19 @@ def prepare(base: Recipe, section: SearchSection | None = None, *, progress: boo
 
 
 # -- latency ------------------------------------------------------------------------------------------------------
+def _arch_scope(base: Any) -> str | None:
+    """What of the base shapes every candidate's architecture besides the candidate: the layers ``train.freeze``
+    keeps whole, or, with ``prune.frozen_ratio``, the widths their refit leaves. A measurement belongs to it."""
+    freeze = base.train.freeze
+    refit = getattr(base.prune, "frozen_ratio", 0.0) if freeze else 0.0
+    if not refit:
+        return freeze
+    first = " with the stem" if getattr(base.prune, "prune_first_conv", False) else ""
+    return f"{freeze}, refit {refit:g}{first}, stages {sorted(base.prune.stage_ratios.items())}"
+
+
 def _arch_attr(c: Candidate, frozen: str | None) -> str:
-    # layers frozen by the base's train.freeze are kept whole, so the same candidate is another architecture
+    # the base's frozen layers (whole, or refit) make the same candidate another architecture
     return "arch:" + _digest(c.arch_key if not frozen else f"{c.arch_key}|frozen up to {frozen}")
 
 
@@ -114,7 +125,7 @@ def _archs(study: Any, frozen: str | None) -> list[dict[str, Any]]:
 def _measure(ctx: _Context, study: Any, c: Candidate) -> dict[str, Any]:
     from .latency import measure_architecture
 
-    frozen = ctx.base.train.freeze
+    frozen = _arch_scope(ctx.base)
     hit = _cached_arch(study, c, frozen)
     if hit is not None:
         return hit
@@ -238,10 +249,10 @@ def _objective(ctx: _Context, study_ref: list[Any]) -> Callable[[Any], tuple[flo
         if before is not None:
             return before
         budget = ctx.section.latency_budget_ms
-        if budget is not None and _cached_arch(study, c, ctx.base.train.freeze) is None:
+        if budget is not None and _cached_arch(study, c, _arch_scope(ctx.base)) is None:
             from .latency import build_candidate_model, macs_by_kind
 
-            lm = _latency_model(study, ctx.base.train.freeze)
+            lm = _latency_model(study, _arch_scope(ctx.base))
             if lm.error().get(c.precision, {}).get("n", 0) >= 3:
                 macs = macs_by_kind(*build_candidate_model(ctx.base, c.to_dict(), ctx.num_classes))
                 pred = lm.predict(c.precision, macs)
@@ -491,14 +502,14 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
     pruned = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))
     s = ctx.section
     ruled = ruled_out_lines(s, ctx.space.ruled_out, (t.user_attrs.get("ruled_out") for t in pruned),
-                            _archs(study, ctx.base.train.freeze),
+                            _archs(study, _arch_scope(ctx.base)),
                             complete, dense)
     feasible = [p for p in complete if p["feasible"]]
     front = pareto(complete)
     # every point on the front measured end to end with the profiler, on its trained, exported file
     cfg = ProfileConfig(warmup=5, iterations=max(s.measure_iterations, 50), seconds=s.measure_seconds,
                         throughput=False)
-    lm = _latency_model(study, ctx.base.train.freeze)
+    lm = _latency_model(study, _arch_scope(ctx.base))
     for p in front:
         e = ctx.site.latency(Path(p["dir"]) / "compressed", p["candidate"]["precision"], cfg)
         p["measured_p90_ms"] = float(e["latency_ms"]["p90"])

@@ -98,3 +98,18 @@ def test_tensorrt_per_layer_times_come_from_its_profiler(base):
                              device="cuda:0")
     assert m.p90_ms >= m.median_ms > 0
     assert "conv" in {r["kind"] for r in m.layers} and m.layer_sum_ms > 0
+
+
+def test_architecture_measurements_are_keyed_by_the_bases_frozen_layers_and_their_refit():
+    """A stored measurement belongs to the base's frozen layers as they are built: whole, or refit to other widths."""
+    from edgeslim.search.study import _arch_scope
+
+    def lite0(**prune):
+        return parse_recipe({"model": {"source": "efficientnet_lite0"}, "train": {"freeze": "blocks.4"},
+                             "prune": {"method": "structured", **prune}})
+
+    assert _arch_scope(lite0()) == "blocks.4"  # frozen and whole: the key the stored measurements already have
+    scopes = {_arch_scope(lite0(frozen_ratio=0.5)), _arch_scope(lite0(frozen_ratio=0.6)),
+              _arch_scope(lite0(frozen_ratio=0.5, prune_first_conv=True)), "blocks.4"}
+    assert len(scopes) == 4
+    assert _arch_scope(parse_recipe({"prune": {"method": "structured", "frozen_ratio": 0.5}})) is None  # no freeze
