@@ -128,6 +128,23 @@ def test_stage_ratios_give_frozen_stages_their_own_ratio_in_the_refit_and_in_the
         assert hidden == {"1.0": 24, "1.1": 32, "2.0": 72, "2.1": 176, "3.0": 120, "3.1": 240}
 
 
+@pytest.mark.parametrize("ratio", [0.3, 0.6, 0.7])
+def test_a_frozen_group_gets_the_width_structured_pruning_gives_the_same_ratio(lite0, ratio):
+    """One ratio, one width: a recipe's ratio must not mean 40 channels in the frozen layers and 32 in the trained
+    ones (0.6 of 96 rounds to 40 but Torch-Pruning keeps 32)."""
+    from edgeslim.compress.prune.reconstruct import prune_hidden_widths
+    from edgeslim.compress.prune.structured import channel_plan
+
+    lite0, _ = lite0
+    x = torch.zeros(1, 3, SIZE, SIZE)
+    groups = hidden_groups(lite0, x, _frozen(lite0, stem=False))
+    planned = {r["layer"]: r["kept"] for r in channel_plan(lite0, x, ratio=ratio, round_to=8).rows}
+    timed = prune_hidden_widths(copy.deepcopy(lite0), x, ratio=ratio, allowed=_frozen(lite0, stem=False), round_to=8)
+    widths = {g.producer: timed.get_submodule(g.producer).out_channels for g in groups}
+    # Torch-Pruning roots an expansion's group at its depthwise conv
+    assert widths == {g.producer: planned[g.producer.replace("conv_pw", "conv_dw")] for g in groups}
+
+
 def test_bad_reconstruction_input_is_refused(lite0, images):
     lite0, _ = lite0
     with pytest.raises(ConfigError, match="frozen_ratio"):

@@ -353,3 +353,15 @@ def ratio_for(name: str, ratio: float, stage_ratios: dict[str, float] | None) ->
         if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best)):
             best = prefix
     return ratio if best is None else float(stage_ratios[best])  # type: ignore[index]
+
+
+def kept_width(channels: int, ratio: float, round_to: int | None) -> int:
+    """Channels a group of ``channels`` keeps at ``ratio``: Torch-Pruning's arithmetic for a per-group (local) scope,
+    ``int(channels * (1 - ratio))`` rounded down to a multiple of ``round_to``. It may be 0; the caller decides what a
+    group that would be emptied becomes. Structured pruning (:mod:`.structured`) and the frozen layers' refit
+    (:mod:`.reconstruct`) both size groups with it, so one ratio gives one width whichever of them prunes."""
+    kept = int(channels * (1 - ratio))
+    if round_to:
+        kept -= kept % round_to
+    return kept
+

@@ -215,12 +215,13 @@ def _group_ratio(group: HiddenGroup, ratio: float, stage_ratios: Mapping[str, fl
 
 
 def _kept(channels: int, ratio: float, round_to: int | None) -> int:
-    """Channels a group keeps: a multiple of ``round_to``, at least one multiple; a group no wider is kept whole."""
-    if not round_to:
-        return max(1, int(round(channels * (1 - ratio))))
-    if channels <= round_to:
+    """Channels a group keeps: the width structured pruning gives the same ratio (:func:`.base.kept_width`, rounded
+    down), at least one multiple of ``round_to``; a group no wider than ``round_to`` is kept whole."""
+    from .base import kept_width
+
+    if round_to and channels <= round_to:
         return channels
-    return min(channels, max(round_to, int(round(channels * (1 - ratio) / round_to)) * round_to))
+    return min(channels, max(round_to or 1, kept_width(channels, ratio, round_to)))
 
 
 def _following_norm(graph: Any, layer: nn.Module) -> nn.Module | None:

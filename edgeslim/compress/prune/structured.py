@@ -29,8 +29,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ...errors import ConfigError, TrainingError
 from ...models import prunable_layers, rebuild_model, restore_structure, structure_spec  # noqa: F401 - re-exported
-from .base import (PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, ratio_for,
-                   teacher_check)
+from .base import (PRUNE_METHODS, LayerPruneConfig, PruneContext, PruneResult, dense_round_teacher, kept_width,
+                   ratio_for, teacher_check)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -129,19 +129,11 @@ def _ratio_dict(model: nn.Module, stage_ratios: dict[str, float]) -> dict[Any, f
     return {names[k]: float(r) for k, r in stage_ratios.items()}
 
 
-def _kept(channels: int, ratio: float, round_to: int | None) -> int:
-    # Torch-Pruning's arithmetic for a local (per-group) scope: keep int(C * (1 - ratio)), then round down
-    kept = int(channels * (1 - ratio))
-    if round_to:
-        kept -= kept % round_to
-    return kept
-
-
 def _cap(channels: int, round_to: int | None) -> float:
     """The largest ratio that leaves ``channels`` exactly ``round_to`` (or 1) channels under :func:`_kept`."""
     step = round_to or 1
     r = (channels - step) / channels
-    while r > 0 and _kept(channels, r, round_to) < step:  # float rounding of C * (1 - r)
+    while r > 0 and kept_width(channels, r, round_to) < step:  # float rounding of C * (1 - r)
         r = math.nextafter(r, 0.0)
     return max(0.0, r)
 
@@ -232,7 +224,7 @@ def channel_plan(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float
             continue
         name = names.get(root, str(root))
         r = ratio_for(name, ratio, stage_ratios)
-        kept = _kept(int(c), r, round_to)
+        kept = kept_width(int(c), r, round_to)
         row = {"layer": name, "channels": int(c), "kept": kept, "ratio": r, "action": "pruned"}
         if r <= 0:
             row.update(kept=int(c), action="unpruned")
@@ -240,7 +232,7 @@ def channel_plan(model: nn.Module, example_inputs: torch.Tensor, *, ratio: float
             row.update(kept=int(c), action="kept_whole")
         elif kept < 1 and scope == "layer":
             cap = _cap(int(c), round_to)
-            row.update(kept=_kept(int(c), cap, round_to), action="capped", capped_ratio=cap)
+            row.update(kept=kept_width(int(c), cap, round_to), action="capped", capped_ratio=cap)
         plan.rows.append(row)
     return plan
 
