@@ -19,6 +19,7 @@ from .targets import list_targets as list_targets
 _LAZY = {
     "ProfileConfig": "profiler",
     "profile_backend": "profiler",
+    "paired_latency": "measure",
     "profile_artifact": "profiler",
     "make_report": "report",
     "write_report": "report",

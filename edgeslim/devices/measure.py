@@ -283,6 +283,46 @@ def profile_backend(
     return out
 
 
+def paired_latency(backends: Sequence[Any], *, batch: int = 1, rounds: int = 10, calls: int = 20,
+                   warmup: int = 10) -> list[dict[str, Any]]:
+    """Batch-``batch`` latency of several loaded backends measured side by side: ``rounds`` rounds in which each
+    backend in turn makes ``calls`` timed calls, so every one sees the same state of the host.
+
+    A 2-core VM drifts by a quarter between windows minutes apart; one window after another compares that drift, not
+    the files. Interleaved windows cancel it in the ratios (``benchmark_app`` and ``trtexec`` time one model per
+    run, hence a helper of our own). Each backend gets its own fixed-seed input, as :func:`profile_backend` feeds.
+
+    Returns:
+        Per backend, in order: ``latency_ms`` (:func:`latency_stats` over its ``rounds * calls`` calls) and
+        ``ratio`` (the first backend's median over this one's: the speed-up against the first).
+
+    Raises:
+        ConfigError: no backends, or rounds / calls / warmup out of range.
+    """
+    if not backends:
+        raise ConfigError("paired_latency needs at least one backend")
+    for name, v, low in (("rounds", rounds, 1), ("calls", calls, 1), ("warmup", warmup, 0)):
+        if not isinstance(v, int) or v < low:
+            raise ConfigError(f"paired_latency {name} must be an integer >= {low}, got {v!r}")
+    feeds = []
+    for b in backends:
+        name, shape, dtype = _resolve_shape(b, batch, None)
+        feeds.append({name: np.random.default_rng(0).standard_normal(shape).astype(dtype)})
+    for b, f in zip(backends, feeds):
+        for _ in range(max(1, warmup)):
+            b.infer(f)
+    samples: list[list[int]] = [[] for _ in backends]
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        for b, f, out in zip(backends, feeds, samples):
+            for _ in range(calls):
+                t0 = clock()
+                b.infer(f)
+                out.append(clock() - t0)
+    stats = [latency_stats(s) for s in samples]
+    return [{"latency_ms": st, "ratio": stats[0]["median"] / st["median"]} for st in stats]
+
+
 def _throughput_options() -> dict[str, dict[str, Any]]:
     from ..runtime import runners
 

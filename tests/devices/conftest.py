@@ -65,12 +65,14 @@ class SpinBackend(Backend):
         self.cost_ns = int(self.options.extra["ms"] * 1e6)
         self.calls = 0
         self.durations_ns: list[int] = []  # the backend's own clock, to compare the profiler's with
+        self.started_ns: list[int] = []  # when each call began (the order of calls across backends)
         self.inputs = [TensorSpec("input", "float32", (-1, 4))]
         self.outputs = [TensorSpec("logits", "float32", (-1, 2))]
 
     def _infer(self, feeds):
         self.calls += 1
         t0 = time.perf_counter_ns()
+        self.started_ns.append(t0)
         end = t0 + self.cost_ns
         while time.perf_counter_ns() < end:
             pass
