@@ -173,6 +173,9 @@ def search(
     isa: Optional[str] = typer.Option(None, "--isa", help="Cap the CPU runtime's ISA (oneDNN), e.g. sse41."),
     latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Batch-1 p90 latency budget (ms)."),
     throughput: Optional[float] = typer.Option(None, "--throughput", help="Or a batch-1 throughput budget (img/s)."),
+    latency_fraction: Optional[float] = typer.Option(
+        None, "--latency-fraction", help="Or p90 at most this fraction of the dense model's (0.5: twice as fast), the "
+        "dense architecture timed beside each candidate."),
     max_critical_fn: Optional[int] = typer.Option(None, "--max-critical-fn", help="Most critical FN on val."),
     max_critical_fnr: Optional[float] = typer.Option(None, "--max-critical-fnr", help="Or most critical FNR ..."),
     max_extra_critical_fn: Optional[int] = typer.Option(
@@ -199,15 +202,16 @@ def search(
 
     r = load_recipe(recipe)
     given = {"target": target, "isa": isa, "latency_ms": latency_ms, "throughput": throughput,
+             "latency_fraction": latency_fraction,
              "max_critical_fn": max_critical_fn, "max_critical_fnr": max_critical_fnr, "at_fpr": at_fpr,
              "max_extra_critical_fn": max_extra_critical_fn, "max_extra_critical_fnr": max_extra_critical_fnr,
              "max_top1_drop": max_top1_drop, "max_size_mb": max_size_mb, "time_budget_s": _duration(time_budget),
              "trials": trials, "storage": storage}
     data = (r.search.model_dump() if r.search is not None else {}) | {k: v for k, v in given.items() if v is not None}
-    if latency_ms is not None:
-        data.pop("throughput", None)
-    if throughput is not None:
-        data.pop("latency_ms", None)
+    for budget in ("latency_ms", "throughput", "latency_fraction"):  # the one given here replaces the recipe's
+        if given[budget] is not None:
+            for other in {"latency_ms", "throughput", "latency_fraction"} - {budget}:
+                data.pop(other, None)
     if max_critical_fn is not None:
         data.pop("max_critical_fnr", None)
     if max_critical_fnr is not None:

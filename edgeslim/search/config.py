@@ -14,7 +14,9 @@ class SearchSection(BaseModel):
 
     Budgets (every one optional, at least one of latency / throughput is needed by the search itself):
 
-    - ``latency_ms``: batch-1 p90 latency on the target, in ms; or ``throughput``: images/s at batch 1.
+    - ``latency_ms``: batch-1 p90 latency on the target, in ms; or ``throughput``: images/s at batch 1; or
+      ``latency_fraction``: p90 at most this fraction of the dense model's (0.5: twice as fast), the dense
+      architecture timed beside every candidate so that the host's drift cancels (a local target only).
     - ``max_critical_fn``: most critical-class false negatives on val at the calibrated threshold; or
       ``max_critical_fnr`` at ``at_fpr`` (the critical FNR on val when the threshold flags ``at_fpr`` of the
       non-critical val samples).
@@ -41,6 +43,9 @@ class SearchSection(BaseModel):
     backend: str | None = Field(default=None, description="runtime backend on the target (None: the target's)")
     latency_ms: float | None = Field(default=None, gt=0, description="batch-1 p90 latency budget, ms")
     throughput: float | None = Field(default=None, gt=0, description="or a batch-1 throughput budget, images/s")
+    latency_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="or a p90 budget as a fraction of the dense architecture's, timed side by"
+        " side")
     max_critical_fn: int | None = Field(default=None, ge=0, description="most critical FN on val")
     max_critical_fnr: float | None = Field(default=None, ge=0, le=1, description="or most critical FNR on val ...")
     max_extra_critical_fn: int | None = Field(
@@ -77,8 +82,9 @@ class SearchSection(BaseModel):
 
     @model_validator(mode="after")
     def _one_each(self) -> "SearchSection":
-        if self.latency_ms is not None and self.throughput is not None:
-            raise ValueError("give latency_ms or throughput, not both")
+        given = [n for n in ("latency_ms", "throughput", "latency_fraction") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one latency budget, not {' and '.join(given)}")
         if self.max_critical_fn is not None and self.max_critical_fnr is not None:
             raise ValueError("give max_critical_fn or max_critical_fnr (at at_fpr), not both")
         if self.max_extra_critical_fn is not None and self.max_extra_critical_fnr is not None:
@@ -102,6 +108,13 @@ class SearchSection(BaseModel):
         if self.latency_ms is not None:
             return self.latency_ms
         return 1000.0 / self.throughput if self.throughput is not None else None
+
+    def resolved(self, dense_p90_ms: float) -> "SearchSection":
+        """This section with a ``latency_fraction`` budget turned into ``latency_ms`` against the dense
+        architecture's p90 (a section that validates as it is)."""
+        if self.latency_fraction is None:
+            return self
+        return self.model_copy(update={"latency_ms": self.latency_fraction * dense_p90_ms, "latency_fraction": None})
 
     def constraints(self, lat: dict[str, Any], acc: dict[str, Any] | None,
                     dense: dict[str, Any] | None) -> dict[str, float]:

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..recipe import Recipe
 
-__all__ = ["ArchMeasurement", "LatencyModel", "layer_kind", "measure_architecture"]
+__all__ = ["ArchMeasurement", "LatencyModel", "export_architecture", "layer_kind", "measure_architecture"]
 
 # layer kinds the latency model fits one seconds-per-MAC coefficient for
 KINDS = ("conv", "dw", "pw", "fc")
@@ -41,14 +41,17 @@ class ArchMeasurement:
     layer_sum_ms: float | None = None
     seconds: float = 0.0
     pid: int = 0
+    # the search's dense architecture timed in the same window (side by side), when one was given
+    reference_p90_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"p90_ms": self.p90_ms, "median_ms": self.median_ms, "size_mb": self.size_mb, "macs": self.macs,
-                "layers": self.layers, "layer_sum_ms": self.layer_sum_ms, "seconds": self.seconds, "pid": self.pid}
+                "layers": self.layers, "layer_sum_ms": self.layer_sum_ms, "seconds": self.seconds, "pid": self.pid,
+                "reference_p90_ms": self.reference_p90_ms}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ArchMeasurement":
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def layer_kind(module: Any) -> str | None:
@@ -202,16 +205,10 @@ def _onnx_kind(op: str, node: str) -> str:
     return BACKENDS.get("onnxruntime").classify_layer({"type": op, "name": node})
 
 
-def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
-                         iterations: int = 50, seconds: float = 0.5, threads: int | None = None,
-                         layers: bool = True, float_scope: list[str] = (), device: str = "cpu",
-                         target: str | None = None, site: Any = None) -> ArchMeasurement:
-    """Measure a candidate's architecture on the target: random weights, the deployed export, the profiler.
-
-    ``site`` (:mod:`edgeslim.search.site`) is where the file runs: None or a local site times it in this process
-    and reads the runtime's per-layer counters; a remote site uploads it to the device's server and times it there
-    as ``profile --remote`` does (the server does not expose per-layer counters, so remote measurements give the
-    latency model no points and every candidate is measured).
+def export_architecture(base: Recipe, candidate: dict[str, Any], directory: Path, *, backend: str, num_classes: int,
+                        float_scope: list[str] = (), target: str | None = None) -> tuple[Path, dict[str, float], float]:
+    """Export a candidate's random-weight architecture (:func:`build_candidate_model`) into ``directory`` as it will
+    deploy on ``backend``; returns ``(file, MACs by kind, file size in bytes)``.
 
     INT8 candidates are quantized with NNCF (PTQ) on random calibration data, in the INT8 scheme of ``target``
     (a name from :mod:`edgeslim.hardware`; default: the base recipe's ``target``): the graph (which layers run
@@ -219,14 +216,12 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
     speed.
     """
     from ..artifact import Manifest, Preprocessing, TensorInfo
-    from ..devices.profiler import ProfileConfig, profile_backend
     from ..compress.quant import PTQ, NoQuantization
     from ..export import export_artifact
     from ..recipe import ExportSection
-    from ..runtime import file_format, load
+    from ..runtime import file_format
     from .space import export_formats
 
-    t0 = time.perf_counter()
     model, shape = build_candidate_model(base, candidate, num_classes)
     macs = macs_by_kind(model, shape)
     precision = candidate["precision"]
@@ -242,19 +237,55 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
         preprocessing=Preprocessing(resize=shape[2], crop=shape[2]),
     )
     qcfg = PTQ(calibration_size=16, ignored_scope=list(float_scope)) if precision == "int8" else NoQuantization()
+    man = export_artifact(model, directory, manifest, formats=formats, precisions=[precision],
+                          calibration=_random_calibration(shape) if precision == "int8" else None,
+                          validation=None, export_cfg=ExportSection(formats=formats, dynamic_batch=dynamic),
+                          quantize_cfg=qcfg, target=target or base.target)
+    fmt = file_format(backend)
+    mf = next((m for m in man.models if m.format == fmt and m.precision == precision), None)
+    if mf is None:
+        raise ConfigError(f"the exporters wrote no {fmt} {precision} file for candidate {candidate}"
+                          f" ({'; '.join(str(e) for e in man.validation.get('errors', []))})")
+    path = Path(directory) / mf.path
+    size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+    return path, macs, float(size)
+
+
+def paired_window(pcfg: Any) -> dict[str, int]:
+    """``rounds`` / ``calls`` / ``warmup`` of a side-by-side window (:func:`edgeslim.devices.measure.paired_latency`)
+    with at least the calls of the profiler window ``pcfg`` per file, in 10 turns."""
+    rounds = 10
+    return {"rounds": rounds, "calls": max(5, -(-pcfg.iterations // rounds)), "warmup": max(1, pcfg.warmup)}
+
+
+def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: str, num_classes: int,
+                         iterations: int = 50, seconds: float = 0.5, threads: int | None = None,
+                         layers: bool = True, float_scope: list[str] = (), device: str = "cpu",
+                         target: str | None = None, site: Any = None,
+                         reference: tuple[Path, str] | None = None) -> ArchMeasurement:
+    """Measure a candidate's architecture on the target: random weights, the deployed export, the profiler.
+
+    ``site`` (:mod:`edgeslim.search.site`) is where the file runs: None or a local site times it in this process
+    and reads the runtime's per-layer counters; a remote site uploads it to the device's server and times it there
+    as ``profile --remote`` does (the server does not expose per-layer counters, so remote measurements give the
+    latency model no points and every candidate is measured).
+
+    ``reference`` (an artifact directory and precision: the search's dense architecture) is timed side by side with
+    the candidate (:func:`edgeslim.devices.measure.paired_latency`), locally only; its p90 in the same window is
+    returned as ``reference_p90_ms``, so the search can take the host's drift out of every measurement. The file
+    itself is exported by :func:`export_architecture`.
+    """
+    from ..devices.profiler import ProfileConfig, profile_backend
+    from ..runtime import load
+
+    t0 = time.perf_counter()
+    precision = candidate["precision"]
+    ref_p90 = None
     with tempfile.TemporaryDirectory(prefix="edgeslim-arch-") as tmp:
         art = Path(tmp) / "a"
-        man = export_artifact(model, art, manifest, formats=formats, precisions=[precision],
-                              calibration=_random_calibration(shape) if precision == "int8" else None,
-                              validation=None, export_cfg=ExportSection(formats=formats, dynamic_batch=dynamic),
-                              quantize_cfg=qcfg, target=target or base.target)
-        fmt = file_format(backend)
-        mf = next((m for m in man.models if m.format == fmt and m.precision == precision), None)
-        if mf is None:
-            raise ConfigError(f"the exporters wrote no {fmt} {precision} file for candidate {candidate}"
-                              f" ({'; '.join(str(e) for e in man.validation.get('errors', []))})")
-        path = art / mf.path
-        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+        path, macs, size = export_architecture(base, candidate, art, backend=backend, num_classes=num_classes,
+                                               float_scope=float_scope, target=target)
+        shape = _input_shape(art)
         pcfg = ProfileConfig(warmup=5, iterations=iterations, seconds=seconds, throughput=False)
         rows: list[dict[str, Any]] = []
         if site is not None and site.remote:
@@ -262,7 +293,15 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
             layers = False
         else:
             with load(art, backend=backend, precision=precision, device=device, threads=threads) as pred:
-                res = profile_backend(pred.backend, batch=1, cfg=pcfg)
+                if reference is not None:
+                    from ..devices.measure import paired_latency
+
+                    with load(reference[0], backend=backend, precision=reference[1], device=device,
+                              threads=threads) as ref:
+                        res, ref_res = paired_latency([pred.backend, ref.backend], **paired_window(pcfg))
+                    ref_p90 = float(ref_res["latency_ms"]["p90"])
+                else:
+                    res = profile_backend(pred.backend, batch=1, cfg=pcfg)
                 # per-layer counters from the runner itself (OpenVINO, ONNX Runtime, TensorRT); a runner without
                 # them (torch: torch.profiler is not read) gives the latency model no points and every candidate is
                 # measured
@@ -272,8 +311,15 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
     return ArchMeasurement(
         p90_ms=float(lat["p90"]), median_ms=float(lat["median"]), size_mb=size / 1e6, macs=macs, layers=rows,
         layer_sum_ms=float(sum(r["ms"] for r in rows)) if rows else None, seconds=time.perf_counter() - t0,
-        pid=os.getpid(),
+        pid=os.getpid(), reference_p90_ms=ref_p90,
     )
+
+
+def _input_shape(artifact: Path) -> tuple[int, ...]:
+    from ..artifact import load_manifest
+
+    shape = load_manifest(artifact).input.shape
+    return (1, *[int(d) for d in shape[1:]])
 
 
 class LatencyModel:

@@ -34,6 +34,8 @@ class SearchResult:
     predictor_error: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     sensitivity: dict[str, Any] | None = None  # per stage, measured on the dense reference (per-stage choices)
+    latency_budget_ms: float | None = None  # the p90 budget as judged (a latency_fraction resolved)
+    latency_reference: dict[str, Any] | None = None  # the anchor every latency is scaled to, when paired
 
 
 def _constraints_of(t: Any) -> dict[str, float]:

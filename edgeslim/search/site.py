@@ -47,6 +47,21 @@ class LocalSite:
                   threads=self.threads) as pred:
             return profile_backend(pred.backend, batch=1, cfg=cfg)
 
+    def paired_latency(self, artifact: Path, precision: str, reference: tuple[Path, str],
+                       cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The file and ``reference`` (artifact, precision) timed side by side in one window
+        (:func:`edgeslim.devices.measure.paired_latency`): ``(file's result, reference's result)``."""
+        from ..devices.measure import paired_latency
+        from ..runtime import load
+        from .latency import paired_window
+
+        with load(artifact, backend=self.backend, precision=precision, device=self.device,
+                  threads=self.threads) as pred, \
+                load(reference[0], backend=self.backend, precision=reference[1], device=self.device,
+                     threads=self.threads) as ref:
+            res, ref_res = paired_latency([pred.backend, ref.backend], **paired_window(cfg))
+        return res, ref_res
+
     def logits(self, artifact: Path, precision: str, x: np.ndarray) -> tuple[np.ndarray, Any]:
         """The file's outputs on ``x`` and the manifest as the file deploys (its own thresholds)."""
         from ..runtime import load

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .._io import atomic_directory, atomic_write_text
-from ..errors import ConfigError, ExportError, SearchError, TrainingError
+from ..errors import ArtifactError, ConfigError, ExportError, IntegrityError, SearchError, TrainingError
 from ..recipe import Recipe
 from .candidate import Candidate, PruneChoice, prune_config
 from .config import SearchSection
@@ -108,8 +108,10 @@ def _arch_scope(base: Any) -> str | None:
 
 
 def _arch_attr(c: Candidate, frozen: str | None) -> str:
-    # the base's frozen layers (whole, or refit) make the same candidate another architecture
-    return "arch:" + _digest(c.arch_key if not frozen else f"{c.arch_key}|frozen up to {frozen}")
+    # the base's frozen layers (whole, or refit) make the same candidate another architecture; "paired": timed side by
+    # side with the reference, so a study's older unpaired timings (another host state) are not mixed in
+    key = c.arch_key if not frozen else f"{c.arch_key}|frozen up to {frozen}"
+    return "arch:" + _digest(f"{key}|paired")
 
 
 def _cached_arch(study: Any, c: Candidate, frozen: str | None) -> dict[str, Any] | None:
@@ -122,6 +124,69 @@ def _archs(study: Any, frozen: str | None) -> list[dict[str, Any]]:
     return [v for k, v in study.user_attrs.items() if k.startswith("arch:") and v.get("frozen_up_to") == frozen]
 
 
+def _reference(ctx: _Context) -> tuple[Path, str]:
+    """The search's latency reference: the dense architecture (random weights, FP32, exported as deployed) in
+    ``<out>/reference-arch``, written once; every local measurement times it side by side with its file."""
+    from ..artifact import load_manifest
+    from .latency import export_architecture
+
+    path = ctx.out_dir / "reference-arch"
+    dense = ctx.space.dense(ctx.base).arch().to_dict()
+    dense["precision"] = "fp32"
+    try:
+        load_manifest(path)  # checks every file's sha256
+        return path, "fp32"
+    except (ArtifactError, IntegrityError):
+        pass  # absent or damaged: written again
+    with atomic_directory(path) as tmp:
+        export_architecture(ctx.base, dense, tmp, backend=ctx.target.backend, num_classes=ctx.num_classes,
+                            target=ctx.target.name)
+    return path, "fp32"
+
+
+def _anchor(ctx: _Context, study: Any) -> float | None:
+    """The reference's p90 when the study first timed it (stored in the study, so a resumed study and extra workers
+    share it), or None where measurements are not paired (a remote site). Every later measurement is scaled by
+    ``anchor / reference p90 in its own window``: the host's drift between windows (a quarter on a 2-core VM over a
+    search) cancels, and ``search.latency_fraction`` budgets are a fraction of this figure."""
+    if ctx.site.remote:
+        return None
+    got = study.user_attrs.get("latency_anchor")
+    if got is not None:
+        return float(got["p90_ms"])
+    from ..devices.profiler import ProfileConfig
+
+    s = ctx.section
+    ref = _reference(ctx)
+    e = ctx.site.latency(ref[0], ref[1], ProfileConfig(warmup=5, iterations=s.measure_iterations,
+                                                       seconds=s.measure_seconds, throughput=False))
+    study.set_user_attr("latency_anchor", {"p90_ms": float(e["latency_ms"]["p90"]),
+                                           "median_ms": float(e["latency_ms"]["median"]), "file": str(ref[0])})
+    ctx.say(f"latency reference: the dense architecture, p90 {e['latency_ms']['p90']:.3f} ms")
+    return float(e["latency_ms"]["p90"])
+
+
+def _timed_file(ctx: _Context, study: Any, artifact: Path, precision: str, cfg: Any) -> dict[str, float]:
+    """A trained file's p90 / median (ms), timed side by side with the reference and scaled to the anchor as every
+    architecture measurement is; ``raw_p90_ms`` as timed."""
+    anchor = _anchor(ctx, study)
+    if anchor is None:
+        e = ctx.site.latency(artifact, precision, cfg)
+        return {"p90_ms": float(e["latency_ms"]["p90"]), "median_ms": float(e["latency_ms"]["median"]),
+                "raw_p90_ms": float(e["latency_ms"]["p90"])}
+    res, ref = ctx.site.paired_latency(artifact, precision, _reference(ctx), cfg)
+    k = anchor / float(ref["latency_ms"]["p90"])
+    return {"p90_ms": k * float(res["latency_ms"]["p90"]), "median_ms": k * float(res["latency_ms"]["median"]),
+            "raw_p90_ms": float(res["latency_ms"]["p90"]), "reference_p90_ms": float(ref["latency_ms"]["p90"])}
+
+
+def _latency_reference(study: Any) -> dict[str, Any] | None:
+    """What every latency of the study is scaled to: the dense architecture's first p90 (None: not paired)."""
+    got = study.user_attrs.get("latency_anchor")
+    return None if got is None else {**got, "what": "the dense architecture (random weights, FP32), timed beside"
+                                     " every file; each p90 scaled by anchor / its p90 in the same window"}
+
+
 def _measure(ctx: _Context, study: Any, c: Candidate) -> dict[str, Any]:
     from .latency import measure_architecture
 
@@ -130,13 +195,20 @@ def _measure(ctx: _Context, study: Any, c: Candidate) -> dict[str, Any]:
     if hit is not None:
         return hit
     s = ctx.section
+    anchor = _anchor(ctx, study)
     m = measure_architecture(ctx.base, c.to_dict(), backend=ctx.target.backend, num_classes=ctx.num_classes,
                              iterations=s.measure_iterations, seconds=s.measure_seconds, threads=s.threads,
                              float_scope=ctx.space.float_scope.get(c.float_layers or "none", []),
-                             device=ctx.target.device, target=ctx.target.name, site=ctx.site)
+                             device=ctx.target.device, target=ctx.target.name, site=ctx.site,
+                             reference=_reference(ctx) if anchor is not None else None)
     d = {**m.to_dict(), "candidate": c.arch().to_dict(), **({"frozen_up_to": frozen} if frozen else {})}
+    drift = ""
+    if anchor is not None and m.reference_p90_ms:
+        k = anchor / m.reference_p90_ms  # this window's host state, scaled back to the anchor's
+        d.update(raw_p90_ms=m.p90_ms, p90_ms=k * m.p90_ms, median_ms=k * m.median_ms)
+        drift = f"; reference {m.reference_p90_ms / anchor:.2f}x its first timing"
     study.set_user_attr(_arch_attr(c, frozen), d)
-    ctx.say(f"measured {c.label}: p90 {m.p90_ms:.3f} ms, {m.size_mb:.2f} MB ({m.seconds:.1f} s)")
+    ctx.say(f"measured {c.label}: p90 {d['p90_ms']:.3f} ms, {m.size_mb:.2f} MB ({m.seconds:.1f} s{drift})")
     return d
 
 
@@ -145,7 +217,7 @@ def _latency_model(study: Any, frozen: str | None):
 
     lm = LatencyModel()
     for v in _archs(study, frozen):
-        m = ArchMeasurement.from_dict({f: v[f] for f in ArchMeasurement.__dataclass_fields__})
+        m = ArchMeasurement.from_dict(v)
         if m.layers:
             lm.add(v["candidate"]["precision"], m)
     return lm
@@ -400,10 +472,17 @@ def _pre_pass(ctx: _Context, study: Any) -> dict[str, dict[str, Any]]:
     budget = s.latency_budget_ms
     fastest = min((v for k, v in out.items() if k.startswith("fastest")), key=lambda v: v["p90_ms"])
     if budget is not None and fastest["p90_ms"] > budget:
+        frac, ref = study.user_attrs.get("latency_fraction"), _latency_reference(study)
+        if frac is not None and ref is not None:
+            what = f" ({frac:g} x the dense architecture's {ref['p90_ms']:.3f} ms)"
+            fastest_is = f" = {fastest['p90_ms'] / ref['p90_ms']:.3f} x dense"
+            raise_to = f"search.latency_fraction to >= {fastest['p90_ms'] / ref['p90_ms'] * 1.05:.3f}"
+        else:
+            what, fastest_is, raise_to = "", "", f"search.latency_ms to >= {fastest['p90_ms'] * 1.05:.3f}"
         raise SearchError(
-            f"no candidate can meet the latency budget: p90 <= {budget:.3f} ms binds; the fastest candidate in the"
-            f" space ({said(fastest)}) measures p90 {fastest['p90_ms']:.3f} ms on {ctx.target.describe()}. Nearest"
-            f" point: that candidate; raise search.latency_ms to >= {fastest['p90_ms'] * 1.05:.3f}, or allow higher"
+            f"no candidate can meet the latency budget: p90 <= {budget:.3f} ms{what} binds; the fastest candidate in"
+            f" the space ({said(fastest)}) measures p90 {fastest['p90_ms']:.3f} ms{fastest_is} on"
+            f" {ctx.target.describe()}. Nearest point: that candidate; raise {raise_to}, or allow higher"
             " search.ratios / smaller search.image_sizes"
         )
     smallest = min(out.values(), key=lambda v: v["size_mb"])
@@ -457,6 +536,15 @@ def search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, url = _study(ctx)
     study.set_user_attr("target", target.to_dict())
+    anchor = _anchor(ctx, study)
+    if section.latency_fraction is not None:
+        if anchor is None:
+            raise ConfigError("search.latency_fraction needs the dense reference timed beside each candidate, which"
+                              " a remote target does not do; give search.latency_ms instead")
+        ctx.section = section.resolved(anchor)
+        study.set_user_attr("latency_fraction", section.latency_fraction)
+        say(f"latency budget: p90 <= {ctx.section.latency_ms:.3f} ms ({section.latency_fraction:g} x the dense"
+            " architecture's)")
     corners = _pre_pass(ctx, study)
 
     study_ref = [study]
@@ -511,9 +599,8 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
                         throughput=False)
     lm = _latency_model(study, _arch_scope(ctx.base))
     for p in front:
-        e = ctx.site.latency(Path(p["dir"]) / "compressed", p["candidate"]["precision"], cfg)
-        p["measured_p90_ms"] = float(e["latency_ms"]["p90"])
-        p["measured_median_ms"] = float(e["latency_ms"]["median"])
+        e = _timed_file(ctx, study, Path(p["dir"]) / "compressed", p["candidate"]["precision"], cfg)
+        p["measured_p90_ms"], p["measured_median_ms"] = e["p90_ms"], e["median_ms"]
     pick = None
     if feasible:
         pick = min(feasible, key=lambda p: (p["latency_ms"], p["critical_fnr"], -p["top1"]))
@@ -535,11 +622,13 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
     result = SearchResult(
         out_dir=out, target=ctx.target.to_dict(), front=front, pick=pick, ruled_out=ruled, dense=dense,
         seconds=time.perf_counter() - t0, trials=len(study.trials), predictor_error=lm.error(), files=files,
-        sensitivity=study.user_attrs.get("sensitivity"),
+        sensitivity=study.user_attrs.get("sensitivity"), latency_budget_ms=s.latency_budget_ms,
+        latency_reference=_latency_reference(study),
     )
     doc = {
         "schema": "edgeslim.search/1", "target": result.target, "storage": url,
-        "budgets": s.model_dump(mode="json"), "space": ctx.space.to_dict(), "dense": dense, "front": front,
+        "budgets": {**s.model_dump(mode="json"), "latency_fraction": study.user_attrs.get("latency_fraction")},
+        "latency_reference": result.latency_reference, "space": ctx.space.to_dict(), "dense": dense, "front": front,
         "pick": pick, "candidates": complete,
         "corners": {k: {f: v[f] for f in ("p90_ms", "median_ms", "size_mb", "candidate")} for k, v in corners.items()},
         "predictor_error": result.predictor_error, "ruled_out": ruled, "seconds": result.seconds,

@@ -33,6 +33,36 @@ def test_unreachable_latency_budget_fails_before_training(tiny_base, tmp_path):
     assert not (tmp_path / "o" / "candidates").exists()  # nothing was trained
 
 
+def test_a_fractional_budget_is_judged_against_the_dense_architecture_timed_beside_every_candidate(tiny_base, tmp_path):
+    import optuna
+
+    tiny_base["search"].update(latency_fraction=1e-3, study="frac")  # a thousandth of dense: nothing is that fast
+    with pytest.raises(SearchError) as e:
+        search(parse_recipe(tiny_base), tmp_path / "o", progress=False)
+    msg = str(e.value)
+    assert "x the dense architecture's" in msg and "raise search.latency_fraction to >=" in msg
+    assert not (tmp_path / "o" / "candidates").exists()  # nothing was trained
+    study = optuna.load_study(study_name="frac", storage=f"sqlite:///{tmp_path / 'o' / 'search.db'}")
+    anchor = study.user_attrs["latency_anchor"]["p90_ms"]
+    archs = [v for k, v in study.user_attrs.items() if k.startswith("arch:")]
+    assert archs and anchor > 0
+    for m in archs:  # each timed beside the reference, then scaled to the reference's first timing
+        assert m["reference_p90_ms"] > 0
+        assert m["p90_ms"] == pytest.approx(m["raw_p90_ms"] * anchor / m["reference_p90_ms"])
+    # the budget named in the message is the fraction of the anchor
+    assert f"{1e-3 * anchor:.3f} ms" in msg
+
+
+def test_one_latency_budget_at_a_time(tiny_base):
+    from edgeslim.search.config import SearchSection
+
+    with pytest.raises(ValueError, match="give one latency budget, not latency_ms and latency_fraction"):
+        SearchSection(latency_ms=2.0, latency_fraction=0.5)
+    s = SearchSection(latency_fraction=0.5).resolved(4.0)
+    assert (s.latency_ms, s.latency_budget_ms, s.latency_fraction) == (2.0, 2.0, None)
+    SearchSection.model_validate(s.model_dump())  # what front.json and a chosen recipe carry validates again
+
+
 def test_cli_bad_target_is_one_line(tiny_base, tmp_path):
     p = tmp_path / "r.yaml"
     p.write_text(yaml.safe_dump(tiny_base))
@@ -41,6 +71,8 @@ def test_cli_bad_target_is_one_line(tiny_base, tmp_path):
     assert "Did you mean 'jetson-orin-nx'" in r.output
     r = CliRunner().invoke(app, ["search", str(p), "--latency-ms", "-1", "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "latency_ms" in r.output
+    r = CliRunner().invoke(app, ["search", str(p), "--latency-fraction", "1.5", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "latency_fraction" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.slow
