@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .._io import atomic_write_json, atomic_write_text
 from .candidate import Candidate
@@ -126,6 +126,27 @@ def ruled_out_lines(section: SearchSection, before: Iterable[str], pruned: Itera
     return lines
 
 
+def pick_measured(feasible: list[dict[str, Any]], budget_ms: float | None,
+                  measure: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    """The fastest feasible candidate whose trained file holds the latency budget.
+
+    A candidate is admitted on its architecture's latency (random weights); the pick is what a user deploys, so its
+    budget is judged on its trained, exported file (``measure(p)`` sets ``p["measured_p90_ms"]``). Side by side the
+    two differ by about a tenth on the VNNI host (the same kernels run slower on the random weights there). Feasible
+    candidates are tried in order of their estimate; one whose file misses the budget is marked infeasible with
+    ``violations["latency_measured"]`` (ms over), and the next is measured.
+    """
+    for p in sorted(feasible, key=lambda p: (p["latency_ms"], p["critical_fnr"], -p["top1"])):
+        if budget_ms is None:
+            return p
+        measure(p)
+        if p["measured_p90_ms"] <= budget_ms:
+            return p
+        p["feasible"] = False
+        p["violations"]["latency_measured"] = p["measured_p90_ms"] - budget_ms
+    return None
+
+
 def binding(section: SearchSection, complete: list[dict[str, Any]]) -> str:
     """The sentence a search without a pick ends on: the constraint most candidates fail, and the nearest point."""
     counts: dict[str, int] = {}
@@ -136,7 +157,7 @@ def binding(section: SearchSection, complete: list[dict[str, Any]]) -> str:
         return "every candidate was ruled out before training (see the lines above)"
     # the nearest point: the smallest total violation, each normalised by its budget
     s = section
-    scale = {"latency": s.latency_budget_ms or 1, "size": s.max_size_mb or 1,
+    scale = {"latency": s.latency_budget_ms or 1, "latency_measured": s.latency_budget_ms or 1, "size": s.max_size_mb or 1,
              "critical_fn": max(1, s.max_critical_fn or 1), "critical_fnr": max(0.01, s.max_critical_fnr or 0.01),
              "extra_critical_fn": max(1, s.max_extra_critical_fn or 1),
              "extra_critical_fnr": max(0.01, s.max_extra_critical_fnr or 0.01),

@@ -34,7 +34,8 @@ from ..errors import ArtifactError, ConfigError, ExportError, IntegrityError, Se
 from ..recipe import Recipe
 from .candidate import Candidate, PruneChoice, prune_config
 from .config import SearchSection
-from .report import Progress, SearchResult, binding, pareto, point, ruled_out_lines, write_outputs
+from .report import (Progress, SearchResult, binding, pareto, pick_measured, point, ruled_out_lines,
+                     write_outputs)
 from .sensitivity import allocate
 from .site import Site, judge, make_site, require_file, scores
 from .space import SearchSpace, build_space
@@ -598,12 +599,15 @@ def _finish(ctx: _Context, study: Any, url: str, dense: dict[str, Any], corners:
     cfg = ProfileConfig(warmup=5, iterations=max(s.measure_iterations, 50), seconds=s.measure_seconds,
                         throughput=False)
     lm = _latency_model(study, _arch_scope(ctx.base))
+
+    def measure(p: dict[str, Any]) -> None:
+        if "measured_p90_ms" not in p:
+            e = _timed_file(ctx, study, Path(p["dir"]) / "compressed", p["candidate"]["precision"], cfg)
+            p["measured_p90_ms"], p["measured_median_ms"] = e["p90_ms"], e["median_ms"]
+
     for p in front:
-        e = _timed_file(ctx, study, Path(p["dir"]) / "compressed", p["candidate"]["precision"], cfg)
-        p["measured_p90_ms"], p["measured_median_ms"] = e["p90_ms"], e["median_ms"]
-    pick = None
-    if feasible:
-        pick = min(feasible, key=lambda p: (p["latency_ms"], p["critical_fnr"], -p["top1"]))
+        measure(p)
+    pick = pick_measured(feasible, s.latency_budget_ms, measure)
     files: dict[str, str] = {}
     out = ctx.out_dir
     if pick is not None:

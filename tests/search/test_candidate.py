@@ -107,6 +107,28 @@ def test_a_study_written_before_the_typed_candidate_resumes(tiny_base):
     assert new.prune in space.dim("prune").choices
 
 
+def test_the_pick_is_the_fastest_feasible_candidate_whose_trained_file_holds_the_budget():
+    from edgeslim.search.report import pick_measured
+
+    def pt(label, estimate):
+        return {"label": label, "latency_ms": estimate, "critical_fnr": 0.1, "top1": 0.9, "feasible": True,
+                "violations": {}}
+
+    files = {"a": 1.6, "b": 1.3, "c": 1.1}  # what each trained file measures
+    measured = []
+
+    def measure(p):
+        measured.append(p["label"])
+        p["measured_p90_ms"] = files[p["label"]]
+
+    a, b, c = pt("a", 1.0), pt("b", 1.2), pt("c", 1.35)
+    assert pick_measured([c, a, b], 1.4, measure) is b  # a's estimate admitted it, its file does not hold 1.4 ms
+    assert measured == ["a", "b"]  # in order of the estimate; c is not measured
+    assert a["feasible"] is False and a["violations"]["latency_measured"] == pytest.approx(0.2)
+    assert pick_measured([pt("a", 1.0)], None, measure) is not None  # no latency budget: nothing to confirm
+    assert pick_measured([pt("a", 1.0)], 1.2, measure) is None  # every file over: no pick
+
+
 def test_the_front_keeps_infeasible_trade_offs_that_optunas_best_trials_leave_out():
     """study.best_trials of a constrained study is the front of the feasible trials only; the report's front keeps
     an infeasible point nothing dominates (how far a budget is from reachable), marked infeasible."""
