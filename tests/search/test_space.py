@@ -143,7 +143,7 @@ def test_a_plugin_method_the_search_cannot_model_is_listed_not_proposed(tiny_bas
 
 
 def test_section_validation():
-    with pytest.raises(ValueError, match="latency_ms or throughput"):
+    with pytest.raises(ValueError, match="give one latency budget, not latency_ms and throughput"):
         SearchSection(latency_ms=2, throughput=100)
     with pytest.raises(ValueError, match="ratios"):
         SearchSection(ratios=[1.0])
