@@ -52,19 +52,18 @@ def _score(artifact: Path, precision: str, data, fpr: float, backend: str, threa
 
 
 def _latency(files: dict[str, tuple[Path, str]], backend: str, threads: int | None, rounds: int, iters: int) -> dict:
-    """p90 / median per arm, timed interleaved in ``rounds`` chunks so machine load hits every arm alike."""
-    import numpy as np
+    """p90 / median per arm, the arms loaded once and taking turns (``rounds`` turns of ``iters`` calls each,
+    :func:`edgeslim.devices.measure.paired_latency`), so the host's drift hits every arm alike."""
+    import contextlib
 
-    from edgeslim.devices.profiler import ProfileConfig, profile_artifact
+    from edgeslim.devices.measure import paired_latency
+    from edgeslim.runtime import load
 
-    samples: dict[str, list[float]] = {k: [] for k in files}
-    cfg = ProfileConfig(warmup=5, iterations=iters, seconds=0.0, throughput=False)
-    for _ in range(rounds):
-        for k, (art, prec) in files.items():
-            e = [x for x in profile_artifact(art, backends=[backend], precisions=[prec], cfg=cfg, threads=threads,
-                                             progress=False) if x.get("status") == "ok"][0]
-            samples[k] += e["samples_ms"]
-    return {k: {"p90": float(np.percentile(v, 90)), "median": float(np.median(v))} for k, v in samples.items()}
+    with contextlib.ExitStack() as stack:
+        backends = [stack.enter_context(load(art, backend=backend, precision=prec, threads=threads)).backend
+                    for art, prec in files.values()]
+        res = paired_latency(backends, rounds=rounds, calls=iters, warmup=5)
+    return {k: {"p90": r["latency_ms"]["p90"], "median": r["latency_ms"]["median"]} for k, r in zip(files, res)}
 
 
 def _size_mb(artifact: Path, precision: str, fmt: str) -> float:
