@@ -200,9 +200,16 @@ def arms(results: dict[str, dict[int, dict]], main_loss: str) -> dict[str, list[
         pick = {k: v for k, v in pick.items() if k not in ("CD INT8", "CE INT8")}
     out = {}
     for arm, (run, row) in pick.items():
-        per_seed = [r["rows"][row] for r in results.get(run, {}).values() if row in r["rows"]]
+        per_seed = [{**r["rows"][row], "seed": seed} for seed, r in sorted(results.get(run, {}).items())
+                    if row in r["rows"]]
         if per_seed:
             out[arm] = per_seed
+    # what the main run ships per seed: its INT8 file, or its FP32 file where the export's val check left INT8 out
+    main = results.get("main", {})
+    shipped = [{**(r["rows"].get("compressed/int8") or r["rows"]["compressed/fp32"]), "seed": seed}
+               for seed, r in sorted(main.items()) if "compressed/fp32" in r["rows"]]
+    if shipped and len(shipped) > len(out.get("main INT8", [])):
+        out["main compressed as shipped (INT8, else FP32)"] = shipped
     return out
 
 
@@ -234,24 +241,35 @@ def markdown(table: dict[str, list[dict]], meta: dict) -> str:
 def goal(table: dict[str, list[dict]]) -> list[str]:
     """Issue 20, goal 2: dense FP32 at least the paper's 88.42 %, compressed INT8 within 1 point of its dense model,
     and fewer missed defective cells than that dense model at 1 % and 5 % FPR (val-calibrated). Means over seeds;
-    the intervals are in the table. The INT8 speed against dense is reported, not a goal of this bench."""
+    the intervals are in the table. INT8 is compared with dense on the seeds that have an INT8 file (paired by
+    seed); a seed whose INT8 file the export's val check left out ships none, so the INT8 goals are not met as a
+    whole there. The INT8 speed against dense is reported, not a goal of this bench."""
     out = []
     dense, comp = table.get("dense FP32"), table.get("main INT8")
     if not dense or not comp:
         return ["goal: not measured (the main run has no result yet)"]
     d_acc, d_h = _ci([r["accuracy"] for r in dense])
-    c_acc, c_h = _ci([r["accuracy"] for r in comp])
     out.append(f"- dense FP32 accuracy {d_acc:.4f} ± {d_h:.4f} vs the paper's GPU CNN 0.8842: "
                + ("MET" if d_acc >= 0.8842 else "NOT met"))
-    out.append(f"- compressed INT8 accuracy {c_acc:.4f} ± {c_h:.4f}, {100 * (c_acc - d_acc):+.2f} points from dense: "
-               + ("MET (within 1 point)" if c_acc >= d_acc - 0.01 else "NOT met"))
+    by_seed = {r["seed"]: r for r in dense}
+    pairs = [(by_seed[r["seed"]], r) for r in comp if r["seed"] in by_seed]
+    missing = sorted(set(by_seed) - {r["seed"] for r in comp})
+    seeds = ", ".join(str(c["seed"]) for _, c in pairs)
+    if missing:
+        out.append(f"- compressed INT8: **no INT8 file in seed(s) {', '.join(map(str, missing))}** (the export's val"
+                   " check left it out; that seed ships its FP32 file): the INT8 goals below are compared on seeds"
+                   f" {seeds} only and are NOT met as a whole")
+    dd, cc = _ci([d["accuracy"] for d, _ in pairs])[0], _ci([c["accuracy"] for _, c in pairs])
+    out.append(f"- compressed INT8 accuracy {cc[0]:.4f} ± {cc[1]:.4f}, {100 * (cc[0] - dd):+.2f} points from dense on"
+               f" seeds {seeds}: " + ("MET (within 1 point)" if cc[0] >= dd - 0.01 and not missing else "NOT met"))
     for f in FPRS:
-        d, c = _ci([r[f"fn@{f:g}"] for r in dense])[0], _ci([r[f"fn@{f:g}"] for r in comp])[0]
-        out.append(f"- missed defective cells at {f:.0%} FPR (val-calibrated): compressed INT8 {c:.1f} vs dense "
-                   f"{d:.1f}: " + ("MET (fewer)" if c < d else "NOT met"))
+        d, c = (_ci([x[f"fn@{f:g}"] for x in side])[0] for side in zip(*pairs))
+        per = ", ".join(f"{int(b[f'fn@{f:g}']) - int(a[f'fn@{f:g}']):+d}" for a, b in pairs)
+        out.append(f"- missed defective cells at {f:.0%} FPR (val-calibrated), seeds {seeds}: compressed INT8 {c:.1f}"
+                   f" vs dense {d:.1f} (per seed {per}): " + ("MET (fewer)" if c < d and not missing else "NOT met"))
     for b in ("openvino", "onnxruntime"):
-        d = _ci([r["latency_ms"].get(b) for r in dense])[0]
-        c = _ci([r["latency_ms"].get(b) for r in comp])[0]
+        d = _ci([x["latency_ms"].get(b) for x, _ in pairs])[0]
+        c = _ci([x["latency_ms"].get(b) for _, x in pairs])[0]
         if np.isfinite(d) and np.isfinite(c) and c > 0:
             out.append(f"- batch-1 {b} (reported): dense FP32 {d:.2f} ms / compressed INT8 {c:.2f} ms = {d / c:.2f}x")
     return out
@@ -296,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[int, dict]] = {}
     meta = {"host": host(), "command": "python bench/elpv.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "quick": args.quick}
+    def report() -> None:
+        table = arms(results, rs["main"]["loss"]["name"])
+        md = (f"# ELPV bench\n\nHost: {meta['host']}\n\nCommand: `{meta['command']}`\n\n" + markdown(table, meta)
+              + "\n\nGoal (issue 20, goal 2):\n" + "\n".join(goal(table)) + "\n")
+        atomic_write_text(args.out / "results.md", md)
+        atomic_write_json(args.out / "results.json", {"meta": meta, "recipes": rs, "results": results})
+
     for name in [n.strip() for n in args.runs.split(",") if n.strip()]:
         seeds = [0] if name == "shift" else list(range(args.seeds))
         for seed in seeds:
@@ -315,11 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_json(cache, rec)
             results.setdefault(name, {})[seed] = rec
             print(f"{name} seed {seed}: {rec['seconds']:.0f} s", flush=True)
-            table = arms(results, rs["main"]["loss"]["name"])
-            md = (f"# ELPV bench\n\nHost: {meta['host']}\n\nCommand: `{meta['command']}`\n\n" + markdown(table, meta)
-                  + "\n\nGoal (issue 20, goal 2):\n" + "\n".join(goal(table)) + "\n")
-            atomic_write_text(args.out / "results.md", md)
-            atomic_write_json(args.out / "results.json", {"meta": meta, "recipes": rs, "results": results})
+            report()  # after every run, so a stopped study still has its report
+    if results:
+        report()  # from the cache too: a rerun rebuilds the report with this version's tables
     print((args.out / "results.md").read_text() if (args.out / "results.md").exists() else "no results")
     for f in failures:
         print(f"failed run: {f}")
