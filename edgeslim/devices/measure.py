@@ -284,13 +284,18 @@ def profile_backend(
 
 
 def paired_latency(backends: Sequence[Any], *, batch: int = 1, rounds: int = 10, calls: int = 20,
-                   warmup: int = 10) -> list[dict[str, Any]]:
+                   warmup: int = 10, turn_warmup: int = 5) -> list[dict[str, Any]]:
     """Batch-``batch`` latency of several loaded backends measured side by side: ``rounds`` rounds in which each
-    backend in turn makes ``calls`` timed calls, so every one sees the same state of the host.
+    backend in turn makes ``turn_warmup`` untimed calls, then ``calls`` timed calls, so every one sees the same state
+    of the host.
 
     A 2-core VM drifts by a quarter between windows minutes apart; one window after another compares that drift, not
     the files. Interleaved windows cancel it in the ratios (``benchmark_app`` and ``trtexec`` time one model per
-    run, hence a helper of our own). Each backend gets its own fixed-seed input, as :func:`profile_backend` feeds.
+    run, hence a helper of our own). The first calls after a switch are slow while caches and the runtime's threads
+    warm again (OpenVINO on the VNNI host: 5.4, 4.5, 4.2, 3.9 ms, then 3.6 ms steady, for the FP32 ELPV model), and a
+    large model pays more than a small one: timed, they would land in the p90 and favour the small model; a device
+    runs one model continuously, so they are not timed. Each backend gets its own fixed-seed input, as
+    :func:`profile_backend` feeds.
 
     Returns:
         Per backend, in order: ``latency_ms`` (:func:`latency_stats` over its ``rounds * calls`` calls) and
@@ -301,7 +306,7 @@ def paired_latency(backends: Sequence[Any], *, batch: int = 1, rounds: int = 10,
     """
     if not backends:
         raise ConfigError("paired_latency needs at least one backend")
-    for name, v, low in (("rounds", rounds, 1), ("calls", calls, 1), ("warmup", warmup, 0)):
+    for name, v, low in (("rounds", rounds, 1), ("calls", calls, 1), ("warmup", warmup, 0), ("turn_warmup", turn_warmup, 0)):
         if not isinstance(v, int) or v < low:
             raise ConfigError(f"paired_latency {name} must be an integer >= {low}, got {v!r}")
     feeds = []
@@ -315,6 +320,8 @@ def paired_latency(backends: Sequence[Any], *, batch: int = 1, rounds: int = 10,
     clock = time.perf_counter_ns
     for _ in range(rounds):
         for b, f, out in zip(backends, feeds, samples):
+            for _ in range(turn_warmup):
+                b.infer(f)
             for _ in range(calls):
                 t0 = clock()
                 b.infer(f)

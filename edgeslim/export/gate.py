@@ -35,9 +35,10 @@ def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[Mod
     from ..runtime.predictor import softmax
     from .validate import DEFAULT_BACKENDS, VALIDATION_OPTIONS, _run
 
-    decision = (m.recipe or {}).get("decision") or {}
-    targets = {k: decision.get(k) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
-    if not m.thresholds or not m.critical or len(targets) != 1 or m.decision_rule != "threshold":
+    from .int8 import own_threshold_targets
+
+    targets = own_threshold_targets(m)
+    if targets is None:
         return
     x, y = np.asarray(val_split[0], dtype=np.float32), np.asarray(val_split[1]).astype(np.int64)
     for mf in files:

@@ -13,7 +13,7 @@ beyond the graph is an :class:`~edgeslim.quant.Int8Job` built here from typed fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..methods import QUANT_METHODS
 from ..quant import Int8Job, quantize
@@ -24,13 +24,36 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["QUANT_METHODS", "int8_job", "quantize_graph"]
 
 
+def own_threshold_targets(m: Any) -> dict[str, float] | None:
+    """The decision target a reduced-precision file's own thresholds are calibrated to on val (``{"target_fpr":
+    0.05}``, from the manifest's recipe), or None where files keep the manifest's thresholds: none to start from,
+    not exactly one target, or the format-1 ``argmax_or_threshold`` rule."""
+    decision = (getattr(m, "recipe", None) or {}).get("decision") or {}
+    targets = {k: decision.get(k) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
+    if m is None or not m.thresholds or not m.critical or len(targets) != 1 or m.decision_rule != "threshold":
+        return None
+    return targets
+
+
+def _own_thresholds(m: Any) -> Callable[[Any, Any], dict[int, float]] | None:
+    """``f(val probabilities, val labels) -> thresholds`` as the export calibrates a reduced-precision file
+    (:func:`edgeslim.export.gate._calibrate_file_thresholds`), for accuracy control to count critical misses at."""
+    targets = own_threshold_targets(m)
+    if targets is None:
+        return None
+    from ..compress.thresholds import calibrate_thresholds
+
+    critical = list(m.critical)
+    return lambda probs, labels: calibrate_thresholds(probs, labels, critical, **targets)
+
+
 def int8_job(ctx: "ExportContext", fmt: str) -> Int8Job:
     """The :class:`~edgeslim.quant.Int8Job` of a ``fmt`` file from the export context."""
     m = ctx.manifest
     return Int8Job(
         calibration=ctx.calibration, scheme=ctx.int8_scheme(fmt), val_split=ctx.val_split,
         critical=list(m.critical) if m is not None else [], thresholds=dict(m.thresholds) if m is not None else {},
-        rule=m.decision_rule if m is not None else "threshold", qat_model=ctx.qat_model,
+        rule=m.decision_rule if m is not None else "threshold", calibrate=_own_thresholds(m), qat_model=ctx.qat_model,
         example_input=ctx.example_input, opset=ctx.opset, dynamic_batch=ctx.dynamic_batch,
         input_name=ctx.input_name, output_name=ctx.output_name,
     )

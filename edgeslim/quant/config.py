@@ -138,6 +138,9 @@ class Int8Job:
         critical: critical class indices.
         thresholds: the artifact's calibrated decision thresholds (critical FN are counted as deployed).
         rule: the artifact's decision rule.
+        calibrate: how the export gives a reduced-precision file its own thresholds, ``f(val probabilities, val
+            labels) -> {class: threshold}`` (on val, to the recipe's decision target), or None where files keep the
+            artifact's thresholds; accuracy control counts critical misses at them, as the export then judges.
         qat_model: the QAT-trained torch model, or None.
         example_input: ``f(batch or None) -> torch.Tensor``, for exporting the QAT model.
         opset, dynamic_batch, input_name, output_name: the export's graph contract.
@@ -149,6 +152,7 @@ class Int8Job:
     critical: list[int] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     rule: str = "threshold"
+    calibrate: Callable[[Any, Any], dict[int, float]] | None = None
     qat_model: Any = None
     example_input: Callable[..., Any] | None = None
     opset: int = 18

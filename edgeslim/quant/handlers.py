@@ -102,7 +102,8 @@ def accuracy_aware_onnx(cfg: AccuracyControlledPTQ, job: Int8Job, graph: Any) ->
 
     val_split = _val_split_or_raise(job)
     quantized, report = accuracy_aware_onnx(graph, job.calibration_or_raise("onnx"), val_split, job.critical, cfg,
-                                            scheme=job.scheme, thresholds=job.thresholds, rule=job.rule)
+                                            scheme=job.scheme, thresholds=job.thresholds, rule=job.rule,
+                                            calibrate=job.calibrate)
     return _signed_if_needed(quantized, job), dict(report)
 
 
@@ -113,7 +114,8 @@ def accuracy_aware_openvino(cfg: AccuracyControlledPTQ, job: Int8Job, graph: Any
 
     val_split = _val_split_or_raise(job)
     quantized, report = accuracy_aware_openvino(graph, job.calibration_or_raise("openvino"), val_split, job.critical,
-                                                cfg, scheme=job.scheme, thresholds=job.thresholds, rule=job.rule)
+                                                cfg, scheme=job.scheme, thresholds=job.thresholds, rule=job.rule,
+                                                calibrate=job.calibrate)
     return quantized, dict(report)
 
 

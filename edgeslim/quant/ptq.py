@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, EdgeslimError, TrainingError
 from ..hardware import Int8Scheme, int8_scheme
 from ..recipe import QuantizeSection
-from ..scoring import critical_fn, decide
+from ..scoring import critical_fn, decide, softmax
 from .config import FIRST_CONV, QuantizeConfig
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -335,7 +335,9 @@ def _predict(model: Any, xs: np.ndarray, batch: int = 1) -> np.ndarray:
 
 def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, validation: tuple[np.ndarray, np.ndarray],
                     critical: list[int], cfg: QuantizeConfig, *, what: str, scheme: Int8Scheme,
-                    thresholds: dict[str, float] | None, rule: str, verbose: bool) -> tuple[Any, dict[str, Any]]:
+                    thresholds: dict[str, float] | None, rule: str, verbose: bool,
+                    calibrate: Callable[[np.ndarray, np.ndarray], dict[int, float]] | None = None
+                    ) -> tuple[Any, dict[str, Any]]:
     import nncf
 
     xs, ys = np.asarray(validation[0], dtype=np.float32), np.asarray(validation[1]).astype(np.int64)
@@ -344,9 +346,22 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
             f"accuracy-aware INT8 needs a non-empty val split (inputs NCHW, one label each); got inputs"
             f" {list(xs.shape)}, labels {list(ys.shape)}. Set data.val_fraction > 0"
         )
+    def fn_as_deployed(logits: np.ndarray, y: np.ndarray) -> int:
+        # at the thresholds the file will be deployed and judged with: its own, calibrated on val as the export
+        # calibrates every reduced-precision file (``calibrate``), else the artifact's. At the FP32 model's
+        # thresholds a quantized model runs at another operating point, and the budget would judge the shift: an
+        # INT8 file that missed 7 more val cells at its own threshold was accepted here with no layer reverted
+        thr: Any = thresholds
+        if calibrate is not None and rule == "threshold":
+            try:
+                thr = calibrate(softmax(logits), y)
+            except EdgeslimError:  # no threshold reaches the target: the export then keeps the artifact's too
+                thr = thresholds
+        return _critical_fn(decide(logits, thr, rule), y, critical)
+
     fp32_logits = _predict(model, xs)
     fp32_top1 = float((fp32_logits.argmax(1) == ys).mean())
-    fp32_fn = _critical_fn(decide(fp32_logits, thresholds, rule), ys, critical)
+    fp32_fn = fn_as_deployed(fp32_logits, ys)
     budget = fp32_fn + cfg.max_extra_critical_fn
     seen: list[dict[str, Any]] = []
 
@@ -356,12 +371,13 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         y = np.asarray([i[1] for i in items])
         logits = _predict(m, x)
         top1 = float((logits.argmax(1) == y).mean())
-        # critical misses as deployed: at the calibrated threshold, not at the argmax
-        fn = _critical_fn(decide(logits, thresholds, rule), y, critical)
         # one number for NNCF's drop test: top-1, minus FN_PENALTY per critical FN over the budget, so "drop <=
         # max_drop" holds only when both the top-1 drop and the FN budget hold (full val split only: NNCF also
         # validates subsets while ranking, where the FN budget does not apply)
-        over = max(0, fn - budget) if len(y) == len(ys) else 0
+        full = len(y) == len(ys)
+        # critical misses as deployed: at the calibrated threshold, not at the argmax
+        fn = fn_as_deployed(logits, y) if full else _critical_fn(decide(logits, thresholds, rule), y, critical)
+        over = max(0, fn - budget) if full else 0
         seen.append({"top1": top1, "critical_fn": fn, "samples": len(y)})
         return top1 - FN_PENALTY * over
 
@@ -393,7 +409,7 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
             logger.addHandler(h)
         logger.setLevel(old_level)
     q_logits = _predict(quantized, xs)
-    q_top1, q_fn = float((q_logits.argmax(1) == ys).mean()), _critical_fn(decide(q_logits, thresholds, rule), ys, critical)
+    q_top1, q_fn = float((q_logits.argmax(1) == ys).mean()), fn_as_deployed(q_logits, ys)
     report = {
         "quantizer": "nncf.accuracy_control",
         "split": "val",
@@ -402,7 +418,9 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
         "max_extra_critical_fn": cfg.max_extra_critical_fn,
         "fp32": {"top1": fp32_top1, "critical_fn": fp32_fn},
         "int8": {"top1": q_top1, "critical_fn": q_fn},
-        "critical_fn_at": "calibrated thresholds" if thresholds else "argmax",
+        "critical_fn_at": ("each model's own thresholds, calibrated on val as the export calibrates the file"
+                           if calibrate is not None and rule == "threshold" else
+                           "calibrated thresholds" if thresholds else "argmax"),
         "reverted_to_fp32": _reverted(logs),
         "why": (f"reverted (most harmful first, NNCF ranking) until val top-1 drop <= {cfg.max_drop} and val critical"
                 f" FN <= {budget} (FP32's {fp32_fn} + {cfg.max_extra_critical_fn})"),
@@ -435,7 +453,8 @@ def _reverted(logs: list[str]) -> list[str]:
 def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarray],
                         validation: tuple[np.ndarray, np.ndarray], critical: list[int],
                         cfg: QuantizeConfig | None = None, *, scheme: Int8Scheme | None = None,
-                        thresholds: dict[str, float] | None = None, rule: str = "threshold", verbose: bool = False
+                        thresholds: dict[str, float] | None = None, rule: str = "threshold", verbose: bool = False,
+                        calibrate: Callable[[np.ndarray, np.ndarray], dict[int, float]] | None = None,
                         ) -> tuple["onnx.ModelProto", dict[str, Any]]:
     """PTQ INT8 (Q/DQ) with layers reverted to FP32 until the val top-1 drop and critical-FN budget hold.
 
@@ -448,6 +467,9 @@ def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarr
         scheme: the target's INT8 scheme (default: this host's).
         thresholds: the artifact's calibrated critical thresholds; critical FN are counted as deployed, under
             ``rule`` (:mod:`edgeslim.decision`). None: at the argmax.
+        calibrate: ``f(val probabilities, val labels) -> thresholds``: each model's own thresholds on the full val
+            split (as the export calibrates a reduced-precision file), used instead of ``thresholds`` to count the
+            critical FN the budget judges.
 
     Returns:
         ``(model, report)``; ``report["reverted_to_fp32"]`` names the layers kept in FP32, ``report["why"]`` the
@@ -458,17 +480,19 @@ def accuracy_aware_onnx(model: "onnx.ModelProto", calibration: Iterable[np.ndarr
     name = model.graph.input[0].name
     return _accuracy_aware(model, samples, lambda x: {name: x}, validation, list(critical), cfg, what="ONNX",
                            scheme=scheme or int8_scheme("auto", "onnx"), thresholds=thresholds, rule=rule,
-                           verbose=verbose)
+                           verbose=verbose, calibrate=calibrate)
 
 
 def accuracy_aware_openvino(model: "ov.Model", calibration: Iterable[np.ndarray],
                             validation: tuple[np.ndarray, np.ndarray], critical: list[int],
                             cfg: QuantizeConfig | None = None, *, scheme: Int8Scheme | None = None,
                             thresholds: dict[str, float] | None = None, rule: str = "threshold",
-                            verbose: bool = False) -> tuple["ov.Model", dict[str, Any]]:
+                            verbose: bool = False,
+                            calibrate: Callable[[np.ndarray, np.ndarray], dict[int, float]] | None = None,
+                            ) -> tuple["ov.Model", dict[str, Any]]:
     """The OpenVINO counterpart of :func:`accuracy_aware_onnx` (FakeQuantize nodes; reverted layers stay FP32)."""
     cfg = cfg or QuantizeSection(method="accuracy_aware")
     samples = _samples(calibration, cfg.calibration_size)
     return _accuracy_aware(model, samples, None, validation, list(critical), cfg, what="OpenVINO",
                            scheme=scheme or int8_scheme("auto", "openvino"), thresholds=thresholds, rule=rule,
-                           verbose=verbose)
+                           verbose=verbose, calibrate=calibrate)

@@ -231,6 +231,31 @@ def test_accuracy_aware_reverts_harmful_layers_until_top1_and_critical_fn_hold(t
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 0  # still an INT8 model
 
 
+def test_accuracy_aware_counts_critical_misses_at_the_thresholds_the_export_gives_the_file(onnx_model):
+    """The export calibrates a reduced-precision file's own threshold on val and judges it there; accuracy control
+    must count critical misses at that threshold too, or it accepts a file the export then leaves out."""
+    from edgeslim.compress.quantize import accuracy_aware_onnx
+
+    model, _ = onnx_model
+    rng = np.random.default_rng(1)
+    xv = rng.standard_normal((48, 3, 16, 16)).astype(np.float32)
+    yv = np.arange(48) % 10
+    seen = []
+
+    def calibrate(probs, labels):  # a threshold no score reaches: every critical val sample is missed
+        seen.append(len(labels))
+        return {8: 1.01}
+
+    cfg = QuantizeSection(method="accuracy_aware", calibration_size=16, max_drop=0.5, max_extra_critical_fn=0)
+    _, report = accuracy_aware_onnx(model, _batches(16), (xv, yv), [8], cfg, thresholds={"8": 0.0},
+                                    calibrate=calibrate)
+    positives = int((yv == 8).sum())
+    # at the artifact's threshold 0.0 nothing would be missed; at the file's own every positive is
+    assert report["fp32"]["critical_fn"] == positives and report["int8"]["critical_fn"] == positives
+    assert seen and set(seen) == {len(yv)}  # the full val split only, as the export calibrates
+    assert "calibrated on val as the export" in report["critical_fn_at"]
+
+
 def test_accuracy_aware_needs_a_val_split(onnx_model):
     from edgeslim.compress.quantize import accuracy_aware_onnx
 
