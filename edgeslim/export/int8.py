@@ -29,7 +29,7 @@ def own_threshold_targets(m: Any) -> dict[str, float] | None:
     0.05}``, from the manifest's recipe), or None where files keep the manifest's thresholds: none to start from,
     not exactly one target, or the format-1 ``argmax_or_threshold`` rule."""
     decision = (getattr(m, "recipe", None) or {}).get("decision") or {}
-    targets = {k: decision.get(k) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
+    targets = {k: float(decision[k]) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
     if m is None or not m.thresholds or not m.critical or len(targets) != 1 or m.decision_rule != "threshold":
         return None
     return targets
