@@ -17,6 +17,17 @@ from ..recipe import ValidateSection
 from .contract import EXPORTERS, ExportContext
 
 
+def own_threshold_targets(m: Any) -> dict[str, float] | None:
+    """The decision target a reduced-precision file's own thresholds are calibrated to on val (``{"target_fpr":
+    0.05}``, from the manifest's recipe), or None where files keep the manifest's thresholds: none to start from,
+    not exactly one target, or the format-1 ``argmax_or_threshold`` rule."""
+    decision = (getattr(m, "recipe", None) or {}).get("decision") or {}
+    targets = {k: float(decision[k]) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
+    if m is None or not m.thresholds or not m.critical or len(targets) != 1 or m.decision_rule != "threshold":
+        return None
+    return targets
+
+
 def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[ModelFile],
                                val_split: tuple[np.ndarray, np.ndarray]) -> None:
     """Give each reduced-precision file (INT8, FP16) its own critical-class thresholds, calibrated on the val split
@@ -34,8 +45,6 @@ def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[Mod
     from ..runtime import BACKENDS, BackendOptions
     from ..runtime.predictor import softmax
     from .validate import DEFAULT_BACKENDS, VALIDATION_OPTIONS, _run
-
-    from .int8 import own_threshold_targets
 
     targets = own_threshold_targets(m)
     if targets is None:

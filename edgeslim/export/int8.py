@@ -24,24 +24,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["QUANT_METHODS", "int8_job", "quantize_graph"]
 
 
-def own_threshold_targets(m: Any) -> dict[str, float] | None:
-    """The decision target a reduced-precision file's own thresholds are calibrated to on val (``{"target_fpr":
-    0.05}``, from the manifest's recipe), or None where files keep the manifest's thresholds: none to start from,
-    not exactly one target, or the format-1 ``argmax_or_threshold`` rule."""
-    decision = (getattr(m, "recipe", None) or {}).get("decision") or {}
-    targets = {k: float(decision[k]) for k in ("target_fnr", "target_fpr") if decision.get(k) is not None}
-    if m is None or not m.thresholds or not m.critical or len(targets) != 1 or m.decision_rule != "threshold":
-        return None
-    return targets
-
-
 def _own_thresholds(m: Any) -> Callable[[Any, Any], dict[int, float]] | None:
     """``f(val probabilities, val labels) -> thresholds`` as the export calibrates a reduced-precision file
     (:func:`edgeslim.export.gate._calibrate_file_thresholds`), for accuracy control to count critical misses at."""
+    from ..compress.thresholds import calibrate_thresholds
+    from .gate import own_threshold_targets
+
     targets = own_threshold_targets(m)
     if targets is None:
         return None
-    from ..compress.thresholds import calibrate_thresholds
 
     critical = list(m.critical)
     return lambda probs, labels: calibrate_thresholds(probs, labels, critical, **targets)
