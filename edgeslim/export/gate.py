@@ -6,8 +6,9 @@ export_artifact` runs it)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,6 +29,18 @@ def own_threshold_targets(m: Any) -> dict[str, float] | None:
     return targets
 
 
+def own_thresholds(m: Any) -> Callable[[np.ndarray, np.ndarray], dict[int, float]] | None:
+    """``f(val probabilities, val labels) -> thresholds``: how a reduced-precision file gets its own thresholds
+    (:func:`_calibrate_file_thresholds`, and accuracy control counting critical misses where this export will judge
+    them), or None where files keep the manifest's (:func:`own_threshold_targets`)."""
+    from ..compress.thresholds import calibrate_thresholds
+
+    targets = own_threshold_targets(m)
+    if targets is None:
+        return None
+    return functools.partial(calibrate_thresholds, critical=list(m.critical), **targets)
+
+
 def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[ModelFile],
                                val_split: tuple[np.ndarray, np.ndarray]) -> None:
     """Give each reduced-precision file (INT8, FP16) its own critical-class thresholds, calibrated on the val split
@@ -41,13 +54,13 @@ def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[Mod
     without manifest thresholds, without a decision target in the manifest's recipe, or under the format-1
     ``argmax_or_threshold`` rule.
     """
-    from ..compress.thresholds import calibrate_thresholds, manifest_thresholds
+    from ..compress.thresholds import manifest_thresholds
     from ..runtime import BACKENDS, BackendOptions
     from ..runtime.predictor import softmax
     from .validate import DEFAULT_BACKENDS, VALIDATION_OPTIONS, _run
 
-    targets = own_threshold_targets(m)
-    if targets is None:
+    calibrate, targets = own_thresholds(m), own_threshold_targets(m)
+    if calibrate is None:
         return
     x, y = np.asarray(val_split[0], dtype=np.float32), np.asarray(val_split[1]).astype(np.int64)
     for mf in files:
@@ -57,7 +70,7 @@ def _calibrate_file_thresholds(directory: Path, m: Manifest, files: Sequence[Mod
         try:
             with BACKENDS.get(name)(directory / mf.path, BackendOptions(**VALIDATION_OPTIONS.get(name, {}))) as b:
                 probs = softmax(_run(b, x))
-            thr = calibrate_thresholds(probs, y, m.critical, **targets)
+            thr = calibrate(probs, y)
         except EdgeslimError as exc:  # cannot run here, or no threshold reaches the target: the manifest's apply
             mf.extra["thresholds_note"] = f"the manifest's thresholds apply: {exc}"
             continue

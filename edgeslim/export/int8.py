@@ -13,7 +13,7 @@ beyond the graph is an :class:`~edgeslim.quant.Int8Job` built here from typed fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..methods import QUANT_METHODS
 from ..quant import Int8Job, quantize
@@ -24,27 +24,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["QUANT_METHODS", "int8_job", "quantize_graph"]
 
 
-def _own_thresholds(m: Any) -> Callable[[Any, Any], dict[int, float]] | None:
-    """``f(val probabilities, val labels) -> thresholds`` as the export calibrates a reduced-precision file
-    (:func:`edgeslim.export.gate._calibrate_file_thresholds`), for accuracy control to count critical misses at."""
-    from ..compress.thresholds import calibrate_thresholds
-    from .gate import own_threshold_targets
-
-    targets = own_threshold_targets(m)
-    if targets is None:
-        return None
-
-    critical = list(m.critical)
-    return lambda probs, labels: calibrate_thresholds(probs, labels, critical, **targets)
-
-
 def int8_job(ctx: "ExportContext", fmt: str) -> Int8Job:
     """The :class:`~edgeslim.quant.Int8Job` of a ``fmt`` file from the export context."""
+    from .gate import own_thresholds
+
     m = ctx.manifest
     return Int8Job(
         calibration=ctx.calibration, scheme=ctx.int8_scheme(fmt), val_split=ctx.val_split,
         critical=list(m.critical) if m is not None else [], thresholds=dict(m.thresholds) if m is not None else {},
-        rule=m.decision_rule if m is not None else "threshold", calibrate=_own_thresholds(m), qat_model=ctx.qat_model,
+        rule=m.decision_rule if m is not None else "threshold", calibrate=own_thresholds(m), qat_model=ctx.qat_model,
         example_input=ctx.example_input, opset=ctx.opset, dynamic_batch=ctx.dynamic_batch,
         input_name=ctx.input_name, output_name=ctx.output_name,
     )

@@ -346,6 +346,7 @@ def _accuracy_aware(model: Any, samples: list[np.ndarray], transform: Any, valid
             f"accuracy-aware INT8 needs a non-empty val split (inputs NCHW, one label each); got inputs"
             f" {list(xs.shape)}, labels {list(ys.shape)}. Set data.val_fraction > 0"
         )
+
     def fn_as_deployed(logits: np.ndarray, y: np.ndarray) -> int:
         # at the thresholds the file will be deployed and judged with: its own, calibrated on val as the export
         # calibrates every reduced-precision file (``calibrate``), else the artifact's. At the FP32 model's

@@ -206,9 +206,10 @@ def _onnx_kind(op: str, node: str) -> str:
 
 
 def export_architecture(base: Recipe, candidate: dict[str, Any], directory: Path, *, backend: str, num_classes: int,
-                        float_scope: list[str] = (), target: str | None = None) -> tuple[Path, dict[str, float], float]:
+                        float_scope: list[str] = (), target: str | None = None
+                        ) -> tuple[Path, dict[str, float], float, tuple[int, ...]]:
     """Export a candidate's random-weight architecture (:func:`build_candidate_model`) into ``directory`` as it will
-    deploy on ``backend``; returns ``(file, MACs by kind, file size in bytes)``.
+    deploy on ``backend``; returns ``(file, MACs by kind, file size in bytes, batch-1 input shape)``.
 
     INT8 candidates are quantized with NNCF (PTQ) on random calibration data, in the INT8 scheme of ``target``
     (a name from :mod:`edgeslim.hardware`; default: the base recipe's ``target``): the graph (which layers run
@@ -248,7 +249,7 @@ def export_architecture(base: Recipe, candidate: dict[str, Any], directory: Path
                           f" ({'; '.join(str(e) for e in man.validation.get('errors', []))})")
     path = Path(directory) / mf.path
     size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
-    return path, macs, float(size)
+    return path, macs, float(size), shape
 
 
 def paired_window(pcfg: Any) -> dict[str, int]:
@@ -283,9 +284,8 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
     ref_p90 = None
     with tempfile.TemporaryDirectory(prefix="edgeslim-arch-") as tmp:
         art = Path(tmp) / "a"
-        path, macs, size = export_architecture(base, candidate, art, backend=backend, num_classes=num_classes,
-                                               float_scope=float_scope, target=target)
-        shape = _input_shape(art)
+        _, macs, size, shape = export_architecture(base, candidate, art, backend=backend, num_classes=num_classes,
+                                                   float_scope=float_scope, target=target)
         pcfg = ProfileConfig(warmup=5, iterations=iterations, seconds=seconds, throughput=False)
         rows: list[dict[str, Any]] = []
         if site is not None and site.remote:
@@ -313,13 +313,6 @@ def measure_architecture(base: Recipe, candidate: dict[str, Any], *, backend: st
         layer_sum_ms=float(sum(r["ms"] for r in rows)) if rows else None, seconds=time.perf_counter() - t0,
         pid=os.getpid(), reference_p90_ms=ref_p90,
     )
-
-
-def _input_shape(artifact: Path) -> tuple[int, ...]:
-    from ..artifact import load_manifest
-
-    shape = load_manifest(artifact).input.shape
-    return (1, *[int(d) for d in shape[1:]])
 
 
 class LatencyModel:

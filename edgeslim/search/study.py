@@ -58,6 +58,7 @@ class _Context:
     num_classes: int
     say: Callable[[str], None]
     site: Site
+    reference: tuple[Path, str] | None = None  # the latency reference's file, once written and checked (_reference)
 
     def recipe(self, c: Candidate, name: str | None = None) -> Recipe:
         return c.to_recipe(self.base, self.section, self.target, self.space, name=name)
@@ -127,22 +128,24 @@ def _archs(study: Any, frozen: str | None) -> list[dict[str, Any]]:
 
 def _reference(ctx: _Context) -> tuple[Path, str]:
     """The search's latency reference: the dense architecture (random weights, FP32, exported as deployed) in
-    ``<out>/reference-arch``, written once; every local measurement times it side by side with its file."""
+    ``<out>/reference-arch``, written once (and checked once per search); every local measurement times it side by
+    side with its file."""
     from ..artifact import load_manifest
     from .latency import export_architecture
 
+    if ctx.reference is not None:
+        return ctx.reference
     path = ctx.out_dir / "reference-arch"
-    dense = ctx.space.dense(ctx.base).arch().to_dict()
-    dense["precision"] = "fp32"
     try:
         load_manifest(path)  # checks every file's sha256
-        return path, "fp32"
-    except (ArtifactError, IntegrityError):
-        pass  # absent or damaged: written again
-    with atomic_directory(path) as tmp:
-        export_architecture(ctx.base, dense, tmp, backend=ctx.target.backend, num_classes=ctx.num_classes,
-                            target=ctx.target.name)
-    return path, "fp32"
+    except (ArtifactError, IntegrityError):  # absent or damaged: written again
+        dense = ctx.space.dense(ctx.base).arch().to_dict()
+        dense["precision"] = "fp32"
+        with atomic_directory(path) as tmp:
+            export_architecture(ctx.base, dense, tmp, backend=ctx.target.backend, num_classes=ctx.num_classes,
+                                target=ctx.target.name)
+    ctx.reference = (path, "fp32")
+    return ctx.reference
 
 
 def _anchor(ctx: _Context, study: Any) -> float | None:
